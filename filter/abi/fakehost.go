@@ -1,0 +1,143 @@
+package abi
+
+import (
+	"errors"
+	"strings"
+)
+
+// FakeHost is an in-memory Host for native tests of filter logic. It keeps the
+// header maps and buffers of one stream at a time and records what the filter did.
+// It is not safe for concurrent streams, like the Wasm VM it stands in for.
+type FakeHost struct {
+	Maps    map[MapType][]Header
+	Buffers map[BufferType][]byte
+	Props   map[string][]byte
+
+	Logs      []string
+	Calls     []FakeCall
+	Local     *FakeLocalResponse
+	Continued []StreamType
+	Effective uint32
+	nextToken uint32
+	FailCalls bool // HTTPCall returns an error
+}
+
+// FakeCall is one recorded dispatch_http_call.
+type FakeCall struct {
+	Token   uint32
+	Cluster string
+	Headers []Header
+	Body    []byte
+	Timeout uint32
+}
+
+// FakeLocalResponse is a recorded send_local_response.
+type FakeLocalResponse struct {
+	Status  int
+	Details string
+	Body    []byte
+	Headers []Header
+}
+
+// NewFakeHost returns an empty fake host.
+func NewFakeHost() *FakeHost {
+	return &FakeHost{Maps: map[MapType][]Header{}, Buffers: map[BufferType][]byte{}, Props: map[string][]byte{}}
+}
+
+// Get returns the first value of key in map m, for assertions.
+func (f *FakeHost) Get(m MapType, key string) string {
+	v, _ := f.Header(m, key)
+	return v
+}
+
+func (f *FakeHost) Log(level LogLevel, msg string) { f.Logs = append(f.Logs, msg) }
+
+func (f *FakeHost) Header(m MapType, key string) (string, bool) {
+	for _, h := range f.Maps[m] {
+		if h[0] == key {
+			return h[1], true
+		}
+	}
+	return "", false
+}
+
+func (f *FakeHost) Headers(m MapType) []Header { return append([]Header(nil), f.Maps[m]...) }
+
+func (f *FakeHost) HeaderNames(m MapType, prefix string) []string {
+	return ScanNames(EncodeHeaders(f.Maps[m]), prefix)
+}
+
+func (f *FakeHost) SetHeader(m MapType, key, value string) {
+	f.RemoveHeader(m, key)
+	f.Maps[m] = append(f.Maps[m], Header{key, value})
+}
+
+func (f *FakeHost) RemoveHeader(m MapType, key string) {
+	hs := f.Maps[m][:0]
+	for _, h := range f.Maps[m] {
+		if h[0] != key {
+			hs = append(hs, h)
+		}
+	}
+	f.Maps[m] = hs
+}
+
+func (f *FakeHost) Buffer(b BufferType, start, max int) ([]byte, error) {
+	buf, ok := f.Buffers[b]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	if start > len(buf) {
+		return nil, errors.New("proxy-wasm: bad argument")
+	}
+	end := min(len(buf), start+max)
+	return append([]byte(nil), buf[start:end]...), nil
+}
+
+func (f *FakeHost) SendLocalResponse(status int, details string, body []byte, headers []Header) error {
+	if f.Local != nil {
+		return errors.New("fake host: a local response was already sent")
+	}
+	f.Local = &FakeLocalResponse{Status: status, Details: details, Body: append([]byte(nil), body...), Headers: headers}
+	return nil
+}
+
+// LocalHeader returns a header of the recorded local response.
+func (f *FakeHost) LocalHeader(key string) string {
+	if f.Local == nil {
+		return ""
+	}
+	for _, h := range f.Local.Headers {
+		if strings.EqualFold(h[0], key) {
+			return h[1]
+		}
+	}
+	return ""
+}
+
+func (f *FakeHost) HTTPCall(cluster string, headers []Header, body []byte, timeout uint32) (uint32, error) {
+	if f.FailCalls {
+		return 0, errors.New("proxy-wasm: bad argument")
+	}
+	f.nextToken++
+	f.Calls = append(f.Calls, FakeCall{Token: f.nextToken, Cluster: cluster, Headers: headers, Body: append([]byte(nil), body...), Timeout: timeout})
+	return f.nextToken, nil
+}
+
+func (f *FakeHost) ContinueStream(s StreamType) error {
+	f.Continued = append(f.Continued, s)
+	return nil
+}
+
+func (f *FakeHost) Property(path ...string) ([]byte, error) {
+	v, ok := f.Props[strings.Join(path, ".")]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return v, nil
+}
+
+func (f *FakeHost) SetEffectiveContext(id uint32) error {
+	f.Effective = id
+	return nil
+}

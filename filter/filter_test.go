@@ -1,0 +1,293 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/filter/abi"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+)
+
+const testConfig = `{
+  "collectorCluster": "asyncmesh_collector",
+  "replaySecretEnv": "ASYNCMESH_TEST_REPLAY_SECRET",
+  "rules": [
+    {"name": "report", "match": {"pathPrefix": "/slow"}, "mode": "async", "bodyLimit": 16,
+     "callback": {"url": "http://127.0.0.1:9/cb", "allowOverride": true}},
+    {"name": "down-ok", "match": {"pathPrefix": "/soft"}, "mode": "async",
+     "callback": {"url": "http://127.0.0.1:9/cb"}, "onCollectorDown": "passthrough"},
+    {"name": "optin", "match": {"pathPrefix": "/maybe", "methods": ["POST"]}, "mode": "opt-in",
+     "callback": {"url": "http://127.0.0.1:9/cb"}}
+  ]
+}`
+
+type harness struct {
+	t    *testing.T
+	host *abi.FakeHost
+	d    *abi.Dispatcher
+	next uint32
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Setenv("ASYNCMESH_TEST_REPLAY_SECRET", "replay-secret")
+	h := &harness{t: t, host: abi.NewFakeHost()}
+	h.d = abi.NewDispatcher(h.host, newPlugin)
+	h.d.OnContextCreate(1, 0)
+	h.host.Buffers[abi.PluginConfiguration] = []byte(testConfig)
+	if !h.d.OnConfigure(1, len(testConfig)) {
+		t.Fatalf("configure failed: %v", h.host.Logs)
+	}
+	return h
+}
+
+// request starts a stream with the given headers; body nil means end of stream.
+func (h *harness) request(method, path string, body []byte, hdrs ...string) (uint32, abi.Action) {
+	h.next++
+	id := h.next + 1
+	h.host.Local, h.host.Calls, h.host.Continued = nil, nil, nil
+	hs := []abi.Header{{":method", method}, {":path", path}, {":authority", "api.local"}, {":scheme", "http"}}
+	for i := 0; i+1 < len(hdrs); i += 2 {
+		hs = append(hs, abi.Header{hdrs[i], hdrs[i+1]})
+	}
+	h.host.Maps[abi.RequestHeaders] = hs
+	h.host.Maps[abi.ResponseHeaders] = nil
+	h.d.OnContextCreate(id, 1)
+	a := h.d.OnRequestHeaders(id, len(hs), body == nil)
+	if body != nil && a == abi.Pause && h.host.Local == nil {
+		h.host.Buffers[abi.RequestBody] = body
+		a = h.d.OnRequestBody(id, len(body), true)
+	}
+	return id, a
+}
+
+func (h *harness) collectorAnswers(id uint32, status string, ok bool) {
+	if len(h.host.Calls) != 1 {
+		h.t.Fatalf("want 1 collector call, got %d", len(h.host.Calls))
+	}
+	n := 0
+	if ok {
+		h.host.Maps[abi.HTTPCallResponseHeaders] = []abi.Header{{":status", status}, {"x-async-status", "queued"}}
+		h.host.Buffers[abi.HTTPCallResponseBody] = []byte(`{"error":"x"}`)
+		n = 2
+	}
+	h.d.OnHTTPCallResponse(1, h.host.Calls[0].Token, n, 13, 0)
+}
+
+func TestPassThroughTagsTrace(t *testing.T) {
+	h := newHarness(t)
+	id, a := h.request("GET", "/fast", nil,
+		"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"x-async-request-id", "forged", "x-async-rule", "forged", "x-async-whatever", "forged")
+	if a != abi.Continue || h.host.Local != nil || len(h.host.Calls) != 0 {
+		t.Fatalf("pass-through must continue untouched: action %v", a)
+	}
+	if got := h.host.Get(abi.RequestHeaders, "x-async-trace-id"); got != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("trace id header = %q", got)
+	}
+	for _, n := range []string{"x-async-request-id", "x-async-rule", "x-async-whatever"} {
+		if _, ok := h.host.Header(abi.RequestHeaders, n); ok {
+			t.Errorf("forged %s not stripped", n)
+		}
+	}
+	h.d.OnResponseHeaders(id, 0, true)
+	if got := h.host.Get(abi.ResponseHeaders, "x-async-trace-id"); got != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("response trace id = %q", got)
+	}
+}
+
+func TestInvalidTraceparentReplaced(t *testing.T) {
+	h := newHarness(t)
+	h.request("GET", "/fast", nil, "traceparent", "garbage")
+	tp := h.host.Get(abi.RequestHeaders, "traceparent")
+	if tp == "garbage" || len(tp) != 55 || !strings.Contains(tp, h.host.Get(abi.RequestHeaders, "x-async-trace-id")) {
+		t.Fatalf("traceparent = %q", tp)
+	}
+}
+
+func TestAsyncAccepted(t *testing.T) {
+	h := newHarness(t)
+	id, a := h.request("POST", "/slow/report?x=1", []byte(`{"n":1}`), "content-type", "application/json", "x-request-id", "rid-1")
+	if a != abi.Pause || h.host.Local != nil {
+		t.Fatalf("async must pause until the collector answers")
+	}
+	call := h.host.Calls[0]
+	if call.Cluster != "asyncmesh_collector" || call.Timeout != 2000 {
+		t.Fatalf("call = %+v", call)
+	}
+	env, err := envelope.Decode(call.Body)
+	if err != nil {
+		t.Fatalf("envelope invalid: %v", err)
+	}
+	if env.Rule != "report" || string(env.Body) != `{"n":1}` || env.Path != "/slow/report?x=1" || env.XRequestID != "rid-1" || env.Callback.URL != "http://127.0.0.1:9/cb" {
+		t.Fatalf("envelope = %+v", env)
+	}
+	h.collectorAnswers(id, "201", true)
+	l := h.host.Local
+	if l == nil || l.Status != 202 {
+		t.Fatalf("want 202, got %+v", l)
+	}
+	if h.host.LocalHeader("location") != "/async/v1/requests/"+env.ID || h.host.LocalHeader("x-async-request-id") != env.ID || h.host.LocalHeader("x-async-trace-id") != env.TraceID {
+		t.Fatalf("headers = %v", l.Headers)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(l.Body, &body); err != nil || body["id"] != env.ID || body["status"] != "queued" || body["statusUrl"] != "/async/v1/requests/"+env.ID || body["traceId"] != env.TraceID {
+		t.Fatalf("body = %s (%v)", l.Body, err)
+	}
+}
+
+func TestAsyncErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		path   string
+		body   []byte
+		hdrs   []string
+		status int
+	}{
+		{"body over limit", "/slow", []byte(strings.Repeat("x", 17)), nil, 413},
+		{"content-length over limit", "/slow", []byte("x"), []string{"content-length", "100"}, 413},
+		{"bad callback URL", "/slow", nil, []string{"x-async-callback", "ftp://x"}, 400},
+		{"bad callback protocol", "/slow", nil, []string{"x-async-callback-protocol", "smtp"}, 400},
+		{"override not allowed", "/soft", nil, []string{"x-async-callback", "http://example.com/cb"}, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.request("POST", tt.path, tt.body, tt.hdrs...)
+			if h.host.Local == nil || h.host.Local.Status != tt.status {
+				t.Fatalf("want %d, got %+v", tt.status, h.host.Local)
+			}
+			var body map[string]string
+			if err := json.Unmarshal(h.host.Local.Body, &body); err != nil || body["error"] == "" || body["message"] == "" {
+				t.Fatalf("error body = %s", h.host.Local.Body)
+			}
+			if len(h.host.Calls) != 0 {
+				t.Fatal("refused request must not reach the collector")
+			}
+		})
+	}
+}
+
+func TestCallerCallbackOverride(t *testing.T) {
+	h := newHarness(t)
+	h.request("POST", "/slow", nil, "x-async-callback", "https://caller.example/cb", "x-async-callback-protocol", "soap")
+	env, err := envelope.Decode(h.host.Calls[0].Body)
+	if err != nil || env.Callback.URL != "https://caller.example/cb" || env.Callback.Protocol != "soap" {
+		t.Fatalf("envelope %+v %v", env, err)
+	}
+	if _, ok := h.host.Header(abi.RequestHeaders, "x-async-callback"); ok {
+		t.Fatal("x-async-callback must not reach the service")
+	}
+}
+
+func TestCollectorDown(t *testing.T) {
+	tests := []struct {
+		name     string
+		path     string
+		answered bool
+		status   string
+	}{
+		{"no answer rejects", "/slow", false, ""},
+		{"5xx rejects", "/slow", true, "500"},
+		{"no answer passes through", "/soft", false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			id, _ := h.request("POST", tt.path, nil)
+			h.collectorAnswers(id, tt.status, tt.answered)
+			if tt.path == "/soft" {
+				if h.host.Local != nil || len(h.host.Continued) != 1 {
+					t.Fatalf("want pass-through, got local %+v", h.host.Local)
+				}
+				return
+			}
+			if h.host.Local == nil || h.host.Local.Status != 503 || h.host.LocalHeader("retry-after") == "" {
+				t.Fatalf("want 503 + Retry-After, got %+v", h.host.Local)
+			}
+		})
+	}
+}
+
+func TestOptIn(t *testing.T) {
+	h := newHarness(t)
+	h.request("POST", "/maybe", nil)
+	if len(h.host.Calls) != 0 {
+		t.Fatal("opt-in without Prefer must pass through")
+	}
+	id, _ := h.request("POST", "/maybe", nil, "prefer", "respond-async, wait=5")
+	env, _ := envelope.Decode(h.host.Calls[0].Body)
+	if env.Wait.D() != 5*time.Second {
+		t.Fatalf("wait = %v", env.Wait)
+	}
+	h.collectorAnswers(id, "201", true)
+	if h.host.LocalHeader("preference-applied") != "respond-async" {
+		t.Fatalf("headers = %v", h.host.Local.Headers)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	h := newHarness(t)
+	reqID := "01890a5d-ac96-774b-bcce-b302099a8057"
+	sig := replay.Sign([]byte("replay-secret"), reqID, "POST", "/slow", time.Now())
+	_, a := h.request("POST", "/slow", nil, "x-async-replay", sig, "x-async-request-id", reqID)
+	if a != abi.Continue || h.host.Local != nil || len(h.host.Calls) != 0 {
+		t.Fatal("a valid replay must pass to the service")
+	}
+	if h.host.Get(abi.RequestHeaders, "x-async-request-id") != reqID {
+		t.Fatal("replay must carry its request id")
+	}
+	if _, ok := h.host.Header(abi.RequestHeaders, "x-async-replay"); ok {
+		t.Fatal("replay header must not reach the service")
+	}
+	forged := replay.Sign([]byte("guess"), reqID, "POST", "/slow", time.Now())
+	h.request("POST", "/slow", nil, "x-async-replay", forged, "x-async-request-id", reqID)
+	if h.host.Local == nil || h.host.Local.Status != 403 {
+		t.Fatalf("forged replay must be refused, got %+v", h.host.Local)
+	}
+}
+
+func TestBadConfigurationRejected(t *testing.T) {
+	for _, cfg := range []string{`{}`, `{"collectorCluster":"c","rules":[{"name":"a","mode":"bogus"}]}`, `{"collectorCluster":"c","unknown":1}`, `not json`} {
+		host := abi.NewFakeHost()
+		d := abi.NewDispatcher(host, newPlugin)
+		d.OnContextCreate(1, 0)
+		host.Buffers[abi.PluginConfiguration] = []byte(cfg)
+		if d.OnConfigure(1, len(cfg)) {
+			t.Errorf("configuration %s accepted", cfg)
+		}
+		if len(host.Logs) == 0 {
+			t.Errorf("configuration %s rejected without a log line", cfg)
+		}
+	}
+}
+
+func TestParsePrefer(t *testing.T) {
+	tests := []struct {
+		in    string
+		async bool
+		wait  time.Duration
+	}{
+		{"", false, 0},
+		{"respond-async", true, 0},
+		{"Respond-Async; foo=bar, wait=10", true, 10 * time.Second},
+		{"wait=abc", false, 0},
+		{"wait=999999", false, time.Hour},
+	}
+	for _, tt := range tests {
+		a, w := parsePrefer(tt.in)
+		if a != tt.async || w != tt.wait {
+			t.Errorf("parsePrefer(%q) = %v %v", tt.in, a, w)
+		}
+	}
+}
+
+func FuzzRequestHeaders(f *testing.F) {
+	f.Add("POST", "/slow", "respond-async", "http://x/cb", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	f.Fuzz(func(t *testing.T, method, path, prefer, cb, tp string) {
+		h := newHarness(t)
+		h.request(method, path, nil, "prefer", prefer, "x-async-callback", cb, "traceparent", tp)
+	})
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/filter/abi"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/trace"
+)
+
+// Headers of the wire contract (DESIGN.md).
+const (
+	hdrTraceID          = "x-async-trace-id"
+	hdrRequestID        = "x-async-request-id"
+	hdrRule             = "x-async-rule"
+	hdrCallback         = "x-async-callback"
+	hdrCallbackProtocol = "x-async-callback-protocol"
+	hdrStatus           = "x-async-status" // collector → filter only
+	asyncPrefix         = "x-async-"
+)
+
+type state uint8
+
+const (
+	statePassthrough state = iota // nothing more to do but tag the response
+	stateBuffering                // async: collecting the body
+	stateDispatched               // async: waiting for the collector
+	stateAnswered                 // a local response was sent
+)
+
+// stream is the state of one HTTP stream. The pass-through path touches only
+// traceID and state.
+type stream struct {
+	p       *plugin
+	host    abi.Host
+	state   state
+	traceID string
+
+	// async only
+	rule        *rules.Rule
+	requestID   string
+	traceparent string
+	callback    rules.Callback
+	wait        time.Duration
+	preferAsync bool
+	method      string
+	path        string
+	authority   string
+}
+
+func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
+	h := s.host
+	if s.p.cfg == nil {
+		return abi.Continue
+	}
+	s.method, _ = h.Header(abi.RequestHeaders, ":method")
+	s.path, _ = h.Header(abi.RequestHeaders, ":path")
+	s.authority, _ = h.Header(abi.RequestHeaders, ":authority")
+
+	tp, ok := trace.ParseParent(s.header("traceparent"))
+	if !ok {
+		tp = trace.NewParent()
+		h.SetHeader(abi.RequestHeaders, "traceparent", tp.String())
+	}
+	s.traceparent = tp.String()
+	s.traceID = tp.TraceIDString()
+
+	// Read what the caller may legitimately send before stripping the namespace.
+	replayValue, isReplay := h.Header(abi.RequestHeaders, replay.Header)
+	var replayID, cbURL, cbProto string
+	if isReplay {
+		replayID = s.header(hdrRequestID)
+	}
+	names := h.HeaderNames(abi.RequestHeaders, asyncPrefix)
+	for _, n := range names {
+		switch n {
+		case hdrCallback:
+			cbURL = s.header(n)
+		case hdrCallbackProtocol:
+			cbProto = s.header(n)
+		}
+		h.RemoveHeader(abi.RequestHeaders, n)
+	}
+	h.SetHeader(abi.RequestHeaders, hdrTraceID, s.traceID)
+
+	if isReplay {
+		if err := replay.Verify(s.p.replaySecret, replayValue, replayID, s.method, s.path, time.Now()); err != nil {
+			s.host.Log(abi.LogWarn, "asyncmesh: refused replay header (trace "+s.traceID+"): "+err.Error())
+			return s.reject(403, "replay_refused", "x-async-replay: "+err.Error())
+		}
+		h.SetHeader(abi.RequestHeaders, hdrRequestID, replayID)
+		return abi.Continue
+	}
+
+	req := rules.Request{Authority: s.authority, Method: s.method, Path: s.path}
+	if s.p.needsRoute {
+		if v, err := h.Property("route_name"); err == nil {
+			req.Route = string(v)
+		}
+	}
+	r := s.p.cfg.Match(req)
+	if r == nil || r.Mode == rules.ModeSync {
+		return abi.Continue
+	}
+	s.preferAsync, s.wait = parsePrefer(s.header("prefer"))
+	if r.Mode == rules.ModeOptIn && !s.preferAsync {
+		return abi.Continue
+	}
+	return s.startAsync(r, cbURL, cbProto, endOfStream)
+}
+
+// startAsync validates the caller's callback choice and the body size, then
+// dispatches at once (no body) or starts buffering.
+func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bool) abi.Action {
+	s.rule = r
+	s.callback = r.Callback
+	if cbURL != "" || cbProto != "" {
+		if !r.Callback.AllowOverride {
+			return s.reject(400, "callback_override_not_allowed", hdrCallback+": rule "+r.Name+" does not let the caller choose the callback")
+		}
+		if cbURL != "" {
+			if err := rules.CheckCallbackURL(cbURL); err != nil {
+				return s.reject(400, "bad_callback", hdrCallback+": "+err.Error())
+			}
+			s.callback.URL = cbURL
+		}
+		if cbProto != "" {
+			if err := rules.CheckProtocol(cbProto); err != nil {
+				return s.reject(400, "bad_callback", hdrCallbackProtocol+": "+err.Error())
+			}
+			s.callback.Protocol = cbProto
+		}
+	}
+	if s.callback.URL == "" {
+		return s.reject(400, "callback_required", hdrCallback+": rule "+r.Name+" needs the caller to name a callback URL")
+	}
+	if cl := s.header("content-length"); cl != "" {
+		n, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil || n < 0 {
+			return s.reject(400, "bad_content_length", "content-length: not a number")
+		}
+		if n > r.BodyLimit {
+			return s.tooLarge()
+		}
+	}
+	s.requestID = trace.NewRequestID()
+	if endOfStream {
+		s.dispatch(nil)
+		return abi.Pause
+	}
+	s.state = stateBuffering
+	return abi.Pause
+}
+
+func (s *stream) OnRequestBody(size int, endOfStream bool) abi.Action {
+	if s.state != stateBuffering {
+		if s.state == statePassthrough {
+			return abi.Continue
+		}
+		return abi.Pause
+	}
+	if int64(size) > s.rule.BodyLimit {
+		s.tooLarge()
+		return abi.Pause
+	}
+	if !endOfStream {
+		return abi.Pause // StopIterationAndBuffer: Envoy keeps the body
+	}
+	var body []byte
+	if size > 0 {
+		b, err := s.host.Buffer(abi.RequestBody, 0, size)
+		if err != nil {
+			s.host.Log(abi.LogError, "asyncmesh: reading request body: "+err.Error())
+			return s.reject(500, "body_unreadable", "the request body could not be read")
+		}
+		body = b
+	}
+	s.dispatch(body)
+	return abi.Pause
+}
+
+// dispatch hands the request to the collector.
+func (s *stream) dispatch(body []byte) {
+	s.state = stateDispatched
+	env := envelope.Envelope{
+		Version:     envelope.Version,
+		ID:          s.requestID,
+		TraceID:     s.traceID,
+		TraceParent: s.traceparent,
+		XRequestID:  s.header("x-request-id"),
+		Rule:        s.rule.Name,
+		Method:      s.method,
+		Scheme:      s.header(":scheme"),
+		Authority:   s.authority,
+		Path:        s.path,
+		Headers:     forwardable(s.host.Headers(abi.RequestHeaders)),
+		Body:        body,
+		Callback:    s.callback,
+		Retry:       s.rule.Retry,
+		Timeout:     s.rule.Timeout,
+		Wait:        rules.Duration(s.wait),
+	}
+	data, err := json.Marshal(&env)
+	if err != nil {
+		s.collectorDown("encoding envelope: " + err.Error())
+		return
+	}
+	cfg := s.p.cfg
+	_, err = s.host.HTTPCall(cfg.CollectorCluster, []abi.Header{
+		{":method", "POST"},
+		{":path", "/v1/intake"},
+		{":authority", cfg.CollectorAuthority},
+		{"content-type", "application/json"},
+		{hdrTraceID, s.traceID},
+		{"traceparent", s.traceparent},
+	}, data, uint32(cfg.CollectorTimeout.D().Milliseconds()))
+	if err != nil {
+		s.collectorDown("dispatch_http_call: " + err.Error())
+	}
+}
+
+func (s *stream) OnHTTPCallResponse(_ uint32, numHeaders, bodySize, _ int) {
+	if s.state != stateDispatched {
+		return
+	}
+	if numHeaders == 0 {
+		s.collectorDown("no answer (reset or timeout)")
+		return
+	}
+	status, _ := s.host.Header(abi.HTTPCallResponseHeaders, ":status")
+	switch status {
+	case "200", "201", "202":
+		s.accepted(s.headerOf(abi.HTTPCallResponseHeaders, hdrStatus))
+	case "400", "413":
+		body, _ := s.host.Buffer(abi.HTTPCallResponseBody, 0, bodySize)
+		code, _ := strconv.Atoi(status)
+		s.send(code, "asyncmesh_intake_refused", body, nil)
+	default:
+		s.collectorDown("collector answered " + status)
+	}
+}
+
+// accepted answers 202 with the wire contract's headers and body.
+func (s *stream) accepted(status string) {
+	if status == "" {
+		status = "persisted"
+	}
+	loc := s.p.cfg.StatusPrefix + "/v1/requests/" + s.requestID
+	body, _ := json.Marshal(struct {
+		ID        string `json:"id"`
+		TraceID   string `json:"traceId"`
+		Status    string `json:"status"`
+		StatusURL string `json:"statusUrl"`
+	}{s.requestID, s.traceID, status, loc})
+	hs := []abi.Header{{"location", loc}, {hdrRequestID, s.requestID}, {hdrRule, s.rule.Name}}
+	if s.preferAsync {
+		hs = append(hs, abi.Header{"preference-applied", "respond-async"})
+	}
+	s.send(202, "asyncmesh_accepted", body, hs)
+}
+
+// collectorDown applies the rule's onCollectorDown: serve synchronously, or 503.
+func (s *stream) collectorDown(reason string) {
+	s.host.Log(abi.LogWarn, "asyncmesh: collector unavailable for rule "+s.rule.Name+" (trace "+s.traceID+"): "+reason)
+	if s.rule.OnCollectorDown == rules.CollectorDownPassthrough {
+		s.state = statePassthrough
+		if err := s.host.ContinueStream(abi.StreamRequest); err != nil {
+			s.host.Log(abi.LogError, "asyncmesh: continue_stream: "+err.Error())
+		}
+		return
+	}
+	s.reject(503, "collector_unavailable", "the async collector is unavailable; retry later")
+}
+
+func (s *stream) tooLarge() abi.Action {
+	return s.reject(413, "body_too_large", "request body exceeds the limit of rule "+s.rule.Name+" ("+strconv.FormatInt(s.rule.BodyLimit, 10)+" bytes)")
+}
+
+// reject sends a JSON error as a local response.
+func (s *stream) reject(status int, code, msg string) abi.Action {
+	body, _ := json.Marshal(struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+		TraceID string `json:"traceId"`
+	}{code, msg, s.traceID})
+	var hs []abi.Header
+	if status == 503 {
+		hs = []abi.Header{{"retry-after", "5"}}
+	}
+	s.send(status, "asyncmesh_"+code, body, hs)
+	return abi.Pause
+}
+
+func (s *stream) send(status int, details string, body []byte, extra []abi.Header) {
+	s.state = stateAnswered
+	hs := append([]abi.Header{{"content-type", "application/json"}, {hdrTraceID, s.traceID}}, extra...)
+	if err := s.host.SendLocalResponse(status, details, body, hs); err != nil {
+		s.host.Log(abi.LogError, "asyncmesh: send_local_response: "+err.Error())
+	}
+}
+
+func (s *stream) OnResponseHeaders(int, bool) abi.Action {
+	if s.traceID != "" {
+		s.host.SetHeader(abi.ResponseHeaders, hdrTraceID, s.traceID)
+	}
+	return abi.Continue
+}
+
+func (s *stream) OnDone() {}
+
+func (s *stream) header(name string) string { return s.headerOf(abi.RequestHeaders, name) }
+
+func (s *stream) headerOf(m abi.MapType, name string) string {
+	v, _ := s.host.Header(m, name)
+	return v
+}
+
+// forwardable drops pseudo, hop-by-hop and length headers: the replay recomputes
+// them. The x-async-* namespace was already stripped, and x-async-trace-id is
+// re-added by the filter on the replay.
+func forwardable(hs []abi.Header) [][2]string {
+	out := make([][2]string, 0, len(hs))
+	for _, h := range hs {
+		switch k := h[0]; {
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix):
+		case k == "connection", k == "keep-alive", k == "transfer-encoding", k == "te",
+			k == "upgrade", k == "proxy-connection", k == "content-length", k == "expect":
+		default:
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// parsePrefer reads RFC 7240 preferences: respond-async and wait=N (seconds).
+func parsePrefer(v string) (respondAsync bool, wait time.Duration) {
+	for _, part := range strings.Split(v, ",") {
+		pref, _, _ := strings.Cut(part, ";")
+		name, val, _ := strings.Cut(strings.TrimSpace(pref), "=")
+		switch strings.ToLower(strings.TrimSpace(name)) {
+		case "respond-async":
+			respondAsync = true
+		case "wait":
+			if n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`)); err == nil && n > 0 {
+				wait = time.Duration(min(n, 3600)) * time.Second
+			}
+		}
+	}
+	return respondAsync, wait
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,3 @@
+module github.com/asyncmesh/asyncmesh
+
+go 1.26

@@ -1,0 +1,100 @@
+// Package envelope is the intake contract between the Wasm filter and the collector:
+// everything the collector needs to persist, replay and call back one async request.
+// It is JSON on the wire (POST /v1/intake on the collector) and the stored form of
+// the request in every Store.
+package envelope
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/trace"
+)
+
+// Version of the envelope format.
+const Version = 1
+
+// Envelope is one accepted async request.
+type Envelope struct {
+	Version     int    `json:"v"`
+	ID          string `json:"id"`
+	TraceID     string `json:"traceId"`
+	TraceParent string `json:"traceparent"`
+	XRequestID  string `json:"xRequestId,omitempty"`
+	Rule        string `json:"rule"`
+	Principal   string `json:"principal,omitempty"`
+
+	Method    string     `json:"method"`
+	Scheme    string     `json:"scheme,omitempty"`
+	Authority string     `json:"authority"`
+	Path      string     `json:"path"`
+	Headers   [][2]string `json:"headers,omitempty"`
+	Body      []byte     `json:"body,omitempty"`
+
+	Callback rules.Callback `json:"callback"`
+	Retry    rules.Retry    `json:"retry"`
+	Timeout  rules.Duration `json:"timeout"`
+	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
+	Wait rules.Duration `json:"wait,omitempty"`
+}
+
+// MaxSize bounds an encoded envelope: the largest body limit plus headers, in
+// base64.
+const MaxSize = rules.MaxBodyLimit*4/3 + 1<<20
+
+// Decode parses and validates an envelope strictly; errors name the field.
+func Decode(data []byte) (*Envelope, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var e Envelope
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("decoding envelope: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decoding envelope: trailing data after the object")
+	}
+	return &e, e.Validate()
+}
+
+// Validate checks every field the collector relies on.
+func (e *Envelope) Validate() error {
+	switch {
+	case e.Version != Version:
+		return fmt.Errorf("v: unsupported envelope version %d", e.Version)
+	case !trace.ValidRequestID(e.ID):
+		return fmt.Errorf("id: %q is not a UUIDv7", e.ID)
+	case !trace.ValidTraceID(e.TraceID):
+		return fmt.Errorf("traceId: %q is not 32 lower-case hex digits", e.TraceID)
+	case e.Rule == "":
+		return errors.New("rule: required")
+	case e.Method == "" || strings.ToUpper(e.Method) != e.Method || strings.ContainsAny(e.Method, " \r\n"):
+		return fmt.Errorf("method: %q is not an HTTP method", e.Method)
+	case e.Authority == "":
+		return errors.New("authority: required")
+	case !strings.HasPrefix(e.Path, "/"):
+		return fmt.Errorf("path: %q must start with /", e.Path)
+	case e.Timeout <= 0:
+		return errors.New("timeout: must be positive")
+	case e.Retry.MaxAttempts < 1:
+		return errors.New("retry.maxAttempts: must be at least 1")
+	}
+	if _, ok := trace.ParseParent(e.TraceParent); !ok {
+		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)
+	}
+	if err := rules.CheckProtocol(e.Callback.Protocol); err != nil {
+		return fmt.Errorf("callback.protocol: %w", err)
+	}
+	if err := rules.CheckCallbackURL(e.Callback.URL); err != nil {
+		return fmt.Errorf("callback.url: %w", err)
+	}
+	for i, h := range e.Headers {
+		if h[0] == "" || strings.ContainsAny(h[0], " :\r\n") || strings.ContainsAny(h[1], "\r\n") {
+			return fmt.Errorf("headers[%d]: invalid header %q", i, h[0])
+		}
+	}
+	return nil
+}

@@ -1,0 +1,372 @@
+// Package rules defines asyncmesh's callback rules: which requests go async, where
+// their callbacks go and how they are retried, and the Envoy-side settings of the
+// filter. The filter decodes it from its plugin configuration (JSON) on every
+// configure, so it is standard-library only and its Match is allocation-free.
+//
+// Decisions not spelled out in DESIGN.md:
+//   - Rules are tried in file order; the first that matches wins. A request no rule
+//     matches passes through (mode sync) with only its trace headers added.
+//   - Until the control plane distributes rules to collectors, the filter copies the
+//     matched rule's callback, retry and timeout into the intake envelope, so the
+//     collector needs no rules of its own. Secrets are referenced by name only.
+package rules
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Mode says when a matched request goes async.
+type Mode string
+
+const (
+	ModeAsync Mode = "async"  // always
+	ModeOptIn Mode = "opt-in" // only with Prefer: respond-async
+	ModeSync  Mode = "sync"   // never (an explicit exception before a broader rule)
+)
+
+// Callback protocols.
+const (
+	ProtocolHTTP = "http"
+	ProtocolSOAP = "soap"
+	ProtocolGRPC = "grpc"
+	ProtocolAMQP = "amqp"
+)
+
+// What the filter does when the collector cannot take a request.
+const (
+	CollectorDownReject      = "reject"      // 503 + Retry-After
+	CollectorDownPassthrough = "passthrough" // serve it synchronously
+)
+
+// Config is the filter's plugin configuration.
+type Config struct {
+	// CollectorCluster is the Envoy cluster of the collector's intake.
+	CollectorCluster string `json:"collectorCluster"`
+	// CollectorAuthority is the :authority of intake calls.
+	CollectorAuthority string `json:"collectorAuthority,omitempty"`
+	// CollectorTimeout bounds each intake call; past it the rule's
+	// onCollectorDown applies.
+	CollectorTimeout Duration `json:"collectorTimeout,omitempty"`
+	// StatusPrefix is the path prefix under which Envoy routes the collector's
+	// API to callers (Location: {StatusPrefix}/v1/requests/{id}).
+	StatusPrefix string `json:"statusPrefix,omitempty"`
+	// ReplaySecretEnv names the environment variable (passed to the Wasm VM by
+	// vm_config.environment_variables) that holds the replay-signing secret.
+	ReplaySecretEnv string `json:"replaySecretEnv,omitempty"`
+	Rules           []Rule `json:"rules"`
+}
+
+// Rule is one callback rule.
+type Rule struct {
+	Name            string    `json:"name"`
+	Match           Match     `json:"match"`
+	Mode            Mode      `json:"mode"`
+	Callback        Callback  `json:"callback"`
+	BodyLimit       int64     `json:"bodyLimit,omitempty"`
+	Timeout         Duration  `json:"timeout,omitempty"`
+	Retry           Retry     `json:"retry"`
+	OnCollectorDown string    `json:"onCollectorDown,omitempty"`
+	pathRegex       *regexp.Regexp
+}
+
+// Match selects requests. Empty fields match everything; all set fields must match.
+type Match struct {
+	Route      string   `json:"route,omitempty"`      // Envoy route name
+	Host       string   `json:"host,omitempty"`       // exact, or "*.suffix"
+	Methods    []string `json:"methods,omitempty"`    // upper case
+	PathPrefix string   `json:"pathPrefix,omitempty"` // on the path without query
+	PathRegex  string   `json:"pathRegex,omitempty"`  // RE2, anchored by the author
+}
+
+// Callback says where and how the result is delivered.
+type Callback struct {
+	URL      string `json:"url,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	// SecretRef names the signing secret; the collector resolves it.
+	SecretRef string `json:"secretRef,omitempty"`
+	// AllowOverride lets the caller choose with x-async-callback(-protocol).
+	AllowOverride bool `json:"allowOverride,omitempty"`
+	// AllowPrivate allows callback URLs on loopback and private networks.
+	AllowPrivate bool `json:"allowPrivate,omitempty"`
+}
+
+// Retry bounds callback delivery.
+type Retry struct {
+	MaxAttempts    int      `json:"maxAttempts,omitempty"`
+	InitialBackoff Duration `json:"initialBackoff,omitempty"`
+	MaxBackoff     Duration `json:"maxBackoff,omitempty"`
+}
+
+// Defaults applied by Parse.
+const (
+	DefaultBodyLimit        = 1 << 20
+	DefaultTimeout          = 30 * time.Second
+	DefaultCollectorTimeout = 2 * time.Second
+	DefaultMaxAttempts      = 8
+	DefaultInitialBackoff   = time.Second
+	DefaultMaxBackoff       = 5 * time.Minute
+	MaxBodyLimit            = 64 << 20
+)
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return errors.New("want a duration string such as \"30s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return errors.New("duration must not be negative")
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Parse decodes and validates a configuration strictly: unknown fields, wrong
+// types and invalid values are errors naming the field.
+func Parse(data []byte) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("decoding filter configuration: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decoding filter configuration: trailing data after the object")
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate() error {
+	if c.CollectorCluster == "" {
+		return errors.New("collectorCluster: required")
+	}
+	if c.CollectorAuthority == "" {
+		c.CollectorAuthority = "asyncmesh-collector"
+	}
+	if c.CollectorTimeout == 0 {
+		c.CollectorTimeout = Duration(DefaultCollectorTimeout)
+	}
+	if c.StatusPrefix == "" {
+		c.StatusPrefix = "/async"
+	}
+	if !strings.HasPrefix(c.StatusPrefix, "/") || strings.HasSuffix(c.StatusPrefix, "/") {
+		return fmt.Errorf("statusPrefix: %q must start with / and not end with /", c.StatusPrefix)
+	}
+	seen := map[string]bool{}
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("rules[%d] (%s): %w", i, r.Name, err)
+		}
+		if seen[r.Name] {
+			return fmt.Errorf("rules[%d].name: duplicate rule name %q", i, r.Name)
+		}
+		seen[r.Name] = true
+	}
+	return nil
+}
+
+func (r *Rule) validate() error {
+	if r.Name == "" {
+		return errors.New("name: required")
+	}
+	switch r.Mode {
+	case ModeAsync, ModeOptIn, ModeSync:
+	case "":
+		return errors.New("mode: required (async, opt-in or sync)")
+	default:
+		return fmt.Errorf("mode: %q is not async, opt-in or sync", r.Mode)
+	}
+	for j, m := range r.Match.Methods {
+		if m == "" || strings.ToUpper(m) != m {
+			return fmt.Errorf("match.methods[%d]: %q must be an upper-case method", j, m)
+		}
+	}
+	if p := r.Match.PathPrefix; p != "" && !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("match.pathPrefix: %q must start with /", p)
+	}
+	if r.Match.PathRegex != "" {
+		re, err := regexp.Compile(r.Match.PathRegex)
+		if err != nil {
+			return fmt.Errorf("match.pathRegex: %w", err)
+		}
+		r.pathRegex = re
+	}
+	if r.Mode == ModeSync {
+		return nil
+	}
+	if r.BodyLimit == 0 {
+		r.BodyLimit = DefaultBodyLimit
+	}
+	if r.BodyLimit < 0 || r.BodyLimit > MaxBodyLimit {
+		return fmt.Errorf("bodyLimit: %d is outside 1..%d", r.BodyLimit, MaxBodyLimit)
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(DefaultTimeout)
+	}
+	switch r.OnCollectorDown {
+	case "":
+		r.OnCollectorDown = CollectorDownReject
+	case CollectorDownReject, CollectorDownPassthrough:
+	default:
+		return fmt.Errorf("onCollectorDown: %q is not reject or passthrough", r.OnCollectorDown)
+	}
+	if r.Callback.Protocol == "" {
+		r.Callback.Protocol = ProtocolHTTP
+	}
+	if err := CheckProtocol(r.Callback.Protocol); err != nil {
+		return fmt.Errorf("callback.protocol: %w", err)
+	}
+	if r.Callback.URL == "" && !r.Callback.AllowOverride {
+		return errors.New("callback.url: required unless callback.allowOverride is true")
+	}
+	if r.Callback.URL != "" {
+		if err := CheckCallbackURL(r.Callback.URL); err != nil {
+			return fmt.Errorf("callback.url: %w", err)
+		}
+	}
+	if r.Retry.MaxAttempts == 0 {
+		r.Retry.MaxAttempts = DefaultMaxAttempts
+	}
+	if r.Retry.MaxAttempts < 1 || r.Retry.MaxAttempts > 100 {
+		return fmt.Errorf("retry.maxAttempts: %d is outside 1..100", r.Retry.MaxAttempts)
+	}
+	if r.Retry.InitialBackoff == 0 {
+		r.Retry.InitialBackoff = Duration(DefaultInitialBackoff)
+	}
+	if r.Retry.MaxBackoff == 0 {
+		r.Retry.MaxBackoff = Duration(DefaultMaxBackoff)
+	}
+	if r.Retry.MaxBackoff < r.Retry.InitialBackoff {
+		return errors.New("retry.maxBackoff: must not be below retry.initialBackoff")
+	}
+	return nil
+}
+
+// CheckProtocol reports whether p is a known callback protocol.
+func CheckProtocol(p string) error {
+	switch p {
+	case ProtocolHTTP, ProtocolSOAP, ProtocolGRPC, ProtocolAMQP:
+		return nil
+	}
+	return fmt.Errorf("%q is not http, soap, grpc or amqp", p)
+}
+
+// CheckCallbackURL reports whether s is an absolute http(s) URL with a host and
+// no user info. Address checks (private, loopback) happen at connect time in the
+// collector, where DNS answers are known.
+func CheckCallbackURL(s string) error {
+	if len(s) > 2048 {
+		return errors.New("longer than 2048 bytes")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q: scheme must be http or https", s)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return fmt.Errorf("%q: host required", s)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q: user info is not allowed", s)
+	}
+	return nil
+}
+
+// Request is what Match looks at.
+type Request struct {
+	Route     string // "" when the filter did not read it
+	Authority string
+	Method    string
+	Path      string // may include a query; it is ignored
+}
+
+// NeedsRoute reports whether any rule matches by Envoy route name, so that the
+// filter reads that property only when it must.
+func (c *Config) NeedsRoute() bool {
+	for i := range c.Rules {
+		if c.Rules[i].Match.Route != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// Match returns the first rule matching req, or nil.
+func (c *Config) Match(req Request) *Rule {
+	path := req.Path
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	for i := range c.Rules {
+		if r := &c.Rules[i]; r.matches(req, path) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (r *Rule) matches(req Request, path string) bool {
+	m := &r.Match
+	if m.Route != "" && m.Route != req.Route {
+		return false
+	}
+	if m.Host != "" && !hostMatches(m.Host, req.Authority) {
+		return false
+	}
+	if len(m.Methods) > 0 {
+		found := false
+		for _, x := range m.Methods {
+			if x == req.Method {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	if m.PathPrefix != "" && !strings.HasPrefix(path, m.PathPrefix) {
+		return false
+	}
+	if r.pathRegex != nil && !r.pathRegex.MatchString(path) {
+		return false
+	}
+	return true
+}
+
+func hostMatches(pattern, authority string) bool {
+	host := authority
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		host = host[:i]
+	}
+	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
+		return len(host) > len(suffix) && strings.HasSuffix(strings.ToLower(host), suffix)
+	}
+	return strings.EqualFold(host, pattern)
+}
