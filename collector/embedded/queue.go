@@ -1,0 +1,255 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+)
+
+// Queue settings.
+const (
+	// lease is how long a claimed message stays invisible; in-flight messages are
+	// re-leased every lease/3, so a crashed consumer's messages return within lease.
+	lease        = 30 * time.Second
+	pollInterval = 100 * time.Millisecond
+)
+
+// Queue returns the queue view of db.
+func (db *DB) Queue() queue.Queue { return (*sqlQueue)(db) }
+
+type sqlQueue DB
+
+func (q *sqlQueue) db() *DB { return (*DB)(q) }
+
+// Close is a no-op: the DB is closed by its owner.
+func (q *sqlQueue) Close() error { return nil }
+
+func (q *sqlQueue) Publish(ctx context.Context, topic, key string, body []byte) error {
+	err := q.db().tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO queue(topic, key, body, visible_at) VALUES (?,?,?,?)`,
+			topic, key, append([]byte{}, body...), time.Now().UnixNano())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("publishing %s/%s: %w", topic, key, err)
+	}
+	q.wake(topic)
+	return nil
+}
+
+func (q *sqlQueue) wake(topic string) {
+	q.mu.Lock()
+	for _, ch := range q.waiters[topic] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	q.mu.Unlock()
+}
+
+func (q *sqlQueue) subscribe(topic string) (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	q.mu.Lock()
+	q.waiters[topic] = append(q.waiters[topic], ch)
+	q.mu.Unlock()
+	return ch, func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		ws := q.waiters[topic]
+		for i, w := range ws {
+			if w == ch {
+				q.waiters[topic] = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+type claimed struct {
+	seq int64
+	msg queue.Message
+}
+
+func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, error) {
+	var out []claimed
+	now := time.Now()
+	err := q.db().tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
+			WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
+			RETURNING seq, key, body, deliveries`, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c := claimed{msg: queue.Message{Topic: topic}}
+			if err := rows.Scan(&c.seq, &c.msg.Key, &c.msg.Body, &c.msg.Deliveries); err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+func (q *sqlQueue) ack(ctx context.Context, seq int64) error {
+	return q.db().tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE seq = ?`, seq)
+		return err
+	})
+}
+
+func (q *sqlQueue) requeue(ctx context.Context, seq int64, after time.Duration) error {
+	return q.db().tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, time.Now().Add(after).UnixNano(), seq)
+		return err
+	})
+}
+
+func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) error {
+	return q.db().tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO dead_letters(topic, key, body, deliveries, reason, at) VALUES (?,?,?,?,?,?)`,
+			c.msg.Topic, c.msg.Key, c.msg.Body, c.msg.Deliveries, reason, time.Now().UnixNano()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE seq = ?`, c.seq)
+		return err
+	})
+}
+
+func (q *sqlQueue) extend(ctx context.Context, seqs []int64) error {
+	return q.db().tx(ctx, func(tx *sql.Tx) error {
+		until := time.Now().Add(lease).UnixNano()
+		for _, s := range seqs {
+			if _, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, until, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h queue.Handler) error {
+	if workers < 1 {
+		workers = 1
+	}
+	wakeup, unsubscribe := q.subscribe(topic)
+	defer unsubscribe()
+
+	// Handlers and their acks outlive ctx: a message being worked on is finished
+	// and acked, not abandoned, when the collector shuts down.
+	hctx := context.WithoutCancel(ctx)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		inflight = map[int64]bool{}
+		free     = make(chan struct{}, workers)
+	)
+	for range workers {
+		free <- struct{}{}
+	}
+	ticker := time.NewTicker(pollInterval)
+	defer ticker.Stop()
+	nextExtend := time.Now().Add(lease / 3)
+	defer wg.Wait()
+	for {
+		// Claim as many messages as there are free workers.
+		n := len(free)
+		if n > 0 {
+			batch, err := q.claim(hctx, topic, n)
+			if err != nil {
+				slog.Warn("queue: claiming messages", "topic", topic, "err", err)
+			}
+			for _, c := range batch {
+				<-free
+				mu.Lock()
+				inflight[c.seq] = true
+				mu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					q.handle(hctx, c, h)
+					mu.Lock()
+					delete(inflight, c.seq)
+					mu.Unlock()
+					free <- struct{}{}
+					q.wake(topic)
+				}()
+			}
+			if len(batch) == n && n > 0 {
+				continue // there may be more
+			}
+		}
+		if time.Now().After(nextExtend) {
+			mu.Lock()
+			seqs := make([]int64, 0, len(inflight))
+			for s := range inflight {
+				seqs = append(seqs, s)
+			}
+			mu.Unlock()
+			if err := q.extend(hctx, seqs); err != nil {
+				slog.Warn("queue: extending leases", "topic", topic, "err", err)
+			}
+			nextExtend = time.Now().Add(lease / 3)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wakeup:
+		case <-ticker.C:
+		}
+	}
+}
+
+// handle runs h and settles the message by its result.
+func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
+	err := h(ctx, c.msg)
+	var settle error
+	switch {
+	case err == nil:
+		settle = q.ack(ctx, c.seq)
+	case queue.IsPoison(err):
+		slog.Warn("queue: dead-lettering poison message", "topic", c.msg.Topic, "key", c.msg.Key, "err", err)
+		settle = q.deadLetter(ctx, c, err.Error())
+	case c.msg.Deliveries >= queue.MaxDeliveries:
+		slog.Warn("queue: dead-lettering message after max deliveries", "topic", c.msg.Topic, "key", c.msg.Key, "deliveries", c.msg.Deliveries, "err", err)
+		settle = q.deadLetter(ctx, c, fmt.Sprintf("after %d deliveries: %v", c.msg.Deliveries, err))
+	default:
+		d, ok := queue.RetryDelay(err)
+		if !ok {
+			d = queue.Backoff(c.msg.Deliveries)
+			slog.Warn("queue: handler failed, will retry", "topic", c.msg.Topic, "key", c.msg.Key, "in", d, "err", err)
+		}
+		settle = q.requeue(ctx, c.seq, d)
+	}
+	if settle != nil {
+		// The lease will expire and the message come back: at least once.
+		slog.Error("queue: settling message", "topic", c.msg.Topic, "key", c.msg.Key, "err", settle)
+	}
+}
+
+func (q *sqlQueue) DeadLetters(ctx context.Context, topic string, limit int) ([]queue.DeadLetter, error) {
+	rows, err := q.r.QueryContext(ctx, `SELECT key, body, deliveries, reason, at FROM dead_letters WHERE topic = ? ORDER BY seq LIMIT ?`, topic, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing dead letters of %s: %w", topic, err)
+	}
+	defer rows.Close()
+	var out []queue.DeadLetter
+	for rows.Next() {
+		d := queue.DeadLetter{Message: queue.Message{Topic: topic}}
+		var at int64
+		if err := rows.Scan(&d.Key, &d.Body, &d.Deliveries, &d.Reason, &at); err != nil {
+			return nil, err
+		}
+		d.At = time.Unix(0, at)
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,168 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// Store returns the store view of db.
+func (db *DB) Store() store.Store { return (*sqlStore)(db) }
+
+type sqlStore DB
+
+func (s *sqlStore) db() *DB { return (*DB)(s) }
+
+func (s *sqlStore) Ping(ctx context.Context) error { return s.db().Ping(ctx) }
+
+// Close is a no-op: the DB is closed by its owner.
+func (s *sqlStore) Close() error { return nil }
+
+func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
+	doc, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding record %s: %w", r.ID, err)
+	}
+	err = s.db().tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`,
+			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc)
+		return err
+	})
+	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint") {
+		return store.ErrExists
+	}
+	if err != nil {
+		return fmt.Errorf("creating record %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*store.Record, error) {
+	var out *store.Record
+	err := s.db().tx(ctx, func(tx *sql.Tx) error {
+		r, err := scanOne(tx.QueryRowContext(ctx, `SELECT doc FROM requests WHERE id = ?`, id))
+		if err != nil {
+			return err
+		}
+		if err := c.Apply(r); err != nil {
+			return err
+		}
+		doc, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE requests SET status = ?, updated_at = ?, doc = ? WHERE id = ?`,
+			string(r.Status), r.UpdatedAt.UnixNano(), doc, id); err != nil {
+			return err
+		}
+		out = r
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) || store.IsConflict(err) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, err)
+	}
+	return out, nil
+}
+
+func (s *sqlStore) Get(ctx context.Context, id string) (*store.Record, error) {
+	r, err := scanOne(s.r.QueryRowContext(ctx, `SELECT doc FROM requests WHERE id = ?`, id))
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("reading record %s: %w", id, err)
+	}
+	return r, err
+}
+
+func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error) {
+	var where []string
+	var args []any
+	add := func(cond string, arg any) { where = append(where, cond); args = append(args, arg) }
+	if q.TraceID != "" {
+		add("trace_id = ?", q.TraceID)
+	}
+	if q.Status != "" {
+		add("status = ?", string(q.Status))
+	}
+	if q.Rule != "" {
+		add("rule = ?", q.Rule)
+	}
+	if !q.Since.IsZero() {
+		add("created_at >= ?", q.Since.UnixNano())
+	}
+	if !q.Until.IsZero() {
+		add("created_at < ?", q.Until.UnixNano())
+	}
+	if q.Cursor != "" {
+		add("id > ?", q.Cursor)
+	}
+	limit := q.Limit
+	if limit <= 0 || limit > store.MaxLimit {
+		limit = store.MaxLimit
+	}
+	query := `SELECT doc FROM requests`
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY id LIMIT ?"
+	recs, err := s.list(ctx, query, append(args, limit+1)...)
+	if err != nil {
+		return store.Page{}, fmt.Errorf("searching records: %w", err)
+	}
+	p := store.Page{Records: recs}
+	if len(recs) > limit {
+		p.Records = recs[:limit]
+		p.Next = recs[limit-1].ID
+	}
+	return p, nil
+}
+
+func (s *sqlStore) Stale(ctx context.Context, st store.Status, before time.Time, limit int) ([]*store.Record, error) {
+	recs, err := s.list(ctx, `SELECT doc FROM requests WHERE status = ? AND updated_at < ? ORDER BY updated_at LIMIT ?`,
+		string(st), before.UnixNano(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s records: %w", st, err)
+	}
+	return recs, nil
+}
+
+func (s *sqlStore) list(ctx context.Context, query string, args ...any) ([]*store.Record, error) {
+	rows, err := s.r.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*store.Record
+	for rows.Next() {
+		r, err := scanOne(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+type scanner interface{ Scan(...any) error }
+
+func scanOne(row scanner) (*store.Record, error) {
+	var doc []byte
+	if err := row.Scan(&doc); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, store.ErrNotFound
+		}
+		return nil, err
+	}
+	var r store.Record
+	if err := json.Unmarshal(doc, &r); err != nil {
+		return nil, fmt.Errorf("decoding stored record: %w", err)
+	}
+	return &r, nil
+}

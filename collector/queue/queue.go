@@ -1,0 +1,99 @@
+// Package queue defines the work queue between intake, worker and delivery:
+// publish with confirm, consume with ack/nack, delayed retry and a dead letter
+// list. Delivery is at least once; consumers are idempotent by request id and the
+// store's compare-and-set.
+//
+// Implementations: collector/embedded (SQLite, the default) and, later, RabbitMQ.
+// Every implementation must pass queuetest.Run.
+package queue
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Topics used by the collector.
+const (
+	TopicWork     = "work"     // execute an accepted request
+	TopicDelivery = "delivery" // call the caller back
+)
+
+// Message is one delivered message.
+type Message struct {
+	Topic string
+	Key   string // the request id
+	Body  []byte
+	// Deliveries counts deliveries of this message, this one included.
+	Deliveries int
+}
+
+// Handler processes one message. nil acks it; an error from RetryAfter requeues
+// it after the given delay; Poison sends it to the dead letters at once; any
+// other error requeues it with backoff until MaxDeliveries, then dead-letters it.
+type Handler func(ctx context.Context, m Message) error
+
+// MaxDeliveries bounds how often a failing message is redelivered.
+const MaxDeliveries = 50
+
+// Queue is the work queue.
+type Queue interface {
+	// Publish returns nil only once the message is durable (the broker confirmed it).
+	Publish(ctx context.Context, topic, key string, body []byte) error
+	// Consume runs h on messages of topic with up to workers at once until ctx
+	// ends, then waits for in-flight handlers (which get a context that is not
+	// cancelled with ctx) and returns.
+	Consume(ctx context.Context, topic string, workers int, h Handler) error
+	// DeadLetters lists dead-lettered messages of topic with their reasons.
+	DeadLetters(ctx context.Context, topic string, limit int) ([]DeadLetter, error)
+	Close() error
+}
+
+// DeadLetter is a message that will not be retried.
+type DeadLetter struct {
+	Message
+	Reason string
+	At     time.Time
+}
+
+type retryError struct {
+	after  time.Duration
+	reason string
+}
+
+func (e *retryError) Error() string { return "retry after " + e.after.String() + ": " + e.reason }
+
+// RetryAfter asks for redelivery after d.
+func RetryAfter(d time.Duration, reason string) error { return &retryError{d, reason} }
+
+// RetryDelay returns the delay asked by a RetryAfter error.
+func RetryDelay(err error) (time.Duration, bool) {
+	var r *retryError
+	if errors.As(err, &r) {
+		return r.after, true
+	}
+	return 0, false
+}
+
+type poisonError struct{ reason string }
+
+func (e *poisonError) Error() string { return "poison: " + e.reason }
+
+// Poison marks a message that can never succeed.
+func Poison(reason string) error { return &poisonError{reason} }
+
+// IsPoison reports whether err came from Poison.
+func IsPoison(err error) bool {
+	var p *poisonError
+	return errors.As(err, &p)
+}
+
+// Backoff is the redelivery delay after a plain handler error: exponential from
+// 100ms, capped at 30s.
+func Backoff(deliveries int) time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < deliveries && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}

@@ -1,0 +1,208 @@
+// Package store defines the system of record of asyncmesh: one Record per
+// accepted request, moved through the status lifecycle of DESIGN.md by
+// compare-and-set transitions that keep a timestamped history.
+//
+// Implementations: collector/embedded (SQLite, the default) and, later,
+// Elasticsearch. Every implementation must pass storetest.Run.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+)
+
+// Status is a record's place in the lifecycle.
+type Status string
+
+// The lifecycle: persisted → queued → processing → completed | failed →
+// delivering → delivered | dead.
+const (
+	Persisted  Status = "persisted"
+	Queued     Status = "queued"
+	Processing Status = "processing"
+	Completed  Status = "completed"
+	Failed     Status = "failed"
+	Delivering Status = "delivering"
+	Delivered  Status = "delivered"
+	Dead       Status = "dead"
+)
+
+var rank = map[Status]int{
+	Persisted: 0, Queued: 1, Processing: 2, Completed: 3, Failed: 3,
+	Delivering: 4, Delivered: 5, Dead: 5,
+}
+
+// Valid reports whether s is a known status.
+func (s Status) Valid() bool { _, ok := rank[s]; return ok }
+
+// Terminal reports whether no further transition happens without a replay.
+func (s Status) Terminal() bool { return s == Delivered || s == Dead }
+
+// HasResult reports whether the request has been executed (its response is known).
+func (s Status) HasResult() bool { return rank[s] >= rank[Completed] }
+
+// Forward reports whether from → to moves forward in the lifecycle.
+func Forward(from, to Status) bool {
+	f, ok1 := rank[from]
+	t, ok2 := rank[to]
+	return ok1 && ok2 && t > f
+}
+
+// Transition is one entry of a record's history.
+type Transition struct {
+	Status Status    `json:"status"`
+	At     time.Time `json:"at"`
+	Note   string    `json:"note,omitempty"`
+}
+
+// Response is the service's answer to the replayed request.
+type Response struct {
+	Status  int         `json:"status"`
+	Headers [][2]string `json:"headers,omitempty"`
+	Body    []byte      `json:"body,omitempty"`
+}
+
+// Attempt is one callback delivery attempt.
+type Attempt struct {
+	At         time.Time     `json:"at"`
+	StatusCode int           `json:"statusCode,omitempty"`
+	Latency    time.Duration `json:"latency"`
+	Error      string        `json:"error,omitempty"`
+}
+
+// Record is one accepted request.
+type Record struct {
+	ID        string             `json:"id"`
+	TraceID   string             `json:"traceId"`
+	Rule      string             `json:"rule"`
+	Status    Status             `json:"status"`
+	Envelope  *envelope.Envelope `json:"envelope"`
+	Response  *Response          `json:"response,omitempty"`
+	Error     string             `json:"error,omitempty"`
+	History   []Transition       `json:"history"`
+	Attempts  []Attempt          `json:"attempts,omitempty"`
+	CreatedAt time.Time          `json:"createdAt"`
+	UpdatedAt time.Time          `json:"updatedAt"`
+}
+
+// Change is a compare-and-set on a record: it applies only when the current
+// status is one of From.
+type Change struct {
+	From []Status
+	// To is the new status; empty keeps the status (to record an attempt).
+	To   Status
+	Note string
+	// Optional fields set with the change.
+	Response *Response
+	Error    string
+	Attempt  *Attempt
+	At       time.Time // defaults to now
+}
+
+// Apply checks c against r and applies it in place. Implementations call it
+// inside their own atomic read-modify-write so that all share one semantics.
+func (c Change) Apply(r *Record) error {
+	ok := false
+	for _, f := range c.From {
+		if r.Status == f {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return &ConflictError{ID: r.ID, Current: r.Status, Want: c.To}
+	}
+	at := c.At
+	if at.IsZero() {
+		at = time.Now().UTC()
+	}
+	if c.To != "" && c.To != r.Status {
+		r.Status = c.To
+		r.History = append(r.History, Transition{Status: c.To, At: at, Note: c.Note})
+	}
+	if c.Response != nil {
+		r.Response = c.Response
+	}
+	if c.Error != "" {
+		r.Error = c.Error
+	}
+	if c.Attempt != nil {
+		r.Attempts = append(r.Attempts, *c.Attempt)
+	}
+	r.UpdatedAt = at
+	return nil
+}
+
+// Query selects records; empty fields match all. Results are ordered by id
+// (creation time); Cursor is the last id of the previous page.
+type Query struct {
+	TraceID string
+	Status  Status
+	Rule    string
+	Since   time.Time
+	Until   time.Time
+	Cursor  string
+	Limit   int
+}
+
+// MaxLimit bounds one page.
+const MaxLimit = 500
+
+// Page is one page of search results; Next is "" on the last page.
+type Page struct {
+	Records []*Record `json:"records"`
+	Next    string    `json:"next,omitempty"`
+}
+
+// Store is the system of record.
+type Store interface {
+	// Create persists a new record (its History holds the first transition). It
+	// returns only once the record is durable: intake answers 202 after it.
+	Create(ctx context.Context, r *Record) error
+	// Transition applies a compare-and-set change and returns the new record.
+	Transition(ctx context.Context, id string, c Change) (*Record, error)
+	Get(ctx context.Context, id string) (*Record, error)
+	Search(ctx context.Context, q Query) (Page, error)
+	// Stale lists records in status s last updated before before, oldest first:
+	// the outbox relay's and the sweeper's work list.
+	Stale(ctx context.Context, s Status, before time.Time, limit int) ([]*Record, error)
+	// Ping reports whether the store can take writes.
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Errors.
+var (
+	ErrNotFound = errors.New("record not found")
+	ErrExists   = errors.New("record already exists")
+)
+
+// ConflictError is returned when a Change's From does not hold.
+type ConflictError struct {
+	ID      string
+	Current Status
+	Want    Status
+}
+
+func (e *ConflictError) Error() string {
+	return "record " + e.ID + " is " + string(e.Current) + ", cannot move to " + string(e.Want)
+}
+
+// IsConflict reports whether err is a ConflictError.
+func IsConflict(err error) bool {
+	var c *ConflictError
+	return errors.As(err, &c)
+}
+
+// NewRecord returns the record of a freshly accepted envelope, status persisted.
+func NewRecord(e *envelope.Envelope, now time.Time) *Record {
+	now = now.UTC()
+	return &Record{
+		ID: e.ID, TraceID: e.TraceID, Rule: e.Rule, Status: Persisted, Envelope: e,
+		History:   []Transition{{Status: Persisted, At: now}},
+		CreatedAt: now, UpdatedAt: now,
+	}
+}

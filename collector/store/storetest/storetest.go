@@ -1,0 +1,200 @@
+// Package storetest is the conformance suite every store.Store must pass.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/trace"
+)
+
+// NewEnvelope returns a valid envelope for rule with the given trace id ("" for a
+// fresh one).
+func NewEnvelope(rule, traceID string) *envelope.Envelope {
+	p := trace.NewParent()
+	if traceID == "" {
+		traceID = p.TraceIDString()
+	}
+	return &envelope.Envelope{
+		Version: envelope.Version, ID: trace.NewRequestID(), TraceID: traceID, TraceParent: p.String(),
+		Rule: rule, Method: "POST", Authority: "svc", Path: "/slow", Body: []byte(`{"n":1}`),
+		Headers:  [][2]string{{"content-type", "application/json"}},
+		Callback: rules.Callback{URL: "http://127.0.0.1:9/cb", Protocol: "http"},
+		Retry:    rules.Retry{MaxAttempts: 3}, Timeout: rules.Duration(time.Second),
+	}
+}
+
+// Run runs the suite; open returns a fresh, empty store.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	create := func(t *testing.T, s store.Store, rule, traceID string) *store.Record {
+		t.Helper()
+		r := store.NewRecord(NewEnvelope(rule, traceID), time.Now())
+		if err := s.Create(ctx, r); err != nil {
+			t.Fatalf("Create: %v", err)
+		}
+		return r
+	}
+
+	t.Run("CreateGet", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		got, err := s.Get(ctx, r.ID)
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+		if got.Status != store.Persisted || got.TraceID != r.TraceID || string(got.Envelope.Body) != `{"n":1}` || len(got.History) != 1 {
+			t.Fatalf("Get = %+v", got)
+		}
+		if err := s.Create(ctx, r); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("second Create = %v, want ErrExists", err)
+		}
+		if _, err := s.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Get unknown = %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("TransitionHistory", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		steps := []store.Change{
+			{From: []store.Status{store.Persisted}, To: store.Queued},
+			{From: []store.Status{store.Queued}, To: store.Processing},
+			{From: []store.Status{store.Processing}, To: store.Completed, Response: &store.Response{Status: 200, Body: []byte("ok")}},
+			{From: []store.Status{store.Completed}, To: store.Delivering},
+			{From: []store.Status{store.Delivering}, Attempt: &store.Attempt{At: time.Now(), StatusCode: 500}},
+			{From: []store.Status{store.Delivering}, To: store.Delivered, Attempt: &store.Attempt{At: time.Now(), StatusCode: 200}},
+		}
+		for _, c := range steps {
+			if _, err := s.Transition(ctx, r.ID, c); err != nil {
+				t.Fatalf("Transition to %q: %v", c.To, err)
+			}
+		}
+		got, _ := s.Get(ctx, r.ID)
+		var hist []store.Status
+		for _, h := range got.History {
+			hist = append(hist, h.Status)
+		}
+		want := []store.Status{store.Persisted, store.Queued, store.Processing, store.Completed, store.Delivering, store.Delivered}
+		if len(hist) != len(want) {
+			t.Fatalf("history %v, want %v", hist, want)
+		}
+		for i := range want {
+			if hist[i] != want[i] {
+				t.Fatalf("history %v, want %v", hist, want)
+			}
+		}
+		if len(got.Attempts) != 2 || got.Response == nil || string(got.Response.Body) != "ok" {
+			t.Fatalf("attempts %v response %v", got.Attempts, got.Response)
+		}
+	})
+
+	t.Run("CASConflict", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); !store.IsConflict(err) {
+			t.Fatalf("wrong From = %v, want conflict", err)
+		}
+		if _, err := s.Transition(ctx, "missing", store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("missing record = %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("ConcurrentCASOneWins", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		wins := 0
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued})
+				if err == nil {
+					mu.Lock()
+					wins++
+					mu.Unlock()
+				} else if !store.IsConflict(err) {
+					t.Errorf("Transition: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins != 1 {
+			t.Fatalf("%d concurrent transitions won, want 1", wins)
+		}
+		got, _ := s.Get(ctx, r.ID)
+		if len(got.History) != 2 {
+			t.Fatalf("history has %d entries, want 2", len(got.History))
+		}
+	})
+
+	t.Run("Search", func(t *testing.T) {
+		s := open(t)
+		tid := trace.NewParent().TraceIDString()
+		var ids []string
+		for range 5 {
+			ids = append(ids, create(t, s, "a", tid).ID)
+		}
+		create(t, s, "b", "")
+		page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2})
+		if err != nil {
+			t.Fatalf("Search: %v", err)
+		}
+		var got []string
+		for {
+			for _, r := range page.Records {
+				got = append(got, r.ID)
+			}
+			if page.Next == "" {
+				break
+			}
+			if page, err = s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Cursor: page.Next}); err != nil {
+				t.Fatalf("Search page: %v", err)
+			}
+		}
+		if len(got) != 5 {
+			t.Fatalf("paged search found %v, want %v", got, ids)
+		}
+		for i := range ids {
+			if got[i] != ids[i] {
+				t.Fatalf("order %v, want %v", got, ids)
+			}
+		}
+		p, _ := s.Search(ctx, store.Query{Rule: "b"})
+		if len(p.Records) != 1 {
+			t.Fatalf("rule search found %d", len(p.Records))
+		}
+		p, _ = s.Search(ctx, store.Query{Status: store.Delivered})
+		if len(p.Records) != 0 {
+			t.Fatalf("status search found %d", len(p.Records))
+		}
+		p, _ = s.Search(ctx, store.Query{Since: time.Now().Add(time.Hour)})
+		if len(p.Records) != 0 {
+			t.Fatalf("since search found %d", len(p.Records))
+		}
+	})
+
+	t.Run("Stale", func(t *testing.T) {
+		s := open(t)
+		old := create(t, s, "a", "")
+		moved := create(t, s, "a", "")
+		if _, err := s.Transition(ctx, moved.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := s.Stale(ctx, store.Persisted, time.Now().Add(time.Second), 10)
+		if err != nil || len(recs) != 1 || recs[0].ID != old.ID {
+			t.Fatalf("Stale = %v, %v", recs, err)
+		}
+		if recs, _ := s.Stale(ctx, store.Persisted, time.Now().Add(-time.Hour), 10); len(recs) != 0 {
+			t.Fatalf("Stale before creation found %d", len(recs))
+		}
+	})
+}
