@@ -1,0 +1,278 @@
+package collector
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/delivery"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+)
+
+// MaxWait bounds ?wait= long-polls.
+const MaxWait = 60 * time.Second
+
+// Handler returns the collector's HTTP API:
+//
+//	POST /v1/intake                     the filter hands over an accepted request
+//	GET  /v1/requests/{id}[?wait=30s]   status, history, attempts; waits until terminal
+//	GET  /v1/requests/{id}/result[?wait=30s]  the service's response; waits until known
+//	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
+//	GET  /healthz, /readyz
+func (c *Collector) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/intake", c.intake)
+	mux.HandleFunc("GET /v1/requests/{id}", c.getRequest)
+	mux.HandleFunc("GET /v1/requests/{id}/result", c.getResult)
+	mux.HandleFunc("GET /v1/requests", c.search)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := c.store.Ping(r.Context()); err != nil {
+			writeError(w, 503, "store_unavailable", err.Error())
+			return
+		}
+		writeJSON(w, 200, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// intake persists an accepted request, then publishes it. It answers 201 only
+// once the record is durable; publish failures leave it persisted for the relay.
+func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, envelope.MaxSize))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "envelope_too_large", "envelope over "+strconv.Itoa(envelope.MaxSize)+" bytes")
+			return
+		}
+		writeError(w, http.StatusBadRequest, "unreadable_body", err.Error())
+		return
+	}
+	env, err := envelope.Decode(data)
+	if err != nil {
+		c.log.Warn("intake: refused envelope", "err", err)
+		writeError(w, http.StatusBadRequest, "bad_envelope", err.Error())
+		return
+	}
+	log := c.log.With("id", env.ID, "trace_id", env.TraceID, "rule", env.Rule)
+	rec := store.NewRecord(env, time.Now())
+	if err := c.store.Create(r.Context(), rec); err != nil {
+		if !errors.Is(err, store.ErrExists) {
+			log.Error("intake: persisting", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be persisted")
+			return
+		}
+		// The filter retried a call whose answer it lost: answer with what is stored.
+		if rec, err = c.store.Get(r.Context(), env.ID); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be read back")
+			return
+		}
+		if rec.TraceID != env.TraceID {
+			writeError(w, http.StatusConflict, "id_conflict", "id: already used by another request")
+			return
+		}
+	} else if err := c.enqueue(r.Context(), env.ID); err != nil {
+		log.Warn("intake: publish failed; the outbox relay will publish it", "err", err)
+	} else {
+		rec.Status = store.Queued
+	}
+	log.Info("intake: accepted", "status", rec.Status)
+	w.Header().Set("x-async-status", string(rec.Status))
+	writeJSON(w, http.StatusCreated, map[string]string{"id": rec.ID, "traceId": rec.TraceID, "status": string(rec.Status)})
+}
+
+// recordView is the API's rendering of a record.
+type recordView struct {
+	ID        string             `json:"id"`
+	TraceID   string             `json:"traceId"`
+	Rule      string             `json:"rule"`
+	Status    store.Status       `json:"status"`
+	Request   requestView        `json:"request"`
+	Error     string             `json:"error,omitempty"`
+	History   []store.Transition `json:"history"`
+	Attempts  []attemptView      `json:"attempts"`
+	CreatedAt time.Time          `json:"createdAt"`
+	UpdatedAt time.Time          `json:"updatedAt"`
+}
+
+type requestView struct {
+	Method    string `json:"method"`
+	Authority string `json:"authority"`
+	Path      string `json:"path"`
+	Callback  string `json:"callback"`
+	Protocol  string `json:"protocol"`
+}
+
+type attemptView struct {
+	At         time.Time `json:"at"`
+	StatusCode int       `json:"statusCode,omitempty"`
+	LatencyMs  float64   `json:"latencyMs"`
+	Error      string    `json:"error,omitempty"`
+}
+
+func viewOf(r *store.Record) recordView {
+	v := recordView{ID: r.ID, TraceID: r.TraceID, Rule: r.Rule, Status: r.Status, Error: r.Error,
+		History: r.History, Attempts: []attemptView{}, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+	if e := r.Envelope; e != nil {
+		v.Request = requestView{Method: e.Method, Authority: e.Authority, Path: e.Path, Callback: e.Callback.URL, Protocol: e.Callback.Protocol}
+	}
+	for _, a := range r.Attempts {
+		v.Attempts = append(v.Attempts, attemptView{At: a.At, StatusCode: a.StatusCode, LatencyMs: float64(a.Latency.Microseconds()) / 1000, Error: a.Error})
+	}
+	return v
+}
+
+func (c *Collector) getRequest(w http.ResponseWriter, r *http.Request) {
+	rec, ok := c.waitFor(w, r, store.Status.Terminal)
+	if ok {
+		writeJSON(w, http.StatusOK, viewOf(rec))
+	}
+}
+
+func (c *Collector) getResult(w http.ResponseWriter, r *http.Request) {
+	rec, ok := c.waitFor(w, r, store.Status.HasResult)
+	if !ok {
+		return
+	}
+	switch {
+	case !rec.Status.HasResult():
+		w.Header().Set("retry-after", "1")
+		writeJSON(w, http.StatusAccepted, map[string]string{"id": rec.ID, "status": string(rec.Status)})
+	case rec.Response == nil:
+		writeJSON(w, http.StatusOK, map[string]any{"id": rec.ID, "status": store.Failed, "error": rec.Error})
+	default:
+		writeJSON(w, http.StatusOK, map[string]any{"id": rec.ID, "status": store.Completed, "response": delivery.ResponseView(rec.Response)})
+	}
+}
+
+// waitFor reads the record and, with ?wait=, long-polls until done(status) or
+// the wait ends. It writes the error response itself when it returns false.
+func (c *Collector) waitFor(w http.ResponseWriter, r *http.Request, done func(store.Status) bool) (*store.Record, bool) {
+	id := r.PathValue("id")
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := parseWait(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_parameter", "wait: "+err.Error())
+			return nil, false
+		}
+		wait = d
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		// Subscribe before reading, so a change between the two is not missed.
+		changed, cancel := c.notify.wait(id)
+		rec, err := c.store.Get(r.Context(), id)
+		if err != nil {
+			cancel()
+			if errors.Is(err, store.ErrNotFound) {
+				writeError(w, http.StatusNotFound, "not_found", "no request with id "+id)
+			} else {
+				writeError(w, http.StatusServiceUnavailable, "store_unavailable", "reading the request failed")
+			}
+			return nil, false
+		}
+		left := time.Until(deadline)
+		if done(rec.Status) || left <= 0 {
+			cancel()
+			return rec, true
+		}
+		// Other collectors may move the record: poll at least every second.
+		t := time.NewTimer(min(left, time.Second))
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+		t.Stop()
+		cancel()
+		if r.Context().Err() != nil {
+			return nil, false
+		}
+	}
+}
+
+func parseWait(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, err2 := strconv.Atoi(v)
+		if err2 != nil {
+			return 0, errors.New("want a duration such as 30s")
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 || d > MaxWait {
+		return 0, errors.New("must be between 0 and " + MaxWait.String())
+	}
+	return d, nil
+}
+
+func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	for k := range q {
+		switch k {
+		case "traceId", "status", "rule", "since", "until", "cursor", "limit":
+		default:
+			writeError(w, http.StatusBadRequest, "bad_parameter", k+": unknown parameter")
+			return
+		}
+	}
+	sq := store.Query{TraceID: q.Get("traceId"), Status: store.Status(q.Get("status")), Rule: q.Get("rule"), Cursor: q.Get("cursor"), Limit: 100}
+	if sq.Status != "" && !sq.Status.Valid() {
+		writeError(w, http.StatusBadRequest, "bad_parameter", "status: "+string(sq.Status)+" is not a status")
+		return
+	}
+	for _, p := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &sq.Since}, {"until", &sq.Until}} {
+		if v := q.Get(p.name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, "bad_parameter", p.name+": want an RFC 3339 time")
+				return
+			}
+			*p.dst = t
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxLimit {
+			writeError(w, http.StatusBadRequest, "bad_parameter", "limit: want 1.."+strconv.Itoa(store.MaxLimit))
+			return
+		}
+		sq.Limit = n
+	}
+	page, err := c.store.Search(r.Context(), sq)
+	if err != nil {
+		c.log.Error("api: search", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "search failed")
+		return
+	}
+	out := struct {
+		Records []recordView `json:"records"`
+		Next    string       `json:"next,omitempty"`
+	}{Records: []recordView{}, Next: page.Next}
+	for _, rec := range page.Records {
+		out.Records = append(out.Records, viewOf(rec))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("content-type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"error": code, "message": msg})
+}

@@ -1,0 +1,218 @@
+// Package collector is the asyncmesh sidecar: intake (POST /v1/intake, called by
+// the Wasm filter), the worker that replays accepted requests through Envoy to the
+// real service, delivery of callbacks, the outbox relay, and the read API.
+//
+// Lifecycle decisions (beyond DESIGN.md):
+//   - "completed" means the service answered (any HTTP status, which the callback
+//     carries); "failed" means no answer: timeout, or unreachable after retries.
+//   - The work and delivery handlers are idempotent by request id: each reads the
+//     record and acts by its status, so a redelivered message finishes what a
+//     crashed collector started and a late duplicate is acked and skipped.
+//   - The webhook-id of a callback is the request id: stable across retries.
+package collector
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/delivery"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// Config of a collector.
+type Config struct {
+	// ReplayURL is the Envoy listener through which accepted requests are
+	// replayed to the service (for example http://127.0.0.1:10000).
+	ReplayURL string
+	// ReplaySecret signs replays; the filter verifies it.
+	ReplaySecret []byte
+	// Secrets resolves callback secret references.
+	Secrets delivery.Secrets
+	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 16).
+	Workers, DeliveryWorkers int
+	// RelayInterval is how often the outbox relay looks for unpublished
+	// records (default 1s); RelayAge is how old they must be (default 2s).
+	RelayInterval, RelayAge time.Duration
+	// PublishTimeout bounds intake's wait for the queue's confirm (default 2s).
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Collector is one running collector.
+type Collector struct {
+	cfg    Config
+	store  store.Store
+	queue  queue.Queue
+	sender *delivery.Sender
+	log    *slog.Logger
+	replay *http.Client
+	notify *notifier
+}
+
+// New returns a collector over st and q.
+func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
+	if cfg.ReplayURL == "" {
+		return nil, errors.New("collector: ReplayURL is required")
+	}
+	if len(cfg.ReplaySecret) == 0 {
+		return nil, errors.New("collector: ReplaySecret is required")
+	}
+	if cfg.Secrets == nil {
+		return nil, errors.New("collector: Secrets is required")
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&cfg.Workers, 16)
+	def(&cfg.DeliveryWorkers, 16)
+	defD(&cfg.RelayInterval, time.Second)
+	defD(&cfg.RelayAge, 2*time.Second)
+	defD(&cfg.PublishTimeout, 2*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Collector{
+		cfg: cfg, store: st, queue: q, log: cfg.Logger,
+		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
+		replay: &http.Client{
+			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		notify: newNotifier(),
+	}, nil
+}
+
+// Run consumes work and deliveries and runs the outbox relay until ctx ends,
+// then lets in-flight handlers finish and returns. Serve the HTTP API with
+// Handler beside it.
+func (c *Collector) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errs <- errors.New(name + ": " + err.Error())
+			}
+		}()
+	}
+	run("work consumer", func(ctx context.Context) error {
+		return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
+	})
+	run("delivery consumer", func(ctx context.Context) error {
+		return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)
+	})
+	run("outbox relay", c.relay)
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// move applies a change and wakes long-pollers of the record.
+func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*store.Record, error) {
+	r, err := c.store.Transition(ctx, id, ch)
+	if err == nil {
+		c.notify.broadcast(id)
+	}
+	return r, err
+}
+
+// relay publishes records that intake persisted but could not publish (queue
+// down, crash between the two), oldest first.
+func (c *Collector) relay(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.RelayInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("outbox relay: listing persisted records", "err", err)
+			}
+			continue
+		}
+		for _, r := range recs {
+			if err := c.enqueue(ctx, r.ID); err != nil {
+				c.log.Warn("outbox relay: publishing", "id", r.ID, "trace_id", r.TraceID, "err", err)
+				break // the queue is down; try again next tick
+			}
+			c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
+		}
+	}
+}
+
+// enqueue publishes the work message of a persisted record and marks it queued.
+func (c *Collector) enqueue(ctx context.Context, id string) error {
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	if err := c.queue.Publish(pctx, queue.TopicWork, id, []byte(id)); err != nil {
+		return err
+	}
+	if _, err := c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
+		return err // the worker moves it to queued if this write is lost
+	}
+	return nil
+}
+
+// notifier wakes long-polls when a record changes.
+type notifier struct {
+	mu      sync.Mutex
+	waiters map[string][]chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{waiters: map[string][]chan struct{}{}} }
+
+// wait returns a channel closed at the next change of id.
+func (n *notifier) wait(id string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	n.mu.Lock()
+	n.waiters[id] = append(n.waiters[id], ch)
+	n.mu.Unlock()
+	return ch, func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		ws := n.waiters[id]
+		for i, w := range ws {
+			if w == ch {
+				ws = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(ws) == 0 {
+			delete(n.waiters, id)
+		} else {
+			n.waiters[id] = ws
+		}
+	}
+}
+
+func (n *notifier) broadcast(id string) {
+	n.mu.Lock()
+	ws := n.waiters[id]
+	delete(n.waiters, id)
+	n.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+}

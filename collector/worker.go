@@ -1,0 +1,180 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/delivery"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+)
+
+// maxResponseBody bounds a stored response body.
+const maxResponseBody = 16 << 20
+
+// replayAttempts is how many deliveries of a work message may fail to reach the
+// service (Envoy down, connection refused) before the record is failed.
+const replayAttempts = 5
+
+// handleWork executes one accepted request: queued → processing → completed |
+// failed, then hands it to delivery.
+func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
+	id := m.Key
+	r, err := c.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return queue.Poison("no record for work message " + id)
+	}
+	if err != nil {
+		return err
+	}
+	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
+	if r.Status == store.Persisted { // intake's queued write was lost or is late
+		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
+			return err
+		}
+		if r == nil {
+			if r, err = c.store.Get(ctx, id); err != nil {
+				return err
+			}
+		}
+	}
+	switch r.Status {
+	case store.Queued:
+		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); err != nil {
+			if store.IsConflict(err) {
+				return queue.RetryAfter(0, "record moved concurrently")
+			}
+			return err
+		}
+	case store.Processing:
+		// A redelivery after a crash mid-processing: run it again (at least once).
+		log.Info("worker: resuming a record left in processing", "deliveries", m.Deliveries)
+	case store.Completed, store.Failed:
+		return c.publishDelivery(ctx, id)
+	default:
+		return nil // already delivering or done
+	}
+
+	resp, err := c.execute(ctx, r)
+	change := store.Change{From: []store.Status{store.Processing}, To: store.Completed, Response: resp}
+	if err != nil {
+		var perm *permanentError
+		if !errors.As(err, &perm) && m.Deliveries < replayAttempts {
+			log.Warn("worker: replay failed, will retry", "err", err, "deliveries", m.Deliveries)
+			return err
+		}
+		log.Warn("worker: request failed", "err", err)
+		change = store.Change{From: []store.Status{store.Processing}, To: store.Failed, Error: err.Error()}
+	}
+	if _, err := c.move(ctx, id, change); err != nil && !store.IsConflict(err) {
+		return err
+	}
+	log.Info("worker: executed", "status", change.To)
+	return c.publishDelivery(ctx, id)
+}
+
+type permanentError struct{ error }
+
+// execute replays the original request through Envoy with a signed replay header.
+func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Response, error) {
+	e := r.Envelope
+	ctx, cancel := context.WithTimeout(ctx, e.Timeout.D())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, e.Method, strings.TrimSuffix(c.cfg.ReplayURL, "/")+e.Path, bytes.NewReader(e.Body))
+	if err != nil {
+		return nil, &permanentError{fmt.Errorf("building replay request: %w", err)}
+	}
+	for _, h := range e.Headers {
+		req.Header.Add(h[0], h[1])
+	}
+	req.Host = e.Authority
+	req.Header.Set("traceparent", e.TraceParent)
+	req.Header.Set("x-async-request-id", e.ID)
+	req.Header.Set(replay.Header, replay.Sign(c.cfg.ReplaySecret, e.ID, e.Method, e.Path, time.Now()))
+	resp, err := c.replay.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, &permanentError{fmt.Errorf("no answer within the rule's timeout of %s", e.Timeout.D())}
+		}
+		return nil, fmt.Errorf("replaying through %s: %w", c.cfg.ReplayURL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the service's response: %w", err)
+	}
+	if len(body) > maxResponseBody {
+		return nil, &permanentError{fmt.Errorf("response body over %d bytes", maxResponseBody)}
+	}
+	out := &store.Response{Status: resp.StatusCode, Body: body}
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			out.Headers = append(out.Headers, [2]string{strings.ToLower(k), v})
+		}
+	}
+	return out, nil
+}
+
+func (c *Collector) publishDelivery(ctx context.Context, id string) error {
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	return c.queue.Publish(pctx, queue.TopicDelivery, id, []byte(id))
+}
+
+// handleDelivery makes one callback attempt: completed | failed → delivering →
+// delivered | dead, retried through the queue's delayed redelivery.
+func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
+	id := m.Key
+	r, err := c.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return queue.Poison("no record for delivery message " + id)
+	}
+	if err != nil {
+		return err
+	}
+	switch r.Status {
+	case store.Completed, store.Failed:
+		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Completed, store.Failed}, To: store.Delivering}); err != nil {
+			if store.IsConflict(err) {
+				return queue.RetryAfter(0, "record moved concurrently")
+			}
+			return err
+		}
+	case store.Delivering:
+	case store.Delivered, store.Dead:
+		return nil
+	default:
+		return queue.RetryAfter(time.Second, "record not executed yet: "+string(r.Status))
+	}
+	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
+	res := c.sender.Send(ctx, r)
+	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt}
+	attempts := len(r.Attempts) + 1
+	switch {
+	case res.Outcome == delivery.Delivered:
+		change.To = store.Delivered
+	case res.Outcome == delivery.Gone:
+		change.To, change.Note = store.Dead, "endpoint gone (410)"
+	case attempts >= r.Envelope.Retry.MaxAttempts:
+		change.To, change.Note = store.Dead, fmt.Sprintf("gave up after %d attempts", attempts)
+	}
+	if _, err := c.move(ctx, id, change); err != nil {
+		if store.IsConflict(err) {
+			return nil // someone else finished it
+		}
+		return err
+	}
+	if change.To == "" {
+		log.Info("delivery: attempt failed, will retry", "attempt", attempts, "in", res.Wait, "code", res.Attempt.StatusCode, "err", res.Attempt.Error)
+		return queue.RetryAfter(res.Wait, res.Attempt.Error)
+	}
+	log.Info("delivery: finished", "status", change.To, "attempts", attempts, "code", res.Attempt.StatusCode)
+	return nil
+}

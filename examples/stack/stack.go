@@ -1,0 +1,244 @@
+// Package stack starts the whole asyncmesh sidecar on free loopback ports — Envoy
+// with the compiled filter, the collector on the embedded backend, the demo
+// service and the callback receiver — for the demo and the end-to-end tests.
+// Binaries are expected in Options.BinDir (make build puts them in build/).
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
+)
+
+// Options of a stack.
+type Options struct {
+	Root     string    // repository root (envoy.yaml, examples/rules.json)
+	BinDir   string    // collector, service, receiver, asyncmesh.wasm
+	EnvoyBin string    // envoy binary
+	WorkDir  string    // logs, database, rendered bootstrap
+	Logs     io.Writer // where process output goes besides the log files (may be nil)
+}
+
+// Stack is a running sidecar.
+type Stack struct {
+	opt                                 Options
+	EnvoyURL, AdminURL, CollectorURL    string
+	ServiceURL, ReceiverURL             string
+	envoyPort, adminPort, collectorPort int
+	servicePort, receiverPort           int
+	ReplaySecret, WebhookSecret         string
+	procs                               map[string]*proc
+}
+
+// Start starts every process and waits until each answers.
+func Start(ctx context.Context, opt Options) (*Stack, error) {
+	for _, p := range []*string{&opt.Root, &opt.BinDir, &opt.WorkDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = abs
+	}
+	s := &Stack{opt: opt, procs: map[string]*proc{},
+		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret()}
+	ports, err := freePorts(5)
+	if err != nil {
+		return nil, err
+	}
+	s.envoyPort, s.adminPort, s.collectorPort, s.servicePort, s.receiverPort = ports[0], ports[1], ports[2], ports[3], ports[4]
+	url := func(p int) string { return "http://127.0.0.1:" + strconv.Itoa(p) }
+	s.EnvoyURL, s.AdminURL, s.CollectorURL, s.ServiceURL, s.ReceiverURL = url(s.envoyPort), url(s.adminPort), url(s.collectorPort), url(s.servicePort), url(s.receiverPort)
+	bootstrap, err := s.render()
+	if err != nil {
+		return nil, err
+	}
+	steps := []struct {
+		name   string
+		start  func() error
+		health string
+	}{
+		{"service", func() error {
+			return s.spawn("service", filepath.Join(opt.BinDir, "service"), nil, "-listen", addr(s.servicePort))
+		}, s.ServiceURL + "/healthz"},
+		{"receiver", func() error {
+			return s.spawn("receiver", filepath.Join(opt.BinDir, "receiver"), []string{"ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}, "-listen", addr(s.receiverPort))
+		}, s.ReceiverURL + "/healthz"},
+		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
+		{"envoy", func() error {
+			return s.spawn("envoy", opt.EnvoyBin, []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret},
+				"-c", bootstrap, "--concurrency", "2", "--base-id", strconv.Itoa(s.adminPort), "-l", "warning", "--component-log-level", "wasm:info")
+		}, s.AdminURL + "/ready"},
+	}
+	for _, st := range steps {
+		if err := st.start(); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if err := waitHTTP(ctx, st.health, 60*time.Second); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("%s did not become ready (see %s): %w", st.name, s.LogPath(st.name), err)
+		}
+	}
+	return s, nil
+}
+
+func addr(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+
+// render fills envoy.yaml's placeholders and writes it to the work directory.
+func (s *Stack) render() (string, error) {
+	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, "envoy.yaml"))
+	if err != nil {
+		return "", fmt.Errorf("reading envoy.yaml: %w", err)
+	}
+	rulesRaw, err := os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.json"))
+	if err != nil {
+		return "", fmt.Errorf("reading rules: %w", err)
+	}
+	vars := map[string]string{
+		"ENVOY_PORT": strconv.Itoa(s.envoyPort), "ADMIN_PORT": strconv.Itoa(s.adminPort),
+		"COLLECTOR_PORT": strconv.Itoa(s.collectorPort), "SERVICE_PORT": strconv.Itoa(s.servicePort),
+		"WASM_PATH": filepath.Join(s.opt.BinDir, "asyncmesh.wasm"), "RECEIVER_URL": s.ReceiverURL,
+	}
+	expand := func(k string) string { return vars[k] }
+	var rules []json.RawMessage
+	if err := json.Unmarshal([]byte(os.Expand(string(rulesRaw), expand)), &rules); err != nil {
+		return "", fmt.Errorf("examples/rules.json: %w", err)
+	}
+	compact, _ := json.Marshal(rules)
+	vars["RULES_JSON"] = string(compact)
+	out := filepath.Join(s.opt.WorkDir, "envoy.yaml")
+	if err := os.WriteFile(out, []byte(os.Expand(string(tmpl), expand)), 0o600); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// StartCollector (re)starts the collector on its port and database.
+func (s *Stack) StartCollector() error {
+	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret},
+		"-listen", addr(s.collectorPort), "-db", filepath.Join(s.opt.WorkDir, "asyncmesh.db"), "-replay-url", s.EnvoyURL)
+}
+
+// WaitCollector waits until a (re)started collector answers.
+func (s *Stack) WaitCollector(ctx context.Context) error {
+	return waitHTTP(ctx, s.CollectorURL+"/healthz", 30*time.Second)
+}
+
+// StopCollector stops the collector with SIGTERM (graceful) or SIGKILL.
+func (s *Stack) StopCollector(kill bool) error {
+	sig := syscall.SIGTERM
+	if kill {
+		sig = syscall.SIGKILL
+	}
+	return s.stop("collector", sig)
+}
+
+// LogPath is where a process's output goes.
+func (s *Stack) LogPath(name string) string { return filepath.Join(s.opt.WorkDir, name+".log") }
+
+func (s *Stack) spawn(name, bin string, env []string, args ...string) error {
+	f, err := os.OpenFile(s.LogPath(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var w io.Writer = f
+	if s.opt.Logs != nil {
+		w = io.MultiWriter(f, s.opt.Logs)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("starting %s (%s): %w", name, bin, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	s.procs[name] = p
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	return nil
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (s *Stack) stop(name string, sig syscall.Signal) error {
+	p, ok := s.procs[name]
+	if !ok {
+		return nil
+	}
+	delete(s.procs, name)
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(35 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("%s did not stop within 35s", name)
+	}
+}
+
+// Close stops every process.
+func (s *Stack) Close() {
+	for _, name := range []string{"envoy", "collector", "receiver", "service"} {
+		_ = s.stop(name, syscall.SIGTERM)
+	}
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", url, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
