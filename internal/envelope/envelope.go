@@ -28,12 +28,12 @@ type Envelope struct {
 	Rule        string `json:"rule"`
 	Principal   string `json:"principal,omitempty"`
 
-	Method    string     `json:"method"`
-	Scheme    string     `json:"scheme,omitempty"`
-	Authority string     `json:"authority"`
-	Path      string     `json:"path"`
+	Method    string      `json:"method"`
+	Scheme    string      `json:"scheme,omitempty"`
+	Authority string      `json:"authority"`
+	Path      string      `json:"path"`
 	Headers   [][2]string `json:"headers,omitempty"`
-	Body      []byte     `json:"body,omitempty"`
+	Body      []byte      `json:"body,omitempty"`
 
 	Callback rules.Callback `json:"callback"`
 	Retry    rules.Retry    `json:"retry"`

@@ -65,14 +65,14 @@ type Config struct {
 
 // Rule is one callback rule.
 type Rule struct {
-	Name            string    `json:"name"`
-	Match           Match     `json:"match"`
-	Mode            Mode      `json:"mode"`
-	Callback        Callback  `json:"callback"`
-	BodyLimit       int64     `json:"bodyLimit,omitempty"`
-	Timeout         Duration  `json:"timeout,omitempty"`
-	Retry           Retry     `json:"retry"`
-	OnCollectorDown string    `json:"onCollectorDown,omitempty"`
+	Name            string   `json:"name"`
+	Match           Match    `json:"match"`
+	Mode            Mode     `json:"mode"`
+	Callback        Callback `json:"callback"`
+	BodyLimit       int64    `json:"bodyLimit,omitempty"`
+	Timeout         Duration `json:"timeout,omitempty"`
+	Retry           Retry    `json:"retry"`
+	OnCollectorDown string   `json:"onCollectorDown,omitempty"`
 	pathRegex       *regexp.Regexp
 }
 

@@ -1,0 +1,281 @@
+//go:build e2e
+
+// Package e2e runs the compiled filter inside a real Envoy with the real
+// collector, demo service and callback receiver (examples/stack). Run with
+// make e2e, which builds the binaries and sets ENVOY_BIN and ASYNCMESH_BIN.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+)
+
+var st *stack.Stack
+
+func TestMain(m *testing.M) {
+	envoy, bin := os.Getenv("ENVOY_BIN"), os.Getenv("ASYNCMESH_BIN")
+	if envoy == "" || bin == "" {
+		println("e2e: ENVOY_BIN and ASYNCMESH_BIN must be set (make e2e)")
+		os.Exit(1)
+	}
+	work, err := os.MkdirTemp("", "asyncmesh-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	root, _ := filepath.Abs("..")
+	st, err = stack.Start(context.Background(), stack.Options{Root: root, BinDir: bin, EnvoyBin: envoy, WorkDir: work})
+	if err != nil {
+		println("e2e: starting the stack:", err.Error())
+		os.Exit(1)
+	}
+	code := m.Run()
+	st.Close()
+	if code != 0 {
+		println("e2e: logs kept in", work)
+	} else {
+		os.RemoveAll(work)
+	}
+	os.Exit(code)
+}
+
+var client = &http.Client{Timeout: 30 * time.Second}
+
+func do(t *testing.T, method, path, body string, hdrs ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, st.EnvoyURL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdrs); i += 2 {
+		req.Header.Set(hdrs[i], hdrs[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, b
+}
+
+type received struct {
+	WebhookID string          `json:"webhookId"`
+	TraceID   string          `json:"traceId"`
+	Verified  bool            `json:"verified"`
+	Body      json.RawMessage `json:"body"`
+}
+
+type callback struct {
+	ID       string `json:"id"`
+	TraceID  string `json:"traceId"`
+	Status   string `json:"status"`
+	Response struct {
+		Status int    `json:"status"`
+		Body   string `json:"body"`
+	} `json:"response"`
+}
+
+// waitCallback polls the receiver for the callback of request id.
+func waitCallback(t *testing.T, id string) (received, callback) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(st.ReceiverURL + "/received")
+		if err == nil {
+			var got []received
+			_ = json.NewDecoder(resp.Body).Decode(&got)
+			resp.Body.Close()
+			for _, r := range got {
+				if r.WebhookID == id {
+					var cb callback
+					if err := json.Unmarshal(r.Body, &cb); err != nil {
+						t.Fatalf("callback body: %v", err)
+					}
+					return r, cb
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no callback for %s within 30s", id)
+	return received{}, callback{}
+}
+
+func accepted(t *testing.T, resp *http.Response, body []byte) (id, traceID string) {
+	t.Helper()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("want 202, got %s: %s", resp.Status, body)
+	}
+	var b struct{ ID, TraceID, Status, StatusURL string }
+	if err := json.Unmarshal(body, &b); err != nil {
+		t.Fatalf("202 body %s: %v", body, err)
+	}
+	id, traceID = resp.Header.Get("x-async-request-id"), resp.Header.Get("x-async-trace-id")
+	if id == "" || b.ID != id || b.TraceID != traceID || resp.Header.Get("location") != "/async/v1/requests/"+id || b.StatusURL != "/async/v1/requests/"+id {
+		t.Fatalf("202 headers %v body %s", resp.Header, body)
+	}
+	return id, traceID
+}
+
+func TestSyncPassThrough(t *testing.T) {
+	tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	resp, body := do(t, "GET", "/headers", "", "traceparent", tp, "x-async-request-id", "forged", "x-async-rule", "forged", "x-custom", "kept")
+	if resp.StatusCode != 200 {
+		t.Fatalf("sync route: %s %s", resp.Status, body)
+	}
+	var got struct{ Headers map[string]string }
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	h := got.Headers
+	if h["Traceparent"] != tp || h["X-Async-Trace-Id"] != "4bf92f3577b34da6a3ce929d0e0e4736" || h["X-Custom"] != "kept" {
+		t.Fatalf("service saw %v", h)
+	}
+	if _, ok := h["X-Async-Request-Id"]; ok {
+		t.Fatalf("forged x-async-request-id reached the service: %v", h)
+	}
+	if _, ok := h["X-Async-Rule"]; ok {
+		t.Fatalf("forged x-async-rule reached the service: %v", h)
+	}
+	if resp.Header.Get("x-async-trace-id") != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("response trace header %q", resp.Header.Get("x-async-trace-id"))
+	}
+}
+
+func TestSyncCreatesTraceparent(t *testing.T) {
+	resp, body := do(t, "GET", "/headers", "")
+	var got struct{ Headers map[string]string }
+	_ = json.Unmarshal(body, &got)
+	tid := resp.Header.Get("x-async-trace-id")
+	if len(tid) != 32 || !strings.Contains(got.Headers["Traceparent"], tid) {
+		t.Fatalf("trace id %q, service saw traceparent %q", tid, got.Headers["Traceparent"])
+	}
+}
+
+func TestAsyncLifecycle(t *testing.T) {
+	start := time.Now()
+	resp, body := do(t, "POST", "/slow?ms=1500", `{"order":42}`, "content-type", "application/json")
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("202 took %v: it must not wait for the slow service", d)
+	}
+	id, traceID := accepted(t, resp, body)
+	rec, cb := waitCallback(t, id)
+	if !rec.Verified || rec.TraceID != traceID || cb.TraceID != traceID || cb.ID != id || cb.Status != "completed" {
+		t.Fatalf("callback %+v %+v", rec, cb)
+	}
+	if cb.Response.Status != 200 || !strings.Contains(cb.Response.Body, `"report":"done"`) || !strings.Contains(cb.Response.Body, `{\"order\":42}`) || !strings.Contains(cb.Response.Body, id) {
+		t.Fatalf("callback carries %+v, want the service's real response", cb.Response)
+	}
+	// The Location is dereferenceable through Envoy; ?wait long-polls to the end.
+	resp, body = do(t, "GET", "/async/v1/requests/"+id+"?wait=10s", "")
+	var r struct {
+		Status   string
+		TraceID  string
+		History  []struct{ Status string }
+		Attempts []struct{ StatusCode int }
+	}
+	if err := json.Unmarshal(body, &r); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status: %s %s", resp.Status, body)
+	}
+	var hist []string
+	for _, h := range r.History {
+		hist = append(hist, h.Status)
+	}
+	if got := strings.Join(hist, " → "); got != "persisted → queued → processing → completed → delivering → delivered" {
+		t.Fatalf("history %s", got)
+	}
+	if len(r.Attempts) != 1 || r.Attempts[0].StatusCode != 204 {
+		t.Fatalf("attempts %+v", r.Attempts)
+	}
+	resp, body = do(t, "GET", "/async/v1/requests/"+id+"/result", "")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `report`) {
+		t.Fatalf("result: %s %s", resp.Status, body)
+	}
+	resp, body = do(t, "GET", "/async/v1/requests?traceId="+traceID, "")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), id) {
+		t.Fatalf("search by trace id: %s %s", resp.Status, body)
+	}
+}
+
+func TestOptIn(t *testing.T) {
+	resp, body := do(t, "POST", "/maybe?ms=10", "{}")
+	if resp.StatusCode != 200 {
+		t.Fatalf("opt-in without Prefer must be served synchronously: %s %s", resp.Status, body)
+	}
+	resp, body = do(t, "POST", "/maybe?ms=10", "{}", "prefer", "respond-async")
+	id, _ := accepted(t, resp, body)
+	if resp.Header.Get("preference-applied") != "respond-async" {
+		t.Fatalf("Preference-Applied missing: %v", resp.Header)
+	}
+	waitCallback(t, id)
+}
+
+func TestForgedReplayRefused(t *testing.T) {
+	id := "01890a5d-ac96-774b-bcce-b302099a8057"
+	forged := replay.Sign([]byte("a guess"), id, "POST", "/slow?ms=10", time.Now())
+	resp, body := do(t, "POST", "/slow?ms=10", "{}", "x-async-replay", forged, "x-async-request-id", id)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "replay") {
+		t.Fatalf("forged replay: %s %s", resp.Status, body)
+	}
+	// A genuine signature (the collector's secret) passes to the service.
+	good := replay.Sign([]byte(st.ReplaySecret), id, "POST", "/slow?ms=10", time.Now())
+	resp, body = do(t, "POST", "/slow?ms=10", "{}", "x-async-replay", good, "x-async-request-id", id)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), id) {
+		t.Fatalf("valid replay: %s %s", resp.Status, body)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		name   string
+		body   string
+		hdrs   []string
+		status int
+	}{
+		{"body over the rule's limit", strings.Repeat("x", 5000), nil, 413},
+		{"malformed callback header", "{}", []string{"x-async-callback", "not a url"}, 400},
+		{"unknown callback protocol", "{}", []string{"x-async-callback-protocol", "carrier-pigeon"}, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := do(t, "POST", "/slow?ms=10", tt.body, tt.hdrs...)
+			var e struct{ Error, Message string }
+			if resp.StatusCode != tt.status || json.Unmarshal(body, &e) != nil || e.Error == "" {
+				t.Fatalf("want %d with a JSON error, got %s %s", tt.status, resp.Status, body)
+			}
+		})
+	}
+}
+
+// TestCollectorDown runs last: it stops and restarts the collector.
+func TestCollectorDown(t *testing.T) {
+	if err := st.StopCollector(false); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := st.StartCollector(); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.WaitCollector(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	resp, body := do(t, "POST", "/slow?ms=10", "{}")
+	if resp.StatusCode != 503 || resp.Header.Get("retry-after") == "" || !strings.Contains(string(body), "collector_unavailable") {
+		t.Fatalf("collector down: want 503 + Retry-After, got %s %v %s", resp.Status, resp.Header, body)
+	}
+	resp, body = do(t, "POST", "/soft?ms=10", "{}")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"report":"done"`) {
+		t.Fatalf("collector down with onCollectorDown passthrough: %s %s", resp.Status, body)
+	}
+}
