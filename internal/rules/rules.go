@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -126,16 +127,15 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 
 // UnmarshalJSON reads a duration string.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	// A *json.UnmarshalTypeError lets the decoder add the field's path.
+	bad := &json.UnmarshalTypeError{Value: "duration " + string(b) + " (want a string such as \"30s\")", Type: reflect.TypeFor[Duration]()}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return errors.New("want a duration string such as \"30s\"")
+		return bad
 	}
 	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	if v < 0 {
-		return errors.New("duration must not be negative")
+	if err != nil || v < 0 {
+		return bad
 	}
 	*d = Duration(v)
 	return nil

@@ -1,0 +1,46 @@
+package envelope
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+const valid = `{"v":1,"id":"01890a5d-ac96-774b-bcce-b302099a8057","traceId":"4bf92f3577b34da6a3ce929d0e0e4736",
+"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","rule":"r","method":"POST",
+"authority":"svc","path":"/slow","callback":{"url":"http://x/cb","protocol":"http"},
+"retry":{"maxAttempts":3},"timeout":"5s"}`
+
+func TestDecode(t *testing.T) {
+	if _, err := Decode([]byte(valid)); err != nil {
+		t.Fatalf("valid envelope: %v", err)
+	}
+	tests := []struct{ name, from, to, want string }{
+		{"bad id", `"id":"01890a5d`, `"id":"x01890a5d`, "id:"},
+		{"bad trace", `"traceId":"4bf`, `"traceId":"XYZ`, "traceId:"},
+		{"bad path", `"path":"/slow"`, `"path":"slow"`, "path:"},
+		{"unknown field", `"rule":"r"`, `"rule":"r","extra":1`, "unknown field"},
+		{"bad callback", `"url":"http://x/cb"`, `"url":"gopher://x"`, "callback.url"},
+		{"bad method", `"method":"POST"`, `"method":"po st"`, "method:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode([]byte(strings.Replace(valid, tt.from, tt.to, 1)))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := Decode(b)
+		if err == nil {
+			if _, err := json.Marshal(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,82 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseErrorsNameTheField(t *testing.T) {
+	tests := []struct {
+		name, cfg, want string
+	}{
+		{"unknown key", `{"collectorCluster":"c","bogus":1}`, `unknown field "bogus"`},
+		{"no cluster", `{"rules":[]}`, "collectorCluster: required"},
+		{"bad mode", `{"collectorCluster":"c","rules":[{"name":"a","mode":"later"}]}`, "rules[0] (a): mode"},
+		{"bad regex", `{"collectorCluster":"c","rules":[{"name":"a","mode":"sync","match":{"pathRegex":"("}}]}`, "match.pathRegex"},
+		{"bad url", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"ftp://x"}}]}`, "callback.url"},
+		{"no url", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async"}]}`, "callback.url: required"},
+		{"duplicate", `{"collectorCluster":"c","rules":[{"name":"a","mode":"sync"},{"name":"a","mode":"sync"}]}`, "duplicate rule name"},
+		{"bad duration", `{"collectorCluster":"c","collectorTimeout":"soon"}`, "collectorTimeout"},
+		{"wrong type", `{"collectorCluster":"c","rules":[{"name":"a","mode":"sync","bodyLimit":"big"}]}`, "bodyLimit"},
+		{"bad protocol", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x","protocol":"smtp"}}]}`, "callback.protocol"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.cfg))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Parse error = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMatch(t *testing.T) {
+	cfg, err := Parse([]byte(`{"collectorCluster":"c","rules":[
+		{"name":"exception","mode":"sync","match":{"pathPrefix":"/slow/health"}},
+		{"name":"slow","mode":"async","match":{"pathPrefix":"/slow","methods":["POST"]},"callback":{"url":"http://x/cb"}},
+		{"name":"host","mode":"opt-in","match":{"host":"*.example.com","pathRegex":"^/r/[0-9]+$"},"callback":{"url":"http://x/cb"}},
+		{"name":"route","mode":"async","match":{"route":"reports"},"callback":{"url":"http://x/cb"}}
+	]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		req  Request
+		want string
+	}{
+		{Request{Method: "POST", Path: "/slow/report?x=1"}, "slow"},
+		{Request{Method: "GET", Path: "/slow/report"}, ""},
+		{Request{Method: "POST", Path: "/slow/health"}, "exception"},
+		{Request{Method: "GET", Authority: "api.example.com:8080", Path: "/r/12"}, "host"},
+		{Request{Method: "GET", Authority: "example.com", Path: "/r/12"}, ""},
+		{Request{Method: "GET", Authority: "api.example.com", Path: "/r/x"}, ""},
+		{Request{Method: "GET", Route: "reports", Path: "/"}, "route"},
+	}
+	for _, tt := range tests {
+		got := ""
+		if r := cfg.Match(tt.req); r != nil {
+			got = r.Name
+		}
+		if got != tt.want {
+			t.Errorf("Match(%+v) = %q, want %q", tt.req, got, tt.want)
+		}
+	}
+	if !cfg.NeedsRoute() {
+		t.Error("NeedsRoute = false with a route rule")
+	}
+	slow := cfg.Match(Request{Method: "POST", Path: "/slow"})
+	if slow.BodyLimit != DefaultBodyLimit || slow.Retry.MaxAttempts != DefaultMaxAttempts || slow.OnCollectorDown != CollectorDownReject || slow.Callback.Protocol != ProtocolHTTP {
+		t.Errorf("defaults not applied: %+v", slow)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(`{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"}}]}`)
+	f.Add(`{}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := Parse([]byte(s))
+		if err == nil {
+			cfg.Match(Request{Method: "GET", Path: "/x", Authority: "h"})
+		}
+	})
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs Elasticsearch 8 (Maven Central's integ-test zip: no x-pack, so no
+# security and no ILM) under .tools if missing, starts a single node on a free
+# loopback port with a small heap and the machine's JDK 17, and prints its URL.
+# Elasticsearch refuses to run as root, so as root it runs as user "asyncmesh-es".
+# Idempotent: a node already running from this checkout is reused.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+version=${ES_VERSION:-8.19.7}
+tools="$root/.tools"
+home="$tools/elasticsearch-$version"
+zip="$HOME/.m2/repository/org/elasticsearch/distribution/integ-test-zip/elasticsearch/$version/elasticsearch-$version.zip"
+mkdir -p "$tools"
+if [ ! -d "$home" ]; then
+  [ -f "$zip" ] || mvn -q dependency:get -Dartifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$version:zip" >&2
+  (cd "$tools" && unzip -q "$zip")
+fi
+state="$tools/es-state"
+mkdir -p "$state"
+if [ -f "$state/port" ] && curl -fsS "http://127.0.0.1:$(cat "$state/port")/" >/dev/null 2>&1; then
+  echo "http://127.0.0.1:$(cat "$state/port")"
+  exit 0
+fi
+java_home=${ES_JAVA_HOME:-}
+if [ -z "$java_home" ]; then
+  for j in /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/*17* "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")"; do
+    [ -x "$j/bin/java" ] && java_home=$j && break
+  done
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "$port" > "$state/port"
+mkdir -p "$state/data" "$state/logs"
+run=()
+if [ "$(id -u)" = 0 ]; then
+  id asyncmesh-es >/dev/null 2>&1 || useradd --system --no-create-home asyncmesh-es
+  chown -R asyncmesh-es "$home" "$state"
+  chmod o+x "$root" "$tools" 2>/dev/null || true
+  run=(runuser -u asyncmesh-es --)
+fi
+nohup "${run[@]}" env ES_JAVA_HOME="$java_home" ES_JAVA_OPTS="-Xms512m -Xmx512m" \
+  "$home/bin/elasticsearch" -E discovery.type=single-node -E network.host=127.0.0.1 \
+  -E http.port="$port" -E transport.port=0 -E path.data="$state/data" -E path.logs="$state/logs" \
+  -E cluster.name=asyncmesh -E action.destructive_requires_name=false \
+  > "$state/server.out" 2>&1 &
+for _ in $(seq 1 180); do
+  if curl -fsS "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then
+    echo "http://127.0.0.1:$port"
+    exit 0
+  fi
+  sleep 1
+done
+echo "elasticsearch did not start; see $state/server.out" >&2
+tail -20 "$state/server.out" >&2
+exit 1

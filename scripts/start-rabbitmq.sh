@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs RabbitMQ (Debian's rabbitmq-server) if missing, starts a private node on
+# a free loopback port with its data under .tools/rabbitmq, and prints its AMQP URL.
+# Idempotent: a node already running from this checkout is reused.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+base="$root/.tools/rabbitmq"
+mkdir -p "$base"
+if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends rabbitmq-server >&2
+  # The package starts a system node; this script runs its own.
+  (service rabbitmq-server stop || true) >/dev/null 2>&1
+fi
+PATH=/usr/lib/rabbitmq/bin:$PATH
+if [ -f "$base/port" ]; then
+  port=$(cat "$base/port")
+  if RABBITMQ_NODENAME="asyncmesh@localhost" rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    echo "amqp://guest:guest@127.0.0.1:$port/"
+    exit 0
+  fi
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+dist=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "$port" > "$base/port"
+export RABBITMQ_NODENAME="asyncmesh@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
+  RABBITMQ_DIST_PORT="$dist" RABBITMQ_MNESIA_BASE="$base/mnesia" RABBITMQ_LOG_BASE="$base/log" \
+  RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" RABBITMQ_PID_FILE="$base/pid" \
+  RABBITMQ_CONFIG_FILE="$base/rabbitmq" ERL_EPMD_ADDRESS=127.0.0.1
+echo "[]." > "$base/enabled_plugins"
+echo "loopback_users = none" > "$base/rabbitmq.conf"
+nohup rabbitmq-server > "$base/server.out" 2>&1 &
+for _ in $(seq 1 120); do
+  if rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
+    echo "amqp://guest:guest@127.0.0.1:$port/"
+    exit 0
+  fi
+  sleep 1
+done
+echo "rabbitmq did not start; see $base/server.out and $base/log" >&2
+exit 1
