@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs Elasticsearch 8 (Maven Central's integ-test zip: no x-pack, so no
-# security and no ILM) under .tools if missing, starts a single node on a free
+# Installs Elasticsearch 8 (Maven Central's integ-test zip; 8.19's includes
+# x-pack security, which is switched off here: loopback only) under .tools if missing, starts a single node on a free
 # loopback port with a small heap and the machine's JDK 17, and prints its URL.
 # Elasticsearch refuses to run as root, so as root it runs as user "asyncmesh-es".
 # Idempotent: a node already running from this checkout is reused.
@@ -40,7 +40,7 @@ fi
 nohup "${run[@]}" env ES_JAVA_HOME="$java_home" ES_JAVA_OPTS="-Xms512m -Xmx512m" \
   "$home/bin/elasticsearch" -E discovery.type=single-node -E network.host=127.0.0.1 \
   -E http.port="$port" -E transport.port=0 -E path.data="$state/data" -E path.logs="$state/logs" \
-  -E cluster.name=asyncmesh -E action.destructive_requires_name=false \
+  -E cluster.name=asyncmesh -E action.destructive_requires_name=false -E xpack.security.enabled=false \
   > "$state/server.out" 2>&1 &
 for _ in $(seq 1 180); do
   if curl -fsS "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then
