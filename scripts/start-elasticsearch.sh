@@ -17,7 +17,7 @@ if [ ! -d "$home" ]; then
 fi
 state="$tools/es-state"
 mkdir -p "$state"
-if [ -f "$state/port" ] && curl -fsS "http://127.0.0.1:$(cat "$state/port")/" >/dev/null 2>&1; then
+if [ -f "$state/port" ] && curl -fsS "http://127.0.0.1:$(cat "$state/port")/_cluster/health" >/dev/null 2>&1; then
   echo "http://127.0.0.1:$(cat "$state/port")"
   exit 0
 fi
