@@ -44,7 +44,7 @@ type stream struct {
 	// async only
 	rule        *rules.Rule
 	requestID   string
-	traceparent string
+	tp          trace.Parent // formatted only on the async path
 	callback    rules.Callback
 	wait        time.Duration
 	preferAsync bool
@@ -67,7 +67,7 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 		tp = trace.NewParent()
 		h.SetHeader(abi.RequestHeaders, "traceparent", tp.String())
 	}
-	s.traceparent = tp.String()
+	s.tp = tp
 	s.traceID = tp.TraceIDString()
 
 	// Read what the caller may legitimately send before stripping the namespace.
@@ -196,7 +196,7 @@ func (s *stream) dispatch(body []byte) {
 		Version:     envelope.Version,
 		ID:          s.requestID,
 		TraceID:     s.traceID,
-		TraceParent: s.traceparent,
+		TraceParent: s.tp.String(),
 		XRequestID:  s.header("x-request-id"),
 		Rule:        s.rule.Name,
 		Method:      s.method,
@@ -222,7 +222,7 @@ func (s *stream) dispatch(body []byte) {
 		{":authority", cfg.CollectorAuthority},
 		{"content-type", "application/json"},
 		{hdrTraceID, s.traceID},
-		{"traceparent", s.traceparent},
+		{"traceparent", env.TraceParent},
 	}, data, uint32(cfg.CollectorTimeout.D().Milliseconds()))
 	if err != nil {
 		s.collectorDown("dispatch_http_call: " + err.Error())
