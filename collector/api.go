@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -85,8 +86,33 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		rec.Status = store.Queued
 	}
 	log.Info("intake: accepted", "status", rec.Status)
+	if env.Wait > 0 && !rec.Status.HasResult() {
+		if got, err := c.await(r.Context(), env.ID, env.Wait.D(), store.Status.HasResult); err == nil {
+			rec = got
+		}
+	}
+	if rec.Status.HasResult() && rec.Response != nil && env.Wait > 0 {
+		relayResponse(w, rec.Response)
+		return
+	}
 	w.Header().Set("x-async-status", string(rec.Status))
 	writeJSON(w, http.StatusCreated, map[string]string{"id": rec.ID, "traceId": rec.TraceID, "status": string(rec.Status)})
+}
+
+// relayResponse answers intake with the service's own response: the request
+// completed within the caller's Prefer: wait. x-async-status: completed tells
+// the filter to pass it on instead of answering 202.
+func relayResponse(w http.ResponseWriter, resp *store.Response) {
+	for _, h := range resp.Headers {
+		switch h[0] {
+		case "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "date", "server":
+		default:
+			w.Header().Add(h[0], h[1])
+		}
+	}
+	w.Header().Set("x-async-status", string(store.Completed))
+	w.WriteHeader(resp.Status)
+	_, _ = w.Write(resp.Body)
 }
 
 // recordView is the API's rendering of a record.
@@ -166,36 +192,49 @@ func (c *Collector) waitFor(w http.ResponseWriter, r *http.Request, done func(st
 		}
 		wait = d
 	}
+	rec, err := c.await(r.Context(), id, wait, done)
+	switch {
+	case err == nil:
+		return rec, true
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no request with id "+id)
+	case r.Context().Err() != nil: // the caller went away
+	default:
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "reading the request failed")
+	}
+	return nil, false
+}
+
+// await reads record id until done(status) or wait has passed, and returns the
+// last read.
+func (c *Collector) await(ctx context.Context, id string, wait time.Duration, done func(store.Status) bool) (*store.Record, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		// Subscribe before reading, so a change between the two is not missed.
 		changed, cancel := c.notify.wait(id)
-		rec, err := c.store.Get(r.Context(), id)
-		if err != nil {
-			cancel()
-			if errors.Is(err, store.ErrNotFound) {
-				writeError(w, http.StatusNotFound, "not_found", "no request with id "+id)
-			} else {
-				writeError(w, http.StatusServiceUnavailable, "store_unavailable", "reading the request failed")
-			}
-			return nil, false
-		}
+		rec, err := c.store.Get(ctx, id)
 		left := time.Until(deadline)
-		if done(rec.Status) || left <= 0 {
+		if err != nil || done(rec.Status) || left <= 0 {
 			cancel()
-			return rec, true
+			return rec, err
 		}
 		// Other collectors may move the record: poll at least every second.
 		t := time.NewTimer(min(left, time.Second))
 		select {
 		case <-changed:
 		case <-t.C:
-		case <-r.Context().Done():
+		case <-ctx.Done():
+		case <-c.stopping:
 		}
 		t.Stop()
 		cancel()
-		if r.Context().Err() != nil {
-			return nil, false
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		select {
+		case <-c.stopping:
+			return c.store.Get(ctx, id)
+		default:
 		}
 	}
 }

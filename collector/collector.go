@@ -9,6 +9,18 @@
 //     record and acts by its status, so a redelivered message finishes what a
 //     crashed collector started and a late duplicate is acked and skipped.
 //   - The webhook-id of a callback is the request id: stable across retries.
+//   - Prefer: wait=N (capped at envelope.MaxWait): intake holds its answer up
+//     to N seconds; a request completed by then is answered with the service's
+//     own response (intake relays it with x-async-status: completed and the
+//     filter passes it on). The callback is still sent: the record's lifecycle
+//     does not depend on how the caller was answered, and a caller whose
+//     connection broke still learns the outcome. Callers dedupe by webhook-id.
+//   - Leases: a worker leases the record it processes or delivers for the
+//     rule's timeout plus a margin (Change.Claim/LeaseUntil). A duplicate work
+//     or delivery message (a republish by the relay, a redelivery by the
+//     broker) waits for the lease instead of running the request or the
+//     callback a second time at once; a crashed worker's lease expires and its
+//     redelivered message takes over.
 package collector
 
 import (
@@ -52,6 +64,10 @@ type Collector struct {
 	log    *slog.Logger
 	replay *http.Client
 	notify *notifier
+	// stopping is closed when Run's context ends: long-polls then answer at once
+	// so that the API server can shut down.
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 }
 
 // New returns a collector over st and q.
@@ -90,7 +106,8 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		notify: newNotifier(),
+		notify:   newNotifier(),
+		stopping: make(chan struct{}),
 	}, nil
 }
 
@@ -116,6 +133,8 @@ func (c *Collector) Run(ctx context.Context) error {
 		return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)
 	})
 	run("outbox relay", c.relay)
+	<-ctx.Done()
+	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
 	close(errs)
 	var all []error

@@ -23,6 +23,11 @@ const maxResponseBody = 16 << 20
 // service (Envoy down, connection refused) before the record is failed.
 const replayAttempts = 5
 
+// leaseMargin is added to a request's timeout (or a callback's) to lease a
+// record while it runs: long enough that a duplicate message never runs it at
+// the same time, short enough that a crashed worker's record is taken over.
+const leaseMargin = 10 * time.Second
+
 // handleWork executes one accepted request: queued → processing → completed |
 // failed, then hands it to delivery.
 func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
@@ -36,30 +41,28 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	if r.Status == store.Persisted { // intake's queued write was lost or is late
-		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
+		if _, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
 			return err
 		}
-		if r == nil {
-			if r, err = c.store.Get(ctx, id); err != nil {
-				return err
-			}
-		}
+		r.Status = store.Queued // or later: the claim below re-checks
 	}
+	lease := r.Envelope.Timeout.D() + leaseMargin
 	switch r.Status {
 	case store.Queued:
-		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); err != nil {
-			if store.IsConflict(err) {
-				return queue.RetryAfter(0, "record moved concurrently")
-			}
-			return err
-		}
+		r, err = c.claim(ctx, id, store.Processing, lease, store.Queued)
 	case store.Processing:
-		// A redelivery after a crash mid-processing: run it again (at least once).
-		log.Info("worker: resuming a record left in processing", "deliveries", m.Deliveries)
+		// A redelivery after a crash mid-processing runs it again (at least
+		// once) — unless the lease says another worker is running it now.
+		if r, err = c.claim(ctx, id, "", lease, store.Processing); err == nil {
+			log.Info("worker: resuming a record left in processing", "deliveries", m.Deliveries)
+		}
 	case store.Completed, store.Failed:
 		return c.publishDelivery(ctx, id)
 	default:
 		return nil // already delivering or done
+	}
+	if err != nil {
+		return err
 	}
 
 	resp, err := c.execute(ctx, r)
@@ -68,6 +71,10 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		var perm *permanentError
 		if !errors.As(err, &perm) && m.Deliveries < replayAttempts {
 			log.Warn("worker: replay failed, will retry", "err", err, "deliveries", m.Deliveries)
+			// Release the lease so that the retry is not held back by it.
+			if _, rerr := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}}); rerr != nil && !store.IsConflict(rerr) {
+				log.Warn("worker: releasing lease", "err", rerr)
+			}
 			return err
 		}
 		log.Warn("worker: request failed", "err", err)
@@ -78,6 +85,20 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	}
 	log.Info("worker: executed", "status", change.To)
 	return c.publishDelivery(ctx, id)
+}
+
+// claim moves record id from one of from to to (to "" keeps the status) and leases it for
+// d. A record leased to another worker becomes a delayed redelivery of this
+// message; one that moved on is re-read on an immediate redelivery.
+func (c *Collector) claim(ctx context.Context, id string, to store.Status, d time.Duration, from ...store.Status) (*store.Record, error) {
+	r, err := c.move(ctx, id, store.Change{From: from, To: to, Claim: true, LeaseUntil: time.Now().Add(d)})
+	if until, ok := store.LeasedUntil(err); ok {
+		return nil, queue.RetryAfter(time.Until(until)+50*time.Millisecond, "leased by another worker")
+	}
+	if store.IsConflict(err) {
+		return nil, queue.RetryAfter(0, "record moved concurrently")
+	}
+	return r, err
 }
 
 type permanentError struct{ error }
@@ -139,31 +160,34 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	if err != nil {
 		return err
 	}
+	lease := c.sender.Timeout + leaseMargin
 	switch r.Status {
 	case store.Completed, store.Failed:
-		if r, err = c.move(ctx, id, store.Change{From: []store.Status{store.Completed, store.Failed}, To: store.Delivering}); err != nil {
-			if store.IsConflict(err) {
-				return queue.RetryAfter(0, "record moved concurrently")
-			}
-			return err
-		}
+		r, err = c.claim(ctx, id, store.Delivering, lease, store.Completed, store.Failed)
 	case store.Delivering:
+		// The next attempt, or a redelivery after a crash mid-attempt; a
+		// duplicate message waits for the lease instead of calling back twice.
+		r, err = c.claim(ctx, id, "", lease, store.Delivering)
 	case store.Delivered, store.Dead:
 		return nil
 	default:
 		return queue.RetryAfter(time.Second, "record not executed yet: "+string(r.Status))
 	}
+	if err != nil {
+		return err
+	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	res := c.sender.Send(ctx, r)
-	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt}
+	// Until the next attempt is due, the record stays leased to this message.
+	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt, LeaseUntil: time.Now().Add(res.Wait)}
 	attempts := len(r.Attempts) + 1
 	switch {
 	case res.Outcome == delivery.Delivered:
-		change.To = store.Delivered
+		change.To, change.LeaseUntil = store.Delivered, time.Time{}
 	case res.Outcome == delivery.Gone:
-		change.To, change.Note = store.Dead, "endpoint gone (410)"
+		change.To, change.Note, change.LeaseUntil = store.Dead, "endpoint gone (410)", time.Time{}
 	case attempts >= r.Envelope.Retry.MaxAttempts:
-		change.To, change.Note = store.Dead, fmt.Sprintf("gave up after %d attempts", attempts)
+		change.To, change.Note, change.LeaseUntil = store.Dead, fmt.Sprintf("gave up after %d attempts", attempts), time.Time{}
 	}
 	if _, err := c.move(ctx, id, change); err != nil {
 		if store.IsConflict(err) {

@@ -279,3 +279,23 @@ func TestCollectorDown(t *testing.T) {
 		t.Fatalf("collector down with onCollectorDown passthrough: %s %s", resp.Status, body)
 	}
 }
+
+func TestPreferWait(t *testing.T) {
+	// Completes within the wait: the caller gets the service's own response.
+	resp, body := do(t, "POST", "/slow?ms=100", `{"quick":1}`, "prefer", "respond-async, wait=10")
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"report":"done"`) || !strings.Contains(string(body), "quick") {
+		t.Fatalf("request completed within the wait: %s %s", resp.Status, body)
+	}
+	id := resp.Header.Get("x-async-request-id")
+	if id == "" || resp.Header.Get("x-async-trace-id") == "" || resp.Header.Get("content-type") != "application/json" {
+		t.Fatalf("relayed response headers: %v", resp.Header)
+	}
+	waitCallback(t, id) // the record's lifecycle goes on: the callback is still sent
+	// Slower than the wait: 202 once the wait has passed.
+	start := time.Now()
+	resp, body = do(t, "POST", "/slow?ms=3000", "{}", "prefer", "respond-async, wait=1")
+	if d := time.Since(start); d < 900*time.Millisecond || d > 2900*time.Millisecond {
+		t.Fatalf("answered after %v, want about the 1 s wait", d)
+	}
+	accepted(t, resp, body)
+}

@@ -274,7 +274,9 @@ func TestParsePrefer(t *testing.T) {
 		{"respond-async", true, 0},
 		{"Respond-Async; foo=bar, wait=10", true, 10 * time.Second},
 		{"wait=abc", false, 0},
-		{"wait=999999", false, time.Hour},
+		{"wait=999999", false, envelope.MaxWait},
+		{`wait="3"; x=y`, false, 3 * time.Second},
+		{"wait=-1, RESPOND-ASYNC", true, 0},
 	}
 	for _, tt := range tests {
 		a, w := parsePrefer(tt.in)
@@ -290,4 +292,35 @@ func FuzzRequestHeaders(f *testing.F) {
 		h := newHarness(t)
 		h.request(method, path, nil, "prefer", prefer, "x-async-callback", cb, "traceparent", tp)
 	})
+}
+
+func TestPreferWaitRelaysCompletedResponse(t *testing.T) {
+	h := newHarness(t)
+	id, _ := h.request("POST", "/slow", nil, "prefer", "respond-async, wait=5")
+	call := h.host.Calls[0]
+	if call.Timeout != 7000 {
+		t.Fatalf("collector call timeout = %d ms, want the collector timeout plus the wait", call.Timeout)
+	}
+	env, err := envelope.Decode(call.Body)
+	if err != nil || env.Wait.D() != 5*time.Second {
+		t.Fatalf("envelope wait = %v (%v)", env.Wait.D(), err)
+	}
+	h.host.Maps[abi.HTTPCallResponseHeaders] = []abi.Header{
+		{":status", "418"}, {"x-async-status", "completed"}, {"content-type", "text/plain"},
+		{"content-length", "3"}, {"x-async-rule", "forged"}, {"x-served-by", "svc"},
+	}
+	h.host.Buffers[abi.HTTPCallResponseBody] = []byte("tea")
+	h.d.OnHTTPCallResponse(1, call.Token, 6, 3, 0)
+	l := h.host.Local
+	if l == nil || l.Status != 418 || string(l.Body) != "tea" {
+		t.Fatalf("local response = %+v", l)
+	}
+	want := map[string]string{"content-type": "text/plain", "x-served-by": "svc", "x-async-rule": "report",
+		"x-async-request-id": env.ID, "x-async-trace-id": env.TraceID, "content-length": "", "x-async-status": ""}
+	for k, v := range want {
+		if got := h.host.LocalHeader(k); got != v {
+			t.Errorf("relayed header %s = %q, want %q", k, got, v)
+		}
+	}
+	h.d.OnResponseHeaders(id, 0, true) // a local response still passes the encoder path
 }

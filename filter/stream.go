@@ -223,7 +223,7 @@ func (s *stream) dispatch(body []byte) {
 		{"content-type", "application/json"},
 		{hdrTraceID, s.traceID},
 		{"traceparent", env.TraceParent},
-	}, data, uint32(cfg.CollectorTimeout.D().Milliseconds()))
+	}, data, uint32((cfg.CollectorTimeout.D() + s.wait).Milliseconds()))
 	if err != nil {
 		s.collectorDown("dispatch_http_call: " + err.Error())
 	}
@@ -238,9 +238,14 @@ func (s *stream) OnHTTPCallResponse(_ uint32, numHeaders, bodySize, _ int) {
 		return
 	}
 	status, _ := s.host.Header(abi.HTTPCallResponseHeaders, ":status")
+	intakeStatus := s.headerOf(abi.HTTPCallResponseHeaders, hdrStatus)
+	if intakeStatus == "completed" {
+		s.relayResult(status, bodySize)
+		return
+	}
 	switch status {
 	case "200", "201", "202":
-		s.accepted(s.headerOf(abi.HTTPCallResponseHeaders, hdrStatus))
+		s.accepted(intakeStatus)
 	case "400", "413":
 		body, _ := s.host.Buffer(abi.HTTPCallResponseBody, 0, bodySize)
 		code, _ := strconv.Atoi(status)
@@ -267,6 +272,35 @@ func (s *stream) accepted(status string) {
 		hs = append(hs, abi.Header{"preference-applied", "respond-async"})
 	}
 	s.send(202, "asyncmesh_accepted", body, hs)
+}
+
+// relayResult answers with the service's own response, which the collector
+// returned because the request completed within the caller's Prefer: wait.
+func (s *stream) relayResult(status string, bodySize int) {
+	code, err := strconv.Atoi(status)
+	if err != nil || code < 200 || code > 599 {
+		s.collectorDown("collector relayed a bad status " + status)
+		return
+	}
+	var body []byte
+	if bodySize > 0 {
+		if body, err = s.host.Buffer(abi.HTTPCallResponseBody, 0, bodySize); err != nil {
+			s.collectorDown("reading the relayed response: " + err.Error())
+			return
+		}
+	}
+	hs := []abi.Header{{hdrRequestID, s.requestID}, {hdrTraceID, s.traceID}, {hdrRule, s.rule.Name}}
+	for _, h := range s.host.Headers(abi.HTTPCallResponseHeaders) {
+		switch k := h[0]; {
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hopByHop(k), k == "date", k == "server":
+		default:
+			hs = append(hs, h)
+		}
+	}
+	s.state = stateAnswered
+	if err := s.host.SendLocalResponse(code, "asyncmesh_completed_within_wait", body, hs); err != nil {
+		s.host.Log(abi.LogError, "asyncmesh: send_local_response: "+err.Error())
+	}
 }
 
 // collectorDown applies the rule's onCollectorDown: serve synchronously, or 503.
@@ -332,14 +366,22 @@ func forwardable(hs []abi.Header) [][2]string {
 	out := make([][2]string, 0, len(hs))
 	for _, h := range hs {
 		switch k := h[0]; {
-		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix):
-		case k == "connection", k == "keep-alive", k == "transfer-encoding", k == "te",
-			k == "upgrade", k == "proxy-connection", k == "content-length", k == "expect":
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hopByHop(k), k == "expect":
 		default:
 			out = append(out, h)
 		}
 	}
 	return out
+}
+
+// hopByHop reports headers that describe one connection or the framing, which
+// a relay recomputes.
+func hopByHop(k string) bool {
+	switch k {
+	case "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "content-length":
+		return true
+	}
+	return false
 }
 
 // parsePrefer reads RFC 7240 preferences: respond-async and wait=N (seconds).
@@ -352,7 +394,7 @@ func parsePrefer(v string) (respondAsync bool, wait time.Duration) {
 			respondAsync = true
 		case "wait":
 			if n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`)); err == nil && n > 0 {
-				wait = time.Duration(min(n, 3600)) * time.Second
+				wait = min(time.Duration(min(n, 3600))*time.Second, envelope.MaxWait)
 			}
 		}
 	}

@@ -218,7 +218,7 @@ func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
 	case queue.IsPoison(err):
 		slog.Warn("queue: dead-lettering poison message", "topic", c.msg.Topic, "key", c.msg.Key, "err", err)
 		settle = q.deadLetter(ctx, c, err.Error())
-	case c.msg.Deliveries >= queue.MaxDeliveries:
+	case c.msg.Deliveries >= queue.MaxDeliveries && !isRetryAfter(err):
 		slog.Warn("queue: dead-lettering message after max deliveries", "topic", c.msg.Topic, "key", c.msg.Key, "deliveries", c.msg.Deliveries, "err", err)
 		settle = q.deadLetter(ctx, c, fmt.Sprintf("after %d deliveries: %v", c.msg.Deliveries, err))
 	default:
@@ -253,3 +253,5 @@ func (q *sqlQueue) DeadLetters(ctx context.Context, topic string, limit int) ([]
 	}
 	return out, rows.Err()
 }
+
+func isRetryAfter(err error) bool { _, ok := queue.RetryDelay(err); return ok }

@@ -29,8 +29,10 @@ type Message struct {
 }
 
 // Handler processes one message. nil acks it; an error from RetryAfter requeues
-// it after the given delay; Poison sends it to the dead letters at once; any
-// other error requeues it with backoff until MaxDeliveries, then dead-letters it.
+// it after the given delay, as often as the handler asks (it bounds its own
+// retries, like delivery by the rule's maxAttempts); Poison sends it to the
+// dead letters at once; any other error requeues it with Backoff and, from
+// MaxDeliveries deliveries on, dead-letters it.
 type Handler func(ctx context.Context, m Message) error
 
 // MaxDeliveries bounds how often a failing message is redelivered.

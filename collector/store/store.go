@@ -75,26 +75,34 @@ type Attempt struct {
 
 // Record is one accepted request.
 type Record struct {
-	ID        string             `json:"id"`
-	TraceID   string             `json:"traceId"`
-	Rule      string             `json:"rule"`
-	Status    Status             `json:"status"`
-	Envelope  *envelope.Envelope `json:"envelope"`
-	Response  *Response          `json:"response,omitempty"`
-	Error     string             `json:"error,omitempty"`
-	History   []Transition       `json:"history"`
-	Attempts  []Attempt          `json:"attempts,omitempty"`
-	CreatedAt time.Time          `json:"createdAt"`
-	UpdatedAt time.Time          `json:"updatedAt"`
+	ID       string             `json:"id"`
+	TraceID  string             `json:"traceId"`
+	Rule     string             `json:"rule"`
+	Status   Status             `json:"status"`
+	Envelope *envelope.Envelope `json:"envelope"`
+	Response *Response          `json:"response,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	History  []Transition       `json:"history"`
+	Attempts []Attempt          `json:"attempts,omitempty"`
+	// LeaseUntil is set while a worker owns the record in processing or
+	// delivering (or while a delivery retry is scheduled): another copy of the
+	// message waits for it instead of running the request or the callback twice.
+	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 // Change is a compare-and-set on a record: it applies only when the current
-// status is one of From.
+// status is one of From and, with Claim, only when no lease is held.
 type Change struct {
 	From []Status
 	// To is the new status; empty keeps the status (to record an attempt).
 	To   Status
 	Note string
+	// Claim requires the record's lease to have expired.
+	Claim bool
+	// LeaseUntil replaces the record's lease; zero releases it.
+	LeaseUntil time.Time
 	// Optional fields set with the change.
 	Response *Response
 	Error    string
@@ -119,6 +127,10 @@ func (c Change) Apply(r *Record) error {
 	if at.IsZero() {
 		at = time.Now().UTC()
 	}
+	if c.Claim && at.Before(r.LeaseUntil) {
+		return &ConflictError{ID: r.ID, Current: r.Status, Want: c.To, LeasedUntil: r.LeaseUntil}
+	}
+	r.LeaseUntil = c.LeaseUntil.UTC()
 	if c.To != "" && c.To != r.Status {
 		r.Status = c.To
 		r.History = append(r.History, Transition{Status: c.To, At: at, Note: c.Note})
@@ -180,15 +192,29 @@ var (
 	ErrExists   = errors.New("record already exists")
 )
 
-// ConflictError is returned when a Change's From does not hold.
+// ConflictError is returned when a Change's From or Claim does not hold.
 type ConflictError struct {
 	ID      string
 	Current Status
 	Want    Status
+	// LeasedUntil is set when the record is leased to another worker.
+	LeasedUntil time.Time
 }
 
 func (e *ConflictError) Error() string {
+	if !e.LeasedUntil.IsZero() {
+		return "record " + e.ID + " is leased until " + e.LeasedUntil.Format(time.RFC3339Nano)
+	}
 	return "record " + e.ID + " is " + string(e.Current) + ", cannot move to " + string(e.Want)
+}
+
+// LeasedUntil reports until when err says the record is leased.
+func LeasedUntil(err error) (time.Time, bool) {
+	var c *ConflictError
+	if errors.As(err, &c) && !c.LeasedUntil.IsZero() {
+		return c.LeasedUntil, true
+	}
+	return time.Time{}, false
 }
 
 // IsConflict reports whether err is a ConflictError.

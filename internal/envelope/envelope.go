@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
@@ -41,6 +42,10 @@ type Envelope struct {
 	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
 	Wait rules.Duration `json:"wait,omitempty"`
 }
+
+// MaxWait bounds Wait: the filter caps Prefer: wait=N to it and the collector
+// refuses more.
+const MaxWait = 60 * time.Second
 
 // MaxSize bounds an encoded envelope: the largest body limit plus headers, in
 // base64.
@@ -81,6 +86,8 @@ func (e *Envelope) Validate() error {
 		return errors.New("timeout: must be positive")
 	case e.Retry.MaxAttempts < 1:
 		return errors.New("retry.maxAttempts: must be at least 1")
+	case e.Wait < 0 || e.Wait.D() > MaxWait:
+		return fmt.Errorf("wait: must be between 0 and %s", MaxWait)
 	}
 	if _, ok := trace.ParseParent(e.TraceParent); !ok {
 		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)

@@ -4,6 +4,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -106,6 +107,30 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("LeaseClaim", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		until := time.Now().Add(time.Hour)
+		got, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued, Claim: true, LeaseUntil: until})
+		if err != nil || !got.LeaseUntil.Equal(until.UTC()) {
+			t.Fatalf("claim of a free record: %v, lease %v", err, got.LeaseUntil)
+		}
+		_, err = s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, Claim: true, LeaseUntil: time.Now().Add(time.Minute)})
+		if lu, ok := store.LeasedUntil(err); !ok || !lu.Equal(until.UTC()) {
+			t.Fatalf("claim of a leased record = %v, want a lease conflict until %v", err, until)
+		}
+		// The owner moves on without Claim; the lease is released with the change.
+		if got, err = s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); err != nil || !got.LeaseUntil.IsZero() {
+			t.Fatalf("owner's change: %v, lease %v", err, got.LeaseUntil)
+		}
+		if got, err = s.Get(ctx, r.ID); err != nil || !got.LeaseUntil.IsZero() {
+			t.Fatalf("stored lease %v (%v)", got.LeaseUntil, err)
+		}
+		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Processing}, Claim: true}); err != nil {
+			t.Fatalf("claim after release: %v", err)
+		}
+	})
+
 	t.Run("ConcurrentCASOneWins", func(t *testing.T) {
 		s := open(t)
 		r := create(t, s, "a", "")
@@ -144,6 +169,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			ids = append(ids, create(t, s, "a", tid).ID)
 		}
 		create(t, s, "b", "")
+		slices.Sort(ids) // results are in id order; ids made within one millisecond are not monotonic
 		page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2})
 		if err != nil {
 			t.Fatalf("Search: %v", err)

@@ -1,0 +1,355 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/trace"
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var replaySecret = []byte("replay-secret")
+
+type noSecrets struct{}
+
+func (noSecrets) Lookup(string) ([]webhook.Secret, error) { return nil, nil }
+
+// env is a collector over a fresh embedded database, with a service that
+// checks the replay signature (standing in for Envoy + the filter) and a
+// receiver that counts callbacks by webhook-id.
+type env struct {
+	t        *testing.T
+	dbPath   string
+	service  *httptest.Server
+	receiver *httptest.Server
+	api      *httptest.Server
+	c        *Collector
+	stop     func()
+
+	mu        sync.Mutex
+	callbacks map[string]int
+	payloads  map[string][]byte
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}}
+	e.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := replay.Verify(replaySecret, r.Header.Get(replay.Header), r.Header.Get("x-async-request-id"), r.Method, r.URL.RequestURI(), time.Now()); err != nil {
+			http.Error(w, "bad replay: "+err.Error(), 403)
+			return
+		}
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			time.Sleep(d)
+		}
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("x-service", "yes")
+		w.WriteHeader(200)
+		fmt.Fprintf(w, "echo:%s", body)
+	}))
+	e.receiver = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		e.mu.Lock()
+		e.callbacks[r.Header.Get("webhook-id")]++
+		e.payloads[r.Header.Get("webhook-id")] = body
+		e.mu.Unlock()
+	}))
+	t.Cleanup(func() { e.service.Close(); e.receiver.Close() })
+	e.start()
+	t.Cleanup(func() { e.stop() })
+	return e
+}
+
+// start runs a collector on the env's database; stop ends it gracefully.
+func (e *env) start() {
+	db, err := embedded.Open(context.Background(), e.dbPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := New(Config{
+		ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler),
+	}, db.Store(), db.Queue())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.c = c
+	api := httptest.NewServer(c.Handler())
+	e.mu.Lock()
+	e.api = api
+	e.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	e.stop = func() {
+		cancel() // as on SIGTERM: Run drains, the API closes, then the database
+		if err := <-done; err != nil {
+			e.t.Errorf("Run: %v", err)
+		}
+		api.Close()
+		db.Close()
+		e.stop = func() {}
+	}
+}
+
+func (e *env) envelope(path string, body []byte) *envelope.Envelope {
+	tp := trace.NewParent()
+	return &envelope.Envelope{
+		Version: envelope.Version, ID: trace.NewRequestID(), TraceID: tp.TraceIDString(), TraceParent: tp.String(),
+		Rule: "r", Method: "POST", Authority: "api.local", Path: path, Body: body,
+		Callback: rules.Callback{URL: e.receiver.URL, Protocol: rules.ProtocolHTTP, AllowPrivate: true},
+		Retry:    rules.Retry{MaxAttempts: 3, InitialBackoff: rules.Duration(10 * time.Millisecond), MaxBackoff: rules.Duration(50 * time.Millisecond)},
+		Timeout:  rules.Duration(5 * time.Second),
+	}
+}
+
+func (e *env) post(path string, body []byte) *http.Response {
+	resp, err := http.Post(e.api.URL+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func (e *env) intake(env *envelope.Envelope) *http.Response {
+	data, _ := json.Marshal(env)
+	return e.post("/v1/intake", data)
+}
+
+func (e *env) get(path string) (int, map[string]any) {
+	resp, err := http.Get(e.api.URL + path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return resp.StatusCode, v
+}
+
+func TestLifecycleDeliversOnce(t *testing.T) {
+	e := newEnv(t)
+	en := e.envelope("/work?x=1", []byte("hello"))
+	if resp := e.intake(en); resp.StatusCode != 201 || resp.Header.Get("x-async-status") == "" {
+		t.Fatalf("intake answered %d", resp.StatusCode)
+	}
+	code, rec := e.get("/v1/requests/" + en.ID + "?wait=10s")
+	if code != 200 || rec["status"] != "delivered" {
+		t.Fatalf("after wait: %d %v", code, rec)
+	}
+	var seen []string
+	for _, h := range rec["history"].([]any) {
+		seen = append(seen, h.(map[string]any)["status"].(string))
+	}
+	if got := strings.Join(seen, ","); got != "persisted,queued,processing,completed,delivering,delivered" {
+		t.Fatalf("history %s", got)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.callbacks[en.ID] != 1 || !bytes.Contains(e.payloads[en.ID], []byte(`"body":"echo:hello"`)) {
+		t.Fatalf("callbacks %v payload %s", e.callbacks, e.payloads[en.ID])
+	}
+	code, res := e.get("/v1/requests/" + en.ID + "/result")
+	if code != 200 || res["status"] != "completed" {
+		t.Fatalf("result %d %v", code, res)
+	}
+	code, page := e.get("/v1/requests?traceId=" + en.TraceID)
+	if code != 200 || len(page["records"].([]any)) != 1 {
+		t.Fatalf("search %d %v", code, page)
+	}
+}
+
+func TestUnreachableServiceFails(t *testing.T) {
+	e := newEnv(t)
+	e.service.Close() // connection refused: retried, then failed, and the failure called back
+	en := e.envelope("/work", nil)
+	e.intake(en)
+	code, rec := e.get("/v1/requests/" + en.ID + "?wait=30s")
+	if code != 200 || rec["status"] != "delivered" || !strings.Contains(fmt.Sprint(rec["error"]), "replaying") {
+		t.Fatalf("%d %v", code, rec)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !bytes.Contains(e.payloads[en.ID], []byte(`"status":"failed"`)) {
+		t.Fatalf("payload %s", e.payloads[en.ID])
+	}
+}
+
+func TestPreferWaitReturnsTheResponse(t *testing.T) {
+	e := newEnv(t)
+	fast := e.envelope("/work", []byte("quick"))
+	fast.Wait = rules.Duration(5 * time.Second)
+	resp := e.intake(fast)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || resp.Header.Get("x-async-status") != "completed" || resp.Header.Get("x-service") != "yes" || string(body) != "echo:quick" {
+		t.Fatalf("fast request within wait: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	slow := e.envelope("/work?sleep=2s", nil)
+	slow.Wait = rules.Duration(time.Second)
+	start := time.Now()
+	resp = e.intake(slow)
+	if resp.StatusCode != 201 || resp.Header.Get("x-async-status") == "completed" {
+		t.Fatalf("slow request: %d %v", resp.StatusCode, resp.Header)
+	}
+	if d := time.Since(start); d < 900*time.Millisecond || d > 1900*time.Millisecond {
+		t.Fatalf("intake held %v, want about the 1s wait", d)
+	}
+}
+
+func TestIntakeRefusals(t *testing.T) {
+	e := newEnv(t)
+	good := e.envelope("/x", nil)
+	data, _ := json.Marshal(good)
+	if resp := e.post("/v1/intake", data); resp.StatusCode != 201 {
+		t.Fatalf("first intake %d", resp.StatusCode)
+	}
+	other := *good
+	other.TraceID = strings.Repeat("a", 32)
+	other.TraceParent = "00-" + other.TraceID + "-00f067aa0ba902b7-01"
+	otherData, _ := json.Marshal(&other)
+	tests := []struct {
+		name string
+		body []byte
+		code int
+		want string
+	}{
+		{"not json", []byte("{"), 400, "bad_envelope"},
+		{"unknown field", bytes.Replace(data, []byte(`{"v":1`), []byte(`{"v":1,"extra":true`), 1), 400, "extra"},
+		{"bad id", bytes.Replace(data, []byte(good.ID), []byte("nope"), 1), 400, "id:"},
+		{"wait too long", bytes.Replace(data, []byte(`"timeout"`), []byte(`"wait":"2h","timeout"`), 1), 400, "wait:"},
+		{"too large", bytes.Repeat([]byte(" "), envelope.MaxSize+1), 413, "envelope_too_large"},
+		{"retry of the same request", data, 201, `"id"`},
+		{"id of another trace", otherData, 409, "id_conflict"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := e.post("/v1/intake", tt.body)
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.code || !strings.Contains(string(b), tt.want) {
+				t.Fatalf("%d %s", resp.StatusCode, b)
+			}
+		})
+	}
+}
+
+func TestAPIParameters(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", 404, "not_found"},
+		{"/v1/requests/x?wait=forever", 400, "wait:"},
+		{"/v1/requests/x?wait=5m", 400, "wait:"},
+		{"/v1/requests?color=red", 400, "color: unknown parameter"},
+		{"/v1/requests?status=lost", 400, "status:"},
+		{"/v1/requests?limit=0", 400, "limit:"},
+		{"/v1/requests?limit=501", 400, "limit:"},
+		{"/v1/requests?since=yesterday", 400, "since:"},
+		{"/v1/requests?status=queued&limit=10", 200, "records"},
+		{"/v2/nothing", 404, "no such endpoint"},
+		{"/healthz", 200, "ok"},
+		{"/readyz", 200, "ready"},
+	}
+	for _, tt := range tests {
+		code, v := e.get(tt.path)
+		if b, _ := json.Marshal(v); code != tt.code || !strings.Contains(string(b), tt.want) {
+			t.Errorf("GET %s = %d %s; want %d containing %q", tt.path, code, b, tt.code, tt.want)
+		}
+	}
+}
+
+// TestShutdownUnderLoadLosesNothing stops the collector gracefully (what
+// SIGTERM does) in the middle of a stream of intakes, starts a new one on the
+// same database, and counts: every accepted request is delivered exactly once.
+func TestShutdownUnderLoadLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var accepted []string
+	var wg sync.WaitGroup
+	stopLoad := make(chan struct{})
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				en := e.envelope(fmt.Sprintf("/work?sleep=%dms", (w*7+i)%20), nil)
+				data, _ := json.Marshal(en)
+				e.mu.Lock()
+				url := e.api.URL
+				e.mu.Unlock()
+				resp, err := http.Post(url+"/v1/intake", "application/json", bytes.NewReader(data))
+				if err != nil {
+					continue // the API is down between the two collectors
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 201 {
+					mu.Lock()
+					accepted = append(accepted, en.ID)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	e.stop()
+	e.start()
+	time.Sleep(500 * time.Millisecond)
+	close(stopLoad)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(accepted) < 20 {
+		t.Fatalf("only %d requests accepted: the load did not run", len(accepted))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, id := range accepted {
+		code, rec := e.get("/v1/requests/" + id + "?wait=" + time.Until(deadline).Round(time.Second).String())
+		if code != 200 || rec["status"] != "delivered" {
+			t.Fatalf("request %s: %d %v", id, code, rec["status"])
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	dups := 0
+	for _, id := range accepted {
+		switch n := e.callbacks[id]; {
+		case n == 0:
+			t.Errorf("request %s accepted but never called back", id)
+		case n > 1:
+			dups++
+		}
+	}
+	t.Logf("accepted %d, called back %d, duplicates %d", len(accepted), len(e.callbacks), dups)
+	if dups > 0 {
+		t.Errorf("%d callbacks sent twice across a graceful restart", dups)
+	}
+}
