@@ -80,7 +80,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, "id_conflict", "id: already used by another request")
 			return
 		}
-	} else if err := c.enqueue(r.Context(), env.ID); err != nil {
+	} else if err := c.enqueue(r.Context(), rec); err != nil {
 		log.Warn("intake: publish failed; the outbox relay will publish it", "err", err)
 	} else {
 		rec.Status = store.Queued

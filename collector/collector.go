@@ -52,6 +52,9 @@ type Config struct {
 	RelayInterval, RelayAge time.Duration
 	// PublishTimeout bounds intake's wait for the queue's confirm (default 2s).
 	PublishTimeout time.Duration
+	// APIURL is the base URL of this API as others reach it; queue messages
+	// carry statusUrl = APIURL + /v1/requests/{id} (relative when empty).
+	APIURL string
 	Logger         *slog.Logger
 }
 
@@ -172,7 +175,7 @@ func (c *Collector) relay(ctx context.Context) error {
 			continue
 		}
 		for _, r := range recs {
-			if err := c.enqueue(ctx, r.ID); err != nil {
+			if err := c.enqueue(ctx, r); err != nil {
 				c.log.Warn("outbox relay: publishing", "id", r.ID, "trace_id", r.TraceID, "err", err)
 				break // the queue is down; try again next tick
 			}
@@ -182,13 +185,11 @@ func (c *Collector) relay(ctx context.Context) error {
 }
 
 // enqueue publishes the work message of a persisted record and marks it queued.
-func (c *Collector) enqueue(ctx context.Context, id string) error {
-	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
-	defer cancel()
-	if err := c.queue.Publish(pctx, queue.TopicWork, id, []byte(id)); err != nil {
+func (c *Collector) enqueue(ctx context.Context, r *store.Record) error {
+	if err := c.publish(ctx, queue.TopicWork, r); err != nil {
 		return err
 	}
-	if _, err := c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
+	if _, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
 		return err // the worker moves it to queued if this write is lost
 	}
 	return nil

@@ -57,7 +57,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 			log.Info("worker: resuming a record left in processing", "deliveries", m.Deliveries)
 		}
 	case store.Completed, store.Failed:
-		return c.publishDelivery(ctx, id)
+		return c.publish(ctx, queue.TopicDelivery, r)
 	default:
 		return nil // already delivering or done
 	}
@@ -84,7 +84,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		return err
 	}
 	log.Info("worker: executed", "status", change.To)
-	return c.publishDelivery(ctx, id)
+	return c.publish(ctx, queue.TopicDelivery, r)
 }
 
 // claim moves record id from one of from to to (to "" keeps the status) and leases it for
@@ -141,12 +141,6 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 		}
 	}
 	return out, nil
-}
-
-func (c *Collector) publishDelivery(ctx context.Context, id string) error {
-	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
-	defer cancel()
-	return c.queue.Publish(pctx, queue.TopicDelivery, id, []byte(id))
 }
 
 // handleDelivery makes one callback attempt: completed | failed → delivering →

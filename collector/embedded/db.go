@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS queue (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
 	key        TEXT NOT NULL,
+	trace_id   TEXT NOT NULL DEFAULT '',
 	body       BLOB NOT NULL,
 	visible_at INTEGER NOT NULL,
 	deliveries INTEGER NOT NULL DEFAULT 0
@@ -60,6 +62,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 	at         INTEGER NOT NULL
 );
 `
+
+// migrations bring databases made by earlier versions up to schema; each is
+// idempotent.
+var migrations = []string{
+	`ALTER TABLE queue ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''`,
+}
 
 // Open opens (creating if needed) the database at path.
 func Open(ctx context.Context, path string) (*DB, error) {
@@ -84,6 +92,12 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if _, err := w.ExecContext(ctx, schema); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
+	}
+	for _, m := range migrations {
+		if _, err := w.ExecContext(ctx, m); err != nil && !strings.Contains(err.Error(), "duplicate column name") {
+			w.Close()
+			return nil, fmt.Errorf("migrating schema in %s (%s): %w", path, m, err)
+		}
 	}
 	r, err := sql.Open("sqlite", dsn(true))
 	if err != nil {

@@ -29,16 +29,16 @@ func (q *sqlQueue) db() *DB { return (*DB)(q) }
 // Close is a no-op: the DB is closed by its owner.
 func (q *sqlQueue) Close() error { return nil }
 
-func (q *sqlQueue) Publish(ctx context.Context, topic, key string, body []byte) error {
+func (q *sqlQueue) Publish(ctx context.Context, m queue.Message) error {
 	err := q.db().tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO queue(topic, key, body, visible_at) VALUES (?,?,?,?)`,
-			topic, key, append([]byte{}, body...), time.Now().UnixNano())
+		_, err := tx.ExecContext(ctx, `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`,
+			m.Topic, m.Key, m.TraceID, append([]byte{}, m.Body...), time.Now().UnixNano())
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("publishing %s/%s: %w", topic, key, err)
+		return fmt.Errorf("publishing %s/%s: %w", m.Topic, m.Key, err)
 	}
-	q.wake(topic)
+	q.wake(m.Topic)
 	return nil
 }
 
@@ -82,14 +82,14 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 	err := q.db().tx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
 			WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
-			RETURNING seq, key, body, deliveries`, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
+			RETURNING seq, key, trace_id, body, deliveries`, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
 			c := claimed{msg: queue.Message{Topic: topic}}
-			if err := rows.Scan(&c.seq, &c.msg.Key, &c.msg.Body, &c.msg.Deliveries); err != nil {
+			if err := rows.Scan(&c.seq, &c.msg.Key, &c.msg.TraceID, &c.msg.Body, &c.msg.Deliveries); err != nil {
 				return err
 			}
 			out = append(out, c)

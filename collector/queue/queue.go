@@ -19,12 +19,14 @@ const (
 	TopicDelivery = "delivery" // call the caller back
 )
 
-// Message is one delivered message.
+// Message is one message, published or delivered.
 type Message struct {
-	Topic string
-	Key   string // the request id
-	Body  []byte
-	// Deliveries counts deliveries of this message, this one included.
+	Topic   string
+	Key     string // the request id
+	TraceID string // carried beside the body (an AMQP header on RabbitMQ)
+	Body    []byte
+	// Deliveries counts deliveries of this message, this one included (set on
+	// delivery; ignored by Publish).
 	Deliveries int
 }
 
@@ -41,7 +43,7 @@ const MaxDeliveries = 50
 // Queue is the work queue.
 type Queue interface {
 	// Publish returns nil only once the message is durable (the broker confirmed it).
-	Publish(ctx context.Context, topic, key string, body []byte) error
+	Publish(ctx context.Context, m Message) error
 	// Consume runs h on messages of topic with up to workers at once until ctx
 	// ends, then waits for in-flight handlers (which get a context that is not
 	// cancelled with ctx) and returns.

@@ -38,7 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 		q := open(t)
 		const n = 50
 		for i := range n {
-			if err := q.Publish(ctx, "t1", fmt.Sprint(i), []byte(fmt.Sprint("body", i))); err != nil {
+			if err := q.Publish(ctx, queue.Message{Topic: "t1", Key: fmt.Sprint(i), TraceID: fmt.Sprint("trace", i), Body: []byte(fmt.Sprint("body", i))}); err != nil {
 				t.Fatalf("Publish: %v", err)
 			}
 		}
@@ -48,8 +48,8 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 		stop := consume(t, q, "t1", 4, func(ctx context.Context, m queue.Message) error {
 			mu.Lock()
 			defer mu.Unlock()
-			if string(m.Body) != "body"+m.Key {
-				t.Errorf("message %s has body %q", m.Key, m.Body)
+			if string(m.Body) != "body"+m.Key || m.TraceID != "trace"+m.Key || m.Topic != "t1" {
+				t.Errorf("message %s has topic %q, trace id %q, body %q", m.Key, m.Topic, m.TraceID, m.Body)
 			}
 			seen[m.Key]++
 			if len(seen) == n {
@@ -72,7 +72,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 
 	t.Run("OtherTopicUntouched", func(t *testing.T) {
 		q := open(t)
-		if err := q.Publish(ctx, "a", "k", nil); err != nil {
+		if err := q.Publish(ctx, queue.Message{Topic: "a", Key: "k"}); err != nil {
 			t.Fatal(err)
 		}
 		got := make(chan string, 1)
@@ -87,7 +87,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 
 	t.Run("RetryAfterRedelivers", func(t *testing.T) {
 		q := open(t)
-		if err := q.Publish(ctx, "t", "k", []byte("x")); err != nil {
+		if err := q.Publish(ctx, queue.Message{Topic: "t", Key: "k", Body: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
 		var times []time.Time
@@ -118,7 +118,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 
 	t.Run("PoisonDeadLetters", func(t *testing.T) {
 		q := open(t)
-		if err := q.Publish(ctx, "t", "bad", []byte("x")); err != nil {
+		if err := q.Publish(ctx, queue.Message{Topic: "t", Key: "bad", Body: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
 		calls := make(chan struct{}, 10)
@@ -150,7 +150,7 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 
 	t.Run("ShutdownFinishesInFlight", func(t *testing.T) {
 		q := open(t)
-		if err := q.Publish(ctx, "t", "slow", nil); err != nil {
+		if err := q.Publish(ctx, queue.Message{Topic: "t", Key: "slow"}); err != nil {
 			t.Fatal(err)
 		}
 		started := make(chan struct{})

@@ -1,0 +1,43 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// inlineEnvelopeMax bounds the encoded envelope carried inside a work
+// message; larger ones are read from the store (by StatusURL for others).
+const inlineEnvelopeMax = 64 << 10
+
+// taskMessage is the body of work and delivery messages. The handlers read the
+// record from the store, the source of truth; the body makes a message
+// self-describing for operators and other consumers of the queue.
+type taskMessage struct {
+	ID        string          `json:"id"`
+	TraceID   string          `json:"traceId"`
+	StatusURL string          `json:"statusUrl"`
+	Envelope  json.RawMessage `json:"envelope,omitempty"`
+}
+
+// publish sends the work or delivery message of r and waits for the queue's
+// confirm, at most PublishTimeout.
+func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) error {
+	msg := taskMessage{ID: r.ID, TraceID: r.TraceID, StatusURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + r.ID}
+	if topic == queue.TopicWork && r.Envelope != nil {
+		if env, err := json.Marshal(r.Envelope); err == nil && len(env) <= inlineEnvelopeMax {
+			msg.Envelope = env
+		}
+	}
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	return c.queue.Publish(pctx, queue.Message{Topic: topic, Key: r.ID, TraceID: r.TraceID, Body: body})
+}
+
