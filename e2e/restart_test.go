@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/examples/stack"
 )
 
 // TestCollectorRestartUnderLoad stops the collector (SIGTERM, then kill -9) in
@@ -23,80 +25,25 @@ func TestCollectorRestartUnderLoad(t *testing.T) {
 		kill bool
 	}{{"sigterm", false}, {"kill9", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var ids []string
-			refused := 0
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer cancel()
-			var wg sync.WaitGroup
-			for range 4 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for ctx.Err() == nil {
-						resp, err := client.Post(st.EnvoyURL+"/slow?ms=30", "application/json", strings.NewReader(`{"load":true}`))
-						if err != nil {
-							t.Errorf("load request: %v", err) // Envoy itself must stay up
-							return
-						}
-						body, _ := io.ReadAll(resp.Body)
-						resp.Body.Close()
-						mu.Lock()
-						if resp.StatusCode == 202 {
-							var b struct{ ID string }
-							_ = json.Unmarshal(body, &b)
-							ids = append(ids, b.ID)
-						} else {
-							refused++ // 503 while the collector is down: not accepted, not counted
-						}
-						mu.Unlock()
-						time.Sleep(10 * time.Millisecond)
-					}
-				}()
-			}
-			time.Sleep(time.Second)
-			if err := st.StopCollector(tc.kill); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(300 * time.Millisecond)
-			if err := st.StartCollector(); err != nil {
-				t.Fatal(err)
-			}
-			if err := st.WaitCollector(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			wg.Wait()
-
+			ids, refused := loadDuring(t, st, 3*time.Second, func() {
+				time.Sleep(time.Second)
+				if err := st.StopCollector(tc.kill); err != nil {
+					t.Error(err)
+				}
+				time.Sleep(300 * time.Millisecond)
+				if err := st.StartCollector(); err != nil {
+					t.Error(err)
+				}
+				if err := st.WaitCollector(context.Background()); err != nil {
+					t.Error(err)
+				}
+			})
 			// After kill -9, what the dead collector held comes back when its
 			// queue and record leases expire (30 s).
-			counts := map[string]int{}
-			deadline := time.Now().Add(75 * time.Second)
-			missing := len(ids)
-			for time.Now().Before(deadline) && missing > 0 {
-				clear(counts)
-				for _, r := range receivedAll(t) {
-					counts[r.WebhookID]++
-				}
-				missing = 0
-				for _, id := range ids {
-					if counts[id] == 0 {
-						missing++
-					}
-				}
-				time.Sleep(250 * time.Millisecond)
-			}
-			dups := 0
-			for _, id := range ids {
-				if counts[id] > 1 {
-					dups++
-				}
-			}
-			t.Logf("%s: accepted %d, refused %d, lost %d, duplicated %d", tc.name, len(ids), refused, missing, dups)
-			if len(ids) < 20 {
-				t.Fatalf("only %d accepted: the load did not run", len(ids))
-			}
-			if missing > 0 {
-				t.Fatalf("%d accepted requests never called back", missing)
+			lost, dups := countCallbacks(t, st, ids, 75*time.Second)
+			t.Logf("%s: accepted %d, refused %d, lost %d, duplicated %d", tc.name, len(ids), refused, lost, dups)
+			if lost > 0 {
+				t.Fatalf("%d accepted requests never called back", lost)
 			}
 			if !tc.kill && dups > 0 {
 				t.Fatalf("%d duplicates after a graceful stop", dups)
@@ -105,9 +52,76 @@ func TestCollectorRestartUnderLoad(t *testing.T) {
 	}
 }
 
-func receivedAll(t *testing.T) []received {
+// loadDuring sends async requests through s's Envoy from 4 clients for d while
+// fault runs, and returns the ids that got 202 and how many got anything else.
+func loadDuring(t *testing.T, s *stack.Stack, d time.Duration, fault func()) (ids []string, refused int) {
 	t.Helper()
-	resp, err := client.Get(st.ReceiverURL + "/received")
+	var mu sync.Mutex
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				resp, err := client.Post(s.EnvoyURL+"/slow?ms=30", "application/json", strings.NewReader(`{"load":true}`))
+				if err != nil {
+					t.Errorf("load request: %v", err) // Envoy itself must stay up
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				if resp.StatusCode == 202 {
+					var b struct{ ID string }
+					_ = json.Unmarshal(body, &b)
+					ids = append(ids, b.ID)
+				} else {
+					refused++ // 503 while the collector is down: not accepted, not counted
+				}
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	fault()
+	wg.Wait()
+	if len(ids) < 20 {
+		t.Fatalf("only %d accepted: the load did not run", len(ids))
+	}
+	return ids, refused
+}
+
+// countCallbacks waits up to wait for a callback of every id at s's receiver
+// and returns how many never came and how many came more than once.
+func countCallbacks(t *testing.T, s *stack.Stack, ids []string, wait time.Duration) (lost, dups int) {
+	t.Helper()
+	counts := map[string]int{}
+	deadline := time.Now().Add(wait)
+	for lost = len(ids); lost > 0 && time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		clear(counts)
+		for _, r := range receivedAt(t, s) {
+			counts[r.WebhookID]++
+		}
+		lost = 0
+		for _, id := range ids {
+			if counts[id] == 0 {
+				lost++
+			}
+		}
+	}
+	for _, id := range ids {
+		if counts[id] > 1 {
+			dups++
+		}
+	}
+	return lost, dups
+}
+
+func receivedAt(t *testing.T, s *stack.Stack) []received {
+	t.Helper()
+	resp, err := client.Get(s.ReceiverURL + "/received")
 	if err != nil {
 		t.Fatal(err)
 	}

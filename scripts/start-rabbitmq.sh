@@ -21,8 +21,10 @@ if [ -f "$base/port" ]; then
     exit 0
   fi
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dist=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A restarted node keeps its port (and so its URL) when the port is still free.
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
+port=$( { [ -f "$base/port" ] && free_port "$(cat "$base/port")"; } || free_port 0)
+dist=$(free_port 0)
 echo "$port" > "$base/port"
 export RABBITMQ_NODENAME="asyncmesh@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
   RABBITMQ_DIST_PORT="$dist" RABBITMQ_MNESIA_BASE="$base/mnesia" RABBITMQ_LOG_BASE="$base/log" \

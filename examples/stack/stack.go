@@ -1,5 +1,6 @@
 // Package stack starts the whole asyncmesh sidecar on free loopback ports — Envoy
-// with the compiled filter, the collector on the embedded backend, the demo
+// with the compiled filter, the collector (embedded backend, or RabbitMQ as its
+// queue), the demo
 // service and the callback receiver — for the demo and the end-to-end tests.
 // Binaries are expected in Options.BinDir (make build puts them in build/).
 package stack
@@ -30,6 +31,9 @@ type Options struct {
 	EnvoyBin string    // envoy binary
 	WorkDir  string    // logs, database, rendered bootstrap
 	Logs     io.Writer // where process output goes besides the log files (may be nil)
+	// AMQPURL, when set, runs the collector's queue on this RabbitMQ (with a
+	// prefix of its own, so that stacks do not share queues).
+	AMQPURL string
 }
 
 // Stack is a running sidecar.
@@ -126,10 +130,16 @@ func (s *Stack) render() (string, error) {
 	return out, nil
 }
 
-// StartCollector (re)starts the collector on its port and database.
+// StartCollector (re)starts the collector on its port, database and queue.
 func (s *Stack) StartCollector() error {
-	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret},
-		"-listen", addr(s.collectorPort), "-db", filepath.Join(s.opt.WorkDir, "asyncmesh.db"), "-replay-url", s.EnvoyURL)
+	env := []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}
+	args := []string{"-listen", addr(s.collectorPort), "-db", filepath.Join(s.opt.WorkDir, "asyncmesh.db"),
+		"-replay-url", s.EnvoyURL, "-api-url", s.CollectorURL}
+	if s.opt.AMQPURL != "" {
+		env = append(env, "ASYNCMESH_AMQP_URL="+s.opt.AMQPURL)
+		args = append(args, "-queue", "rabbitmq", "-amqp-prefix", "asyncmesh-"+strconv.Itoa(s.collectorPort))
+	}
+	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }
 
 // WaitCollector waits until a (re)started collector answers.

@@ -1,5 +1,7 @@
-// Command collector runs the asyncmesh collector sidecar on the embedded
-// (SQLite) backend.
+// Command collector runs the asyncmesh collector sidecar. The store is the
+// embedded SQLite database; the queue is the same database (the default) or
+// RabbitMQ (-queue rabbitmq, its URL in the environment variable named by
+// -amqp-url-env so that the password stays out of the process list).
 package main
 
 import (
@@ -17,6 +19,8 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/collector"
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/rabbitmq"
 )
 
 func main() {
@@ -33,6 +37,11 @@ func run() error {
 	replayEnv := flag.String("replay-secret-env", "ASYNCMESH_REPLAY_SECRET", "environment variable holding the replay-signing secret (shared with the filter)")
 	secretsDir := flag.String("secrets-dir", "", "directory of callback secrets, one file per reference")
 	workers := flag.Int("workers", 16, "concurrent request executions")
+	queueKind := flag.String("queue", "embedded", "queue backend: embedded or rabbitmq")
+	amqpEnv := flag.String("amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
+	amqpPrefix := flag.String("amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
+	amqpPrefetch := flag.Int("amqp-prefetch", 0, "unacked messages per consumer (0: its number of workers)")
+	apiURL := flag.String("api-url", "", "base URL of this API as others reach it, for the statusUrl in queue messages")
 	flag.Parse()
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -49,10 +58,30 @@ func run() error {
 		return err
 	}
 	defer db.Close()
+	var q queue.Queue = db.Queue()
+	switch *queueKind {
+	case "embedded":
+	case "rabbitmq":
+		url := os.Getenv(*amqpEnv)
+		if url == "" {
+			return fmt.Errorf("-amqp-url-env: environment variable %s is empty", *amqpEnv)
+		}
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rq, err := rabbitmq.Open(octx, rabbitmq.Config{URL: url, Prefix: *amqpPrefix, Prefetch: *amqpPrefetch,
+			Topics: []string{queue.TopicWork, queue.TopicDelivery}, Logger: log})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("-queue rabbitmq: %w", err)
+		}
+		defer rq.Close()
+		q = rq
+	default:
+		return fmt.Errorf("-queue: %q is not embedded or rabbitmq", *queueKind)
+	}
 	c, err := collector.New(collector.Config{
 		ReplayURL: *replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: *secretsDir},
-		Workers: *workers, Logger: log,
-	}, db.Store(), db.Queue())
+		Workers: *workers, APIURL: *apiURL, Logger: log,
+	}, db.Store(), q)
 	if err != nil {
 		return err
 	}
@@ -63,7 +92,7 @@ func run() error {
 	srv := &http.Server{Handler: c.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
-	log.Info("collector: serving", "addr", ln.Addr().String(), "db", *dbPath, "replay_url", *replayURL)
+	log.Info("collector: serving", "addr", ln.Addr().String(), "db", *dbPath, "queue", *queueKind, "replay_url", *replayURL)
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()

@@ -1,0 +1,63 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+)
+
+// rabbitStack starts a second sidecar whose collector queues on the RabbitMQ
+// named by ASYNCMESH_TEST_AMQP_URL (skipped when unset).
+func rabbitStack(t *testing.T) *stack.Stack {
+	url := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
+	if url == "" {
+		t.Skip("ASYNCMESH_TEST_AMQP_URL is not set")
+	}
+	root, _ := filepath.Abs("..")
+	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: os.Getenv("ASYNCMESH_BIN"),
+		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir(), AMQPURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// TestRabbitMQRestartUnderLoad stops and restarts the RabbitMQ node in the
+// middle of a bounded load through Envoy: requests accepted while it is down
+// stay persisted and go out when it returns; every 202 is called back.
+func TestRabbitMQRestartUnderLoad(t *testing.T) {
+	s := rabbitStack(t)
+	script := func(name string) {
+		out, err := exec.Command(filepath.Join("..", "scripts", name)).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: %v\n%s", name, err, out)
+		}
+		t.Logf("%s: %s", name, strings.TrimSpace(string(out)))
+	}
+	ids, refused := loadDuring(t, s, 12*time.Second, func() {
+		time.Sleep(2 * time.Second)
+		script("stop-rabbitmq.sh")
+		time.Sleep(time.Second)
+		script("start-rabbitmq.sh") // same port, same data
+	})
+	lost, dups := countCallbacks(t, s, ids, 90*time.Second)
+	log, _ := os.ReadFile(s.LogPath("collector"))
+	relayed := strings.Count(string(log), "outbox relay: published")
+	t.Logf("rabbitmq restart: accepted %d (%d of them published by the relay after the broker came back), refused %d, lost %d, duplicated %d",
+		len(ids), relayed, refused, lost, dups)
+	if !strings.Contains(string(log), "rabbitmq: connection lost") {
+		t.Fatal("the collector never saw the broker go: the fault did not happen")
+	}
+	if lost > 0 {
+		t.Fatalf("%d accepted requests never called back", lost)
+	}
+}
