@@ -26,6 +26,7 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -157,31 +158,41 @@ func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*stor
 }
 
 // relay publishes records that intake persisted but could not publish (queue
-// down, crash between the two), oldest first.
+// down, no confirm, crash between the two), oldest first, at most 200 a round.
+// While the queue refuses, rounds back off from RelayInterval to 30s.
 func (c *Collector) relay(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.RelayInterval)
-	defer t.Stop()
+	wait := c.cfg.RelayInterval
 	for {
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
 		case <-t.C:
 		}
-		recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
-		if err != nil {
+		if err := c.relayRound(ctx); err != nil {
+			wait = min(2*wait, 30*time.Second)
 			if ctx.Err() == nil {
-				c.log.Warn("outbox relay: listing persisted records", "err", err)
+				c.log.Warn("outbox relay: will retry", "in", wait, "err", err)
 			}
 			continue
 		}
-		for _, r := range recs {
-			if err := c.enqueue(ctx, r); err != nil {
-				c.log.Warn("outbox relay: publishing", "id", r.ID, "trace_id", r.TraceID, "err", err)
-				break // the queue is down; try again next tick
-			}
-			c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
-		}
+		wait = c.cfg.RelayInterval
 	}
+}
+
+func (c *Collector) relayRound(ctx context.Context) error {
+	recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
+	if err != nil {
+		return fmt.Errorf("listing persisted records: %w", err)
+	}
+	for _, r := range recs {
+		if err := c.enqueue(ctx, r); err != nil {
+			return fmt.Errorf("publishing %s (trace %s): %w", r.ID, r.TraceID, err)
+		}
+		c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
+	}
+	return nil
 }
 
 // enqueue publishes the work message of a persisted record and marks it queued.

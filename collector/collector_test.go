@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,12 +13,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -351,5 +355,77 @@ func TestShutdownUnderLoadLosesNothing(t *testing.T) {
 	t.Logf("accepted %d, called back %d, duplicates %d", len(accepted), len(e.callbacks), dups)
 	if dups > 0 {
 		t.Errorf("%d callbacks sent twice across a graceful restart", dups)
+	}
+}
+
+// refusingQueue refuses to publish while refuse is set: a broker that is down
+// or does not confirm.
+type refusingQueue struct {
+	queue.Queue
+	refuse atomic.Bool
+}
+
+func (q *refusingQueue) Publish(ctx context.Context, m queue.Message) error {
+	if q.refuse.Load() {
+		return errors.New("no confirm")
+	}
+	return q.Queue.Publish(ctx, m)
+}
+
+// TestUnconfirmedPublishStaysPersisted: intake still accepts (the record is
+// durable) but leaves it persisted; the outbox relay publishes it once the
+// queue confirms again, and it is delivered once.
+func TestUnconfirmedPublishStaysPersisted(t *testing.T) {
+	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := newEnv(t)
+	e.stop()
+	q := &refusingQueue{Queue: db.Queue()}
+	q.refuse.Store(true)
+	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+		RelayInterval: 50 * time.Millisecond, RelayAge: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}, db.Store(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(c.Handler())
+	defer api.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	en := e.envelope("/work", nil)
+	data, _ := json.Marshal(en)
+	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 || resp.Header.Get("x-async-status") != "persisted" {
+		t.Fatalf("intake with the queue refusing: %d %s", resp.StatusCode, resp.Header.Get("x-async-status"))
+	}
+	time.Sleep(300 * time.Millisecond) // relay rounds fail and back off
+	if r, _ := db.Store().Get(ctx, en.ID); r.Status != store.Persisted {
+		t.Fatalf("status %s while nothing was confirmed", r.Status)
+	}
+	q.refuse.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, _ := db.Store().Get(ctx, en.ID)
+		if r.Status == store.Delivered {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %s 10s after the queue came back", r.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.callbacks[en.ID] != 1 {
+		t.Fatalf("%d callbacks", e.callbacks[en.ID])
 	}
 }

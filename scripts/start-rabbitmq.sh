@@ -5,6 +5,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 base="$root/.tools/rabbitmq"
+# One node per checkout: its name is derived from the checkout path.
+node="asyncmesh-$(printf %s "$root" | md5sum | cut -c1-8)@localhost"
 mkdir -p "$base"
 if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -16,7 +18,7 @@ fi
 PATH=/usr/lib/rabbitmq/bin:$PATH
 if [ -f "$base/port" ]; then
   port=$(cat "$base/port")
-  if RABBITMQ_NODENAME="asyncmesh@localhost" rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  if RABBITMQ_NODENAME="$node" rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     echo "amqp://guest:guest@127.0.0.1:$port/"
     exit 0
   fi
@@ -26,7 +28,7 @@ free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0
 port=$( { [ -f "$base/port" ] && free_port "$(cat "$base/port")"; } || free_port 0)
 dist=$(free_port 0)
 echo "$port" > "$base/port"
-export RABBITMQ_NODENAME="asyncmesh@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
+export RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
   RABBITMQ_DIST_PORT="$dist" RABBITMQ_MNESIA_BASE="$base/mnesia" RABBITMQ_LOG_BASE="$base/log" \
   RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" RABBITMQ_PID_FILE="$base/pid" \
   RABBITMQ_CONFIG_FILE="$base/rabbitmq" ERL_EPMD_ADDRESS=127.0.0.1
