@@ -56,7 +56,7 @@ type Config struct {
 	// APIURL is the base URL of this API as others reach it; queue messages
 	// carry statusUrl = APIURL + /v1/requests/{id} (relative when empty).
 	APIURL string
-	Logger         *slog.Logger
+	Logger *slog.Logger
 }
 
 // Collector is one running collector.

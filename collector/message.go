@@ -40,4 +40,3 @@ func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) 
 	defer cancel()
 	return c.queue.Publish(pctx, queue.Message{Topic: topic, Key: r.ID, TraceID: r.TraceID, Body: body})
 }
-
