@@ -113,6 +113,19 @@ func ValidRequestID(s string) bool {
 		decodeLowerHex(u[10:16], s[24:36])
 }
 
+// RequestIDTime returns the creation time carried by a UUIDv7 request id (to
+// the millisecond).
+func RequestIDTime(s string) (time.Time, bool) {
+	if !ValidRequestID(s) {
+		return time.Time{}, false
+	}
+	var ms [6]byte
+	decodeLowerHex(ms[0:4], s[0:8])
+	decodeLowerHex(ms[4:6], s[9:13])
+	v := int64(ms[0])<<40 | int64(ms[1])<<32 | int64(ms[2])<<24 | int64(ms[3])<<16 | int64(ms[4])<<8 | int64(ms[5])
+	return time.UnixMilli(v).UTC(), true
+}
+
 func fill(b []byte) {
 	// crypto/rand.Read never fails on supported platforms (Go 1.24+); under wasip1
 	// it uses random_get, which Envoy's host implements.

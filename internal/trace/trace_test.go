@@ -80,3 +80,15 @@ func FuzzParseParent(f *testing.F) {
 		}
 	})
 }
+
+func TestRequestIDTime(t *testing.T) {
+	now := time.Date(2026, 11, 23, 9, 30, 1, 234_000_000, time.UTC)
+	id := newUUIDv7(now)
+	got, ok := RequestIDTime(id)
+	if !ok || !got.Equal(now) {
+		t.Fatalf("RequestIDTime(%s) = %v, %v; want %v", id, got, ok, now)
+	}
+	if _, ok := RequestIDTime("not-an-id"); ok {
+		t.Fatal("accepted a bad id")
+	}
+}

@@ -4,6 +4,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -170,41 +171,41 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 		create(t, s, "b", "")
 		slices.Sort(ids) // results are in id order; ids made within one millisecond are not monotonic
-		page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2})
-		if err != nil {
-			t.Fatalf("Search: %v", err)
-		}
-		var got []string
-		for {
-			for _, r := range page.Records {
-				got = append(got, r.ID)
+		eventually(t, "paged search by trace id", func() string {
+			var got []string
+			page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2})
+			for err == nil {
+				for _, r := range page.Records {
+					got = append(got, r.ID)
+				}
+				if page.Next == "" {
+					break
+				}
+				page, err = s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Cursor: page.Next})
 			}
-			if page.Next == "" {
-				break
+			if err != nil {
+				return err.Error()
 			}
-			if page, err = s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Cursor: page.Next}); err != nil {
-				t.Fatalf("Search page: %v", err)
+			if !slices.Equal(got, ids) {
+				return fmt.Sprintf("found %v, want %v", got, ids)
 			}
-		}
-		if len(got) != 5 {
-			t.Fatalf("paged search found %v, want %v", got, ids)
-		}
-		for i := range ids {
-			if got[i] != ids[i] {
-				t.Fatalf("order %v, want %v", got, ids)
+			return ""
+		})
+		eventually(t, "search by rule", func() string {
+			p, err := s.Search(ctx, store.Query{Rule: "b"})
+			if err != nil || len(p.Records) != 1 {
+				return fmt.Sprintf("found %d (%v)", len(p.Records), err)
 			}
+			return ""
+		})
+		if p, err := s.Search(ctx, store.Query{Status: store.Delivered}); err != nil || len(p.Records) != 0 {
+			t.Fatalf("status search found %d (%v)", len(p.Records), err)
 		}
-		p, _ := s.Search(ctx, store.Query{Rule: "b"})
-		if len(p.Records) != 1 {
-			t.Fatalf("rule search found %d", len(p.Records))
+		if p, err := s.Search(ctx, store.Query{Since: time.Now().Add(time.Hour)}); err != nil || len(p.Records) != 0 {
+			t.Fatalf("since search found %d (%v)", len(p.Records), err)
 		}
-		p, _ = s.Search(ctx, store.Query{Status: store.Delivered})
-		if len(p.Records) != 0 {
-			t.Fatalf("status search found %d", len(p.Records))
-		}
-		p, _ = s.Search(ctx, store.Query{Since: time.Now().Add(time.Hour)})
-		if len(p.Records) != 0 {
-			t.Fatalf("since search found %d", len(p.Records))
+		if p, err := s.Search(ctx, store.Query{TraceID: tid, Until: time.Now().Add(-time.Hour)}); err != nil || len(p.Records) != 0 {
+			t.Fatalf("until search found %d (%v)", len(p.Records), err)
 		}
 	})
 
@@ -215,12 +216,78 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		if _, err := s.Transition(ctx, moved.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil {
 			t.Fatal(err)
 		}
-		recs, err := s.Stale(ctx, store.Persisted, time.Now().Add(time.Second), 10)
-		if err != nil || len(recs) != 1 || recs[0].ID != old.ID {
-			t.Fatalf("Stale = %v, %v", recs, err)
-		}
+		eventually(t, "stale persisted records", func() string {
+			recs, err := s.Stale(ctx, store.Persisted, time.Now().Add(time.Second), 10)
+			if err != nil || len(recs) != 1 || recs[0].ID != old.ID {
+				return fmt.Sprintf("Stale = %d records (%v), want only %s", len(recs), err, old.ID)
+			}
+			return ""
+		})
 		if recs, _ := s.Stale(ctx, store.Persisted, time.Now().Add(-time.Hour), 10); len(recs) != 0 {
 			t.Fatalf("Stale before creation found %d", len(recs))
 		}
 	})
+
+	t.Run("ConcurrentUpdatesNotLost", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := store.Attempt{At: time.Now(), StatusCode: 500 + i}
+				if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, Attempt: &a}); err != nil {
+					t.Errorf("Transition: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		got, err := s.Get(ctx, r.ID)
+		if err != nil || len(got.Attempts) != 8 {
+			t.Fatalf("%d of 8 concurrent updates kept (%v)", len(got.Attempts), err)
+		}
+	})
+
+	t.Run("LargeBodies", func(t *testing.T) {
+		s := open(t)
+		big := make([]byte, 3<<20+17)
+		for i := range big {
+			big[i] = byte(i * 7)
+		}
+		e := NewEnvelope("a", "")
+		e.Body = big
+		r := store.NewRecord(e, time.Now())
+		if err := s.Create(ctx, r); err != nil {
+			t.Fatalf("Create with a %d-byte body: %v", len(big), err)
+		}
+		resp := &store.Response{Status: 200, Body: append(big[:0:0], big[1:]...)}
+		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Completed, Response: resp}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Get(ctx, r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Envelope.Body, big) || !slices.Equal(got.Response.Body, resp.Body) {
+			t.Fatalf("bodies came back as %d and %d bytes, want %d and %d", len(got.Envelope.Body), len(got.Response.Body), len(big), len(resp.Body))
+		}
+	})
+}
+
+// eventually retries check (which returns "" when satisfied) for up to 10s:
+// searches may be near-real-time (Elasticsearch refreshes every second).
+func eventually(t *testing.T, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

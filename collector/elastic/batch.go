@@ -1,0 +1,143 @@
+package elastic
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+)
+
+// Batch bounds.
+const (
+	batchMaxOps   = 500
+	batchMaxBytes = 8 << 20
+)
+
+// op is one bulk operation: create, or index (with optional CAS).
+type op struct {
+	action      string // "create" | "index"
+	index, id   string
+	ifSeqNo     int64 // CAS when ifPrimaryTerm > 0
+	ifPrimTerm  int64
+	doc         []byte
+	done        chan result
+	contextDone <-chan struct{}
+}
+
+type result struct {
+	status          int
+	seqNo, primTerm int64
+	errType, reason string
+	err             error // the whole request failed
+}
+
+// batcher groups concurrent operations into bulk requests.
+type batcher struct {
+	s   *Store
+	ops chan *op
+}
+
+func newBatcher(s *Store, flushers int) *batcher {
+	return &batcher{s: s, ops: make(chan *op, batchMaxOps*flushers)}
+}
+
+// do queues o and waits for its result.
+func (b *batcher) do(ctx context.Context, o *op) result {
+	o.done = make(chan result, 1)
+	o.contextDone = ctx.Done()
+	select {
+	case b.ops <- o:
+	case <-ctx.Done():
+		return result{err: ctx.Err()}
+	}
+	select {
+	case r := <-o.done:
+		return r
+	case <-ctx.Done():
+		// The operation may still be applied: callers treat this like any
+		// unknown outcome (a create is retried and finds ErrExists, a CAS
+		// re-reads).
+		return result{err: ctx.Err()}
+	}
+}
+
+// run sends batches until ctx ends: it blocks for one operation, then takes
+// whatever else is already waiting, up to the bounds.
+func (b *batcher) run(ctx context.Context) {
+	var buf bytes.Buffer
+	for {
+		var batch []*op
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-b.ops:
+			batch = append(batch, o)
+		}
+		size := len(batch[0].doc)
+	fill:
+		for len(batch) < batchMaxOps && size < batchMaxBytes {
+			select {
+			case o := <-b.ops:
+				batch = append(batch, o)
+				size += len(o.doc)
+			default:
+				break fill
+			}
+		}
+		b.flush(ctx, &buf, batch)
+	}
+}
+
+func (b *batcher) flush(ctx context.Context, buf *bytes.Buffer, batch []*op) {
+	buf.Reset()
+	live := batch[:0]
+	for _, o := range batch {
+		select {
+		case <-o.contextDone: // its caller gave up before it was sent
+			o.done <- result{err: context.Canceled}
+			continue
+		default:
+		}
+		live = append(live, o)
+		buf.WriteString(`{"` + o.action + `":{"_index":"` + o.index + `","_id":"` + o.id + `"`)
+		if o.ifPrimTerm > 0 {
+			buf.WriteString(`,"if_seq_no":` + strconv.FormatInt(o.ifSeqNo, 10) + `,"if_primary_term":` + strconv.FormatInt(o.ifPrimTerm, 10))
+		}
+		buf.WriteString("}}\n")
+		buf.Write(o.doc)
+		buf.WriteByte('\n')
+	}
+	if len(live) == 0 {
+		return
+	}
+	var resp struct {
+		Items []map[string]struct {
+			Status  int   `json:"status"`
+			SeqNo   int64 `json:"_seq_no"`
+			PrimTrm int64 `json:"_primary_term"`
+			Error   *struct {
+				Type   string `json:"type"`
+				Reason string `json:"reason"`
+			} `json:"error"`
+		} `json:"items"`
+	}
+	err := b.s.call(context.WithoutCancel(ctx), http.MethodPost, "/_bulk?refresh=false", append([]byte(nil), buf.Bytes()...), &resp)
+	if err == nil && len(resp.Items) != len(live) {
+		err = fmt.Errorf("bulk answered %d items for %d operations", len(resp.Items), len(live))
+	}
+	for i, o := range live {
+		if err != nil {
+			o.done <- result{err: err}
+			continue
+		}
+		var r result
+		for _, it := range resp.Items[i] {
+			r = result{status: it.Status, seqNo: it.SeqNo, primTerm: it.PrimTrm}
+			if it.Error != nil {
+				r.errType, r.reason = it.Error.Type, it.Error.Reason
+			}
+		}
+		o.done <- r
+	}
+}

@@ -1,0 +1,357 @@
+// Package elastic is the Elasticsearch store of the collector
+// (github.com/elastic/go-elasticsearch/v8): the system of record, searchable by
+// trace id, status, rule and time.
+//
+// # Index design
+//
+// One index per UTC day, named from the request id: ids are UUIDv7, so
+// P-requests-YYYY.MM.DD follows from the id alone and a read by id is a GET on
+// one index, never a search. Composable index templates (P-requests,
+// P-bodies) give every daily index explicit, strict mappings: ids, trace id,
+// rule, status, method, authority and path are keywords; timestamps are
+// dates; the status history and the delivery attempts are object lists;
+// the envelope and the stored response are kept in _source but not indexed
+// (enabled: false). Bodies over Config.InlineBodyMax are kept by reference:
+// 1 MiB chunks in P-bodies-YYYY.MM.DD, read back on Get. Retention deletes
+// whole daily indices older than Config.Retention (the integ-test
+// distribution has no ILM; deleting an index is cheaper than deleting by
+// query anyway), so the retention granularity is one day.
+//
+// Templates are put at Open (idempotent). An existing index whose mapping
+// disagrees with them on a field this store queries is a startup error
+// naming the index and the field.
+//
+// # Writes and refresh
+//
+// Creates and compare-and-set updates go through one bulk batcher: a caller's
+// operation is sent at once if the batcher is idle and grouped with whatever
+// else is waiting otherwise (group commit), and each caller waits for its own
+// item's result. Bulk requests use refresh=false: the write is durable when
+// Elasticsearch answers (the translog is fsynced per request, the default
+// index.translog.durability), and reads by id are real-time GETs, which do not
+// need a refresh. Refreshing per write (refresh=wait_for) would cost every 202
+// up to the refresh interval and gain nothing for reads by id. The price:
+// Search and Stale see a write after the next refresh (refresh_interval 1s),
+// which the Store interface allows.
+//
+// # Compare-and-set
+//
+// Transition reads the document with its _seq_no/_primary_term, applies the
+// store.Change (whose From check enforces the monotonic lifecycle) and writes
+// it back with if_seq_no/if_primary_term. On a version conflict it re-reads
+// and applies again, so a concurrent change is never overwritten and a record
+// never moves backwards: the second writer sees the new status and either
+// still qualifies or gets a store.ConflictError.
+package elastic
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/elastic/go-elasticsearch/v8"
+
+	"github.com/asyncmesh/asyncmesh/internal/trace"
+)
+
+// Config of the store.
+type Config struct {
+	// URL of Elasticsearch, http://host:port.
+	URL string
+	// Prefix names the templates and indices (default "asyncmesh").
+	Prefix string
+	// Replicas per daily index (number_of_replicas; 0 on a single node).
+	Replicas int
+	// Retention deletes daily indices older than this (0 keeps everything).
+	Retention time.Duration
+	// InlineBodyMax is the largest body kept inside the record (default 256 KiB).
+	InlineBodyMax int
+	// Flushers is how many bulk requests may be in flight (default 2).
+	Flushers int
+	Logger   *slog.Logger
+}
+
+// Store is a store.Store on Elasticsearch.
+type Store struct {
+	cfg   Config
+	es    *elasticsearch.Client
+	tr    *http.Transport
+	log   *slog.Logger
+	batch *batcher
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+}
+
+// Open connects, puts the index templates, checks existing indices against
+// them and starts the bulk batcher and the retention job.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if !strings.HasPrefix(cfg.URL, "http://") && !strings.HasPrefix(cfg.URL, "https://") {
+		return nil, fmt.Errorf("elasticsearch: url: want http://host:port, got %q", cfg.URL)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "asyncmesh"
+	}
+	if cfg.InlineBodyMax <= 0 {
+		cfg.InlineBodyMax = 256 << 10
+	}
+	if cfg.Flushers <= 0 {
+		cfg.Flushers = 2
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second}
+	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: []string{cfg.URL}, MaxRetries: 1, Transport: tr})
+	if err != nil {
+		return nil, fmt.Errorf("elasticsearch: %w", err)
+	}
+	s := &Store{cfg: cfg, es: es, tr: tr, log: cfg.Logger.With("store", "elasticsearch")}
+	if err := s.putTemplates(ctx); err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
+	if err := s.checkMappings(ctx); err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
+	bctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	s.batch = newBatcher(s, cfg.Flushers)
+	s.wg.Add(cfg.Flushers)
+	for range cfg.Flushers {
+		go func() { defer s.wg.Done(); s.batch.run(bctx) }()
+	}
+	if cfg.Retention > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.retain(bctx) }()
+	}
+	return s, nil
+}
+
+// Close stops the batcher and the retention job.
+func (s *Store) Close() error {
+	s.stop()
+	s.wg.Wait()
+	s.tr.CloseIdleConnections()
+	return nil
+}
+
+// Names.
+func (s *Store) requestsPattern() string { return s.cfg.Prefix + "-requests-*" }
+func (s *Store) bodiesPattern() string   { return s.cfg.Prefix + "-bodies-*" }
+
+// index returns the daily index of a request id and kind ("requests", "bodies").
+func (s *Store) index(kind, id string) (string, error) {
+	t, ok := trace.RequestIDTime(id)
+	if !ok {
+		return "", fmt.Errorf("id %q is not a UUIDv7 request id", id)
+	}
+	return s.cfg.Prefix + "-" + kind + "-" + t.Format("2006.01.02"), nil
+}
+
+// call performs one request and decodes a 2xx JSON answer into out (if not
+// nil). Other statuses are returned as *apiError.
+func (s *Store) call(ctx context.Context, method, path string, body any, out any) error {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, path, rd)
+	if err != nil {
+		return err
+	}
+	if rd != nil {
+		req.Header.Set("content-type", "application/json")
+	}
+	resp, err := s.es.Perform(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return &apiError{Status: resp.StatusCode, Body: string(data), Op: method + " " + path}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+type apiError struct {
+	Status   int
+	Body, Op string
+}
+
+func (e *apiError) Error() string {
+	b := e.Body
+	if len(b) > 300 {
+		b = b[:300] + "…"
+	}
+	return fmt.Sprintf("%s: elasticsearch answered %d: %s", e.Op, e.Status, b)
+}
+
+func statusOf(err error) int {
+	var a *apiError
+	if errors.As(err, &a) {
+		return a.Status
+	}
+	return 0
+}
+
+// requestsMapping is the strict mapping of the daily request indices.
+var requestsMapping = map[string]any{
+	"dynamic": "strict",
+	"properties": map[string]any{
+		"id": keyword, "traceId": keyword, "rule": keyword, "status": keyword,
+		"method": keyword, "authority": keyword,
+		"path":      map[string]any{"type": "keyword", "ignore_above": 2048},
+		"error":     map[string]any{"type": "keyword", "ignore_above": 1024},
+		"createdAt": date, "updatedAt": date, "leaseUntil": date,
+		"envelope": unindexed, "response": unindexed, "bodies": unindexed,
+		"history": map[string]any{"properties": map[string]any{
+			"status": keyword, "at": date, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
+		"attempts": map[string]any{"properties": map[string]any{
+			"at": date, "statusCode": map[string]any{"type": "integer"}, "latency": map[string]any{"type": "long"},
+			"error": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
+	},
+}
+
+var (
+	keyword   = map[string]any{"type": "keyword"}
+	date      = map[string]any{"type": "date"}
+	unindexed = map[string]any{"type": "object", "enabled": false}
+)
+
+// queried are the fields whose type this store relies on, checked on start.
+var queried = map[string]string{"id": "keyword", "traceId": "keyword", "rule": "keyword", "status": "keyword",
+	"createdAt": "date", "updatedAt": "date", "leaseUntil": "date"}
+
+func (s *Store) putTemplates(ctx context.Context) error {
+	settings := map[string]any{"number_of_shards": 1, "number_of_replicas": s.cfg.Replicas, "refresh_interval": "1s"}
+	templates := map[string]map[string]any{
+		s.cfg.Prefix + "-requests": {"index_patterns": []string{s.requestsPattern()}, "priority": 200,
+			"template": map[string]any{"settings": settings, "mappings": requestsMapping},
+			"_meta":    map[string]any{"managed_by": "asyncmesh collector"}},
+		s.cfg.Prefix + "-bodies": {"index_patterns": []string{s.bodiesPattern()}, "priority": 200,
+			"template": map[string]any{"settings": settings, "mappings": map[string]any{"dynamic": "strict", "_source": map[string]any{"enabled": true},
+				"properties": map[string]any{"data": map[string]any{"type": "binary"}}}},
+			"_meta": map[string]any{"managed_by": "asyncmesh collector"}},
+	}
+	for name, body := range templates {
+		if err := s.call(ctx, http.MethodPut, "/_index_template/"+name, body, nil); err != nil {
+			return fmt.Errorf("elasticsearch: putting index template %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// checkMappings refuses to start on an existing daily index whose mapping
+// disagrees with the template on a queried field.
+func (s *Store) checkMappings(ctx context.Context) error {
+	var got map[string]struct {
+		Mappings struct {
+			Properties map[string]struct {
+				Type string `json:"type"`
+			} `json:"properties"`
+		} `json:"mappings"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/"+s.requestsPattern()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", nil, &got); err != nil {
+		return fmt.Errorf("elasticsearch: reading existing mappings: %w", err)
+	}
+	indices := make([]string, 0, len(got))
+	for ix := range got {
+		indices = append(indices, ix)
+	}
+	slices.Sort(indices)
+	fields := make([]string, 0, len(queried))
+	for f := range queried {
+		fields = append(fields, f)
+	}
+	slices.Sort(fields)
+	for _, ix := range indices {
+		props := got[ix].Mappings.Properties
+		var bad []string
+		for _, f := range fields {
+			if have := props[f].Type; have != queried[f] {
+				bad = append(bad, fmt.Sprintf("%s is %q, want %q", f, have, queried[f]))
+			}
+		}
+		if len(bad) > 0 {
+			return fmt.Errorf("elasticsearch: index %s was not created by this collector's template (%s); delete or reindex it, or use another prefix", ix, strings.Join(bad, "; "))
+		}
+	}
+	return nil
+}
+
+// Ping reports whether the cluster can take writes (health not red).
+func (s *Store) Ping(ctx context.Context) error {
+	var h struct {
+		Status string `json:"status"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/_cluster/health?timeout=2s", nil, &h); err != nil {
+		return err
+	}
+	if h.Status == "red" {
+		return errors.New("elasticsearch: cluster health is red")
+	}
+	return nil
+}
+
+// retain deletes daily indices older than the retention, hourly.
+func (s *Store) retain(ctx context.Context) {
+	for {
+		if err := s.deleteOld(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			s.log.Warn("elasticsearch: retention", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+	}
+}
+
+// deleteOld deletes the daily indices whose whole day is older than the retention.
+func (s *Store) deleteOld(ctx context.Context, now time.Time) error {
+	var rows []struct {
+		Index string `json:"index"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/_cat/indices/"+s.requestsPattern()+","+s.bodiesPattern()+"?format=json&h=index&expand_wildcards=open", nil, &rows); err != nil {
+		return err
+	}
+	cutoff := now.Add(-s.cfg.Retention)
+	for _, r := range rows {
+		day, err := time.Parse("2006.01.02", r.Index[strings.LastIndexByte(r.Index, '-')+1:])
+		if err != nil || !day.Add(24*time.Hour).Before(cutoff) {
+			continue
+		}
+		if err := s.call(ctx, http.MethodDelete, "/"+r.Index, nil, nil); err != nil {
+			return fmt.Errorf("deleting %s: %w", r.Index, err)
+		}
+		s.log.Info("elasticsearch: retention deleted index", "index", r.Index)
+	}
+	return nil
+}

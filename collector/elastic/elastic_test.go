@@ -1,0 +1,114 @@
+package elastic
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/collector/store/storetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func esURL(t *testing.T) string {
+	u := os.Getenv("ASYNCMESH_TEST_ES_URL")
+	if u == "" {
+		t.Skip("ASYNCMESH_TEST_ES_URL is not set (scripts/start-elasticsearch.sh prints one)")
+	}
+	return u
+}
+
+func prefix() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "asyncmesh-test-" + hex.EncodeToString(b)
+}
+
+// open returns a store with a fresh prefix, deleted at the end of the test.
+func open(t *testing.T, p string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Config{URL: esURL(t), Prefix: p, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cleanup(t, s)
+		s.Close()
+	})
+	return s
+}
+
+func cleanup(t *testing.T, s *Store) {
+	ctx := context.Background()
+	_ = s.call(ctx, http.MethodDelete, "/"+s.cfg.Prefix+"-*?expand_wildcards=all", nil, nil)
+	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-requests", nil, nil)
+	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-bodies", nil, nil)
+}
+
+func TestStoreConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, prefix()) })
+}
+
+func TestMismatchedMappingRefusesToStart(t *testing.T) {
+	p := prefix()
+	s := open(t, p)
+	// An index that matches the pattern but was made by someone else.
+	body := `{"mappings":{"properties":{"status":{"type":"text"}}}}`
+	_ = s.call(context.Background(), http.MethodDelete, "/_index_template/"+p+"-requests", nil, nil)
+	if err := s.call(context.Background(), http.MethodPut, "/"+p+"-requests-2020.01.01", []byte(body), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(context.Background(), Config{URL: esURL(t), Prefix: p, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), p+"-requests-2020.01.01") || !strings.Contains(err.Error(), "status") {
+		t.Fatalf("Open over a mismatched index = %v", err)
+	}
+}
+
+func TestRetentionDeletesOldDays(t *testing.T) {
+	p := prefix()
+	s := open(t, p)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	for _, ix := range []string{"-requests-2026.11.10", "-requests-2026.11.22", "-bodies-2026.11.01", "-requests-2026.11.21"} {
+		if err := s.call(ctx, http.MethodPut, "/"+p+ix, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.cfg.Retention = 36 * time.Hour // keeps the 22nd, and the 21st (its end is within 36h)
+	if err := s.deleteOld(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct{ Index string }
+	if err := s.call(ctx, http.MethodGet, "/_cat/indices/"+p+"-*?format=json&h=index", nil, &rows); err != nil {
+		t.Fatal(err)
+	}
+	left := map[string]bool{}
+	for _, r := range rows {
+		left[strings.TrimPrefix(r.Index, p)] = true
+	}
+	if len(left) != 2 || !left["-requests-2026.11.22"] || !left["-requests-2026.11.21"] {
+		t.Fatalf("left %v", left)
+	}
+}
+
+func TestOpenRefusesBadURL(t *testing.T) {
+	if _, err := Open(context.Background(), Config{URL: "127.0.0.1:9200"}); err == nil {
+		t.Fatal("accepted a URL without a scheme")
+	}
+}
+
+func TestDownIsAnError(t *testing.T) {
+	_, err := Open(context.Background(), Config{URL: "http://127.0.0.1:1", Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		t.Fatal("Open with Elasticsearch down succeeded")
+	}
+}
