@@ -14,16 +14,25 @@ import (
 	"github.com/asyncmesh/asyncmesh/examples/stack"
 )
 
-// rabbitStack starts a second sidecar whose collector queues on the RabbitMQ
-// named by ASYNCMESH_TEST_AMQP_URL (skipped when unset).
-func rabbitStack(t *testing.T) *stack.Stack {
-	url := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
-	if url == "" {
-		t.Skip("ASYNCMESH_TEST_AMQP_URL is not set")
+// backendStack starts a second sidecar whose collector runs on the servers
+// named by the given environment variables (ASYNCMESH_TEST_AMQP_URL: RabbitMQ
+// queue; ASYNCMESH_TEST_ES_URL: Elasticsearch store); skipped when one is unset.
+func backendStack(t *testing.T, envs ...string) *stack.Stack {
+	opt := stack.Options{BinDir: os.Getenv("ASYNCMESH_BIN"), EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir()}
+	opt.Root, _ = filepath.Abs("..")
+	for _, env := range envs {
+		url := os.Getenv(env)
+		if url == "" {
+			t.Skip(env + " is not set")
+		}
+		switch env {
+		case "ASYNCMESH_TEST_AMQP_URL":
+			opt.AMQPURL = url
+		case "ASYNCMESH_TEST_ES_URL":
+			opt.ESURL = url
+		}
 	}
-	root, _ := filepath.Abs("..")
-	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: os.Getenv("ASYNCMESH_BIN"),
-		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir(), AMQPURL: url})
+	s, err := stack.Start(context.Background(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +44,7 @@ func rabbitStack(t *testing.T) *stack.Stack {
 // middle of a bounded load through Envoy: requests accepted while it is down
 // stay persisted and go out when it returns; every 202 is called back.
 func TestRabbitMQRestartUnderLoad(t *testing.T) {
-	s := rabbitStack(t)
+	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL")
 	script := func(name string) {
 		out, err := exec.Command(filepath.Join("..", "scripts", name)).CombinedOutput()
 		if err != nil {

@@ -27,7 +27,9 @@ if [ -z "$java_home" ]; then
     [ -x "$j/bin/java" ] && java_home=$j && break
   done
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A restarted node keeps its port (and so its URL) when the port is still free.
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
+port=$( { [ -f "$state/port" ] && free_port "$(cat "$state/port")"; } || free_port 0)
 echo "$port" > "$state/port"
 mkdir -p "$state/data" "$state/logs"
 run=()

@@ -1,6 +1,6 @@
 // Package stack starts the whole asyncmesh sidecar on free loopback ports — Envoy
-// with the compiled filter, the collector (embedded backend, or RabbitMQ as its
-// queue), the demo
+// with the compiled filter, the collector (embedded backend, or RabbitMQ and/or
+// Elasticsearch), the demo
 // service and the callback receiver — for the demo and the end-to-end tests.
 // Binaries are expected in Options.BinDir (make build puts them in build/).
 package stack
@@ -34,6 +34,9 @@ type Options struct {
 	// AMQPURL, when set, runs the collector's queue on this RabbitMQ (with a
 	// prefix of its own, so that stacks do not share queues).
 	AMQPURL string
+	// ESURL, when set, runs the collector's store on this Elasticsearch (with
+	// a prefix of its own).
+	ESURL string
 }
 
 // Stack is a running sidecar.
@@ -138,6 +141,10 @@ func (s *Stack) StartCollector() error {
 	if s.opt.AMQPURL != "" {
 		env = append(env, "ASYNCMESH_AMQP_URL="+s.opt.AMQPURL)
 		args = append(args, "-queue", "rabbitmq", "-amqp-prefix", "asyncmesh-"+strconv.Itoa(s.collectorPort))
+	}
+	if s.opt.ESURL != "" {
+		env = append(env, "ASYNCMESH_ES_URL="+s.opt.ESURL)
+		args = append(args, "-store", "elasticsearch", "-es-prefix", "asyncmesh-e2e-"+strconv.Itoa(s.collectorPort), "-es-replicas", "0")
 	}
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }

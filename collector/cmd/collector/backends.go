@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/elastic"
+	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/rabbitmq"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// options are the command's flags.
+type options struct {
+	listen, replayURL, replayEnv, secretsDir, apiURL string
+	workers                                          int
+
+	storeKind, queueKind, dbPath string
+	esEnv, esPrefix              string
+	esReplicas                   int
+	esRetention                  time.Duration
+	amqpEnv, amqpPrefix          string
+	amqpPrefetch                 int
+}
+
+func (o *options) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:9901", "address of the collector API (intake and requests)")
+	fs.StringVar(&o.replayURL, "replay-url", "http://127.0.0.1:10000", "Envoy listener through which requests are replayed to the service")
+	fs.StringVar(&o.replayEnv, "replay-secret-env", "ASYNCMESH_REPLAY_SECRET", "environment variable holding the replay-signing secret (shared with the filter)")
+	fs.StringVar(&o.secretsDir, "secrets-dir", "", "directory of callback secrets, one file per reference")
+	fs.StringVar(&o.apiURL, "api-url", "", "base URL of this API as others reach it, for the statusUrl in queue messages")
+	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions")
+
+	fs.StringVar(&o.storeKind, "store", "embedded", "store backend: embedded or elasticsearch")
+	fs.StringVar(&o.queueKind, "queue", "embedded", "queue backend: embedded or rabbitmq")
+	fs.StringVar(&o.dbPath, "db", "asyncmesh.db", "embedded database file (when the store or the queue is embedded)")
+	fs.StringVar(&o.esEnv, "es-url-env", "ASYNCMESH_ES_URL", "environment variable holding the Elasticsearch URL (http://host:port)")
+	fs.StringVar(&o.esPrefix, "es-prefix", "asyncmesh", "prefix of the Elasticsearch index templates and indices")
+	fs.IntVar(&o.esReplicas, "es-replicas", 1, "replicas of each daily index (0 on a single node)")
+	fs.DurationVar(&o.esRetention, "es-retention", 30*24*time.Hour, "delete daily indices older than this (0 keeps everything)")
+	fs.StringVar(&o.amqpEnv, "amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
+	fs.StringVar(&o.amqpPrefix, "amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
+	fs.IntVar(&o.amqpPrefetch, "amqp-prefetch", 0, "unacked messages per consumer (0: its number of workers)")
+}
+
+type backends struct {
+	store   store.Store
+	queue   queue.Queue
+	closers []func() error
+}
+
+// close closes in reverse order of opening.
+func (b *backends) close() error {
+	var errs []error
+	for i := len(b.closers) - 1; i >= 0; i-- {
+		errs = append(errs, b.closers[i]())
+	}
+	return errors.Join(errs...)
+}
+
+func envURL(flagName, env string) (string, error) {
+	v := os.Getenv(env)
+	if v == "" {
+		return "", fmt.Errorf("-%s: environment variable %s is empty", flagName, env)
+	}
+	return v, nil
+}
+
+// openBackends opens the configured store and queue; the embedded database
+// only when one of them uses it.
+func openBackends(ctx context.Context, o options, log *slog.Logger) (*backends, error) {
+	b := &backends{}
+	fail := func(err error) (*backends, error) { b.close(); return nil, err }
+	var db *embedded.DB
+	if o.storeKind == "embedded" || o.queueKind == "embedded" {
+		var err error
+		if db, err = embedded.Open(ctx, o.dbPath); err != nil {
+			return nil, fmt.Errorf("-db: %w", err)
+		}
+		b.closers = append(b.closers, db.Close)
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	switch o.storeKind {
+	case "embedded":
+		b.store = db.Store()
+	case "elasticsearch":
+		url, err := envURL("es-url-env", o.esEnv)
+		if err != nil {
+			return fail(err)
+		}
+		es, err := elastic.Open(octx, elastic.Config{URL: url, Prefix: o.esPrefix, Replicas: o.esReplicas, Retention: o.esRetention, Logger: log})
+		if err != nil {
+			return fail(fmt.Errorf("-store elasticsearch: %w", err))
+		}
+		b.store, b.closers = es, append(b.closers, es.Close)
+	default:
+		return fail(fmt.Errorf("-store: %q is not embedded or elasticsearch", o.storeKind))
+	}
+	switch o.queueKind {
+	case "embedded":
+		b.queue = db.Queue()
+	case "rabbitmq":
+		url, err := envURL("amqp-url-env", o.amqpEnv)
+		if err != nil {
+			return fail(err)
+		}
+		rq, err := rabbitmq.Open(octx, rabbitmq.Config{URL: url, Prefix: o.amqpPrefix, Prefetch: o.amqpPrefetch,
+			Topics: []string{queue.TopicWork, queue.TopicDelivery}, Logger: log})
+		if err != nil {
+			return fail(fmt.Errorf("-queue rabbitmq: %w", err))
+		}
+		b.queue, b.closers = rq, append(b.closers, rq.Close)
+	default:
+		return fail(fmt.Errorf("-queue: %q is not embedded or rabbitmq", o.queueKind))
+	}
+	return b, nil
+}

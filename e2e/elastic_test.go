@@ -1,0 +1,69 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRabbitMQAndElasticsearch runs the whole flow through Envoy with the
+// collector on RabbitMQ and Elasticsearch, and finds the request by its trace
+// id through the search API (on the caller's host, under /async/).
+func TestRabbitMQAndElasticsearch(t *testing.T) {
+	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL", "ASYNCMESH_TEST_ES_URL")
+	get := func(path string) (int, []byte) {
+		resp, err := client.Get(s.EnvoyURL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	resp, err := client.Post(s.EnvoyURL+"/slow?ms=200", "application/json", strings.NewReader(`{"es":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	id, traceID := accepted(t, resp, body)
+
+	code, rec := get("/async/v1/requests/" + id + "?wait=30s")
+	var v struct {
+		Status  string
+		History []struct{ Status string }
+	}
+	if err := json.Unmarshal(rec, &v); code != 200 || err != nil || v.Status != "delivered" {
+		t.Fatalf("record: %d %s", code, rec)
+	}
+	var seen []string
+	for _, h := range v.History {
+		seen = append(seen, h.Status)
+	}
+	if got := strings.Join(seen, ","); got != "persisted,queued,processing,completed,delivering,delivered" {
+		t.Fatalf("history %s", got)
+	}
+	if code, res := get("/async/v1/requests/" + id + "/result"); code != 200 || !strings.Contains(string(res), `es`) {
+		t.Fatalf("result: %d %s", code, res)
+	}
+	// Search is near-real-time (one refresh interval).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, page := get("/async/v1/requests?traceId=" + traceID)
+		if code == http.StatusOK && strings.Contains(string(page), id) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("search by trace id: %d %s", code, page)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := len(receivedAt(t, s)); n != 1 {
+		t.Fatalf("receiver got %d callbacks, want 1", n)
+	}
+}
