@@ -1,7 +1,8 @@
-// Package bench holds asyncmesh's benchmarks. This file compares the queue
-// backends in one run (the embedded queue is the baseline):
+// Package bench holds asyncmesh's benchmarks. This file compares the
+// backends in one run; the embedded (SQLite) store and queue are the baseline:
 //
-//	ASYNCMESH_TEST_AMQP_URL=$(scripts/start-rabbitmq.sh) go test -run '^$' -bench . -benchtime 3s ./bench/
+//	ASYNCMESH_TEST_AMQP_URL=$(scripts/start-rabbitmq.sh) ASYNCMESH_TEST_ES_URL=$(scripts/start-elasticsearch.sh) \
+//	  go test -run '^$' -bench . -benchtime 3s ./bench/
 package bench
 
 import (
@@ -16,44 +17,73 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector"
+	"github.com/asyncmesh/asyncmesh/collector/elastic"
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/rabbitmq"
+	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
-// backends returns the queues to compare, each over a fresh embedded database
-// (the store of the intake benchmark).
-func backends(b *testing.B) map[string]func(b *testing.B) (*embedded.DB, queue.Queue) {
-	out := map[string]func(b *testing.B) (*embedded.DB, queue.Queue){
-		"embedded": func(b *testing.B) (*embedded.DB, queue.Queue) {
-			db := openDB(b)
-			return db, db.Queue()
-		},
-	}
-	if url := os.Getenv("ASYNCMESH_TEST_AMQP_URL"); url != "" {
-		out["rabbitmq"] = func(b *testing.B) (*embedded.DB, queue.Queue) {
-			db := openDB(b)
-			r := make([]byte, 4)
-			rand.Read(r)
-			q, err := rabbitmq.Open(context.Background(), rabbitmq.Config{URL: url, Prefix: "asyncmesh-bench-" + hex.EncodeToString(r), Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			<-q.Ready()
-			b.Cleanup(func() { q.Teardown(context.Background()); q.Close() })
-			return db, q
+// setup is one combination of store and queue.
+type setup func(b *testing.B) (store.Store, queue.Queue)
+
+// backends returns the combinations to compare: embedded, embedded store +
+// RabbitMQ, Elasticsearch + embedded queue, Elasticsearch + RabbitMQ (those
+// whose servers are set in the environment).
+func backends(b *testing.B) ([]string, map[string]setup) {
+	amqpURL, esURL := os.Getenv("ASYNCMESH_TEST_AMQP_URL"), os.Getenv("ASYNCMESH_TEST_ES_URL")
+	rabbit := func(b *testing.B) queue.Queue {
+		q, err := rabbitmq.Open(context.Background(), rabbitmq.Config{URL: amqpURL, Prefix: "asyncmesh-bench-" + randHex(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
 		}
+		<-q.Ready()
+		b.Cleanup(func() { q.Teardown(context.Background()); q.Close() })
+		return q
 	}
-	return out
+	es := func(b *testing.B) store.Store {
+		s, err := elastic.Open(context.Background(), elastic.Config{URL: esURL, Prefix: "asyncmesh-bench-" + randHex(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	}
+	names := []string{"embedded"}
+	out := map[string]setup{"embedded": func(b *testing.B) (store.Store, queue.Queue) {
+		db := openDB(b)
+		return db.Store(), db.Queue()
+	}}
+	if amqpURL != "" {
+		names = append(names, "embedded+rabbitmq")
+		out["embedded+rabbitmq"] = func(b *testing.B) (store.Store, queue.Queue) { return openDB(b).Store(), rabbit(b) }
+	}
+	if esURL != "" {
+		names = append(names, "elasticsearch+embedded")
+		out["elasticsearch+embedded"] = func(b *testing.B) (store.Store, queue.Queue) { return es(b), openDB(b).Queue() }
+	}
+	if amqpURL != "" && esURL != "" {
+		names = append(names, "elasticsearch+rabbitmq")
+		out["elasticsearch+rabbitmq"] = func(b *testing.B) (store.Store, queue.Queue) { return es(b), rabbit(b) }
+	}
+	return names, out
+}
+
+func randHex() string {
+	r := make([]byte, 4)
+	rand.Read(r)
+	return hex.EncodeToString(r)
 }
 
 func openDB(b *testing.B) *embedded.DB {
@@ -68,13 +98,13 @@ func openDB(b *testing.B) *embedded.DB {
 // BenchmarkPublishConfirm publishes 300-byte messages from 16 goroutines,
 // each waiting for its confirm.
 func BenchmarkPublishConfirm(b *testing.B) {
-	for _, name := range []string{"embedded", "rabbitmq"} {
-		open, ok := backends(b)[name]
-		if !ok {
-			continue
+	names, setups := backends(b)
+	for _, name := range names {
+		if name != "embedded" && name != "embedded+rabbitmq" {
+			continue // the queue alone: the store plays no part
 		}
 		b.Run(name, func(b *testing.B) {
-			_, q := open(b)
+			_, q := setups[name](b)
 			body := bytes.Repeat([]byte("x"), 300)
 			var n atomic.Int64
 			b.SetParallelism(8)
@@ -101,21 +131,19 @@ func (noSecrets) Lookup(string) ([]webhook.Secret, error) { return nil, nil }
 // BenchmarkIntake posts envelopes to the collector's intake from 16 clients:
 // each 201 means persisted, published with a confirm and marked queued.
 func BenchmarkIntake(b *testing.B) {
-	for _, name := range []string{"embedded", "rabbitmq"} {
-		open, ok := backends(b)[name]
-		if !ok {
-			continue
-		}
+	names, setups := backends(b)
+	for _, name := range names {
 		b.Run(name, func(b *testing.B) {
-			db, q := open(b)
+			st, q := setups[name](b)
 			c, err := collector.New(collector.Config{ReplayURL: "http://127.0.0.1:9", ReplaySecret: []byte("x"), Secrets: noSecrets{},
-				Logger: slog.New(slog.DiscardHandler)}, db.Store(), q)
+				Logger: slog.New(slog.DiscardHandler)}, st, q)
 			if err != nil {
 				b.Fatal(err)
 			}
 			srv := httptest.NewServer(c.Handler())
 			defer srv.Close()
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			var lat latencies
 			b.SetParallelism(8)
 			b.ResetTimer()
 			start := time.Now()
@@ -126,7 +154,9 @@ func BenchmarkIntake(b *testing.B) {
 						TraceParent: tp.String(), Rule: "bench", Method: "POST", Authority: "api.local", Path: "/slow",
 						Body: bytes.Repeat([]byte("y"), 256), Timeout: rules.Duration(time.Second),
 						Callback: rules.Callback{URL: "http://127.0.0.1:9/cb", Protocol: "http"}, Retry: rules.Retry{MaxAttempts: 1}})
+					t0 := time.Now()
 					resp, err := client.Post(srv.URL+"/v1/intake", "application/json", bytes.NewReader(data))
+					lat.add(time.Since(t0))
 					if err != nil {
 						b.Error(err)
 						return
@@ -139,6 +169,30 @@ func BenchmarkIntake(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "accepted/s")
+			b.ReportMetric(lat.quantile(0.5).Seconds()*1000, "p50-ms")
+			b.ReportMetric(lat.quantile(0.99).Seconds()*1000, "p99-ms")
 		})
 	}
+}
+
+// latencies collects durations from many goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) quantile(q float64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	slices.Sort(l.d)
+	return l.d[min(len(l.d)-1, int(q*float64(len(l.d))))]
 }

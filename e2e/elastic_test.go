@@ -67,3 +67,25 @@ func TestRabbitMQAndElasticsearch(t *testing.T) {
 		t.Fatalf("receiver got %d callbacks, want 1", n)
 	}
 }
+
+// TestElasticsearchDownUnderLoad stops Elasticsearch in the middle of a
+// bounded load: intake answers 503 while it is down (never 202 without a
+// stored record), and when it is back everything resumes without a restart:
+// every 202 is called back.
+func TestElasticsearchDownUnderLoad(t *testing.T) {
+	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL", "ASYNCMESH_TEST_ES_URL")
+	ids, refused := loadDuring(t, s, 25*time.Second, func() {
+		time.Sleep(2 * time.Second)
+		runScript(t, "stop-elasticsearch.sh")
+		time.Sleep(2 * time.Second)
+		runScript(t, "start-elasticsearch.sh") // same port, same data
+	})
+	lost, dups := countCallbacks(t, s, ids, 90*time.Second)
+	t.Logf("elasticsearch down: accepted %d, refused %d (503 while down), lost %d, duplicated %d", len(ids), refused, lost, dups)
+	if refused == 0 {
+		t.Fatal("no request was refused: Elasticsearch never went down")
+	}
+	if lost > 0 {
+		t.Fatalf("%d accepted requests never called back", lost)
+	}
+}

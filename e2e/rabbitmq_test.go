@@ -45,18 +45,11 @@ func backendStack(t *testing.T, envs ...string) *stack.Stack {
 // stay persisted and go out when it returns; every 202 is called back.
 func TestRabbitMQRestartUnderLoad(t *testing.T) {
 	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL")
-	script := func(name string) {
-		out, err := exec.Command(filepath.Join("..", "scripts", name)).CombinedOutput()
-		if err != nil {
-			t.Errorf("%s: %v\n%s", name, err, out)
-		}
-		t.Logf("%s: %s", name, strings.TrimSpace(string(out)))
-	}
 	ids, refused := loadDuring(t, s, 12*time.Second, func() {
 		time.Sleep(2 * time.Second)
-		script("stop-rabbitmq.sh")
+		runScript(t, "stop-rabbitmq.sh")
 		time.Sleep(time.Second)
-		script("start-rabbitmq.sh") // same port, same data
+		runScript(t, "start-rabbitmq.sh") // same port, same data
 	})
 	lost, dups := countCallbacks(t, s, ids, 90*time.Second)
 	log, _ := os.ReadFile(s.LogPath("collector"))
@@ -69,4 +62,13 @@ func TestRabbitMQRestartUnderLoad(t *testing.T) {
 	if lost > 0 {
 		t.Fatalf("%d accepted requests never called back", lost)
 	}
+}
+
+// runScript runs one of scripts/ (a server's start or stop).
+func runScript(t *testing.T, name string) {
+	out, err := exec.Command(filepath.Join("..", "scripts", name)).CombinedOutput()
+	if err != nil {
+		t.Errorf("%s: %v\n%s", name, err, out)
+	}
+	t.Logf("%s: %s", name, strings.TrimSpace(string(out)))
 }

@@ -28,7 +28,7 @@ if [ -z "$java_home" ]; then
   done
 fi
 # A restarted node keeps its port (and so its URL) when the port is still free.
-free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
 port=$( { [ -f "$state/port" ] && free_port "$(cat "$state/port")"; } || free_port 0)
 echo "$port" > "$state/port"
 mkdir -p "$state/data" "$state/logs"
