@@ -87,8 +87,10 @@ type Store struct {
 	tr    *http.Transport
 	log   *slog.Logger
 	batch *batcher
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	// versions caches what this store last wrote (see versions.go).
+	versions *versions
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // Open connects, puts the index templates, checks existing indices against
@@ -114,7 +116,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("elasticsearch: %w", err)
 	}
-	s := &Store{cfg: cfg, es: es, tr: tr, log: cfg.Logger.With("store", "elasticsearch")}
+	s := &Store{cfg: cfg, es: es, tr: tr, versions: newVersions(), log: cfg.Logger.With("store", "elasticsearch")}
 	if err := s.putTemplates(ctx); err != nil {
 		tr.CloseIdleConnections()
 		return nil, err

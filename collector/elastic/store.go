@@ -50,6 +50,7 @@ func (s *Store) Create(ctx context.Context, r *store.Record) error {
 	case res.status/100 != 2:
 		return fmt.Errorf("creating record %s: %d %s: %s", r.ID, res.status, res.errType, res.reason)
 	}
+	s.versions.put(r, res.seqNo, res.primTerm)
 	return nil
 }
 
@@ -203,12 +204,18 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 	if c.At.IsZero() {
 		c.At = time.Now().UTC() // one time for every retry of this change
 	}
-	for range maxCASRetries {
-		r, seq, term, err := s.get(ctx, id)
-		if err != nil {
-			return nil, err
+	for i := range maxCASRetries {
+		r, seq, term, cached := s.versions.get(id)
+		if !cached || i > 0 {
+			var err error
+			if r, seq, term, err = s.get(ctx, id); err != nil {
+				return nil, err
+			}
 		}
 		if err := c.Apply(r); err != nil {
+			if cached && i == 0 {
+				continue // the cached version may be stale: decide on a fresh read
+			}
 			return nil, err
 		}
 		data, err := s.encodeDoc(ctx, r)
@@ -221,10 +228,12 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 		case res.err != nil:
 			return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, res.err)
 		case res.status == http.StatusConflict:
+			s.versions.drop(id)
 			continue // changed since the read: apply again to the new version
 		case res.status/100 != 2:
 			return nil, fmt.Errorf("moving record %s to %s: %d %s: %s", id, c.To, res.status, res.errType, res.reason)
 		}
+		s.versions.put(r, res.seqNo, res.primTerm)
 		return r, nil
 	}
 	return nil, fmt.Errorf("moving record %s to %s: still conflicting after %d re-reads", id, c.To, maxCASRetries)
