@@ -153,15 +153,30 @@ func Parse(data []byte) (*Config, error) {
 	if dec.More() {
 		return nil, errors.New("decoding filter configuration: trailing data after the object")
 	}
-	if err := c.validate(); err != nil {
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) validate() error {
+// FieldError is a validation error of one field, named by its path in the
+// configuration (for example rules[2].callback.url).
+type FieldError struct {
+	Path string
+	Err  error
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(path string, format string, args ...any) error {
+	return &FieldError{Path: path, Err: fmt.Errorf(format, args...)}
+}
+
+// Validate applies defaults and checks every field; errors are *FieldError.
+func (c *Config) Validate() error {
 	if c.CollectorCluster == "" {
-		return errors.New("collectorCluster: required")
+		return fieldErr("collectorCluster", "required")
 	}
 	if c.CollectorAuthority == "" {
 		c.CollectorAuthority = "asyncmesh-collector"
@@ -173,16 +188,20 @@ func (c *Config) validate() error {
 		c.StatusPrefix = "/async"
 	}
 	if !strings.HasPrefix(c.StatusPrefix, "/") || strings.HasSuffix(c.StatusPrefix, "/") {
-		return fmt.Errorf("statusPrefix: %q must start with / and not end with /", c.StatusPrefix)
+		return fieldErr("statusPrefix", "%q must start with / and not end with /", c.StatusPrefix)
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
 		if err := r.validate(); err != nil {
-			return fmt.Errorf("rules[%d] (%s): %w", i, r.Name, err)
+			var fe *FieldError
+			if errors.As(err, &fe) {
+				return &FieldError{Path: fmt.Sprintf("rules[%d].%s", i, fe.Path), Err: fe.Err}
+			}
+			return fmt.Errorf("rules[%d]: %w", i, err)
 		}
 		if seen[r.Name] {
-			return fmt.Errorf("rules[%d].name: duplicate rule name %q", i, r.Name)
+			return fieldErr(fmt.Sprintf("rules[%d].name", i), "duplicate rule name %q", r.Name)
 		}
 		seen[r.Name] = true
 	}
@@ -191,27 +210,27 @@ func (c *Config) validate() error {
 
 func (r *Rule) validate() error {
 	if r.Name == "" {
-		return errors.New("name: required")
+		return fieldErr("name", "required")
 	}
 	switch r.Mode {
 	case ModeAsync, ModeOptIn, ModeSync:
 	case "":
-		return errors.New("mode: required (async, opt-in or sync)")
+		return fieldErr("mode", "required (async, opt-in or sync)")
 	default:
-		return fmt.Errorf("mode: %q is not async, opt-in or sync", r.Mode)
+		return fieldErr("mode", "%q is not async, opt-in or sync", r.Mode)
 	}
 	for j, m := range r.Match.Methods {
 		if m == "" || strings.ToUpper(m) != m {
-			return fmt.Errorf("match.methods[%d]: %q must be an upper-case method", j, m)
+			return fieldErr(fmt.Sprintf("match.methods[%d]", j), "%q must be an upper-case method", m)
 		}
 	}
 	if p := r.Match.PathPrefix; p != "" && !strings.HasPrefix(p, "/") {
-		return fmt.Errorf("match.pathPrefix: %q must start with /", p)
+		return fieldErr("match.pathPrefix", "%q must start with /", p)
 	}
 	if r.Match.PathRegex != "" {
 		re, err := regexp.Compile(r.Match.PathRegex)
 		if err != nil {
-			return fmt.Errorf("match.pathRegex: %w", err)
+			return fieldErr("match.pathRegex", "%w", err)
 		}
 		r.pathRegex = re
 	}
@@ -222,7 +241,7 @@ func (r *Rule) validate() error {
 		r.BodyLimit = DefaultBodyLimit
 	}
 	if r.BodyLimit < 0 || r.BodyLimit > MaxBodyLimit {
-		return fmt.Errorf("bodyLimit: %d is outside 1..%d", r.BodyLimit, MaxBodyLimit)
+		return fieldErr("bodyLimit", "%d is outside 1..%d", r.BodyLimit, MaxBodyLimit)
 	}
 	if r.Timeout == 0 {
 		r.Timeout = Duration(DefaultTimeout)
@@ -232,27 +251,27 @@ func (r *Rule) validate() error {
 		r.OnCollectorDown = CollectorDownReject
 	case CollectorDownReject, CollectorDownPassthrough:
 	default:
-		return fmt.Errorf("onCollectorDown: %q is not reject or passthrough", r.OnCollectorDown)
+		return fieldErr("onCollectorDown", "%q is not reject or passthrough", r.OnCollectorDown)
 	}
 	if r.Callback.Protocol == "" {
 		r.Callback.Protocol = ProtocolHTTP
 	}
 	if err := CheckProtocol(r.Callback.Protocol); err != nil {
-		return fmt.Errorf("callback.protocol: %w", err)
+		return fieldErr("callback.protocol", "%w", err)
 	}
 	if r.Callback.URL == "" && !r.Callback.AllowOverride {
-		return errors.New("callback.url: required unless callback.allowOverride is true")
+		return fieldErr("callback.url", "required unless callback.allowOverride is true")
 	}
 	if r.Callback.URL != "" {
 		if err := CheckCallbackURL(r.Callback.URL); err != nil {
-			return fmt.Errorf("callback.url: %w", err)
+			return fieldErr("callback.url", "%w", err)
 		}
 	}
 	if r.Retry.MaxAttempts == 0 {
 		r.Retry.MaxAttempts = DefaultMaxAttempts
 	}
 	if r.Retry.MaxAttempts < 1 || r.Retry.MaxAttempts > 100 {
-		return fmt.Errorf("retry.maxAttempts: %d is outside 1..100", r.Retry.MaxAttempts)
+		return fieldErr("retry.maxAttempts", "%d is outside 1..100", r.Retry.MaxAttempts)
 	}
 	if r.Retry.InitialBackoff == 0 {
 		r.Retry.InitialBackoff = Duration(DefaultInitialBackoff)
@@ -261,7 +280,7 @@ func (r *Rule) validate() error {
 		r.Retry.MaxBackoff = Duration(DefaultMaxBackoff)
 	}
 	if r.Retry.MaxBackoff < r.Retry.InitialBackoff {
-		return errors.New("retry.maxBackoff: must not be below retry.initialBackoff")
+		return fieldErr("retry.maxBackoff", "must not be below retry.initialBackoff")
 	}
 	return nil
 }

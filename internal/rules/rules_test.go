@@ -11,7 +11,7 @@ func TestParseErrorsNameTheField(t *testing.T) {
 	}{
 		{"unknown key", `{"collectorCluster":"c","bogus":1}`, `unknown field "bogus"`},
 		{"no cluster", `{"rules":[]}`, "collectorCluster: required"},
-		{"bad mode", `{"collectorCluster":"c","rules":[{"name":"a","mode":"later"}]}`, "rules[0] (a): mode"},
+		{"bad mode", `{"collectorCluster":"c","rules":[{"name":"a","mode":"later"}]}`, "rules[0].mode"},
 		{"bad regex", `{"collectorCluster":"c","rules":[{"name":"a","mode":"sync","match":{"pathRegex":"("}}]}`, "match.pathRegex"},
 		{"bad url", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"ftp://x"}}]}`, "callback.url"},
 		{"no url", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async"}]}`, "callback.url: required"},

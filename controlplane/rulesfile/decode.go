@@ -1,0 +1,219 @@
+package rulesfile
+
+import (
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+)
+
+// Pos is a place in the file.
+type Pos struct{ Line, Col int }
+
+// Error is one problem in a rules file: file:line:col: path: message.
+type Error struct {
+	File string
+	Pos  Pos
+	Path string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if e.Pos.Line > 0 {
+		loc += ":" + strconv.Itoa(e.Pos.Line) + ":" + strconv.Itoa(e.Pos.Col)
+	}
+	if e.Path == "" {
+		return loc + ": " + e.Msg
+	}
+	return loc + ": " + e.Path + ": " + e.Msg
+}
+
+// Errors are all the problems found, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	s := make([]string, len(es))
+	for i, e := range es {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+// decoder decodes a yaml.Node tree into Go values strictly, by their json
+// tags: unknown keys, duplicate keys and wrong types are errors with the
+// position of the offending node. It records the position of every path it
+// decodes so that later validation errors can point into the file too.
+type decoder struct {
+	file string
+	errs Errors
+	pos  map[string]Pos
+}
+
+const maxErrors = 50
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	if len(d.errs) < maxErrors {
+		d.errs = append(d.errs, &Error{File: d.file, Pos: Pos{n.Line, n.Column}, Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+}
+
+var durationType = reflect.TypeFor[rules.Duration]()
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "null"
+		}
+		return "the scalar " + strconv.Quote(n.Value)
+	}
+	return "something else"
+}
+
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	for n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if path != "" {
+		d.pos[path] = Pos{n.Line, n.Column}
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return // absent: the zero value, defaults apply later
+	}
+	if v.Type() == durationType {
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, path, "want a duration such as 30s, got %s", kindName(n))
+			return
+		}
+		dur, err := time.ParseDuration(n.Value)
+		if err != nil || dur < 0 {
+			d.fail(n, path, "%q is not a duration such as 30s or 1m30s", n.Value)
+			return
+		}
+		v.SetInt(int64(dur))
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		d.decodeStruct(n, v, path)
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			d.fail(n, path, "want a mapping, got %s", kindName(n))
+			return
+		}
+		if v.IsNil() {
+			v.Set(reflect.MakeMap(v.Type()))
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			if seen[k.Value] {
+				d.fail(k, join(path, k.Value), "duplicate key")
+				continue
+			}
+			seen[k.Value] = true
+			e := reflect.New(v.Type().Elem()).Elem()
+			d.decode(val, e, join(path, k.Value))
+			v.SetMapIndex(reflect.ValueOf(k.Value), e)
+		}
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.fail(n, path, "want a list, got %s", kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, c := range n.Content {
+			d.decode(c, s.Index(i), path+"["+strconv.Itoa(i)+"]")
+		}
+		v.Set(s)
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+			d.fail(n, path, "want a string, got %s", kindName(n))
+			return
+		}
+		v.SetString(n.Value)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(n.Value)
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || err != nil {
+			d.fail(n, path, "want true or false, got %s", kindName(n))
+			return
+		}
+		v.SetBool(b)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		i, err := strconv.ParseInt(n.Value, 0, 64)
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || err != nil || v.OverflowInt(i) {
+			d.fail(n, path, "want an integer, got %s", kindName(n))
+			return
+		}
+		v.SetInt(i)
+	default:
+		d.fail(n, path, "cannot decode into %s", v.Type())
+	}
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "want a mapping, got %s", kindName(n))
+		return
+	}
+	fields := map[string]reflect.Value{}
+	var names []string
+	collectFields(v, fields, &names)
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		p := join(path, k.Value)
+		f, ok := fields[k.Value]
+		switch {
+		case !ok:
+			d.fail(k, p, "unknown key (known: %s)", strings.Join(names, ", "))
+		case seen[k.Value]:
+			d.fail(k, p, "duplicate key")
+		default:
+			seen[k.Value] = true
+			d.decode(val, f, p)
+		}
+	}
+}
+
+// collectFields maps the json names of v's exported fields, embedded structs
+// inlined.
+func collectFields(v reflect.Value, out map[string]reflect.Value, names *[]string) {
+	t := v.Type()
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		if !sf.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(sf.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if sf.Anonymous && name == "" && sf.Type.Kind() == reflect.Struct {
+			collectFields(v.Field(i), out, names)
+			continue
+		}
+		if name == "" {
+			name = sf.Name
+		}
+		out[name] = v.Field(i)
+		*names = append(*names, name)
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
