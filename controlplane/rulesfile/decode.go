@@ -26,7 +26,10 @@ type Error struct {
 func (e *Error) Error() string {
 	loc := e.File
 	if e.Pos.Line > 0 {
-		loc += ":" + strconv.Itoa(e.Pos.Line) + ":" + strconv.Itoa(e.Pos.Col)
+		loc += ":" + strconv.Itoa(e.Pos.Line)
+	}
+	if e.Pos.Col > 0 {
+		loc += ":" + strconv.Itoa(e.Pos.Col)
 	}
 	if e.Path == "" {
 		return loc + ": " + e.Msg

@@ -90,7 +90,13 @@ func Parse(name string, data []byte) (*File, error) {
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, Errors{{File: name, Msg: "not YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
+		e := &Error{File: name, Msg: "not YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if _, err := fmt.Sscanf(msg, "line %d:", &e.Pos.Line); err == nil {
+			_, msg, _ = strings.Cut(msg, ":")
+		}
+		e.Msg = "not YAML: " + strings.TrimSpace(msg)
+		return nil, Errors{e}
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return nil, Errors{{File: name, Msg: "empty file: want filter:, secrets: and rules:"}}
@@ -106,7 +112,10 @@ func Parse(name string, data []byte) (*File, error) {
 		e := &Error{File: name, Msg: err.Error()}
 		if errors.As(err, &fe) {
 			e.Path, e.Msg = fe.Path, fe.Err.Error()
-			e.Pos = d.nearest(fe.Path)
+			if !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") {
+				e.Path = "filter." + e.Path // a field of FilterSettings
+			}
+			e.Pos = d.nearest(e.Path)
 		}
 		return nil, Errors{e}
 	}

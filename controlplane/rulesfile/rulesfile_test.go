@@ -1,0 +1,80 @@
+package rulesfile
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden error files")
+
+func TestGood(t *testing.T) {
+	f, err := Load("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Rules) != 2 || f.Rules[0].Timeout.D() != 20*time.Second || f.Rules[0].Retry.MaxAttempts != 5 {
+		t.Fatalf("rules %+v", f.Rules)
+	}
+	if f.Rules[1].BodyLimit == 0 || f.Rules[1].Callback.Protocol != "http" {
+		t.Fatalf("defaults not applied: %+v", f.Rules[1].Rule)
+	}
+	if got := f.ForNode("sidecar-1", "reports"); len(got.Rules) != 1 || got.Rules[0].Name != "slow-report" {
+		t.Fatalf("rules for another cluster: %+v", got.Rules)
+	}
+	if got := f.ForNode("sidecar-2", "billing"); len(got.Rules) != 2 {
+		t.Fatalf("rules for billing: %d", len(got.Rules))
+	}
+	if err := f.ForNode("x", "billing").Validate(); err != nil {
+		t.Fatalf("per-node configuration invalid: %v", err)
+	}
+}
+
+// TestErrorsGolden compares every bad-*.yaml's errors with bad-*.golden
+// (go test -update rewrites them).
+func TestErrorsGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad-*.yaml")
+	if len(files) < 8 {
+		t.Fatalf("only %d bad files", len(files))
+	}
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			_, err := Load(path)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			golden := strings.TrimSuffix(path, ".yaml") + ".golden"
+			got := err.Error() + "\n"
+			if *update {
+				os.WriteFile(golden, []byte(got), 0o644)
+			}
+			want, _ := os.ReadFile(golden)
+			if got != string(want) {
+				t.Fatalf("errors:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		file, err := Parse("fuzz.yaml", data)
+		if err == nil {
+			if vErr := file.Config(nil).Validate(); vErr != nil {
+				t.Fatalf("accepted a file whose configuration does not validate: %v", vErr)
+			}
+			return
+		}
+		if _, ok := err.(Errors); !ok {
+			t.Fatalf("error of type %T", err)
+		}
+	})
+}
