@@ -21,12 +21,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 // Options of a stack.
 type Options struct {
-	Root     string    // repository root (envoy.yaml, examples/rules.json)
+	Root     string    // repository root (envoy.yaml, envoy-xds.yaml, examples/rules.yaml)
 	BinDir   string    // collector, service, receiver, asyncmesh.wasm
 	EnvoyBin string    // envoy binary
 	WorkDir  string    // logs, database, rendered bootstrap
@@ -37,6 +38,9 @@ type Options struct {
 	// ESURL, when set, runs the collector's store on this Elasticsearch (with
 	// a prefix of its own).
 	ESURL string
+	// ControlPlane, when set, starts controlplane serve on the rules file and
+	// Envoy with envoy-xds.yaml, which takes the filter's rules from it.
+	ControlPlane bool
 }
 
 // Stack is a running sidecar.
@@ -44,8 +48,10 @@ type Stack struct {
 	opt                                 Options
 	EnvoyURL, AdminURL, CollectorURL    string
 	ServiceURL, ReceiverURL             string
+	ControlPlaneMetricsURL              string
 	envoyPort, adminPort, collectorPort int
 	servicePort, receiverPort           int
+	xdsPort, metricsPort                int
 	ReplaySecret, WebhookSecret         string
 	procs                               map[string]*proc
 }
@@ -61,11 +67,13 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 	}
 	s := &Stack{opt: opt, procs: map[string]*proc{},
 		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret()}
-	ports, err := freePorts(5)
+	ports, err := freePorts(7)
 	if err != nil {
 		return nil, err
 	}
 	s.envoyPort, s.adminPort, s.collectorPort, s.servicePort, s.receiverPort = ports[0], ports[1], ports[2], ports[3], ports[4]
+	s.xdsPort, s.metricsPort = ports[5], ports[6]
+	s.ControlPlaneMetricsURL = "http://127.0.0.1:" + strconv.Itoa(s.metricsPort)
 	url := func(p int) string { return "http://127.0.0.1:" + strconv.Itoa(p) }
 	s.EnvoyURL, s.AdminURL, s.CollectorURL, s.ServiceURL, s.ReceiverURL = url(s.envoyPort), url(s.adminPort), url(s.collectorPort), url(s.servicePort), url(s.receiverPort)
 	bootstrap, err := s.render()
@@ -84,12 +92,23 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 			return s.spawn("receiver", filepath.Join(opt.BinDir, "receiver"), []string{"ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}, "-listen", addr(s.receiverPort))
 		}, s.ReceiverURL + "/healthz"},
 		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
+		{"controlplane", func() error {
+			if !opt.ControlPlane {
+				return nil
+			}
+			return s.spawn("controlplane", filepath.Join(opt.BinDir, "controlplane"), nil, "serve",
+				"-rules", s.RulesPath(), "-wasm", filepath.Join(opt.BinDir, "asyncmesh.wasm"),
+				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort))
+		}, s.ControlPlaneMetricsURL + "/healthz"},
 		{"envoy", func() error {
 			return s.spawn("envoy", opt.EnvoyBin, []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret},
 				"-c", bootstrap, "--concurrency", "2", "--base-id", strconv.Itoa(s.adminPort), "-l", "warning", "--component-log-level", "wasm:info")
 		}, s.AdminURL + "/ready"},
 	}
 	for _, st := range steps {
+		if st.name == "controlplane" && !opt.ControlPlane {
+			continue
+		}
 		if err := st.start(); err != nil {
 			s.Close()
 			return nil, err
@@ -104,33 +123,71 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 
 func addr(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 
-// render fills envoy.yaml's placeholders and writes it to the work directory.
+// render writes the rules file and the Envoy bootstrap (envoy.yaml with the
+// rules embedded, or envoy-xds.yaml) into the work directory, placeholders
+// filled.
 func (s *Stack) render() (string, error) {
-	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, "envoy.yaml"))
-	if err != nil {
-		return "", fmt.Errorf("reading envoy.yaml: %w", err)
-	}
-	rulesRaw, err := os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.json"))
+	raw, err := os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.yaml"))
 	if err != nil {
 		return "", fmt.Errorf("reading rules: %w", err)
 	}
-	vars := map[string]string{
-		"ENVOY_PORT": strconv.Itoa(s.envoyPort), "ADMIN_PORT": strconv.Itoa(s.adminPort),
-		"COLLECTOR_PORT": strconv.Itoa(s.collectorPort), "SERVICE_PORT": strconv.Itoa(s.servicePort),
-		"WASM_PATH": filepath.Join(s.opt.BinDir, "asyncmesh.wasm"), "RECEIVER_URL": s.ReceiverURL,
+	if err := s.WriteRules(string(raw)); err != nil {
+		return "", err
 	}
-	expand := func(k string) string { return vars[k] }
-	var rules []json.RawMessage
-	if err := json.Unmarshal([]byte(os.Expand(string(rulesRaw), expand)), &rules); err != nil {
-		return "", fmt.Errorf("examples/rules.json: %w", err)
+	f, err := rulesfile.Load(s.RulesPath())
+	if err != nil {
+		return "", err
 	}
-	compact, _ := json.Marshal(rules)
-	vars["RULES_JSON"] = string(compact)
-	out := filepath.Join(s.opt.WorkDir, "envoy.yaml")
-	if err := os.WriteFile(out, []byte(os.Expand(string(tmpl), expand)), 0o600); err != nil {
+	rulesJSON, _ := json.Marshal(f.Config(nil).Rules)
+	vars := s.vars()
+	vars["RULES_JSON"] = string(rulesJSON)
+	name := "envoy.yaml"
+	if s.opt.ControlPlane {
+		name = "envoy-xds.yaml"
+	}
+	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, name))
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	out := filepath.Join(s.opt.WorkDir, name)
+	if err := os.WriteFile(out, []byte(fill(string(tmpl), vars)), 0o600); err != nil {
 		return "", err
 	}
 	return out, nil
+}
+
+func (s *Stack) vars() map[string]string {
+	return map[string]string{
+		"ENVOY_PORT": strconv.Itoa(s.envoyPort), "ADMIN_PORT": strconv.Itoa(s.adminPort),
+		"COLLECTOR_PORT": strconv.Itoa(s.collectorPort), "SERVICE_PORT": strconv.Itoa(s.servicePort),
+		"XDS_PORT": strconv.Itoa(s.xdsPort), "NODE_ID": "sidecar-1", "NODE_CLUSTER": "demo",
+		"WASM_PATH": filepath.Join(s.opt.BinDir, "asyncmesh.wasm"), "RECEIVER_URL": s.ReceiverURL,
+	}
+}
+
+// fill replaces ${NAME} placeholders (and nothing else: a $ in a regular
+// expression stays).
+func fill(text string, vars map[string]string) string {
+	var pairs []string
+	for k, v := range vars {
+		pairs = append(pairs, "${"+k+"}", v)
+	}
+	return strings.NewReplacer(pairs...).Replace(text)
+}
+
+func (s *Stack) fill(text string) string { return fill(text, s.vars()) }
+
+// RulesPath is the rules file the control plane serves.
+func (s *Stack) RulesPath() string { return filepath.Join(s.opt.WorkDir, "rules.yaml") }
+
+// WriteRules replaces the rules file (placeholders such as ${RECEIVER_URL}
+// filled) by an atomic rename, as an editor or a config map update would.
+func (s *Stack) WriteRules(content string) error {
+	tmp := s.RulesPath() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s.fill(content)), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.RulesPath())
 }
 
 // StartCollector (re)starts the collector on its port, database and queue.
@@ -213,7 +270,7 @@ func (s *Stack) stop(name string, sig syscall.Signal) error {
 
 // Close stops every process.
 func (s *Stack) Close() {
-	for _, name := range []string{"envoy", "collector", "receiver", "service"} {
+	for _, name := range []string{"envoy", "controlplane", "collector", "receiver", "service"} {
 		_ = s.stop(name, syscall.SIGTERM)
 	}
 }

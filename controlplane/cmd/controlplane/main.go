@@ -1,13 +1,111 @@
-// Command controlplane is a stub: the xDS control plane is not built yet (see the
-// controlplane package doc). It exits with an error saying so.
+// Command controlplane serves asyncmesh's callback rules to every Envoy over
+// xDS (ECDS through ADS) and follows edits of the rules file live.
+//
+//	controlplane validate rules.yaml          check a file (for CI pipelines); exit 1 on errors
+//	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "controlplane: not implemented yet; rules are static in envoy.yaml (see controlplane/doc.go)")
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "validate":
+		err = validate(os.Args[2:])
+	case "serve":
+		err = serve(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR]")
 	os.Exit(2)
+}
+
+func validate(args []string) error {
+	if len(args) != 1 {
+		usage()
+	}
+	f, err := rulesfile.Load(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: ok, %d rules, %d secrets declared\n", args[0], len(f.Rules), len(f.Secrets))
+	return nil
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	rulesPath := fs.String("rules", "rules.yaml", "the rules file, reloaded when it changes or on SIGHUP")
+	wasmPath := fs.String("wasm", "", "path of asyncmesh.wasm on the Envoys' machines")
+	listen := fs.String("listen", "127.0.0.1:18000", "address of the xDS (ADS) gRPC server")
+	metrics := fs.String("metrics", "127.0.0.1:18001", "address of /metrics and /healthz")
+	fs.Parse(args)
+	if *wasmPath == "" {
+		return errors.New("-wasm: required")
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	s, err := xds.NewServer(*rulesPath, xds.WasmOptions{Path: *wasmPath}, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	mln, err := net.Listen("tcp", *metrics)
+	if err != nil {
+		return fmt.Errorf("-metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", s.Metrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go msrv.Serve(mln)
+	defer msrv.Close()
+	go func() {
+		if err := s.Watch(ctx, reload); err != nil {
+			log.Error("controlplane: watching the rules file", "err", err)
+		}
+	}()
+	log.Info("controlplane: serving", "xds", ln.Addr().String(), "metrics", mln.Addr().String(), "rules", *rulesPath)
+	return s.Serve(ctx, ln)
 }

@@ -1,0 +1,108 @@
+// Package xds builds and serves the control plane's xDS resources with
+// go-control-plane: the filter's configuration as an ECDS TypedExtensionConfig
+// per sidecar, over ADS, from a snapshot cache keyed by Envoy node id.
+//
+// Builders here are pure functions of the rules file and the node; the
+// server (server.go) owns the cache, the reload and the metrics.
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	wasm "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+)
+
+// FilterName is the name of the ECDS resource; the HTTP filter's
+// config_discovery in the Envoy bootstrap asks for it.
+const FilterName = "asyncmesh"
+
+// WasmOptions say where each Envoy finds the filter's code.
+type WasmOptions struct {
+	// Path of asyncmesh.wasm on the Envoy's machine.
+	Path string
+	// Env lists Envoy environment variables exposed to the VM (the replay
+	// secret's variable is added from the rules file).
+	Env []string
+}
+
+// FilterConfig returns the ECDS resource that configures the filter with cfg.
+func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig, error) {
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the filter configuration: %w", err)
+	}
+	pluginCfg, err := anypb.New(wrapperspb.String(string(js)))
+	if err != nil {
+		return nil, err
+	}
+	env := append([]string(nil), w.Env...)
+	if cfg.ReplaySecretEnv != "" {
+		env = append(env, cfg.ReplaySecretEnv)
+	}
+	f := &wasmfilter.Wasm{Config: &wasm.PluginConfig{
+		Name: FilterName, RootId: FilterName, Configuration: pluginCfg,
+		Vm: &wasm.PluginConfig_VmConfig{VmConfig: &wasm.VmConfig{
+			VmId:    FilterName,
+			Runtime: "envoy.wasm.runtime.v8",
+			Code: &core.AsyncDataSource{Specifier: &core.AsyncDataSource_Local{
+				Local: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: w.Path}}}},
+			EnvironmentVariables: &wasm.EnvironmentVariables{HostEnvKeys: env},
+		}},
+	}}
+	typed, err := anypb.New(f)
+	if err != nil {
+		return nil, err
+	}
+	return &core.TypedExtensionConfig{Name: FilterName, TypedConfig: typed}, nil
+}
+
+// Snapshot returns the snapshot of one node: its filter configuration,
+// versioned by a hash of its content, checked with Consistent.
+func Snapshot(f *rulesfile.File, nodeID, cluster string, w WasmOptions) (*cache.Snapshot, error) {
+	ext, err := FilterConfig(f.ForNode(nodeID, cluster), w)
+	if err != nil {
+		return nil, err
+	}
+	version, err := contentVersion(ext)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := cache.NewSnapshot(version, map[resource.Type][]types.Resource{
+		resource.ExtensionConfigType: {ext},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := snap.Consistent(); err != nil {
+		return nil, fmt.Errorf("snapshot for node %s: %w", nodeID, err)
+	}
+	return snap, nil
+}
+
+// contentVersion is a short hash of the resources' deterministic encoding:
+// the same rules give the same version on every control plane replica.
+func contentVersion(rs ...*core.TypedExtensionConfig) (string, error) {
+	h := sha256.New()
+	for _, r := range rs {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}

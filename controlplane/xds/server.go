@@ -1,0 +1,200 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	extensiongrpc "github.com/envoyproxy/go-control-plane/envoy/service/extension/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+)
+
+// Server serves the rules file to Envoys over ADS and reloads it.
+type Server struct {
+	path  string
+	wasm  WasmOptions
+	log   *slog.Logger
+	cache cache.SnapshotCache
+
+	mu      sync.Mutex
+	file    *rulesfile.File // last good
+	nodes   map[string]*nodeState
+	reloads struct{ ok, failed int }
+	lastErr string
+}
+
+// nodeState is what the metrics show of one node.
+type nodeState struct {
+	cluster  string
+	served   string // version of the snapshot set for it
+	acked    string // version it last acknowledged
+	nacks    int
+	lastNack string
+}
+
+// NewServer loads the rules file at path; a bad file is an error here (there
+// is no last good snapshot to keep yet).
+func NewServer(path string, w WasmOptions, log *slog.Logger) (*Server, error) {
+	f, err := rulesfile.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{path: path, wasm: w, log: log, file: f, nodes: map[string]*nodeState{}}
+	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, nil)
+	return s, nil
+}
+
+// Reload reads the rules file again. A good file replaces the snapshots of
+// every known node; a bad one changes nothing and is logged and counted.
+func (s *Server) Reload() error {
+	f, err := rulesfile.Load(s.path)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.reloads.failed++
+		s.lastErr = err.Error()
+		s.log.Error("controlplane: rules file refused; keeping the last good rules", "file", s.path, "err", err)
+		return err
+	}
+	// Build every snapshot first: publish all or nothing.
+	snaps := map[string]*cache.Snapshot{}
+	for id, n := range s.nodes {
+		snap, err := Snapshot(f, id, n.cluster, s.wasm)
+		if err != nil {
+			s.reloads.failed++
+			s.lastErr = err.Error()
+			s.log.Error("controlplane: building snapshots; keeping the last good rules", "err", err)
+			return err
+		}
+		snaps[id] = snap
+	}
+	s.file, s.lastErr = f, ""
+	s.reloads.ok++
+	for id, snap := range snaps {
+		s.setLocked(id, snap)
+	}
+	s.log.Info("controlplane: rules reloaded", "file", s.path, "rules", len(f.Rules), "nodes", len(snaps))
+	return nil
+}
+
+func (s *Server) setLocked(id string, snap *cache.Snapshot) {
+	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+		s.log.Error("controlplane: setting snapshot", "node", id, "err", err)
+		return
+	}
+	s.nodes[id].served = snap.GetVersion(resourceType)
+}
+
+const resourceType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+// onRequest learns nodes as they connect (a node's first request gets its
+// snapshot built) and records ACKs and NACKs.
+func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
+	node := req.GetNode()
+	if node.GetId() == "" {
+		return fmt.Errorf("discovery request without a node id")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[node.Id]
+	if !ok || n.cluster != node.Cluster {
+		n = &nodeState{cluster: node.Cluster}
+		s.nodes[node.Id] = n
+		snap, err := Snapshot(s.file, node.Id, node.Cluster, s.wasm)
+		if err != nil {
+			return err
+		}
+		s.setLocked(node.Id, snap)
+		s.log.Info("controlplane: node connected", "node", node.Id, "cluster", node.Cluster, "version", n.served)
+	}
+	if req.ErrorDetail != nil {
+		n.nacks++
+		n.lastNack = req.ErrorDetail.GetMessage()
+		s.log.Warn("controlplane: node refused the configuration (NACK)", "node", node.Id, "type", req.TypeUrl,
+			"version", req.ResponseNonce, "err", n.lastNack)
+	} else if req.VersionInfo != "" {
+		n.acked = req.VersionInfo
+	}
+	return nil
+}
+
+// Serve runs the ADS (and ECDS) gRPC server on ln until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	xs := serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
+		StreamRequestFunc: s.onRequest,
+		StreamClosedFunc: func(_ int64, node *core.Node) {
+			s.log.Info("controlplane: node stream closed", "node", node.GetId())
+		},
+	})
+	g := grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, xs)
+	extensiongrpc.RegisterExtensionConfigDiscoveryServiceServer(g, xs)
+	go func() { <-ctx.Done(); g.GracefulStop() }()
+	return g.Serve(ln)
+}
+
+// Metrics writes Prometheus text: reloads, the version served to and
+// acknowledged by each node, and its NACKs.
+func (s *Server) Metrics(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.Header().Set("content-type", "text/plain; version=0.0.4")
+	var b strings.Builder
+	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_reloads_total counter\n")
+	fmt.Fprintf(&b, "asyncmesh_controlplane_reloads_total{result=\"ok\"} %d\n", s.reloads.ok)
+	fmt.Fprintf(&b, "asyncmesh_controlplane_reloads_total{result=\"refused\"} %d\n", s.reloads.failed)
+	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_rules_file_ok gauge\nasyncmesh_controlplane_rules_file_ok %d\n", btoi(s.lastErr == ""))
+	ids := make([]string, 0, len(s.nodes))
+	for id := range s.nodes {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_node_config gauge\n")
+	for _, id := range ids {
+		n := s.nodes[id]
+		fmt.Fprintf(&b, "asyncmesh_controlplane_node_config{node=%s,cluster=%s,served=%s,acked=%s} 1\n",
+			strconv.Quote(id), strconv.Quote(n.cluster), strconv.Quote(n.served), strconv.Quote(n.acked))
+	}
+	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_nacks_total counter\n")
+	for _, id := range ids {
+		fmt.Fprintf(&b, "asyncmesh_controlplane_nacks_total{node=%s} %d\n", strconv.Quote(id), s.nodes[id].nacks)
+	}
+	io.WriteString(w, b.String())
+}
+
+// NodeVersions returns node id → acknowledged version (tests, status pages).
+func (s *Server) NodeVersions() map[string][2]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][2]string{}
+	for id, n := range s.nodes {
+		out[id] = [2]string{n.served, n.acked}
+	}
+	return out
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
