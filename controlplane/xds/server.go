@@ -197,4 +197,3 @@ func btoi(b bool) int {
 	}
 	return 0
 }
-
