@@ -1,9 +1,10 @@
-// Command demo runs the asyncmesh walking skeleton end to end on the embedded
-// default: it starts Envoy (with the compiled filter), the collector, the slow
-// demo service and the callback receiver on free loopback ports, sends one
-// request to the slow endpoint, shows the immediate 202, the signed callback
-// arriving with the same trace id, and the record's status history, then stops
-// everything it started.
+// Command demo runs asyncmesh end to end on the embedded default: it starts the
+// control plane, Envoy (the compiled filter, configured by the control plane
+// over xDS), the collector, the slow demo service and the callback receiver on
+// free loopback ports, sends one request to the slow endpoint, shows the
+// immediate 202, the signed callback arriving with the same trace id and the
+// record's status history, then edits the rules file and shows the change
+// taking effect live, and stops everything it started.
 package main
 
 import (
@@ -43,8 +44,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	step("starting Envoy + asyncmesh filter, collector (embedded SQLite), slow service, callback receiver")
-	s, err := stack.Start(ctx, stack.Options{Root: *root, BinDir: *bin, EnvoyBin: *envoy, WorkDir: work})
+	step("starting the control plane, Envoy + asyncmesh filter (rules over xDS), collector (embedded SQLite), slow service, callback receiver")
+	s, err := stack.Start(ctx, stack.Options{Root: *root, BinDir: *bin, EnvoyBin: *envoy, WorkDir: work, ControlPlane: true})
 	if err != nil {
 		return err
 	}
@@ -113,6 +114,57 @@ func run() error {
 	}
 	if rec.Status != "delivered" {
 		return fmt.Errorf("record ended %s, want delivered", rec.Status)
+	}
+	return liveRuleChange(s)
+}
+
+// liveRuleChange edits the rules file so that /maybe (opt-in) becomes always
+// async, and shows Envoy following within a moment, without a restart.
+func liveRuleChange(s *stack.Stack) error {
+	post := func() (int, error) {
+		resp, err := http.Post(s.EnvoyURL+"/maybe?ms=50", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	step("POST /maybe without Prefer: rule maybe-async is opt-in, so it is served synchronously")
+	code, err := post()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   %d\n", code)
+	step("editing " + s.RulesPath() + ": maybe-async becomes mode: async")
+	raw, err := os.ReadFile(s.RulesPath())
+	if err != nil {
+		return err
+	}
+	if err := s.WriteRules(strings.Replace(string(raw), "mode: opt-in", "mode: async", 1)); err != nil {
+		return err
+	}
+	start := time.Now()
+	for code != http.StatusAccepted {
+		if time.Since(start) > 10*time.Second {
+			return fmt.Errorf("the rule change did not take effect within 10s (see %s)", s.LogPath("controlplane"))
+		}
+		time.Sleep(50 * time.Millisecond)
+		if code, err = post(); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("   POST /maybe now answers %d, %v after the edit, with no restart\n", code, time.Since(start).Round(time.Millisecond))
+	resp, err := http.Get(s.ControlPlaneMetricsURL + "/metrics")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	m, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(m), "\n") {
+		if strings.HasPrefix(line, "asyncmesh_controlplane_node_config") || strings.HasPrefix(line, "asyncmesh_controlplane_reloads_total") {
+			fmt.Printf("   %s\n", line)
+		}
 	}
 	return nil
 }
