@@ -299,3 +299,24 @@ func TestPreferWait(t *testing.T) {
 	}
 	accepted(t, resp, body)
 }
+
+// TestRouteAnnotations: a route's metadata.filter_metadata["asyncmesh"] picks
+// the rule, read by the filter at xds.route_metadata.filter_metadata.asyncmesh
+// (the property path Envoy 1.40 exposes, proven here).
+func TestRouteAnnotations(t *testing.T) {
+	// /annotated matches no rule by path; its route names rule slow-report.
+	resp, body := do(t, "POST", "/annotated?ms=10", `{"via":"annotation"}`)
+	id, _ := accepted(t, resp, body)
+	if got := resp.Header.Get("x-async-rule"); got != "slow-report" {
+		t.Fatalf("x-async-rule = %q", got)
+	}
+	_, cb := waitCallback(t, id)
+	if cb.Response.Status != 200 || !strings.Contains(cb.Response.Body, "annotation") {
+		t.Fatalf("callback %+v", cb)
+	}
+	// /slow/inline matches the async rule by path, but its route says sync.
+	resp, body = do(t, "POST", "/slow/inline?ms=10", `{}`)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"report":"done"`) {
+		t.Fatalf("annotated sync route: %s %s", resp.Status, body)
+	}
+}

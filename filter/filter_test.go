@@ -31,13 +31,15 @@ type harness struct {
 	next uint32
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, testConfig) }
+
+func newHarnessWith(t *testing.T, config string) *harness {
 	t.Setenv("ASYNCMESH_TEST_REPLAY_SECRET", "replay-secret")
 	h := &harness{t: t, host: abi.NewFakeHost()}
 	h.d = abi.NewDispatcher(h.host, newPlugin)
 	h.d.OnContextCreate(1, 0)
-	h.host.Buffers[abi.PluginConfiguration] = []byte(testConfig)
-	if !h.d.OnConfigure(1, len(testConfig)) {
+	h.host.Buffers[abi.PluginConfiguration] = []byte(config)
+	if !h.d.OnConfigure(1, len(config)) {
 		t.Fatalf("configure failed: %v", h.host.Logs)
 	}
 	return h
@@ -323,4 +325,39 @@ func TestPreferWaitRelaysCompletedResponse(t *testing.T) {
 		}
 	}
 	h.d.OnResponseHeaders(id, 0, true) // a local response still passes the encoder path
+}
+
+func TestRouteAnnotationSelectsRule(t *testing.T) {
+	h := newHarnessWith(t, strings.Replace(testConfig, `"rules": [`, `"routeAnnotations": true, "rules": [`, 1))
+	const path = "xds.route_metadata.filter_metadata.asyncmesh"
+	tests := []struct {
+		name  string
+		ann   []abi.Header // nil: the route has no annotation
+		path  string
+		async bool
+		rule  string
+	}{
+		{"annotation picks a rule off its path", []abi.Header{{"rule", "report"}}, "/elsewhere", true, "report"},
+		{"annotation makes a matching path sync", []abi.Header{{"rule", "report"}, {"mode", "sync"}}, "/slow", false, ""},
+		{"bad annotation falls back to matching", []abi.Header{{"rule", "nope"}}, "/slow", true, "report"},
+		{"no annotation: rules match", nil, "/slow", true, "report"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			delete(h.host.Props, path)
+			if tt.ann != nil {
+				h.host.Props[path] = abi.EncodeHeaders(tt.ann)
+			}
+			h.request("POST", tt.path, nil)
+			if got := len(h.host.Calls) == 1; got != tt.async {
+				t.Fatalf("async = %v, want %v", got, tt.async)
+			}
+			if tt.async {
+				env, _ := envelope.Decode(h.host.Calls[0].Body)
+				if env.Rule != tt.rule {
+					t.Fatalf("rule %q, want %q", env.Rule, tt.rule)
+				}
+			}
+		})
+	}
 }

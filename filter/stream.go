@@ -103,7 +103,13 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 			req.Route = string(v)
 		}
 	}
-	r := s.p.cfg.Match(req)
+	var r *rules.Rule
+	if s.p.cfg.RouteAnnotations {
+		r = s.annotatedRule()
+	}
+	if r == nil {
+		r = s.p.cfg.Match(req)
+	}
 	if r == nil || r.Mode == rules.ModeSync {
 		return abi.Continue
 	}
@@ -112,6 +118,35 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 		return abi.Continue
 	}
 	return s.startAsync(r, cbURL, cbProto, endOfStream)
+}
+
+// routeAnnotationPath is where Envoy (1.40, checked by e2e) exposes a route's
+// filter_metadata["asyncmesh"] to Wasm: a string map in proxy-wasm pairs form.
+// (xds.route_metadata alone is the serialized Metadata proto, and one more
+// element reads a single value.)
+var routeAnnotationPath = []string{"xds", "route_metadata", "filter_metadata", "asyncmesh"}
+
+// annotatedRule returns the rule the route's annotation selects, or nil.
+func (s *stream) annotatedRule() *rules.Rule {
+	raw, err := s.host.Property(routeAnnotationPath...)
+	if err != nil || len(raw) == 0 {
+		return nil // not annotated
+	}
+	pairs, err := abi.DecodeHeaders(raw)
+	if err != nil {
+		s.host.Log(abi.LogWarn, "asyncmesh: route annotation unreadable: "+err.Error())
+		return nil
+	}
+	kv := make([][2]string, len(pairs))
+	for i, p := range pairs {
+		kv[i] = [2]string(p)
+	}
+	r, err := s.p.cfg.Annotated(kv)
+	if err != nil {
+		s.host.Log(abi.LogWarn, "asyncmesh: "+err.Error()+"; matching by rules instead")
+		return nil
+	}
+	return r
 }
 
 // startAsync validates the caller's callback choice and the body size, then

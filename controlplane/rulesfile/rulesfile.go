@@ -42,6 +42,7 @@ type FilterSettings struct {
 	CollectorTimeout   rules.Duration `json:"collectorTimeout"`
 	StatusPrefix       string         `json:"statusPrefix"`
 	ReplaySecretEnv    string         `json:"replaySecretEnv"`
+	RouteAnnotations   bool           `json:"routeAnnotations"`
 }
 
 // Secret says where the collector finds a secret.
@@ -178,7 +179,7 @@ func (f *File) Config(keep func(Rule) bool) *rules.Config {
 	c := &rules.Config{
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
 		CollectorTimeout: f.Filter.CollectorTimeout, StatusPrefix: f.Filter.StatusPrefix,
-		ReplaySecretEnv: f.Filter.ReplaySecretEnv, Rules: []rules.Rule{},
+		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Rules: []rules.Rule{},
 	}
 	for _, r := range f.Rules {
 		if keep == nil || keep(r) {

@@ -61,7 +61,11 @@ type Config struct {
 	// ReplaySecretEnv names the environment variable (passed to the Wasm VM by
 	// vm_config.environment_variables) that holds the replay-signing secret.
 	ReplaySecretEnv string `json:"replaySecretEnv,omitempty"`
-	Rules           []Rule `json:"rules"`
+	// RouteAnnotations makes the filter read each request's route metadata
+	// (filter_metadata["asyncmesh"]): an annotated route picks its rule by
+	// name, overriding the match (see Annotated). Off, it costs nothing.
+	RouteAnnotations bool   `json:"routeAnnotations,omitempty"`
+	Rules            []Rule `json:"rules"`
 }
 
 // Rule is one callback rule.
@@ -323,6 +327,64 @@ type Request struct {
 	Authority string
 	Method    string
 	Path      string // may include a query; it is ignored
+}
+
+// Annotation keys of a route's filter_metadata["asyncmesh"].
+const (
+	AnnotationRule     = "rule"     // required: the name of the rule to apply
+	AnnotationMode     = "mode"     // optional: overrides the rule's mode
+	AnnotationCallback = "callback" // optional: overrides the rule's callback URL
+)
+
+// Annotated returns the rule a route annotation selects: the named rule with
+// the annotation's mode and callback, if given. An annotation that names no
+// rule, an unknown key or a bad value is an error (the filter logs it and
+// falls back to matching).
+func (c *Config) Annotated(kv [][2]string) (*Rule, error) {
+	var name, mode, callback string
+	for _, p := range kv {
+		switch p[0] {
+		case AnnotationRule:
+			name = p[1]
+		case AnnotationMode:
+			mode = p[1]
+		case AnnotationCallback:
+			callback = p[1]
+		default:
+			return nil, fmt.Errorf("route annotation: unknown key %q (want rule, mode, callback)", p[0])
+		}
+	}
+	if name == "" {
+		return nil, errors.New("route annotation: rule: required")
+	}
+	var base *Rule
+	for i := range c.Rules {
+		if c.Rules[i].Name == name {
+			base = &c.Rules[i]
+			break
+		}
+	}
+	if base == nil {
+		return nil, fmt.Errorf("route annotation: rule %q is not in the configuration", name)
+	}
+	r := *base
+	switch Mode(mode) {
+	case "":
+	case ModeAsync, ModeOptIn, ModeSync:
+		r.Mode = Mode(mode)
+	default:
+		return nil, fmt.Errorf("route annotation: mode %q is not async, opt-in or sync", mode)
+	}
+	if callback != "" {
+		if err := CheckCallbackURL(callback); err != nil {
+			return nil, fmt.Errorf("route annotation: callback: %w", err)
+		}
+		r.Callback.URL = callback
+	}
+	if r.Mode != ModeSync && r.Callback.URL == "" && !r.Callback.AllowOverride {
+		return nil, fmt.Errorf("route annotation: rule %q has no callback URL", name)
+	}
+	return &r, nil
 }
 
 // NeedsRoute reports whether any rule matches by Envoy route name, so that the

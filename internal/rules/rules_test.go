@@ -80,3 +80,44 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestAnnotated(t *testing.T) {
+	cfg, err := Parse([]byte(`{"collectorCluster":"c","rules":[
+		{"name":"slow","mode":"async","match":{"pathPrefix":"/slow"},"callback":{"url":"http://x/cb"}},
+		{"name":"bare","mode":"opt-in","callback":{"allowOverride":true}}
+	]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		kv       [][2]string
+		mode     Mode
+		callback string
+		err      string
+	}{
+		{[][2]string{{"rule", "slow"}}, ModeAsync, "http://x/cb", ""},
+		{[][2]string{{"rule", "slow"}, {"mode", "sync"}}, ModeSync, "http://x/cb", ""},
+		{[][2]string{{"rule", "slow"}, {"callback", "https://y/cb"}}, ModeAsync, "https://y/cb", ""},
+		{[][2]string{{"rule", "bare"}, {"mode", "async"}}, ModeAsync, "", ""},
+		{[][2]string{{"mode", "async"}}, "", "", "rule: required"},
+		{[][2]string{{"rule", "nope"}}, "", "", "not in the configuration"},
+		{[][2]string{{"rule", "slow"}, {"mode", "later"}}, "", "", "mode"},
+		{[][2]string{{"rule", "slow"}, {"callback", "ftp://y"}}, "", "", "callback"},
+		{[][2]string{{"rule", "slow"}, {"color", "red"}}, "", "", "unknown key"},
+	}
+	for _, tt := range tests {
+		r, err := cfg.Annotated(tt.kv)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("Annotated(%v) = %v, want error with %q", tt.kv, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || r.Mode != tt.mode || r.Callback.URL != tt.callback {
+			t.Errorf("Annotated(%v) = %+v, %v", tt.kv, r, err)
+		}
+	}
+	if cfg.Rules[0].Mode != ModeAsync {
+		t.Fatal("Annotated changed the configured rule")
+	}
+}
