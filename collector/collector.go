@@ -15,6 +15,12 @@
 //     filter passes it on). The callback is still sent: the record's lifecycle
 //     does not depend on how the caller was answered, and a caller whose
 //     connection broke still learns the outcome. Callers dedupe by webhook-id.
+//   - Live rules: with a RuleSource (the control plane over ADS), a record is
+//     executed and delivered with its rule's timeout, retry policy and
+//     callback as they are now, not as they were at intake; a callback the
+//     caller chose (x-async-callback*) keeps its URL and protocol. A record
+//     whose rule was removed keeps what it was accepted with. The stored
+//     envelope is never rewritten.
 //   - Leases: a worker leases the record it processes or delivers for the
 //     rule's timeout plus a margin (Change.Claim/LeaseUntil). A duplicate work
 //     or delivery message (a republish by the relay, a redelivery by the
@@ -35,6 +41,8 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 // Config of a collector.
@@ -53,10 +61,19 @@ type Config struct {
 	RelayInterval, RelayAge time.Duration
 	// PublishTimeout bounds intake's wait for the queue's confirm (default 2s).
 	PublishTimeout time.Duration
+	// Rules, when set, are the live rules from the control plane: the
+	// callback, retry and timeout of a record's rule as they are now apply to
+	// its execution and delivery (see applyRules). Nil: the envelope's copy.
+	Rules RuleSource
 	// APIURL is the base URL of this API as others reach it; queue messages
 	// carry statusUrl = APIURL + /v1/requests/{id} (relative when empty).
 	APIURL string
 	Logger *slog.Logger
+}
+
+// RuleSource gives the current rule of a name (collector/xdsrules).
+type RuleSource interface {
+	Rule(name string) (*rules.Rule, bool)
 }
 
 // Collector is one running collector.
@@ -246,4 +263,23 @@ func (n *notifier) broadcast(id string) {
 	for _, ch := range ws {
 		close(ch)
 	}
+}
+
+// applyRules returns e with the live rule's policy (see the package doc).
+func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
+	if c.cfg.Rules == nil || e == nil {
+		return e
+	}
+	r, ok := c.cfg.Rules.Rule(e.Rule)
+	if !ok || r.Mode == rules.ModeSync {
+		return e
+	}
+	cp := *e
+	cp.Timeout, cp.Retry = r.Timeout, r.Retry
+	cb := r.Callback
+	if e.CallbackFromCaller || cb.URL == "" {
+		cb.URL, cb.Protocol = e.Callback.URL, e.Callback.Protocol
+	}
+	cp.Callback = cb
+	return &cp
 }

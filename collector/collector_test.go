@@ -429,3 +429,43 @@ func TestUnconfirmedPublishStaysPersisted(t *testing.T) {
 		t.Fatalf("%d callbacks", e.callbacks[en.ID])
 	}
 }
+
+type ruleMap map[string]rules.Rule
+
+func (m ruleMap) Rule(name string) (*rules.Rule, bool) {
+	r, ok := m[name]
+	return &r, ok
+}
+
+func TestApplyRules(t *testing.T) {
+	live := ruleMap{"r": {Name: "r", Mode: rules.ModeAsync, Timeout: rules.Duration(time.Minute),
+		Callback: rules.Callback{URL: "http://new.example/cb", Protocol: "http", SecretRef: "s2"},
+		Retry:    rules.Retry{MaxAttempts: 9}},
+		"off": {Name: "off", Mode: rules.ModeSync}}
+	c := &Collector{cfg: Config{Rules: live}}
+	base := envelope.Envelope{Rule: "r", Timeout: rules.Duration(time.Second), Retry: rules.Retry{MaxAttempts: 1},
+		Callback: rules.Callback{URL: "http://old.example/cb", Protocol: "http", SecretRef: "s1"}}
+	tests := []struct {
+		name    string
+		mod     func(e *envelope.Envelope)
+		url     string
+		secret  string
+		retries int
+	}{
+		{"live rule applies", func(e *envelope.Envelope) {}, "http://new.example/cb", "s2", 9},
+		{"caller's callback kept", func(e *envelope.Envelope) { e.CallbackFromCaller = true }, "http://old.example/cb", "s2", 9},
+		{"removed rule: as accepted", func(e *envelope.Envelope) { e.Rule = "gone" }, "http://old.example/cb", "s1", 1},
+		{"rule now sync: as accepted", func(e *envelope.Envelope) { e.Rule = "off" }, "http://old.example/cb", "s1", 1},
+	}
+	for _, tt := range tests {
+		e := base
+		tt.mod(&e)
+		got := c.applyRules(&e)
+		if got.Callback.URL != tt.url || got.Callback.SecretRef != tt.secret || got.Retry.MaxAttempts != tt.retries {
+			t.Errorf("%s: %+v %+v", tt.name, got.Callback, got.Retry)
+		}
+	}
+	if base.Callback.URL != "http://old.example/cb" {
+		t.Fatal("applyRules modified the stored envelope")
+	}
+}

@@ -39,6 +39,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	if err != nil {
 		return err
 	}
+	r.Envelope = c.applyRules(r.Envelope)
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	if r.Status == store.Persisted { // intake's queued write was lost or is late
 		if _, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
@@ -65,6 +66,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		return err
 	}
 
+	r.Envelope = c.applyRules(r.Envelope)
 	resp, err := c.execute(ctx, r)
 	change := store.Change{From: []store.Status{store.Processing}, To: store.Completed, Response: resp}
 	if err != nil {
@@ -171,6 +173,7 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 		return err
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
+	r.Envelope = c.applyRules(r.Envelope)
 	res := c.sender.Send(ctx, r)
 	// Until the next attempt is due, the record stays leased to this message.
 	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt, LeaseUntil: time.Now().Add(res.Wait)}

@@ -94,14 +94,46 @@ func TestControlPlaneLiveRules(t *testing.T) {
 		t.Fatalf("%d of %d accepted requests never called back", lost, len(ids))
 	}
 
+	// The collector follows the rules too: a request in flight is called back
+	// at the callback URL its rule has when it completes, not at intake.
+	resp, err = client.Post(s.EnvoyURL+"/slow?ms=1500", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	inflight, _ := accepted(t, resp, body)
+	changed = strings.Replace(changed, `${RECEIVER_URL}/callbacks", protocol: http`, `${RECEIVER_URL}/callbacks?rules=v3", protocol: http`, 1)
+	if !strings.Contains(changed, "rules=v3") {
+		t.Fatal("test rules file changed shape")
+	}
+	if err := s.WriteRules(changed); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for uri := ""; uri != "/callbacks?rules=v3"; {
+		for _, r := range receivedAt(t, s) {
+			if r.WebhookID == inflight {
+				uri = r.URI
+			}
+		}
+		if uri != "" && uri != "/callbacks?rules=v3" {
+			t.Fatalf("in-flight request called back at %s, not at its rule's new URL", uri)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no callback for the in-flight request")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	// A bad file changes nothing and is reported.
 	if err := s.WriteRules(changed + "\n  - name: broken\n    mode: sometimes\n"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		m := metrics(t, s)
-		if strings.Contains(m, `asyncmesh_controlplane_reloads_total{result="refused"} 1`) && strings.Contains(m, "asyncmesh_controlplane_rules_file_ok 0") {
+		if strings.Contains(m, `asyncmesh_controlplane_reloads_total{result="refused"} 1`) && strings.Contains(m, `sidecar-1#collector`) && strings.Contains(m, "asyncmesh_controlplane_rules_file_ok 0") {
 			t.Logf("metrics after the bad file:\n%s", m)
 			break
 		}

@@ -72,6 +72,7 @@ type received struct {
 	WebhookID string          `json:"webhookId"`
 	TraceID   string          `json:"traceId"`
 	Verified  bool            `json:"verified"`
+	URI       string          `json:"uri"`
 	Body      json.RawMessage `json:"body"`
 }
 

@@ -42,15 +42,16 @@ type stream struct {
 	traceID string
 
 	// async only
-	rule        *rules.Rule
-	requestID   string
-	tp          trace.Parent // formatted only on the async path
-	callback    rules.Callback
-	wait        time.Duration
-	preferAsync bool
-	method      string
-	path        string
-	authority   string
+	rule               *rules.Rule
+	callbackFromCaller bool
+	requestID          string
+	tp                 trace.Parent // formatted only on the async path
+	callback           rules.Callback
+	wait               time.Duration
+	preferAsync        bool
+	method             string
+	path               string
+	authority          string
 }
 
 func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
@@ -158,6 +159,7 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		if !r.Callback.AllowOverride {
 			return s.reject(400, "callback_override_not_allowed", hdrCallback+": rule "+r.Name+" does not let the caller choose the callback")
 		}
+		s.callbackFromCaller = true
 		if cbURL != "" {
 			if err := rules.CheckCallbackURL(cbURL); err != nil {
 				return s.reject(400, "bad_callback", hdrCallback+": "+err.Error())
@@ -228,22 +230,23 @@ func (s *stream) OnRequestBody(size int, endOfStream bool) abi.Action {
 func (s *stream) dispatch(body []byte) {
 	s.state = stateDispatched
 	env := envelope.Envelope{
-		Version:     envelope.Version,
-		ID:          s.requestID,
-		TraceID:     s.traceID,
-		TraceParent: s.tp.String(),
-		XRequestID:  s.header("x-request-id"),
-		Rule:        s.rule.Name,
-		Method:      s.method,
-		Scheme:      s.header(":scheme"),
-		Authority:   s.authority,
-		Path:        s.path,
-		Headers:     forwardable(s.host.Headers(abi.RequestHeaders)),
-		Body:        body,
-		Callback:    s.callback,
-		Retry:       s.rule.Retry,
-		Timeout:     s.rule.Timeout,
-		Wait:        rules.Duration(s.wait),
+		Version:            envelope.Version,
+		ID:                 s.requestID,
+		TraceID:            s.traceID,
+		TraceParent:        s.tp.String(),
+		XRequestID:         s.header("x-request-id"),
+		Rule:               s.rule.Name,
+		Method:             s.method,
+		Scheme:             s.header(":scheme"),
+		Authority:          s.authority,
+		Path:               s.path,
+		Headers:            forwardable(s.host.Headers(abi.RequestHeaders)),
+		Body:               body,
+		Callback:           s.callback,
+		CallbackFromCaller: s.callbackFromCaller,
+		Retry:              s.rule.Retry,
+		Timeout:            s.rule.Timeout,
+		Wait:               rules.Duration(s.wait),
 	}
 	data, err := json.Marshal(&env)
 	if err != nil {

@@ -40,6 +40,7 @@ type Server struct {
 
 // nodeState is what the metrics show of one node.
 type nodeState struct {
+	id       string // Envoy node id (a collector gives its sidecar's)
 	cluster  string
 	served   string // version of the snapshot set for it
 	acked    string // version it last acknowledged
@@ -55,7 +56,7 @@ func NewServer(path string, w WasmOptions, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{path: path, wasm: w, log: log, file: f, nodes: map[string]*nodeState{}}
-	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, nil)
+	s.cache = cache.NewSnapshotCache(true, nodeKey{}, nil)
 	return s, nil
 }
 
@@ -73,15 +74,15 @@ func (s *Server) Reload() error {
 	}
 	// Build every snapshot first: publish all or nothing.
 	snaps := map[string]*cache.Snapshot{}
-	for id, n := range s.nodes {
-		snap, err := Snapshot(f, id, n.cluster, s.wasm)
+	for key, n := range s.nodes {
+		snap, err := Snapshot(f, n.id, n.cluster, s.wasm)
 		if err != nil {
 			s.reloads.failed++
 			s.lastErr = err.Error()
 			s.log.Error("controlplane: building snapshots; keeping the last good rules", "err", err)
 			return err
 		}
-		snaps[id] = snap
+		snaps[key] = snap
 	}
 	s.file, s.lastErr = f, ""
 	s.reloads.ok++
@@ -102,6 +103,19 @@ func (s *Server) setLocked(id string, snap *cache.Snapshot) {
 
 const resourceType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
+// nodeKey keys the snapshot cache: the node id, with "#collector" for a
+// collector (node metadata asyncmesh.role = collector) that subscribes with
+// its sidecar's id, so that both get the same rules and their ACKs are
+// tracked apart.
+type nodeKey struct{}
+
+func (nodeKey) ID(node *core.Node) string {
+	if node.GetMetadata().GetFields()["asyncmesh.role"].GetStringValue() == "collector" {
+		return node.GetId() + "#collector"
+	}
+	return node.GetId()
+}
+
 // onRequest learns nodes as they connect (a node's first request gets its
 // snapshot built) and records ACKs and NACKs.
 func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
@@ -109,18 +123,19 @@ func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
 	if node.GetId() == "" {
 		return fmt.Errorf("discovery request without a node id")
 	}
+	key := nodeKey{}.ID(node)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.nodes[node.Id]
+	n, ok := s.nodes[key]
 	if !ok || n.cluster != node.Cluster {
-		n = &nodeState{cluster: node.Cluster}
-		s.nodes[node.Id] = n
+		n = &nodeState{id: node.Id, cluster: node.Cluster}
+		s.nodes[key] = n
 		snap, err := Snapshot(s.file, node.Id, node.Cluster, s.wasm)
 		if err != nil {
 			return err
 		}
-		s.setLocked(node.Id, snap)
-		s.log.Info("controlplane: node connected", "node", node.Id, "cluster", node.Cluster, "version", n.served)
+		s.setLocked(key, snap)
+		s.log.Info("controlplane: node connected", "node", key, "cluster", node.Cluster, "version", n.served)
 	}
 	if req.ErrorDetail != nil {
 		n.nacks++

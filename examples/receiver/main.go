@@ -26,6 +26,7 @@ type Received struct {
 	WebhookID string          `json:"webhookId"`
 	TraceID   string          `json:"traceId"`
 	Verified  bool            `json:"verified"`
+	URI       string          `json:"uri"` // path and query the callback was sent to
 	At        time.Time       `json:"at"`
 	Body      json.RawMessage `json:"body"`
 }
@@ -54,7 +55,7 @@ func main() {
 			http.Error(w, "unreadable body", http.StatusBadRequest)
 			return
 		}
-		rec := Received{WebhookID: r.Header.Get(webhook.HeaderID), TraceID: r.Header.Get("x-async-trace-id"), At: time.Now()}
+		rec := Received{WebhookID: r.Header.Get(webhook.HeaderID), TraceID: r.Header.Get("x-async-trace-id"), URI: r.URL.RequestURI(), At: time.Now()}
 		if err := webhook.Verify(r.Header, body, secrets, time.Now()); err != nil {
 			slog.Warn("receiver: refused callback", "webhook_id", rec.WebhookID, "err", err)
 			http.Error(w, err.Error(), http.StatusUnauthorized)

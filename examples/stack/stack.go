@@ -91,7 +91,6 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 		{"receiver", func() error {
 			return s.spawn("receiver", filepath.Join(opt.BinDir, "receiver"), []string{"ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}, "-listen", addr(s.receiverPort))
 		}, s.ReceiverURL + "/healthz"},
-		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
 		{"controlplane", func() error {
 			if !opt.ControlPlane {
 				return nil
@@ -100,6 +99,7 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 				"-rules", s.RulesPath(), "-wasm", filepath.Join(opt.BinDir, "asyncmesh.wasm"),
 				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort))
 		}, s.ControlPlaneMetricsURL + "/healthz"},
+		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
 		{"envoy", func() error {
 			return s.spawn("envoy", opt.EnvoyBin, []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret},
 				"-c", bootstrap, "--concurrency", "2", "--base-id", strconv.Itoa(s.adminPort), "-l", "warning", "--component-log-level", "wasm:info")
@@ -202,6 +202,9 @@ func (s *Stack) StartCollector() error {
 	if s.opt.ESURL != "" {
 		env = append(env, "ASYNCMESH_ES_URL="+s.opt.ESURL)
 		args = append(args, "-store", "elasticsearch", "-es-prefix", "asyncmesh-e2e-"+strconv.Itoa(s.collectorPort), "-es-replicas", "0")
+	}
+	if s.opt.ControlPlane {
+		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo")
 	}
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }

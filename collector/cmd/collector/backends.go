@@ -27,6 +27,8 @@ type options struct {
 	esRetention                  time.Duration
 	amqpEnv, amqpPrefix          string
 	amqpPrefetch                 int
+
+	xdsAddr, nodeID, nodeCluster string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -47,6 +49,9 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.amqpEnv, "amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
 	fs.StringVar(&o.amqpPrefix, "amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
 	fs.IntVar(&o.amqpPrefetch, "amqp-prefetch", 0, "unacked messages per consumer (0: its number of workers)")
+	fs.StringVar(&o.xdsAddr, "xds", "", "control plane xDS address (host:port): follow its rules live (empty: the rules travel in each envelope)")
+	fs.StringVar(&o.nodeID, "node-id", "", "with -xds: the Envoy node id of this collector's sidecar")
+	fs.StringVar(&o.nodeCluster, "node-cluster", "", "with -xds: the Envoy cluster of this collector's sidecar")
 }
 
 type backends struct {

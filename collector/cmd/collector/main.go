@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector"
+	"github.com/asyncmesh/asyncmesh/collector/xdsrules"
 )
 
 func main() {
@@ -49,10 +50,19 @@ func run() error {
 		return err
 	}
 	defer b.close()
-	c, err := collector.New(collector.Config{
+	cfg := collector.Config{
 		ReplayURL: o.replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: o.secretsDir},
 		Workers: o.workers, APIURL: o.apiURL, Logger: log,
-	}, b.store, b.queue)
+	}
+	if o.xdsAddr != "" {
+		if o.nodeID == "" {
+			return fmt.Errorf("-node-id: required with -xds")
+		}
+		live := xdsrules.New(xdsrules.Config{Address: o.xdsAddr, NodeID: o.nodeID, Cluster: o.nodeCluster, Logger: log})
+		go live.Run(ctx)
+		cfg.Rules = live
+	}
+	c, err := collector.New(cfg, b.store, b.queue)
 	if err != nil {
 		return err
 	}

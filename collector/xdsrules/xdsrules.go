@@ -1,0 +1,192 @@
+// Package xdsrules subscribes a collector to the control plane over ADS: it
+// asks for the same ECDS resource its sidecar's Envoy gets (the filter's
+// configuration, named "asyncmesh"), ACKs good versions and NACKs bad ones,
+// and keeps the last good rules when the control plane goes away,
+// resubscribing with backoff until it is back.
+//
+// The collector identifies itself with its sidecar's node id and cluster and
+// the node metadata asyncmesh.role = "collector", so that it gets exactly the
+// rules of that sidecar (see controlplane/xds).
+package xdsrules
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
+)
+
+// Names shared with the control plane.
+const (
+	ResourceName = "asyncmesh"
+	TypeURL      = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	RoleKey      = "asyncmesh.role"
+	RoleValue    = "collector"
+)
+
+// Config of a subscription.
+type Config struct {
+	Address string // host:port of the control plane's xDS server
+	NodeID  string // the sidecar's Envoy node id
+	Cluster string // the sidecar's Envoy cluster
+	Logger  *slog.Logger
+}
+
+// Rules holds the last good rules received.
+type Rules struct {
+	cfg     Config
+	log     *slog.Logger
+	current atomic.Pointer[rules.Config]
+	version atomic.Pointer[string]
+	mu      sync.Mutex
+	updated chan struct{} // closed and replaced on every update
+}
+
+// New returns an empty subscription; Run fills it.
+func New(cfg Config) *Rules {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	r := &Rules{cfg: cfg, log: cfg.Logger.With("xds", cfg.Address), updated: make(chan struct{})}
+	empty := ""
+	r.version.Store(&empty)
+	return r
+}
+
+// Rule returns the current rule of that name.
+func (r *Rules) Rule(name string) (*rules.Rule, bool) {
+	c := r.current.Load()
+	if c == nil {
+		return nil, false
+	}
+	for i := range c.Rules {
+		if c.Rules[i].Name == name {
+			return &c.Rules[i], true
+		}
+	}
+	return nil, false
+}
+
+// Version is the version of the current rules ("" before the first).
+func (r *Rules) Version() string { return *r.version.Load() }
+
+// Updated returns a channel closed at the next update.
+func (r *Rules) Updated() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.updated
+}
+
+// Run subscribes until ctx ends, reconnecting with backoff and full jitter.
+func (r *Rules) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(r.cfg.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("xds client for %s: %w", r.cfg.Address, err)
+	}
+	defer conn.Close()
+	client := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		start := time.Now()
+		err := r.subscribe(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			attempt = 0 // it was up for a while
+		}
+		wait := backoff(attempt)
+		r.log.Warn("xdsrules: subscription ended; keeping the last good rules", "err", err, "version", r.Version(), "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+func backoff(attempt int) time.Duration {
+	ceil := 200 * time.Millisecond << min(attempt, 6) // up to 12.8s
+	return time.Duration(rand.Int64N(int64(ceil)) + 1)
+}
+
+// subscribe runs one ADS stream.
+func (r *Rules) subscribe(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	meta, _ := structpb.NewStruct(map[string]any{RoleKey: RoleValue})
+	node := &core.Node{Id: r.cfg.NodeID, Cluster: r.cfg.Cluster, Metadata: meta}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: TypeURL, ResourceNames: []string{ResourceName}, VersionInfo: r.Version()}
+	if err := stream.Send(req); err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		ack := &discovery.DiscoveryRequest{Node: node, TypeUrl: TypeURL, ResourceNames: []string{ResourceName}, ResponseNonce: resp.Nonce}
+		cfg, err := decode(resp)
+		if err != nil {
+			r.log.Error("xdsrules: refusing rules (NACK); keeping the last good ones", "version", resp.VersionInfo, "err", err)
+			ack.VersionInfo = r.Version()
+			ack.ErrorDetail = &status.Status{Code: 3, Message: err.Error()}
+		} else {
+			r.store(cfg, resp.VersionInfo)
+			ack.VersionInfo = resp.VersionInfo
+		}
+		if err := stream.Send(ack); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *Rules) store(cfg *rules.Config, version string) {
+	r.current.Store(cfg)
+	r.version.Store(&version)
+	r.mu.Lock()
+	close(r.updated)
+	r.updated = make(chan struct{})
+	r.mu.Unlock()
+	r.log.Info("xdsrules: rules applied", "version", version, "rules", len(cfg.Rules))
+}
+
+// decode extracts and validates the filter configuration of a response.
+func decode(resp *discovery.DiscoveryResponse) (*rules.Config, error) {
+	for _, any := range resp.Resources {
+		var ext core.TypedExtensionConfig
+		if err := any.UnmarshalTo(&ext); err != nil {
+			return nil, fmt.Errorf("decoding resource: %w", err)
+		}
+		if ext.Name != ResourceName {
+			continue
+		}
+		var w wasmfilter.Wasm
+		if err := ext.TypedConfig.UnmarshalTo(&w); err != nil {
+			return nil, fmt.Errorf("decoding the filter configuration: %w", err)
+		}
+		var s wrapperspb.StringValue
+		if err := w.GetConfig().GetConfiguration().UnmarshalTo(&s); err != nil {
+			return nil, fmt.Errorf("decoding the plugin configuration: %w", err)
+		}
+		return rules.Parse([]byte(s.Value))
+	}
+	return nil, fmt.Errorf("no %s resource in the response", ResourceName)
+}
