@@ -39,9 +39,9 @@ type Envelope struct {
 	Callback rules.Callback `json:"callback"`
 	// CallbackFromCaller is set when the caller chose the callback URL or
 	// protocol (x-async-callback*): live rule changes then keep them.
-	CallbackFromCaller bool `json:"callbackFromCaller,omitempty"`
-	Retry    rules.Retry    `json:"retry"`
-	Timeout  rules.Duration `json:"timeout"`
+	CallbackFromCaller bool           `json:"callbackFromCaller,omitempty"`
+	Retry              rules.Retry    `json:"retry"`
+	Timeout            rules.Duration `json:"timeout"`
 	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
 	Wait rules.Duration `json:"wait,omitempty"`
 }
