@@ -4,8 +4,11 @@
 // ECDS configuration, with hot reload on change or SIGHUP. The command is in
 // controlplane/cmd/controlplane (serve, validate).
 //
-// Still to come: LDS/RDS/CDS with per-route annotations for the example
-// sidecar, and collectors subscribing over ADS. Until collectors do, the filter
-// copies the matched rule's callback, retry and timeout into each intake
-// envelope, so collectors need no rules of their own.
+// Three ways to run a sidecar: static rules in envoy.yaml; the filter's rules
+// by ECDS with the mesh's own listener and routes (envoy-xds.yaml); or
+// everything from this control plane, routes with per-route annotations
+// included (envoy-ads.yaml and the rules file's sidecar: section).
+// Collectors subscribe over ADS too (collector/xdsrules) and apply rule
+// changes to records in flight; without that, the envelope's copy of the
+// rule's callback, retry and timeout applies.
 package controlplane

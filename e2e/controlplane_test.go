@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,7 +128,7 @@ func TestControlPlaneLiveRules(t *testing.T) {
 	}
 
 	// A bad file changes nothing and is reported.
-	if err := s.WriteRules(changed + "\n  - name: broken\n    mode: sometimes\n"); err != nil {
+	if err := s.WriteRules(strings.Replace(changed, "onCollectorDown: passthrough", "onCollectorDown: sometimes", 1)); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(10 * time.Second)
@@ -149,7 +150,7 @@ func TestControlPlaneLiveRules(t *testing.T) {
 	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	accepted(t, resp, body) // still the last good rules
-	if log, _ := os.ReadFile(s.LogPath("controlplane")); !strings.Contains(string(log), "rules[3].mode") {
+	if log, _ := os.ReadFile(s.LogPath("controlplane")); !strings.Contains(string(log), "rules[2].onCollectorDown") {
 		t.Fatalf("the control plane's log does not say why the file was refused")
 	}
 }
@@ -162,4 +163,62 @@ func metrics(t *testing.T, s *stack.Stack) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestControlPlaneServesSidecar runs Envoy with everything from the control
+// plane (envoy-ads.yaml): listener, routes with annotations, clusters and the
+// filter's rules. Editing a route's annotation changes the behaviour live.
+func TestControlPlaneServesSidecar(t *testing.T) {
+	root, _ := filepath.Abs("..")
+	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: os.Getenv("ASYNCMESH_BIN"),
+		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir(), ControlPlane: true, ServeSidecar: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	post := func(path string) (*http.Response, []byte) {
+		resp, err := client.Post(s.EnvoyURL+path, "application/json", strings.NewReader(`{"served":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, body
+	}
+	resp, body := post("/annotated?ms=10")
+	id, _ := accepted(t, resp, body)
+	if resp.Header.Get("x-async-rule") != "slow-report" {
+		t.Fatalf("annotated route: rule %q", resp.Header.Get("x-async-rule"))
+	}
+	if resp, body := post("/slow/inline?ms=10"); resp.StatusCode != 200 {
+		t.Fatalf("route annotated sync: %s %s", resp.Status, body)
+	}
+	if lost, _ := countCallbacks(t, s, []string{id}, 30*time.Second); lost > 0 {
+		t.Fatal("no callback through the served sidecar")
+	}
+	// The Location is served by the status route the control plane adds.
+	if resp, err := client.Get(s.EnvoyURL + resp.Header.Get("location")); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status route: %v %v", resp, err)
+	}
+
+	raw, _ := os.ReadFile(filepath.Join(root, "examples", "rules.yaml"))
+	edited := strings.Replace(string(raw), "annotations: {rule: slow-report, mode: sync}", "annotations: {rule: slow-report, mode: async}", 1)
+	if edited == string(raw) {
+		t.Fatal("test rules file changed shape")
+	}
+	written := time.Now()
+	if err := s.WriteRules(edited); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, body := post("/slow/inline?ms=10")
+		if resp.StatusCode == 202 {
+			t.Logf("route annotation change took effect after %v", time.Since(written).Round(time.Millisecond))
+			break
+		}
+		if resp.StatusCode != 200 || time.Since(written) > 10*time.Second {
+			t.Fatalf("after the annotation change: %s %s", resp.Status, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -33,6 +33,8 @@ type File struct {
 	Filter  FilterSettings    `json:"filter"`
 	Secrets map[string]Secret `json:"secrets"`
 	Rules   []Rule            `json:"rules"`
+	// Sidecar, when set, is served as LDS/RDS/CDS too (see Sidecar).
+	Sidecar *Sidecar `json:"sidecar"`
 }
 
 // FilterSettings are the Envoy-side settings of every sidecar.
@@ -113,7 +115,7 @@ func Parse(name string, data []byte) (*File, error) {
 		e := &Error{File: name, Msg: err.Error()}
 		if errors.As(err, &fe) {
 			e.Path, e.Msg = fe.Path, fe.Err.Error()
-			if !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") {
+			if !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") && !strings.HasPrefix(e.Path, "sidecar.") {
 				e.Path = "filter." + e.Path // a field of FilterSettings
 			}
 			e.Pos = d.nearest(e.Path)
@@ -164,11 +166,14 @@ func (f *File) validate() error {
 				return &rules.FieldError{Path: fmt.Sprintf("rules[%d].callback.secretRef", i), Err: fmt.Errorf("%q is not declared under secrets", ref)}
 			}
 		}
-		for j, id := range append(r.Nodes.IDs, r.Nodes.Clusters...) {
+		for j, id := range append(slices.Clone(r.Nodes.IDs), r.Nodes.Clusters...) {
 			if strings.TrimSpace(id) == "" {
 				return &rules.FieldError{Path: fmt.Sprintf("rules[%d].nodes", i), Err: fmt.Errorf("entry %d is empty", j)}
 			}
 		}
+	}
+	if f.Sidecar != nil {
+		return f.Sidecar.validate(f)
 	}
 	return nil
 }

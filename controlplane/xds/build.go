@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
@@ -70,20 +71,30 @@ func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig,
 	return &core.TypedExtensionConfig{Name: FilterName, TypedConfig: typed}, nil
 }
 
-// Snapshot returns the snapshot of one node: its filter configuration,
-// versioned by a hash of its content, checked with Consistent.
-func Snapshot(f *rulesfile.File, nodeID, cluster string, w WasmOptions) (*cache.Snapshot, error) {
+// Snapshot returns the snapshot of one node: its filter configuration and,
+// when the file has a sidecar: section (and the node is an Envoy, not a
+// collector), the sidecar's listener, routes and clusters; versioned by a hash
+// of its content and checked with Consistent.
+func Snapshot(f *rulesfile.File, nodeID, cluster string, w WasmOptions, withSidecar bool) (*cache.Snapshot, error) {
 	ext, err := FilterConfig(f.ForNode(nodeID, cluster), w)
 	if err != nil {
 		return nil, err
 	}
-	version, err := contentVersion(ext)
+	res := map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext}}
+	if f.Sidecar != nil && withSidecar {
+		side, err := sidecarResources(f)
+		if err != nil {
+			return nil, err
+		}
+		for t, rs := range side {
+			res[t] = rs
+		}
+	}
+	version, err := contentVersion(res)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := cache.NewSnapshot(version, map[resource.Type][]types.Resource{
-		resource.ExtensionConfigType: {ext},
-	})
+	snap, err := cache.NewSnapshot(version, res)
 	if err != nil {
 		return nil, err
 	}
@@ -93,16 +104,24 @@ func Snapshot(f *rulesfile.File, nodeID, cluster string, w WasmOptions) (*cache.
 	return snap, nil
 }
 
-// contentVersion is a short hash of the resources' deterministic encoding:
-// the same rules give the same version on every control plane replica.
-func contentVersion(rs ...*core.TypedExtensionConfig) (string, error) {
+// contentVersion is a short hash of the resources' deterministic encoding, in
+// a fixed order: the same rules give the same version on every replica.
+func contentVersion(res map[resource.Type][]types.Resource) (string, error) {
+	typesInOrder := make([]string, 0, len(res))
+	for t := range res {
+		typesInOrder = append(typesInOrder, t)
+	}
+	slices.Sort(typesInOrder)
 	h := sha256.New()
-	for _, r := range rs {
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
-		if err != nil {
-			return "", err
+	for _, t := range typesInOrder {
+		h.Write([]byte(t))
+		for _, r := range res[t] {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+			if err != nil {
+				return "", err
+			}
+			h.Write(b)
 		}
-		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

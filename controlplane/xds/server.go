@@ -40,12 +40,13 @@ type Server struct {
 
 // nodeState is what the metrics show of one node.
 type nodeState struct {
-	id       string // Envoy node id (a collector gives its sidecar's)
-	cluster  string
-	served   string // version of the snapshot set for it
-	acked    string // version it last acknowledged
-	nacks    int
-	lastNack string
+	id        string // Envoy node id (a collector gives its sidecar's)
+	cluster   string
+	collector bool
+	served    string // version of the snapshot set for it
+	acked     string // version it last acknowledged
+	nacks     int
+	lastNack  string
 }
 
 // NewServer loads the rules file at path; a bad file is an error here (there
@@ -75,7 +76,7 @@ func (s *Server) Reload() error {
 	// Build every snapshot first: publish all or nothing.
 	snaps := map[string]*cache.Snapshot{}
 	for key, n := range s.nodes {
-		snap, err := Snapshot(f, n.id, n.cluster, s.wasm)
+		snap, err := Snapshot(f, n.id, n.cluster, s.wasm, !n.collector)
 		if err != nil {
 			s.reloads.failed++
 			s.lastErr = err.Error()
@@ -98,7 +99,7 @@ func (s *Server) setLocked(id string, snap *cache.Snapshot) {
 		s.log.Error("controlplane: setting snapshot", "node", id, "err", err)
 		return
 	}
-	s.nodes[id].served = snap.GetVersion(resourceType)
+	s.nodes[id].served = snap.GetVersion(resourceType) // one version for all types
 }
 
 const resourceType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
@@ -128,9 +129,9 @@ func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
 	defer s.mu.Unlock()
 	n, ok := s.nodes[key]
 	if !ok || n.cluster != node.Cluster {
-		n = &nodeState{id: node.Id, cluster: node.Cluster}
+		n = &nodeState{id: node.Id, cluster: node.Cluster, collector: key != node.Id}
 		s.nodes[key] = n
-		snap, err := Snapshot(s.file, node.Id, node.Cluster, s.wasm)
+		snap, err := Snapshot(s.file, node.Id, node.Cluster, s.wasm, !n.collector)
 		if err != nil {
 			return err
 		}

@@ -66,7 +66,7 @@ func pluginConfig(t *testing.T, ext *core.TypedExtensionConfig) *rules.Config {
 
 func snapshotRules(t *testing.T, f *rulesfile.File, id, cluster string) (string, []string) {
 	t.Helper()
-	snap, err := Snapshot(f, id, cluster, wasmOpts)
+	snap, err := Snapshot(f, id, cluster, wasmOpts, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,5 +160,35 @@ func TestReloadKeepsLastGoodAndCountsNacks(t *testing.T) {
 			t.Fatal("the rename was not followed by a new snapshot")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSnapshotWithSidecarIsConsistent(t *testing.T) {
+	withAnnotations := strings.Replace(good, "replaySecretEnv: REPLAY}", "replaySecretEnv: REPLAY, routeAnnotations: true}", 1)
+	f, err := rulesfile.Parse("rules.yaml", []byte(withAnnotations+`
+sidecar:
+  listen: "127.0.0.1:10000"
+  clusters:
+    - {name: service, address: "127.0.0.1:8080"}
+    - {name: asyncmesh_collector, address: "127.0.0.1:9901"}
+  routes:
+    - {name: r, prefix: /r, cluster: service, annotations: {rule: everywhere, mode: sync}}
+    - {name: all, prefix: /, cluster: service}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	envoy, err := Snapshot(f, "a", "reports", wasmOpts, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"type.googleapis.com/envoy.config.listener.v3.Listener", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "type.googleapis.com/envoy.config.cluster.v3.Cluster"} {
+		if len(envoy.GetResources(typ)) == 0 {
+			t.Errorf("no %s in the sidecar's snapshot", typ)
+		}
+	}
+	collector, err := Snapshot(f, "a", "reports", wasmOpts, false)
+	if err != nil || len(collector.GetResources("type.googleapis.com/envoy.config.listener.v3.Listener")) != 0 {
+		t.Fatalf("a collector's snapshot carries the sidecar (%v)", err)
 	}
 }

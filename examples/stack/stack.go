@@ -41,6 +41,9 @@ type Options struct {
 	// ControlPlane, when set, starts controlplane serve on the rules file and
 	// Envoy with envoy-xds.yaml, which takes the filter's rules from it.
 	ControlPlane bool
+	// ServeSidecar (with ControlPlane) starts Envoy with envoy-ads.yaml: its
+	// listener, routes and clusters come from the control plane too.
+	ServeSidecar bool
 }
 
 // Stack is a running sidecar.
@@ -142,7 +145,10 @@ func (s *Stack) render() (string, error) {
 	vars := s.vars()
 	vars["RULES_JSON"] = string(rulesJSON)
 	name := "envoy.yaml"
-	if s.opt.ControlPlane {
+	switch {
+	case s.opt.ControlPlane && s.opt.ServeSidecar:
+		name = "envoy-ads.yaml"
+	case s.opt.ControlPlane:
 		name = "envoy-xds.yaml"
 	}
 	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, name))

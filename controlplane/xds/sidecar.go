@@ -1,0 +1,144 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	buffer "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+)
+
+// Names of the sidecar's served resources.
+const (
+	ListenerName = "asyncmesh_ingress"
+	RouteName    = "asyncmesh_routes"
+)
+
+// sidecarResources builds the listener, route configuration and clusters of
+// the sidecar: section. The listener's HTTP filters are the asyncmesh filter
+// (its configuration by ECDS), the buffer filter that holds requests while it
+// reads an async body (see filter/stream.go), and the router. The first route
+// sends the status prefix to the collector's API.
+func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, error) {
+	s := f.Sidecar
+	anyOf := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
+	ecds := &core.ExtensionConfigSource{
+		ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
+			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+			InitialFetchTimeout:   durationpb.New(10 * time.Second)},
+		TypeUrls: []string{"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"},
+	}
+	manager := &hcm.HttpConnectionManager{
+		StatPrefix: "ingress",
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: RouteName,
+			ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
+				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}},
+		HttpFilters: []*hcm.HttpFilter{
+			{Name: FilterName, ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: ecds}},
+			{Name: "envoy.filters.http.buffer", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(
+				&buffer.Buffer{MaxRequestBytes: wrapperspb.UInt32(64 << 20)})}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(&router.Router{})}},
+		},
+	}
+	addr, err := socketAddress(s.Listen)
+	if err != nil {
+		return nil, err
+	}
+	lis := &listener.Listener{
+		Name:    ListenerName,
+		Address: addr,
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: anyOf(manager)},
+		}}}},
+	}
+
+	prefix := f.Filter.StatusPrefix
+	if prefix == "" {
+		prefix = "/async"
+	}
+	routes := []*route.Route{{
+		Name:  "asyncmesh_status",
+		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix + "/v1/requests"}},
+		Action: &route.Route_Route{Route: &route.RouteAction{
+			ClusterSpecifier: &route.RouteAction_Cluster{Cluster: f.Filter.CollectorCluster},
+			PrefixRewrite:    "/v1/requests", Timeout: durationpb.New(75 * time.Second)}},
+	}}
+	for _, r := range s.Routes {
+		timeout := r.Timeout.D()
+		if timeout == 0 {
+			timeout = 60 * time.Second
+		}
+		rt := &route.Route{
+			Name:  r.Name,
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: r.Prefix}},
+			Action: &route.Route_Route{Route: &route.RouteAction{
+				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: r.Cluster},
+				PrefixRewrite:    r.PrefixRewrite, Timeout: durationpb.New(timeout)}},
+		}
+		if len(r.Annotations) > 0 {
+			fields := map[string]any{}
+			for k, v := range r.Annotations {
+				fields[k] = v
+			}
+			st, err := structpb.NewStruct(fields)
+			if err != nil {
+				return nil, err
+			}
+			rt.Metadata = &core.Metadata{FilterMetadata: map[string]*structpb.Struct{FilterName: st}}
+		}
+		routes = append(routes, rt)
+	}
+	rc := &route.RouteConfiguration{Name: RouteName, VirtualHosts: []*route.VirtualHost{{
+		Name: "sidecar", Domains: []string{"*"}, Routes: routes}}}
+
+	var clusters []types.Resource
+	for _, c := range s.Clusters {
+		a, err := socketAddress(c.Address)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, &cluster.Cluster{
+			Name:                 c.Name,
+			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+			ConnectTimeout:       durationpb.New(time.Second),
+			LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: c.Name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{
+					Endpoint: &endpoint.Endpoint{Address: a}}}}}}},
+		})
+	}
+	return map[resource.Type][]types.Resource{
+		resource.ListenerType: {lis},
+		resource.RouteType:    {rc},
+		resource.ClusterType:  clusters,
+	}, nil
+}
+
+func socketAddress(hostPort string) (*core.Address, error) {
+	host, port, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", hostPort, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: bad port", hostPort)
+	}
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(p)}}}}, nil
+}
