@@ -4,13 +4,11 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,56 +39,23 @@ func TestControlPlaneLiveRules(t *testing.T) {
 	accepted(t, resp, body)
 
 	// Load on /maybe (opt-in: served synchronously) while maybe-async becomes async.
-	var mu sync.Mutex
-	var ids []string
-	var firstAsync time.Time
-	codes := map[int]int{}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				resp, err := client.Post(s.EnvoyURL+"/maybe?ms=20", "application/json", strings.NewReader(`{"live":1}`))
-				if err != nil {
-					t.Errorf("request failed during the switch: %v", err)
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				mu.Lock()
-				codes[resp.StatusCode]++
-				if resp.StatusCode == 202 {
-					var b struct{ ID string }
-					json.Unmarshal(body, &b)
-					ids = append(ids, b.ID)
-					if firstAsync.IsZero() {
-						firstAsync = time.Now()
-					}
-				}
-				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
-	}
-	time.Sleep(time.Second)
 	changed := strings.Replace(string(original), "mode: opt-in", "mode: async", 1)
-	written := time.Now()
-	if err := s.WriteRules(changed); err != nil {
-		t.Fatal(err)
+	var written time.Time
+	l := loadDuring(t, s, "/maybe?ms=20", 8*time.Second, func() {
+		time.Sleep(time.Second)
+		written = time.Now()
+		if err := s.WriteRules(changed); err != nil {
+			t.Error(err)
+		}
+	})
+	ids := l.ids
+	t.Logf("responses during the switch: %v; the new rule took effect %v after the write", l.codes, l.firstAccepted.Sub(written).Round(time.Millisecond))
+	if len(l.codes) != 2 || l.codes[200] == 0 || l.codes[202] == 0 {
+		t.Fatalf("want only 200 (before) and 202 (after), got %v", l.codes)
 	}
-	wg.Wait()
-	mu.Lock()
-	t.Logf("responses during the switch: %v; the new rule took effect %v after the write", codes, firstAsync.Sub(written).Round(time.Millisecond))
-	if len(codes) != 2 || codes[200] == 0 || codes[202] == 0 {
-		t.Fatalf("want only 200 (before) and 202 (after), got %v", codes)
-	}
-	if d := firstAsync.Sub(written); d > 5*time.Second {
+	if d := l.firstAccepted.Sub(written); d > 5*time.Second {
 		t.Fatalf("the new rule took %v", d)
 	}
-	mu.Unlock()
 	if lost, _ := countCallbacks(t, s, ids, 60*time.Second); lost > 0 {
 		t.Fatalf("%d of %d accepted requests never called back", lost, len(ids))
 	}

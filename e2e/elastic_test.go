@@ -74,15 +74,15 @@ func TestRabbitMQAndElasticsearch(t *testing.T) {
 // every 202 is called back.
 func TestElasticsearchDownUnderLoad(t *testing.T) {
 	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL", "ASYNCMESH_TEST_ES_URL")
-	ids, refused := loadDuring(t, s, 25*time.Second, func() {
+	l := loadDuring(t, s, "/slow?ms=30", 25*time.Second, func() {
 		time.Sleep(2 * time.Second)
 		runScript(t, "stop-elasticsearch.sh")
 		time.Sleep(2 * time.Second)
 		runScript(t, "start-elasticsearch.sh") // same port, same data
 	})
-	lost, dups := countCallbacks(t, s, ids, 90*time.Second)
-	t.Logf("elasticsearch down: accepted %d, refused %d (503 while down), lost %d, duplicated %d", len(ids), refused, lost, dups)
-	if refused == 0 {
+	lost, dups := countCallbacks(t, s, l.ids, 90*time.Second)
+	t.Logf("elasticsearch down: accepted %d, refused %d (503 while down), lost %d, duplicated %d", len(l.ids), l.refused(), lost, dups)
+	if l.refused() == 0 {
 		t.Fatal("no request was refused: Elasticsearch never went down")
 	}
 	if lost > 0 {

@@ -45,17 +45,17 @@ func backendStack(t *testing.T, envs ...string) *stack.Stack {
 // stay persisted and go out when it returns; every 202 is called back.
 func TestRabbitMQRestartUnderLoad(t *testing.T) {
 	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL")
-	ids, refused := loadDuring(t, s, 12*time.Second, func() {
+	l := loadDuring(t, s, "/slow?ms=30", 12*time.Second, func() {
 		time.Sleep(2 * time.Second)
 		runScript(t, "stop-rabbitmq.sh")
 		time.Sleep(time.Second)
 		runScript(t, "start-rabbitmq.sh") // same port, same data
 	})
-	lost, dups := countCallbacks(t, s, ids, 90*time.Second)
+	lost, dups := countCallbacks(t, s, l.ids, 90*time.Second)
 	log, _ := os.ReadFile(s.LogPath("collector"))
 	relayed := strings.Count(string(log), "outbox relay: published")
 	t.Logf("rabbitmq restart: accepted %d (%d of them published by the relay after the broker came back), refused %d, lost %d, duplicated %d",
-		len(ids), relayed, refused, lost, dups)
+		len(l.ids), relayed, l.refused(), lost, dups)
 	if !strings.Contains(string(log), "rabbitmq: connection lost") {
 		t.Fatal("the collector never saw the broker go: the fault did not happen")
 	}

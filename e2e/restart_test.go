@@ -25,7 +25,7 @@ func TestCollectorRestartUnderLoad(t *testing.T) {
 		kill bool
 	}{{"sigterm", false}, {"kill9", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ids, refused := loadDuring(t, st, 3*time.Second, func() {
+			l := loadDuring(t, st, "/slow?ms=30", 3*time.Second, func() {
 				time.Sleep(time.Second)
 				if err := st.StopCollector(tc.kill); err != nil {
 					t.Error(err)
@@ -40,8 +40,11 @@ func TestCollectorRestartUnderLoad(t *testing.T) {
 			})
 			// After kill -9, what the dead collector held comes back when its
 			// queue and record leases expire (30 s).
-			lost, dups := countCallbacks(t, st, ids, 75*time.Second)
-			t.Logf("%s: accepted %d, refused %d, lost %d, duplicated %d", tc.name, len(ids), refused, lost, dups)
+			if len(l.ids) < 20 {
+				t.Fatalf("only %d accepted: the load did not run", len(l.ids))
+			}
+			lost, dups := countCallbacks(t, st, l.ids, 75*time.Second)
+			t.Logf("%s: accepted %d, refused %d, lost %d, duplicated %d", tc.name, len(l.ids), l.refused(), lost, dups)
 			if lost > 0 {
 				t.Fatalf("%d accepted requests never called back", lost)
 			}
@@ -52,11 +55,30 @@ func TestCollectorRestartUnderLoad(t *testing.T) {
 	}
 }
 
-// loadDuring sends async requests through s's Envoy from 4 clients for d while
-// fault runs, and returns the ids that got 202 and how many got anything else.
-func loadDuring(t *testing.T, s *stack.Stack, d time.Duration, fault func()) (ids []string, refused int) {
+// load is what a bounded load saw.
+type load struct {
+	ids           []string    // request ids of the 202s
+	codes         map[int]int // responses by status
+	firstAccepted time.Time
+}
+
+// refused counts the answers other than 202 (503 while a part is down).
+func (l load) refused() int {
+	n := 0
+	for c, k := range l.codes {
+		if c != 202 {
+			n += k
+		}
+	}
+	return n
+}
+
+// loadDuring POSTs to path through s's Envoy from 4 clients for d while fault
+// runs. A failed request (Envoy itself down) is a test error.
+func loadDuring(t *testing.T, s *stack.Stack, path string, d time.Duration, fault func()) load {
 	t.Helper()
 	var mu sync.Mutex
+	l := load{codes: map[int]int{}}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -65,20 +87,22 @@ func loadDuring(t *testing.T, s *stack.Stack, d time.Duration, fault func()) (id
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				resp, err := client.Post(s.EnvoyURL+"/slow?ms=30", "application/json", strings.NewReader(`{"load":true}`))
+				resp, err := client.Post(s.EnvoyURL+path, "application/json", strings.NewReader(`{"load":true}`))
 				if err != nil {
-					t.Errorf("load request: %v", err) // Envoy itself must stay up
+					t.Errorf("load request: %v", err)
 					return
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				mu.Lock()
+				l.codes[resp.StatusCode]++
 				if resp.StatusCode == 202 {
 					var b struct{ ID string }
 					_ = json.Unmarshal(body, &b)
-					ids = append(ids, b.ID)
-				} else {
-					refused++ // 503 while the collector is down: not accepted, not counted
+					l.ids = append(l.ids, b.ID)
+					if l.firstAccepted.IsZero() {
+						l.firstAccepted = time.Now()
+					}
 				}
 				mu.Unlock()
 				time.Sleep(10 * time.Millisecond)
@@ -87,10 +111,7 @@ func loadDuring(t *testing.T, s *stack.Stack, d time.Duration, fault func()) (id
 	}
 	fault()
 	wg.Wait()
-	if len(ids) < 20 {
-		t.Fatalf("only %d accepted: the load did not run", len(ids))
-	}
-	return ids, refused
+	return l
 }
 
 // countCallbacks waits up to wait for a callback of every id at s's receiver
