@@ -177,6 +177,7 @@ func TestAsyncLifecycle(t *testing.T) {
 	if cb.Response.Status != 200 || !strings.Contains(cb.Response.Body, `"report":"done"`) || !strings.Contains(cb.Response.Body, `{\"order\":42}`) || !strings.Contains(cb.Response.Body, id) {
 		t.Fatalf("callback carries %+v, want the service's real response", cb.Response)
 	}
+	serviceSawOnlyReplay(t, st, traceID, id)
 	// The Location is dereferenceable through Envoy; ?wait long-polls to the end.
 	resp, body = do(t, "GET", "/async/v1/requests/"+id+"?wait=10s", "")
 	var r struct {
@@ -319,5 +320,21 @@ func TestRouteAnnotations(t *testing.T) {
 	resp, body = do(t, "POST", "/slow/inline?ms=10", `{}`)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"report":"done"`) {
 		t.Fatalf("annotated sync route: %s %s", resp.Status, body)
+	}
+}
+
+// serviceSawOnlyReplay checks that the service saw an async request once, as
+// the collector's replay: the filter held it back while it decided.
+func serviceSawOnlyReplay(t *testing.T, s *stack.Stack, traceID, id string) {
+	t.Helper()
+	svcLog, _ := os.ReadFile(s.LogPath("service"))
+	var seen []string
+	for _, line := range strings.Split(string(svcLog), "\n") {
+		if strings.Contains(line, traceID) {
+			seen = append(seen, line)
+		}
+	}
+	if len(seen) != 1 || !strings.Contains(seen[0], "request_id="+id) {
+		t.Fatalf("the service saw the async request %d times: %q", len(seen), seen)
 	}
 }

@@ -190,12 +190,16 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		s.dispatch(nil)
 		return abi.Pause
 	}
-	// With ABI 0.2.x Envoy turns a paused header callback into
+	s.state = stateBuffering
+	if s.p.cfg.HoldHeaders {
+		return abi.Pause // StopIteration: the body still comes to this filter
+	}
+	// Without holdHeaders (Envoy not configured with
+	// allow_on_headers_stop_iteration), ABI 0.2.x turns a paused header callback into
 	// StopAllIterationAndWatermark, which withholds the body from this filter
 	// too. So the headers continue, and the envoy.filters.http.buffer filter placed
 	// right after this one in the chain holds them back from the router while this
 	// filter buffers the body (Pause in OnRequestBody) and decides.
-	s.state = stateBuffering
 	return abi.Continue
 }
 

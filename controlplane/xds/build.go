@@ -41,8 +41,13 @@ type WasmOptions struct {
 }
 
 // FilterConfig returns the ECDS resource that configures the filter with cfg.
+// It lets the filter stop iteration in its headers callback
+// (allow_on_headers_stop_iteration, holdHeaders), so the sidecar needs no
+// buffer filter.
 func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig, error) {
-	js, err := json.Marshal(cfg)
+	c := *cfg
+	c.HoldHeaders = true
+	js, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the filter configuration: %w", err)
 	}
@@ -56,6 +61,7 @@ func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig,
 	}
 	f := &wasmfilter.Wasm{Config: &wasm.PluginConfig{
 		Name: FilterName, RootId: FilterName, Configuration: pluginCfg,
+		AllowOnHeadersStopIteration: wrapperspb.Bool(true),
 		Vm: &wasm.PluginConfig_VmConfig{VmConfig: &wasm.VmConfig{
 			VmId:    FilterName,
 			Runtime: "envoy.wasm.runtime.v8",

@@ -11,7 +11,6 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	buffer "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -20,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 )
@@ -33,8 +31,7 @@ const (
 
 // sidecarResources builds the listener, route configuration and clusters of
 // the sidecar: section. The listener's HTTP filters are the asyncmesh filter
-// (its configuration by ECDS), the buffer filter that holds requests while it
-// reads an async body (see filter/stream.go), and the router. The first route
+// (its configuration by ECDS) and the router. The first route
 // sends the status prefix to the collector's API.
 func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, error) {
 	s := f.Sidecar
@@ -52,8 +49,6 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}},
 		HttpFilters: []*hcm.HttpFilter{
 			{Name: FilterName, ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: ecds}},
-			{Name: "envoy.filters.http.buffer", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(
-				&buffer.Buffer{MaxRequestBytes: wrapperspb.UInt32(64 << 20)})}},
 			{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(&router.Router{})}},
 		},
 	}

@@ -64,8 +64,13 @@ type Config struct {
 	// RouteAnnotations makes the filter read each request's route metadata
 	// (filter_metadata["asyncmesh"]): an annotated route picks its rule by
 	// name, overriding the match (see Annotated). Off, it costs nothing.
-	RouteAnnotations bool   `json:"routeAnnotations,omitempty"`
-	Rules            []Rule `json:"rules"`
+	RouteAnnotations bool `json:"routeAnnotations,omitempty"`
+	// HoldHeaders says that Envoy lets the filter stop iteration in its
+	// request-headers callback (PluginConfig.allow_on_headers_stop_iteration,
+	// Envoy 1.3x+): the filter then holds an async request's headers itself
+	// while it reads the body, and no buffer filter is needed after it.
+	HoldHeaders bool   `json:"holdHeaders,omitempty"`
+	Rules       []Rule `json:"rules"`
 }
 
 // Rule is one callback rule.
