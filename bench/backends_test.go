@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -161,6 +162,7 @@ func BenchmarkIntake(b *testing.B) {
 						b.Error(err)
 						return
 					}
+					io.Copy(io.Discard, resp.Body) // drained, so the connection is reused
 					resp.Body.Close()
 					if resp.StatusCode != 201 || resp.Header.Get("x-async-status") != "queued" {
 						b.Errorf("intake answered %d, status %s", resp.StatusCode, resp.Header.Get("x-async-status"))

@@ -30,7 +30,7 @@ func (q *sqlQueue) db() *DB { return (*DB)(q) }
 func (q *sqlQueue) Close() error { return nil }
 
 func (q *sqlQueue) Publish(ctx context.Context, m queue.Message) error {
-	err := q.db().tx(ctx, func(tx *sql.Tx) error {
+	err := q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`,
 			m.Topic, m.Key, m.TraceID, append([]byte{}, m.Body...), time.Now().UnixNano())
 		return err
@@ -79,7 +79,7 @@ type claimed struct {
 func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, error) {
 	var out []claimed
 	now := time.Now()
-	err := q.db().tx(ctx, func(tx *sql.Tx) error {
+	err := q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
 			WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
 			RETURNING seq, key, trace_id, body, deliveries`, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
@@ -100,21 +100,21 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 }
 
 func (q *sqlQueue) ack(ctx context.Context, seq int64) error {
-	return q.db().tx(ctx, func(tx *sql.Tx) error {
+	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE seq = ?`, seq)
 		return err
 	})
 }
 
 func (q *sqlQueue) requeue(ctx context.Context, seq int64, after time.Duration) error {
-	return q.db().tx(ctx, func(tx *sql.Tx) error {
+	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, time.Now().Add(after).UnixNano(), seq)
 		return err
 	})
 }
 
 func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) error {
-	return q.db().tx(ctx, func(tx *sql.Tx) error {
+	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO dead_letters(topic, key, body, deliveries, reason, at) VALUES (?,?,?,?,?,?)`,
 			c.msg.Topic, c.msg.Key, c.msg.Body, c.msg.Deliveries, reason, time.Now().UnixNano()); err != nil {
 			return err
@@ -125,7 +125,7 @@ func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) err
 }
 
 func (q *sqlQueue) extend(ctx context.Context, seqs []int64) error {
-	return q.db().tx(ctx, func(tx *sql.Tx) error {
+	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		until := time.Now().Add(lease).UnixNano()
 		for _, s := range seqs {
 			if _, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, until, s); err != nil {

@@ -29,7 +29,7 @@ func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
 	if err != nil {
 		return fmt.Errorf("encoding record %s: %w", r.ID, err)
 	}
-	err = s.db().tx(ctx, func(tx *sql.Tx) error {
+	err = s.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`,
 			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc)
 		return err
@@ -45,7 +45,7 @@ func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
 
 func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*store.Record, error) {
 	var out *store.Record
-	err := s.db().tx(ctx, func(tx *sql.Tx) error {
+	err := s.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		r, err := scanOne(tx.QueryRowContext(ctx, `SELECT doc FROM requests WHERE id = ?`, id))
 		if err != nil {
 			return err
