@@ -21,6 +21,9 @@
 //     caller chose (x-async-callback*) keeps its URL and protocol. A record
 //     whose rule was removed keeps what it was accepted with. The stored
 //     envelope is never rewritten.
+//   - The sweeper republishes records stuck in a non-terminal status (lease
+//     expired, untouched for SweepAge): the safety net when a message was
+//     lost to a dead-letter queue. A slow record gets a harmless duplicate.
 //   - Leases: a worker leases the record it processes or delivers for the
 //     rule's timeout plus a margin (Change.Claim/LeaseUntil). A duplicate work
 //     or delivery message (a republish by the relay, a redelivery by the
@@ -59,6 +62,10 @@ type Config struct {
 	// RelayInterval is how often the outbox relay looks for unpublished
 	// records (default 1s); RelayAge is how old they must be (default 2s).
 	RelayInterval, RelayAge time.Duration
+	// SweepInterval is how often the sweeper looks for records stuck in a
+	// non-terminal status (default 1m); SweepAge is how long a record must
+	// have been untouched, its lease expired, to count as stuck (default 15m).
+	SweepInterval, SweepAge time.Duration
 	// PublishTimeout bounds intake's wait for the queue's confirm (default 2s).
 	PublishTimeout time.Duration
 	// Rules, when set, are the live rules from the control plane: the
@@ -116,6 +123,8 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	def(&cfg.DeliveryWorkers, 16)
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)
+	defD(&cfg.SweepInterval, time.Minute)
+	defD(&cfg.SweepAge, 15*time.Minute)
 	defD(&cfg.PublishTimeout, 2*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -137,7 +146,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 // Handler beside it.
 func (c *Collector) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -154,6 +163,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)
 	})
 	run("outbox relay", c.relay)
+	run("sweeper", c.sweep)
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
@@ -210,6 +220,55 @@ func (c *Collector) relayRound(ctx context.Context) error {
 		c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
 	}
 	return nil
+}
+
+// sweep republishes the message of records stuck in a non-terminal status:
+// their message was lost (dead-lettered as poison, or by the broker's
+// delivery limit, or dropped by an operator). It is the safety net behind
+// "no accepted request is lost"; handlers are idempotent, so a record that
+// was only slow gets a harmless duplicate.
+func (c *Collector) sweep(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if n, err := c.sweepOnce(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			c.log.Warn("sweeper: round failed", "err", err)
+		} else if n > 0 {
+			c.log.Warn("sweeper: republished stuck records", "count", n)
+		}
+	}
+}
+
+// sweepOnce republishes, at most 200 per status, the records untouched since
+// now-SweepAge whose lease has expired.
+func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
+	topics := map[store.Status]string{
+		store.Queued: queue.TopicWork, store.Processing: queue.TopicWork,
+		store.Completed: queue.TopicDelivery, store.Failed: queue.TopicDelivery, store.Delivering: queue.TopicDelivery,
+	}
+	n := 0
+	for _, st := range []store.Status{store.Queued, store.Processing, store.Completed, store.Failed, store.Delivering} {
+		recs, err := c.store.Stale(ctx, st, now.Add(-c.cfg.SweepAge), 200)
+		if err != nil {
+			return n, fmt.Errorf("listing %s records: %w", st, err)
+		}
+		for _, r := range recs {
+			if now.Before(r.LeaseUntil) {
+				continue // a worker holds it, or its next delivery attempt is scheduled
+			}
+			if err := c.publish(ctx, topics[st], r); err != nil {
+				return n, fmt.Errorf("republishing %s: %w", r.ID, err)
+			}
+			c.log.Warn("sweeper: republished a stuck record", "id", r.ID, "trace_id", r.TraceID, "status", st, "updated_at", r.UpdatedAt)
+			n++
+		}
+	}
+	return n, nil
 }
 
 // enqueue publishes the work message of a persisted record and marks it queued.

@@ -469,3 +469,68 @@ func TestApplyRules(t *testing.T) {
 		t.Fatal("applyRules modified the stored envelope")
 	}
 }
+
+// TestSweeperRescuesStuckRecords: records whose message was lost (here: never
+// published) in every non-terminal status after intake are republished and
+// reach a terminal status; leased or recent ones are left alone.
+func TestSweeperRescuesStuckRecords(t *testing.T) {
+	e := newEnv(t)
+	e.stop() // a collector without consumers: only sweepOnce runs
+	db, err := embedded.Open(context.Background(), e.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+		SweepAge: time.Minute, Logger: slog.New(slog.DiscardHandler)}, db.Store(), db.Queue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour)
+	var ids []string
+	for _, stuck := range []store.Status{store.Queued, store.Processing, store.Completed, store.Failed, store.Delivering} {
+		en := e.envelope("/work", nil)
+		r := store.NewRecord(en, old)
+		if err := db.Store().Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		chain := map[store.Status][]store.Status{
+			store.Queued: {store.Queued}, store.Processing: {store.Queued, store.Processing},
+			store.Completed:  {store.Queued, store.Processing, store.Completed},
+			store.Failed:     {store.Queued, store.Processing, store.Failed},
+			store.Delivering: {store.Queued, store.Processing, store.Completed, store.Delivering},
+		}[stuck]
+		from := store.Persisted
+		for _, to := range chain {
+			ch := store.Change{From: []store.Status{from}, To: to, At: old}
+			if to == store.Completed {
+				ch.Response = &store.Response{Status: 200}
+			}
+			if _, err := db.Store().Transition(ctx, r.ID, ch); err != nil {
+				t.Fatal(err)
+			}
+			from = to
+		}
+		ids = append(ids, r.ID)
+	}
+	leased := store.NewRecord(e.envelope("/work", nil), old)
+	db.Store().Create(ctx, leased)
+	db.Store().Transition(ctx, leased.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued, At: old, LeaseUntil: time.Now().Add(time.Hour)})
+
+	n, err := c.sweepOnce(ctx, time.Now())
+	if err != nil || n != len(ids) {
+		t.Fatalf("sweepOnce republished %d (%v), want %d", n, err, len(ids))
+	}
+	// Now the consumers finish them.
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	for _, id := range ids {
+		got, err := c.await(ctx, id, 20*time.Second, store.Status.Terminal)
+		if err != nil || got.Status != store.Delivered {
+			t.Fatalf("record %s ended %v (%v)", id, got.Status, err)
+		}
+	}
+}
