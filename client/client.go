@@ -1,0 +1,341 @@
+// Package client is the Go SDK for callers of asyncmesh-made async APIs: a
+// handler map instead of polling.
+//
+//	c, _ := client.New(client.Config{BaseURL: "http://api.local", Secrets: []string{"whsec_..."}})
+//	defer c.Close()
+//	call, _ := c.Do(ctx, req, func(ctx context.Context, r client.Result) { ... })
+//
+// Do sends the request with Prefer: respond-async and x-async-callback set to
+// the client's embedded receiver, and records request id → handler. The
+// receiver verifies each callback's Standard Webhooks signature and runs the
+// handler once per request id, even when the callback is delivered twice
+// (at-least-once delivery) or arrives before Do has read the 202. Wait falls
+// back to the long-poll API for callers that cannot receive callbacks.
+//
+// The rule of the route must let the caller choose the callback
+// (callback.allowOverride; and allowPrivate when the receiver listens on a
+// private address); otherwise the callback goes to the rule's URL and Do's
+// handler never runs; use Wait then.
+package client
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
+)
+
+// Config of a client.
+type Config struct {
+	// BaseURL is where requests go (the service's host, through its Envoy).
+	BaseURL string
+	// StatusPrefix is the sidecar's route to the collector API (default /async).
+	StatusPrefix string
+	// Listen is the embedded receiver's address (default 127.0.0.1:0).
+	Listen string
+	// CallbackURL is how the collector reaches the receiver (default
+	// http://<listen address>/callbacks).
+	CallbackURL string
+	// Secrets verify callbacks (whsec_...); several during a rotation.
+	Secrets []string
+	// HTTP sends requests (default: a client with a 60s timeout).
+	HTTP   *http.Client
+	Logger *slog.Logger
+}
+
+// Result is the outcome of an async request, as its callback carries it.
+type Result struct {
+	ID       string    `json:"id"`
+	TraceID  string    `json:"traceId"`
+	Status   string    `json:"status"` // completed | failed
+	Response *Response `json:"response,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// Response is the service's answer.
+type Response struct {
+	Status  int               `json:"status"`
+	Headers map[string]string `json:"headers,omitempty"`
+	Body    []byte            `json:"-"`
+}
+
+// Handler receives the result of one request.
+type Handler func(ctx context.Context, r Result)
+
+// Call is what Do got back.
+type Call struct {
+	ID, TraceID string
+	// Sync is the response when the request was not made async (no rule
+	// matched, or it completed within Prefer: wait); its handler never runs.
+	Sync *http.Response
+}
+
+// Client sends async requests and receives their callbacks.
+type Client struct {
+	cfg     Config
+	secrets []webhook.Secret
+	log     *slog.Logger
+	srv     *http.Server
+	ln      net.Listener
+	done    chan struct{}
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	handlers map[string]Handler
+	early    map[string]Result   // callbacks that came before their handler
+	seen     map[string]struct{} // request ids whose handler ran (or is running)
+	seenFIFO []string            // eviction order of seen
+}
+
+// Bounds: callbacks kept for handlers not registered yet, and request ids
+// remembered to drop duplicate deliveries.
+const (
+	maxEarly = 10000
+	maxSeen  = 100000
+)
+
+// markSeen records id; c.mu is held.
+func (c *Client) markSeen(id string) {
+	c.seen[id] = struct{}{}
+	c.seenFIFO = append(c.seenFIFO, id)
+	if len(c.seenFIFO) > maxSeen {
+		delete(c.seen, c.seenFIFO[0])
+		c.seenFIFO = c.seenFIFO[1:]
+	}
+}
+
+// New starts the embedded receiver.
+func New(cfg Config) (*Client, error) {
+	if _, err := url.Parse(cfg.BaseURL); err != nil || cfg.BaseURL == "" {
+		return nil, fmt.Errorf("client: BaseURL %q is not a URL", cfg.BaseURL)
+	}
+	if cfg.StatusPrefix == "" {
+		cfg.StatusPrefix = "/async"
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.HTTP == nil {
+		cfg.HTTP = &http.Client{Timeout: 60 * time.Second}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, done: make(chan struct{}),
+		handlers: map[string]Handler{}, early: map[string]Result{}, seen: map[string]struct{}{}}
+	for i, s := range cfg.Secrets {
+		sec, err := webhook.ParseSecret(s)
+		if err != nil {
+			return nil, fmt.Errorf("client: Secrets[%d]: %w", i, err)
+		}
+		c.secrets = append(c.secrets, sec)
+	}
+	if len(c.secrets) == 0 {
+		return nil, errors.New("client: Secrets: at least one, to verify callbacks")
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("client: receiver: %w", err)
+	}
+	c.ln = ln
+	if c.cfg.CallbackURL == "" {
+		c.cfg.CallbackURL = "http://" + ln.Addr().String() + "/callbacks"
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /callbacks", c.receive)
+	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); _ = c.srv.Serve(ln) }()
+	return c, nil
+}
+
+// CallbackURL is where this client receives callbacks.
+func (c *Client) CallbackURL() string { return c.cfg.CallbackURL }
+
+// Close stops the receiver and waits for running handlers.
+func (c *Client) Close() error {
+	close(c.done)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := c.srv.Shutdown(ctx)
+	c.wg.Wait()
+	return err
+}
+
+// Do sends req (its URL relative to BaseURL when it has no host) as an async
+// request and runs h with its result when the callback comes.
+func (c *Client) Do(ctx context.Context, req *http.Request, h Handler) (Call, error) {
+	req = req.Clone(ctx)
+	if req.URL.Host == "" {
+		base, _ := url.Parse(c.cfg.BaseURL)
+		req.URL = base.ResolveReference(req.URL)
+		req.Host = ""
+	}
+	req.Header.Set("prefer", "respond-async")
+	req.Header.Set("x-async-callback", c.cfg.CallbackURL)
+	resp, err := c.cfg.HTTP.Do(req)
+	if err != nil {
+		return Call{}, err
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return Call{Sync: resp}, nil
+	}
+	defer resp.Body.Close()
+	call := Call{ID: resp.Header.Get("x-async-request-id"), TraceID: resp.Header.Get("x-async-trace-id")}
+	if call.ID == "" {
+		return call, errors.New("client: 202 without x-async-request-id")
+	}
+	c.mu.Lock()
+	r, arrived := c.early[call.ID]
+	if arrived {
+		delete(c.early, call.ID)
+	} else {
+		c.handlers[call.ID] = h
+	}
+	c.mu.Unlock()
+	if arrived {
+		c.run(h, r)
+	}
+	return call, nil
+}
+
+// receive verifies a callback and runs its handler once per request id.
+func (c *Client) receive(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 80<<20))
+	if err != nil {
+		http.Error(w, "unreadable body", http.StatusBadRequest)
+		return
+	}
+	if err := webhook.Verify(r.Header, body, c.secrets, time.Now()); err != nil {
+		c.log.Warn("client: refused callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	res, err := decode(body)
+	if err != nil {
+		c.log.Warn("client: undecodable callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.mu.Lock()
+	_, dup := c.seen[res.ID]
+	h, registered := c.handlers[res.ID]
+	switch {
+	case dup: // delivered again: acknowledged, not run again
+	case registered:
+		delete(c.handlers, res.ID)
+		c.markSeen(res.ID)
+	case len(c.early) < maxEarly:
+		c.early[res.ID] = res
+		c.markSeen(res.ID)
+	default:
+		c.mu.Unlock()
+		http.Error(w, "too many callbacks without a caller", http.StatusServiceUnavailable)
+		return
+	}
+	c.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent) // acknowledged before the handler runs
+	if registered && !dup {
+		c.run(h, res)
+	}
+}
+
+// run runs a handler in its own goroutine, recovering a panic.
+func (c *Client) run(h Handler, r Result) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				c.log.Error("client: handler panicked", "id", r.ID, "panic", p)
+			}
+		}()
+		h(context.Background(), r)
+	}()
+}
+
+// wire is the callback payload (collector/delivery.Payload).
+type wire struct {
+	ID       string `json:"id"`
+	TraceID  string `json:"traceId"`
+	Status   string `json:"status"`
+	Error    string `json:"error"`
+	Response *struct {
+		Status       int               `json:"status"`
+		Headers      map[string]string `json:"headers"`
+		Body         string            `json:"body"`
+		BodyEncoding string            `json:"bodyEncoding"`
+	} `json:"response"`
+}
+
+func decode(body []byte) (Result, error) {
+	var w wire
+	if err := json.Unmarshal(body, &w); err != nil {
+		return Result{}, fmt.Errorf("callback payload: %w", err)
+	}
+	if w.ID == "" {
+		return Result{}, errors.New("callback payload: id: required")
+	}
+	r := Result{ID: w.ID, TraceID: w.TraceID, Status: w.Status, Error: w.Error}
+	if w.Response != nil {
+		r.Response = &Response{Status: w.Response.Status, Headers: w.Response.Headers, Body: []byte(w.Response.Body)}
+		if w.Response.BodyEncoding == "base64" {
+			b, err := base64.StdEncoding.DecodeString(w.Response.Body)
+			if err != nil {
+				return Result{}, fmt.Errorf("callback payload: response.body: %w", err)
+			}
+			r.Response.Body = b
+		}
+	}
+	return r, nil
+}
+
+// Wait long-polls the collector API (through the sidecar) until request id
+// has a result, for callers that cannot receive callbacks.
+func (c *Client) Wait(ctx context.Context, id string) (Result, error) {
+	u := strings.TrimSuffix(c.cfg.BaseURL, "/") + c.cfg.StatusPrefix + "/v1/requests/" + url.PathEscape(id) + "/result?wait=30s"
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return Result{}, err
+		}
+		resp, err := c.cfg.HTTP.Do(req)
+		if err != nil {
+			return Result{}, err
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 80<<20))
+		resp.Body.Close()
+		if err != nil {
+			return Result{}, err
+		}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			r, err := decode(body)
+			if err == nil && r.TraceID == "" {
+				r.TraceID = resp.Header.Get("x-async-trace-id")
+			}
+			return r, err
+		case http.StatusAccepted: // not done yet: poll again
+		default:
+			return Result{}, fmt.Errorf("client: GET %s: %s: %s", u, resp.Status, body)
+		}
+		select {
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		case <-c.done:
+			return Result{}, errors.New("client: closed")
+		default:
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// sidecar stands in for Envoy + collector: it answers 202 and then calls
+// back the URL in x-async-callback, signed, `deliveries` times; with early,
+// the first callback is sent before the 202.
+func sidecar(t *testing.T, deliveries int, early bool, sign string) *httptest.Server {
+	sec, _ := webhook.ParseSecret(sign)
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("prefer") != "respond-async" {
+			w.WriteHeader(200)
+			io.WriteString(w, "sync")
+			return
+		}
+		id := "0190b3c2-7d6e-7a1b-8c3d-00000000000" + string(rune('0'+n.Add(1)))
+		cb := r.Header.Get("x-async-callback")
+		body, _ := json.Marshal(map[string]any{"id": id, "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "status": "completed",
+			"response": map[string]any{"status": 201, "headers": map[string]string{"x": "y"}, "body": "done"}})
+		send := func() {
+			req, _ := http.NewRequest("POST", cb, bytes.NewReader(body))
+			webhook.Sign(req.Header, []webhook.Secret{sec}, id, time.Now(), body)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+		if early {
+			send()
+		}
+		w.Header().Set("x-async-request-id", id)
+		w.Header().Set("x-async-trace-id", "4bf92f3577b34da6a3ce929d0e0e4736")
+		w.WriteHeader(202)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range deliveries {
+				time.Sleep(20 * time.Millisecond)
+				send()
+			}
+		}()
+	}))
+	t.Cleanup(func() { wg.Wait(); srv.Close() })
+	return srv
+}
+
+func TestDoRunsTheHandlerOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		early bool
+	}{{"callback after the 202", false}, {"callback before the 202", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := sidecar(t, 3, tc.early, secret) // delivered 3 (or 4) times
+			c, err := New(Config{BaseURL: sc.URL, Secrets: []string{secret}, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var runs atomic.Int64
+			got := make(chan Result, 10)
+			req, _ := http.NewRequest("POST", "/slow", strings.NewReader("{}"))
+			call, err := c.Do(context.Background(), req, func(ctx context.Context, r Result) {
+				runs.Add(1)
+				got <- r
+			})
+			if err != nil || call.ID == "" || call.Sync != nil {
+				t.Fatalf("Do = %+v, %v", call, err)
+			}
+			select {
+			case r := <-got:
+				if r.ID != call.ID || r.Status != "completed" || r.Response.Status != 201 || string(r.Response.Body) != "done" || r.Response.Headers["x"] != "y" {
+					t.Fatalf("result %+v", r)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("handler never ran")
+			}
+			time.Sleep(200 * time.Millisecond) // the duplicates arrive
+			if n := runs.Load(); n != 1 {
+				t.Fatalf("handler ran %d times", n)
+			}
+		})
+	}
+}
+
+func TestForgedCallbackRefused(t *testing.T) {
+	sc := sidecar(t, 1, false, "whsec_"+strings.Repeat("A", 32)) // signs with another secret
+	c, err := New(Config{BaseURL: sc.URL, Secrets: []string{secret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ran := make(chan struct{}, 1)
+	req, _ := http.NewRequest("POST", "/slow", nil)
+	if _, err := c.Do(context.Background(), req, func(context.Context, Result) { ran <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+		t.Fatal("a callback with a wrong signature ran the handler")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestSyncAnswerIsReturned(t *testing.T) {
+	sc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "now") }))
+	defer sc.Close()
+	c, err := New(Config{BaseURL: sc.URL, Secrets: []string{secret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := http.NewRequest("GET", "/fast", nil)
+	call, err := c.Do(context.Background(), req, func(context.Context, Result) { t.Error("handler ran for a sync answer") })
+	if err != nil || call.Sync == nil || call.Sync.StatusCode != 200 {
+		t.Fatalf("Do = %+v, %v", call, err)
+	}
+	call.Sync.Body.Close()
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	for _, cfg := range []Config{{BaseURL: "http://x"}, {BaseURL: "http://x", Secrets: []string{"nope"}}, {Secrets: []string{secret}}} {
+		if c, err := New(cfg); err == nil {
+			c.Close()
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+}

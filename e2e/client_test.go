@@ -1,0 +1,44 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	asyncclient "github.com/asyncmesh/asyncmesh/client"
+)
+
+// TestClientSDK: the Go SDK through the real Envoy and collector: the handler
+// runs with the service's response, and Wait finds a result by long-poll.
+func TestClientSDK(t *testing.T) {
+	c, err := asyncclient.New(asyncclient.Config{BaseURL: st.EnvoyURL, Secrets: []string{st.WebhookSecret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan asyncclient.Result, 2)
+	req, _ := http.NewRequest("POST", "/slow?ms=100", strings.NewReader(`{"sdk":true}`))
+	call, err := c.Do(context.Background(), req, func(_ context.Context, r asyncclient.Result) { got <- r })
+	if err != nil || call.ID == "" {
+		t.Fatalf("Do = %+v, %v", call, err)
+	}
+	select {
+	case r := <-got:
+		if r.ID != call.ID || r.TraceID != call.TraceID || r.Status != "completed" || r.Response.Status != 200 || !strings.Contains(string(r.Response.Body), "sdk") {
+			t.Fatalf("result %+v", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("handler never ran")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := c.Wait(ctx, call.ID)
+	if err != nil || r.Status != "completed" || !strings.Contains(string(r.Response.Body), "sdk") {
+		t.Fatalf("Wait = %+v, %v", r, err)
+	}
+}
