@@ -12,6 +12,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/hop"
 )
 
 // MaxWait bounds ?wait= long-polls.
@@ -104,9 +105,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 // the filter to pass it on instead of answering 202.
 func relayResponse(w http.ResponseWriter, resp *store.Response) {
 	for _, h := range resp.Headers {
-		switch h[0] {
-		case "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "date", "server":
-		default:
+		if !hop.ByHop(h[0]) && h[0] != "date" && h[0] != "server" {
 			w.Header().Add(h[0], h[1])
 		}
 	}

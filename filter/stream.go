@@ -8,6 +8,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/filter/abi"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/hop"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
@@ -334,7 +335,7 @@ func (s *stream) relayResult(status string, bodySize int) {
 	hs := []abi.Header{{hdrRequestID, s.requestID}, {hdrTraceID, s.traceID}, {hdrRule, s.rule.Name}}
 	for _, h := range s.host.Headers(abi.HTTPCallResponseHeaders) {
 		switch k := h[0]; {
-		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hopByHop(k), k == "date", k == "server":
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hop.ByHop(k), k == "date", k == "server":
 		default:
 			hs = append(hs, h)
 		}
@@ -408,22 +409,12 @@ func forwardable(hs []abi.Header) [][2]string {
 	out := make([][2]string, 0, len(hs))
 	for _, h := range hs {
 		switch k := h[0]; {
-		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hopByHop(k), k == "expect":
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hop.ByHop(k), k == "expect":
 		default:
 			out = append(out, h)
 		}
 	}
 	return out
-}
-
-// hopByHop reports headers that describe one connection or the framing, which
-// a relay recomputes.
-func hopByHop(k string) bool {
-	switch k {
-	case "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "content-length":
-		return true
-	}
-	return false
 }
 
 // parsePrefer reads RFC 7240 preferences: respond-async and wait=N (seconds).

@@ -242,10 +242,7 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 // Search finds records (without bodies) in id order, with search_after on the
 // id as the cursor. Near-real-time: it sees writes after the next refresh.
 func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
-	limit := q.Limit
-	if limit <= 0 || limit > store.MaxLimit {
-		limit = store.MaxLimit
-	}
+	limit := q.PageLimit()
 	var filter []any
 	term := func(f, v string) {
 		if v != "" {
@@ -276,12 +273,7 @@ func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
 	if err != nil {
 		return store.Page{}, err
 	}
-	p := store.Page{Records: recs}
-	if len(recs) > limit {
-		p.Records = recs[:limit]
-		p.Next = recs[limit-1].ID
-	}
-	return p, nil
+	return store.NewPage(recs, limit), nil
 }
 
 // Stale lists records in status st last updated before before, oldest first.

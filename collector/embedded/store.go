@@ -103,10 +103,7 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 	if q.Cursor != "" {
 		add("id > ?", q.Cursor)
 	}
-	limit := q.Limit
-	if limit <= 0 || limit > store.MaxLimit {
-		limit = store.MaxLimit
-	}
+	limit := q.PageLimit()
 	query := `SELECT doc FROM requests`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
@@ -116,12 +113,7 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 	if err != nil {
 		return store.Page{}, fmt.Errorf("searching records: %w", err)
 	}
-	p := store.Page{Records: recs}
-	if len(recs) > limit {
-		p.Records = recs[:limit]
-		p.Next = recs[limit-1].ID
-	}
-	return p, nil
+	return store.NewPage(recs, limit), nil
 }
 
 func (s *sqlStore) Stale(ctx context.Context, st store.Status, before time.Time, limit int) ([]*store.Record, error) {

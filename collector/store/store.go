@@ -169,6 +169,23 @@ type Page struct {
 	Next    string    `json:"next,omitempty"`
 }
 
+// PageLimit is the page size of q: Limit, or MaxLimit when unset or larger.
+// Implementations fetch one record more to know whether a next page exists.
+func (q Query) PageLimit() int {
+	if q.Limit <= 0 || q.Limit > MaxLimit {
+		return MaxLimit
+	}
+	return q.Limit
+}
+
+// NewPage cuts recs (fetched with PageLimit()+1, in id order) into a page.
+func NewPage(recs []*Record, limit int) Page {
+	if len(recs) <= limit {
+		return Page{Records: recs}
+	}
+	return Page{Records: recs[:limit], Next: recs[limit-1].ID}
+}
+
 // Store is the system of record.
 type Store interface {
 	// Create persists a new record (its History holds the first transition). It
