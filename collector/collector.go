@@ -18,7 +18,9 @@
 //   - Live rules: with a RuleSource (the control plane over ADS), a record is
 //     executed and delivered with its rule's timeout, retry policy and
 //     callback as they are now, not as they were at intake; a callback the
-//     caller chose (x-async-callback*) keeps its URL and protocol. A record
+//     caller chose (x-async-callback*) keeps its URL and protocol, and one chosen
+//     by a request parameter (callback.select) takes the live target of the
+//     same key. A record
 //     whose rule was removed keeps what it was accepted with. The stored
 //     envelope is never rewritten.
 //   - The sweeper republishes records stuck in a non-terminal status (lease
@@ -336,7 +338,14 @@ func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
 	cp := *e
 	cp.Timeout, cp.Retry = r.Timeout, r.Retry
 	cb := r.Callback
-	if e.CallbackFromCaller || cb.URL == "" {
+	switch {
+	case cb.Select != nil:
+		if t, ok := cb.Select.Targets[e.CallbackTarget]; ok {
+			cb = t
+		} else {
+			cb = e.Callback // the target is gone from the rule: keep the request's
+		}
+	case e.CallbackFromCaller || cb.URL == "":
 		cb.URL, cb.Protocol = e.Callback.URL, e.Callback.Protocol
 	}
 	cp.Callback = cb

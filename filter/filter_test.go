@@ -153,6 +153,7 @@ func TestAsyncErrors(t *testing.T) {
 		{"bad callback URL", "/slow", nil, []string{"x-async-callback", "ftp://x"}, 400},
 		{"bad callback protocol", "/slow", nil, []string{"x-async-callback-protocol", "smtp"}, 400},
 		{"override not allowed", "/soft", nil, []string{"x-async-callback", "http://example.com/cb"}, 400},
+		{"protocol does not fit the URL", "/slow", nil, []string{"x-async-callback-protocol", "grpc"}, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -357,6 +358,62 @@ func TestRouteAnnotationSelectsRule(t *testing.T) {
 				if env.Rule != tt.rule {
 					t.Fatalf("rule %q, want %q", env.Rule, tt.rule)
 				}
+			}
+		})
+	}
+}
+
+func TestCallbackSelectedByParameter(t *testing.T) {
+	cfg := `{"collectorCluster": "c", "rules": [
+	  {"name": "by-header", "match": {"pathPrefix": "/h"}, "mode": "async",
+	   "callback": {"select": {"header": "x-tenant", "targets": {
+	     "acme": {"url": "grpc://acme.example:9000", "protocol": "grpc"},
+	     "globex": {"url": "https://globex.example/cb"}}}}},
+	  {"name": "by-query", "match": {"pathPrefix": "/q"}, "mode": "async",
+	   "callback": {"select": {"query": "cb", "default": "acme", "targets": {
+	     "acme": {"url": "https://acme.example/cb", "protocol": "soap"}}}}},
+	  {"name": "by-body", "match": {"pathPrefix": "/b"}, "mode": "async",
+	   "callback": {"select": {"jsonField": "reply.to", "targets": {
+	     "queue": {"url": "amqp://mq.example/?exchange=results&routingKey=r", "protocol": "amqp"}}}}}
+	]}`
+	tests := []struct {
+		name, path, body string
+		hdrs             []string
+		status           int
+		target, url      string
+	}{
+		{"header", "/h", "", []string{"x-tenant", "acme"}, 0, "acme", "grpc://acme.example:9000"},
+		{"header other", "/h", "", []string{"x-tenant", "globex"}, 0, "globex", "https://globex.example/cb"},
+		{"header unknown", "/h", "", []string{"x-tenant", "initech"}, 400, "", ""},
+		{"header missing", "/h", "", nil, 400, "", ""},
+		{"query", "/q?a=1&cb=acme", "", nil, 0, "acme", "https://acme.example/cb"},
+		{"query default", "/q", "", nil, 0, "acme", "https://acme.example/cb"},
+		{"query unknown", "/q?cb=x%20y", "", nil, 400, "", ""},
+		{"body", "/b", `{"reply":{"to":"queue"}}`, nil, 0, "queue", "amqp://mq.example/?exchange=results&routingKey=r"},
+		{"body unknown", "/b", `{"reply":{"to":"elsewhere"}}`, nil, 400, "", ""},
+		{"body not JSON", "/b", `reply=queue`, nil, 400, "", ""},
+		{"override refused", "/h", "", []string{"x-tenant", "acme", "x-async-callback", "https://evil.example/"}, 400, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarnessWith(t, cfg)
+			var body []byte
+			if tt.body != "" {
+				body = []byte(tt.body)
+			}
+			h.request("POST", tt.path, body, tt.hdrs...)
+			if tt.status != 0 {
+				if h.host.Local == nil || h.host.Local.Status != tt.status || len(h.host.Calls) != 0 {
+					t.Fatalf("want %d and no intake, got %+v, %d calls", tt.status, h.host.Local, len(h.host.Calls))
+				}
+				return
+			}
+			if len(h.host.Calls) != 1 {
+				t.Fatalf("no intake call; local answer %+v", h.host.Local)
+			}
+			env, err := envelope.Decode(h.host.Calls[0].Body)
+			if err != nil || env.CallbackTarget != tt.target || env.Callback.URL != tt.url {
+				t.Fatalf("envelope target %q url %q, err %v", env.CallbackTarget, env.Callback.URL, err)
 			}
 		})
 	}

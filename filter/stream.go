@@ -45,6 +45,7 @@ type stream struct {
 	// async only
 	rule               *rules.Rule
 	callbackFromCaller bool
+	callbackTarget     string
 	requestID          string
 	tp                 trace.Parent // formatted only on the async path
 	callback           rules.Callback
@@ -162,9 +163,6 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		}
 		s.callbackFromCaller = true
 		if cbURL != "" {
-			if err := rules.CheckCallbackURL(cbURL); err != nil {
-				return s.reject(400, "bad_callback", hdrCallback+": "+err.Error())
-			}
 			s.callback.URL = cbURL
 		}
 		if cbProto != "" {
@@ -173,8 +171,25 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 			}
 			s.callback.Protocol = cbProto
 		}
+		if s.callback.URL != "" {
+			if err := rules.CheckCallbackURLFor(s.callback.Protocol, s.callback.URL); err != nil {
+				return s.reject(400, "bad_callback", hdrCallback+": "+err.Error())
+			}
+		}
 	}
-	if s.callback.URL == "" {
+	if sel := r.Callback.Select; sel != nil && sel.JSONField == "" {
+		var v string
+		var ok bool
+		if sel.Header != "" {
+			v, ok = s.host.Header(abi.RequestHeaders, sel.Header)
+		} else {
+			v, ok = rules.QueryValue(s.path, sel.Query)
+		}
+		if !s.pick(sel, v, ok) {
+			return abi.Pause
+		}
+	}
+	if s.callback.URL == "" && s.callback.Select == nil {
 		return s.reject(400, "callback_required", hdrCallback+": rule "+r.Name+" needs the caller to name a callback URL")
 	}
 	if cl := s.header("content-length"); cl != "" {
@@ -231,8 +246,26 @@ func (s *stream) OnRequestBody(size int, endOfStream bool) abi.Action {
 	return abi.Pause
 }
 
+// pick sets the callback target that a request parameter selects, or answers
+// 400 and returns false.
+func (s *stream) pick(sel *rules.Select, value string, present bool) bool {
+	key, cb, err := sel.Pick(value, present)
+	if err != nil {
+		s.reject(400, "unknown_callback_target", err.Error())
+		return false
+	}
+	s.callback, s.callbackTarget = cb, key
+	return true
+}
+
 // dispatch hands the request to the collector.
 func (s *stream) dispatch(body []byte) {
+	if sel := s.callback.Select; sel != nil { // selected by a body field
+		v, ok := rules.JSONFieldValue(body, sel.JSONField)
+		if !s.pick(sel, v, ok) {
+			return
+		}
+	}
 	s.state = stateDispatched
 	env := envelope.Envelope{
 		Version:            envelope.Version,
@@ -249,6 +282,7 @@ func (s *stream) dispatch(body []byte) {
 		Body:               body,
 		Callback:           s.callback,
 		CallbackFromCaller: s.callbackFromCaller,
+		CallbackTarget:     s.callbackTarget,
 		Retry:              s.rule.Retry,
 		Timeout:            s.rule.Timeout,
 		Wait:               rules.Duration(s.wait),

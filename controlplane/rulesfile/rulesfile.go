@@ -17,6 +17,7 @@ package rulesfile
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -161,10 +162,8 @@ func (f *File) validate() error {
 	for i := range f.Rules {
 		r := &f.Rules[i]
 		r.Rule = cfg.Rules[i] // with defaults applied
-		if ref := r.Callback.SecretRef; ref != "" {
-			if _, ok := f.Secrets[ref]; !ok {
-				return &rules.FieldError{Path: fmt.Sprintf("rules[%d].callback.secretRef", i), Err: fmt.Errorf("%q is not declared under secrets", ref)}
-			}
+		if err := f.checkRefs(fmt.Sprintf("rules[%d].callback", i), r.Callback); err != nil {
+			return err
 		}
 		for j, id := range append(slices.Clone(r.Nodes.IDs), r.Nodes.Clusters...) {
 			if strings.TrimSpace(id) == "" {
@@ -174,6 +173,26 @@ func (f *File) validate() error {
 	}
 	if f.Sidecar != nil {
 		return f.Sidecar.validate(f)
+	}
+	return nil
+}
+
+// checkRefs checks that the secrets a callback (and each of its selectable
+// targets) references are declared.
+func (f *File) checkRefs(path string, cb rules.Callback) error {
+	for _, fr := range [][2]string{{"secretRef", cb.SecretRef}, {"credentialsRef", cb.CredentialsRef}} {
+		if _, ok := f.Secrets[fr[1]]; fr[1] != "" && !ok {
+			return &rules.FieldError{Path: path + "." + fr[0], Err: fmt.Errorf("%q is not declared under secrets", fr[1])}
+		}
+	}
+	if cb.Select == nil {
+		return nil
+	}
+	keys := slices.Sorted(maps.Keys(cb.Select.Targets))
+	for _, k := range keys {
+		if err := f.checkRefs(path+".select.targets."+k, cb.Select.Targets[k]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

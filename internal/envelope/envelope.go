@@ -39,9 +39,12 @@ type Envelope struct {
 	Callback rules.Callback `json:"callback"`
 	// CallbackFromCaller is set when the caller chose the callback URL or
 	// protocol (x-async-callback*): live rule changes then keep them.
-	CallbackFromCaller bool           `json:"callbackFromCaller,omitempty"`
-	Retry              rules.Retry    `json:"retry"`
-	Timeout            rules.Duration `json:"timeout"`
+	CallbackFromCaller bool `json:"callbackFromCaller,omitempty"`
+	// CallbackTarget is the key of the rule's callback.select target that the
+	// request chose: live rule changes re-resolve it.
+	CallbackTarget string         `json:"callbackTarget,omitempty"`
+	Retry          rules.Retry    `json:"retry"`
+	Timeout        rules.Duration `json:"timeout"`
 	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
 	Wait rules.Duration `json:"wait,omitempty"`
 }
@@ -98,7 +101,10 @@ func (e *Envelope) Validate() error {
 	if err := rules.CheckProtocol(e.Callback.Protocol); err != nil {
 		return fmt.Errorf("callback.protocol: %w", err)
 	}
-	if err := rules.CheckCallbackURL(e.Callback.URL); err != nil {
+	if e.Callback.Select != nil {
+		return errors.New("callback.select: an envelope carries the chosen target, not the choice")
+	}
+	if err := rules.CheckCallbackURLFor(e.Callback.Protocol, e.Callback.URL); err != nil {
 		return fmt.Errorf("callback.url: %w", err)
 	}
 	for i, h := range e.Headers {

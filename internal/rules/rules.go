@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"reflect"
 	"regexp"
 	"strings"
@@ -30,14 +29,6 @@ const (
 	ModeAsync Mode = "async"  // always
 	ModeOptIn Mode = "opt-in" // only with Prefer: respond-async
 	ModeSync  Mode = "sync"   // never (an explicit exception before a broader rule)
-)
-
-// Callback protocols.
-const (
-	ProtocolHTTP = "http"
-	ProtocolSOAP = "soap"
-	ProtocolGRPC = "grpc"
-	ProtocolAMQP = "amqp"
 )
 
 // What the filter does when the collector cannot take a request.
@@ -93,18 +84,6 @@ type Match struct {
 	Methods    []string `json:"methods,omitempty"`    // upper case
 	PathPrefix string   `json:"pathPrefix,omitempty"` // on the path without query
 	PathRegex  string   `json:"pathRegex,omitempty"`  // RE2, anchored by the author
-}
-
-// Callback says where and how the result is delivered.
-type Callback struct {
-	URL      string `json:"url,omitempty"`
-	Protocol string `json:"protocol,omitempty"`
-	// SecretRef names the signing secret; the collector resolves it.
-	SecretRef string `json:"secretRef,omitempty"`
-	// AllowOverride lets the caller choose with x-async-callback(-protocol).
-	AllowOverride bool `json:"allowOverride,omitempty"`
-	// AllowPrivate allows callback URLs on loopback and private networks.
-	AllowPrivate bool `json:"allowPrivate,omitempty"`
 }
 
 // Retry bounds callback delivery.
@@ -262,19 +241,12 @@ func (r *Rule) validate() error {
 	default:
 		return fieldErr("onCollectorDown", "%q is not reject or passthrough", r.OnCollectorDown)
 	}
-	if r.Callback.Protocol == "" {
-		r.Callback.Protocol = ProtocolHTTP
-	}
-	if err := CheckProtocol(r.Callback.Protocol); err != nil {
-		return fieldErr("callback.protocol", "%w", err)
-	}
-	if r.Callback.URL == "" && !r.Callback.AllowOverride {
-		return fieldErr("callback.url", "required unless callback.allowOverride is true")
-	}
-	if r.Callback.URL != "" {
-		if err := CheckCallbackURL(r.Callback.URL); err != nil {
-			return fieldErr("callback.url", "%w", err)
+	if err := r.Callback.validate(); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			return &FieldError{Path: "callback." + fe.Path, Err: fe.Err}
 		}
+		return err
 	}
 	if r.Retry.MaxAttempts == 0 {
 		r.Retry.MaxAttempts = DefaultMaxAttempts
@@ -290,38 +262,6 @@ func (r *Rule) validate() error {
 	}
 	if r.Retry.MaxBackoff < r.Retry.InitialBackoff {
 		return fieldErr("retry.maxBackoff", "must not be below retry.initialBackoff")
-	}
-	return nil
-}
-
-// CheckProtocol reports whether p is a known callback protocol.
-func CheckProtocol(p string) error {
-	switch p {
-	case ProtocolHTTP, ProtocolSOAP, ProtocolGRPC, ProtocolAMQP:
-		return nil
-	}
-	return fmt.Errorf("%q is not http, soap, grpc or amqp", p)
-}
-
-// CheckCallbackURL reports whether s is an absolute http(s) URL with a host and
-// no user info. Address checks (private, loopback) happen at connect time in the
-// collector, where DNS answers are known.
-func CheckCallbackURL(s string) error {
-	if len(s) > 2048 {
-		return errors.New("longer than 2048 bytes")
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a URL", s)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("%q: scheme must be http or https", s)
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return fmt.Errorf("%q: host required", s)
-	}
-	if u.User != nil {
-		return fmt.Errorf("%q: user info is not allowed", s)
 	}
 	return nil
 }
@@ -381,12 +321,15 @@ func (c *Config) Annotated(kv [][2]string) (*Rule, error) {
 		return nil, fmt.Errorf("route annotation: mode %q is not async, opt-in or sync", mode)
 	}
 	if callback != "" {
-		if err := CheckCallbackURL(callback); err != nil {
+		if r.Callback.Select != nil {
+			return nil, fmt.Errorf("route annotation: callback: rule %q selects its callback by a request parameter", name)
+		}
+		if err := CheckCallbackURLFor(r.Callback.Protocol, callback); err != nil {
 			return nil, fmt.Errorf("route annotation: callback: %w", err)
 		}
 		r.Callback.URL = callback
 	}
-	if r.Mode != ModeSync && r.Callback.URL == "" && !r.Callback.AllowOverride {
+	if r.Mode != ModeSync && r.Callback.URL == "" && r.Callback.Select == nil && !r.Callback.AllowOverride {
 		return nil, fmt.Errorf("route annotation: rule %q has no callback URL", name)
 	}
 	return &r, nil
