@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm demo test unit e2e lint fuzz clean
+.PHONY: all build wasm demo test unit e2e lint fuzz proto clean
 
 all: build
 
@@ -33,6 +33,16 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseParent -fuzztime 20s ./internal/trace
 	$(GO) test -run '^$$' -fuzz FuzzRequestHeaders -fuzztime 20s ./filter
 	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 20s ./internal/replay
+	$(GO) test -run '^$$' -fuzz FuzzParameterValues -fuzztime 20s ./internal/rules
+	$(GO) test -run '^$$' -fuzz FuzzDecodeSOAP -fuzztime 20s ./collector/delivery
+
+# proto regenerates client/callbackpb from callback.proto (protoc from PyPI's
+# grpcio-tools, the plugins from Go modules; the generated code is committed).
+proto:
+	python3 -m venv .tools/protoc && .tools/protoc/bin/pip install -q grpcio-tools
+	GOBIN=$(CURDIR)/.tools/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	cd client/callbackpb && PATH=$(CURDIR)/.tools/bin:$$PATH $(CURDIR)/.tools/protoc/bin/python -m grpc_tools.protoc -I. \
+		--go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative callback.proto
 
 clean:
 	rm -rf $(BIN)

@@ -169,6 +169,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
+	c.sender.Close()
 	close(errs)
 	var all []error
 	for err := range errs {

@@ -36,6 +36,7 @@ var replaySecret = []byte("replay-secret")
 type noSecrets struct{}
 
 func (noSecrets) Lookup(string) ([]webhook.Secret, error) { return nil, nil }
+func (noSecrets) Value(ref string) (string, error)        { return "", errors.New("no secret " + ref) }
 
 // env is a collector over a fresh embedded database, with a service that
 // checks the replay signature (standing in for Envoy + the filter) and a

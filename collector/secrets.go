@@ -1,8 +1,6 @@
 package collector
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,10 +18,10 @@ type SecretSource struct {
 	Dir string
 }
 
-// Lookup implements delivery.Secrets.
-func (s SecretSource) Lookup(ref string) ([]webhook.Secret, error) {
+// Value implements delivery.Secrets: the secret's value, trimmed.
+func (s SecretSource) Value(ref string) (string, error) {
 	if ref == "" || strings.ContainsAny(ref, `/\`) || strings.HasPrefix(ref, ".") {
-		return nil, fmt.Errorf("secret reference %q is not a plain name", ref)
+		return "", fmt.Errorf("secret reference %q is not a plain name", ref)
 	}
 	env := "ASYNCMESH_SECRET_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(ref))
 	raw, ok := os.LookupEnv(env)
@@ -34,20 +32,27 @@ func (s SecretSource) Lookup(ref string) ([]webhook.Secret, error) {
 		}
 	}
 	if !ok {
-		return nil, fmt.Errorf("secret %q not found (set %s or put a file named %s in the secrets directory)", ref, env, ref)
+		return "", fmt.Errorf("secret %q not found (set %s or put a file named %s in the secrets directory)", ref, env, ref)
+	}
+	if raw = strings.TrimSpace(raw); raw == "" {
+		return "", fmt.Errorf("secret %q is empty", ref)
+	}
+	return raw, nil
+}
+
+// Lookup implements delivery.Secrets: the whsec_ signing secrets of ref.
+func (s SecretSource) Lookup(ref string) ([]webhook.Secret, error) {
+	raw, err := s.Value(ref)
+	if err != nil {
+		return nil, err
 	}
 	var out []webhook.Secret
-	sc := bufio.NewScanner(bytes.NewReader([]byte(raw)))
-	sc.Split(bufio.ScanWords)
-	for sc.Scan() {
-		sec, err := webhook.ParseSecret(sc.Text())
+	for _, f := range strings.Fields(raw) {
+		sec, err := webhook.ParseSecret(f)
 		if err != nil {
 			return nil, fmt.Errorf("secret %q: %w", ref, err)
 		}
 		out = append(out, sec)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("secret %q is empty", ref)
 	}
 	return out, nil
 }

@@ -1,26 +1,40 @@
-// Package delivery calls the caller back: it builds the callback payload, signs it
-// (Standard Webhooks v1), posts it through an SSRF-guarded client and classifies
-// the answer into delivered, retry (with the backoff to wait) or gone.
+// Package delivery calls the caller back over the protocol its rule (or the
+// caller) chose: http (a JSON POST signed by Standard Webhooks v1), soap (the
+// same content as a SOAP 1.1 envelope with SOAPAction), grpc (a unary Deliver
+// of client/callbackpb's Callback service) or amqp (a persistent message
+// published, mandatory and confirmed, to the caller's exchange and routing
+// key). Every protocol carries the webhook-id / webhook-timestamp /
+// webhook-signature headers (gRPC metadata, AMQP headers) over the exact bytes
+// it delivers, plus x-async-trace-id and x-async-request-id.
 //
-// Policy (DESIGN.md): 2xx delivered; 410 gone, stop; 429 and 503 honour
-// Retry-After; anything else, including redirects, which are never followed, is
-// retried with exponential backoff and full jitter until the rule's maxAttempts,
-// then the record is dead (and replayable).
+// Policy (DESIGN.md), the same for every protocol: delivered (2xx, gRPC OK, a
+// broker confirm of a routed message); gone, stop (410, gRPC NOT_FOUND);
+// throttled, honouring Retry-After up to the rule's maxBackoff (429 and 503,
+// gRPC UNAVAILABLE and RESOURCE_EXHAUSTED with a retry-after trailer); anything
+// else, redirects included (never followed), is retried with exponential
+// backoff and full jitter until the rule's maxAttempts, then the record is
+// dead (and replayable).
+//
+// SSRF: every connection of every protocol is checked after DNS, at connect
+// time, against the blocked networks minus what the rule allows (Guard);
+// connections are pooled per guard so that one rule's allowance never lends a
+// connection to another rule.
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -43,27 +57,44 @@ type Result struct {
 	Attempt store.Attempt
 }
 
-// Secrets resolves a secret reference to the active signing secrets (more than
-// one during a rotation).
+// Secrets resolves secret references: Lookup to the active signing secrets
+// (more than one during a rotation), Value to a plain value (credentials).
 type Secrets interface {
 	Lookup(ref string) ([]webhook.Secret, error)
+	Value(ref string) (string, error)
 }
 
-// Sender posts callbacks.
+// Sender makes callback attempts. It keeps connections per target and guard;
+// Close releases them.
 type Sender struct {
 	Secrets Secrets
 	Timeout time.Duration // per attempt; default 10s
-	guarded *http.Client
-	open    *http.Client
+
+	mu    sync.Mutex
+	http  map[string]*http.Client // by guard key
+	grpc  connCache[*grpc.ClientConn]
+	amqp  connCache[*amqp.Connection]
+	close bool
 }
 
-// NewSender returns a sender; its clients refuse private addresses unless the
-// record's callback allows them.
+// NewSender returns a sender whose attempts last at most timeout.
 func NewSender(secrets Secrets, timeout time.Duration) *Sender {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Sender{Secrets: secrets, Timeout: timeout, guarded: newClient(false), open: newClient(true)}
+	return &Sender{Secrets: secrets, Timeout: timeout, http: map[string]*http.Client{}}
+}
+
+// Close closes the pooled connections.
+func (s *Sender) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.close = true
+	for _, c := range s.http {
+		c.CloseIdleConnections()
+	}
+	s.grpc.closeAll(func(c *grpc.ClientConn) { c.Close() })
+	s.amqp.closeAll(func(c *amqp.Connection) { c.Close() })
 }
 
 // Payload is the JSON body of an http callback.
@@ -125,66 +156,66 @@ func (s *Sender) Send(ctx context.Context, r *store.Record) Result {
 	return res
 }
 
+// attempt is one callback attempt being made.
+type attempt struct {
+	rec     *store.Record
+	cb      rules.Callback
+	guard   Guard
+	n       int // 1-based attempt number
+	secrets []webhook.Secret
+}
+
+// sign returns the signed headers of body (no signature without a secret).
+func (a *attempt) sign(body []byte) http.Header {
+	h := http.Header{}
+	webhook.Sign(h, a.secrets, a.rec.ID, time.Now(), body)
+	if len(a.secrets) == 0 {
+		h.Del(webhook.HeaderSignature)
+	}
+	h.Set("x-async-trace-id", a.rec.TraceID)
+	h.Set("x-async-request-id", a.rec.ID)
+	return h
+}
+
+// retry is a failed attempt to try again after the rule's backoff.
+func (a *attempt) retry(code int, err string) Result {
+	return Result{Outcome: Retry, Wait: Backoff(a.rec.Envelope.Retry, a.n), Attempt: store.Attempt{StatusCode: code, Error: err}}
+}
+
+// throttled is a failed attempt whose receiver asked for a wait (Retry-After).
+func (a *attempt) throttled(code int, err string, retryAfter time.Duration) Result {
+	res := a.retry(code, err)
+	res.Wait = min(retryAfter, a.rec.Envelope.Retry.MaxBackoff.D())
+	return res
+}
+
 func (s *Sender) send(ctx context.Context, r *store.Record) Result {
-	cb := r.Envelope.Callback
-	attempt := len(r.Attempts) + 1
-	retry := func(err string) Result {
-		return Result{Outcome: Retry, Wait: Backoff(r.Envelope.Retry, attempt), Attempt: store.Attempt{Error: err}}
-	}
-	if cb.Protocol != rules.ProtocolHTTP {
-		return retry("callback protocol " + cb.Protocol + " is not supported by this collector yet")
-	}
-	var secrets []webhook.Secret
-	if cb.SecretRef != "" {
+	a := &attempt{rec: r, cb: r.Envelope.Callback, guard: GuardFor(r.Envelope.Callback), n: len(r.Attempts) + 1}
+	if a.cb.SecretRef != "" {
 		var err error
-		if secrets, err = s.Secrets.Lookup(cb.SecretRef); err != nil {
-			return retry(err.Error())
+		if a.secrets, err = s.Secrets.Lookup(a.cb.SecretRef); err != nil {
+			return a.retry(0, err.Error())
 		}
 	}
-	body, err := json.Marshal(NewPayload(r))
-	if err != nil {
-		return retry("encoding payload: " + err.Error())
-	}
+	payload := NewPayload(r)
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cb.URL, bytes.NewReader(body))
-	if err != nil {
-		return retry("building request: " + err.Error())
-	}
-	req.Header.Set("content-type", "application/json")
-	req.Header.Set("user-agent", "asyncmesh-collector")
-	req.Header.Set("x-async-trace-id", r.TraceID)
-	req.Header.Set("x-async-request-id", r.ID)
-	webhook.Sign(req.Header, secrets, r.ID, time.Now(), body)
-	if len(secrets) == 0 {
-		req.Header.Del(webhook.HeaderSignature)
-	}
-	client := s.guarded
-	if cb.AllowPrivate {
-		client = s.open
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return retry(err.Error())
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	a := store.Attempt{StatusCode: resp.StatusCode}
-	switch {
-	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		return Result{Outcome: Delivered, Attempt: a}
-	case resp.StatusCode == http.StatusGone:
-		a.Error = "endpoint answered 410 Gone"
-		return Result{Outcome: Gone, Attempt: a}
-	}
-	a.Error = "endpoint answered " + strconv.Itoa(resp.StatusCode)
-	wait := Backoff(r.Envelope.Retry, attempt)
-	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
-		if d, ok := ParseRetryAfter(resp.Header.Get("retry-after"), time.Now()); ok {
-			wait = min(d, r.Envelope.Retry.MaxBackoff.D())
+	switch a.cb.Protocol {
+	case rules.ProtocolHTTP:
+		body, err := jsonPayload(payload)
+		if err != nil {
+			return a.retry(0, err.Error())
 		}
+		return s.post(ctx, a, "application/json", body, nil)
+	case rules.ProtocolSOAP:
+		body := EncodeSOAP(payload)
+		return s.post(ctx, a, "text/xml; charset=utf-8", body, http.Header{"Soapaction": {`"` + a.cb.SOAPAction + `"`}})
+	case rules.ProtocolGRPC:
+		return s.deliverGRPC(ctx, a, payload)
+	case rules.ProtocolAMQP:
+		return s.publishAMQP(ctx, a, payload)
 	}
-	return Result{Outcome: Retry, Wait: wait, Attempt: a}
+	return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
 }
 
 // Backoff is the wait after failed attempt n (1-based): a uniformly random
@@ -223,8 +254,10 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	return 0, false
 }
 
-// ErrPrivateAddress is returned when a callback resolves to an address the
-// rule does not allow.
-var ErrPrivateAddress = errors.New("callback address is loopback, private, link-local or metadata; the rule does not allow it")
-
-func errAt(ip string) error { return fmt.Errorf("%w (%s)", ErrPrivateAddress, ip) }
+func jsonPayload(p Payload) ([]byte, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encoding payload: %w", err)
+	}
+	return b, nil
+}

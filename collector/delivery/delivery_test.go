@@ -26,6 +26,13 @@ func (s secrets) Lookup(ref string) ([]webhook.Secret, error) {
 	return nil, errors.New("no secret " + ref)
 }
 
+func (s secrets) Value(ref string) (string, error) {
+	if v, ok := s[ref]; ok && len(v) > 0 {
+		return "guest:guest", nil
+	}
+	return "", errors.New("no secret " + ref)
+}
+
 func record(url string, allowPrivate bool) *store.Record {
 	return &store.Record{
 		ID: "0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Status: store.Delivering,

@@ -1,0 +1,115 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// publishAMQP makes an amqp attempt: the JSON payload published persistent
+// and mandatory to the callback's exchange and routing key, on a channel of
+// its own in confirm mode. A broker confirm of a routed message is delivered;
+// a return (no queue bound) or a nack is retried like a 5xx.
+func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result {
+	body, err := jsonPayload(p)
+	if err != nil {
+		return a.retry(0, err.Error())
+	}
+	u, err := url.Parse(a.cb.URL)
+	if err != nil {
+		return a.retry(0, "callback URL: "+err.Error())
+	}
+	exchange, key := u.Query().Get("exchange"), u.Query().Get("routingKey")
+	dialURL := *u
+	dialURL.RawQuery = ""
+	if a.cb.CredentialsRef != "" {
+		cred, err := s.Secrets.Value(a.cb.CredentialsRef)
+		if err != nil {
+			return a.retry(0, err.Error())
+		}
+		user, pass, ok := strings.Cut(strings.TrimSpace(cred), ":")
+		if !ok {
+			return a.retry(0, "secret "+a.cb.CredentialsRef+" is not user:password")
+		}
+		dialURL.User = url.UserPassword(user, pass)
+	}
+	cacheKey := dialURL.String() + "|" + a.guard.key()
+	s.mu.Lock()
+	if s.close {
+		s.mu.Unlock()
+		return a.retry(0, errClosed.Error())
+	}
+	conn, err := s.amqp.get(cacheKey, (*amqp.Connection).IsClosed, func() (*amqp.Connection, error) {
+		return amqp.DialConfig(dialURL.String(), amqp.Config{
+			Heartbeat:  10 * time.Second,
+			Properties: amqp.Table{"product": "asyncmesh-collector"},
+			Dial: func(network, addr string) (net.Conn, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return a.guard.DialContext(ctx, network, addr)
+			},
+		})
+	}, func(c *amqp.Connection) { c.Close() })
+	s.mu.Unlock()
+	if err != nil {
+		// amqp091's errors never include the URL's password.
+		return a.retry(0, "connecting to the callback broker "+u.Host+": "+err.Error())
+	}
+	if err := publishConfirmed(ctx, conn, exchange, key, a, body); err != nil {
+		if conn.IsClosed() {
+			s.mu.Lock()
+			s.amqp.dropIf(cacheKey, conn, func(c *amqp.Connection) { c.Close() })
+			s.mu.Unlock()
+		}
+		return a.retry(0, err.Error())
+	}
+	return Result{Outcome: Delivered}
+}
+
+func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key string, a *attempt, body []byte) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("opening a channel: %w", err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
+	headers := amqp.Table{}
+	for k, v := range a.sign(body) {
+		headers[strings.ToLower(k)] = strings.Join(v, " ")
+	}
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, amqp.Publishing{
+		DeliveryMode:  amqp.Persistent,
+		ContentType:   "application/json",
+		MessageId:     a.rec.ID,
+		CorrelationId: a.rec.ID,
+		Timestamp:     time.Now(),
+		Type:          "asyncmesh.callback.v1",
+		Headers:       headers,
+		Body:          body,
+	})
+	if err != nil {
+		return fmt.Errorf("publishing to exchange %q: %w", exchange, err)
+	}
+	ok, err := dc.WaitContext(ctx)
+	if err != nil {
+		return fmt.Errorf("no confirm from the callback broker: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("the callback broker did not confirm (nack, or exchange %q does not exist)", exchange)
+	}
+	// The broker sends basic.return before the ack of the same message.
+	select {
+	case r := <-returns:
+		return fmt.Errorf("unroutable: exchange %q has no queue bound for routing key %q (%s)", exchange, key, r.ReplyText)
+	default:
+		return nil
+	}
+}
