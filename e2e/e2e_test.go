@@ -52,7 +52,13 @@ var client = &http.Client{Timeout: 30 * time.Second}
 
 func do(t *testing.T, method, path, body string, hdrs ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, st.EnvoyURL+path, strings.NewReader(body))
+	return doAt(t, st, method, path, body, hdrs...)
+}
+
+// doAt sends a request through stack s's Envoy.
+func doAt(t *testing.T, s *stack.Stack, method, path, body string, hdrs ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.EnvoyURL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +75,7 @@ func do(t *testing.T, method, path, body string, hdrs ...string) (*http.Response
 }
 
 type received struct {
+	Protocol  string          `json:"protocol"`
 	WebhookID string          `json:"webhookId"`
 	TraceID   string          `json:"traceId"`
 	Verified  bool            `json:"verified"`
@@ -89,9 +96,15 @@ type callback struct {
 // waitCallback polls the receiver for the callback of request id.
 func waitCallback(t *testing.T, id string) (received, callback) {
 	t.Helper()
+	return waitCallbackAt(t, st, id)
+}
+
+// waitCallbackAt polls stack s's receiver for the callback of request id.
+func waitCallbackAt(t *testing.T, s *stack.Stack, id string) (received, callback) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := client.Get(st.ReceiverURL + "/received")
+		resp, err := client.Get(s.ReceiverURL + "/received")
 		if err == nil {
 			var got []received
 			_ = json.NewDecoder(resp.Body).Decode(&got)

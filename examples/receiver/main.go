@@ -1,13 +1,19 @@
-// Command receiver is the demo's callback receiver: it verifies each callback's
-// Standard Webhooks signature, prints what it got, and lists what it received at
-// GET /received (for the demo and the end-to-end tests).
+// Command receiver is the demo's callback receiver, for every callback
+// protocol: it verifies each callback's Standard Webhooks signature, prints what
+// it got, and lists what it received at GET /received (for the demo and the
+// end-to-end tests).
 //
-//	POST /callbacks   a callback (401 when the signature does not verify)
+//	POST /callbacks   an http callback (401 when the signature does not verify)
+//	POST /soap        a soap callback (a SOAP fault when it does not verify)
+//	-grpc-listen      the gRPC Callback service (client/callbackpb)
+//	-amqp-url-env     consume amqp callbacks published to amq.topic with
+//	                  routing key -amqp-binding
 //	GET  /received    every callback so far, in order
 package main
 
 import (
 	"encoding/json"
+	"encoding/xml"
 	"flag"
 	"fmt"
 	"io"
@@ -18,36 +24,72 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 // Received is one callback as the receiver saw it.
 type Received struct {
+	Protocol  string          `json:"protocol"`
 	WebhookID string          `json:"webhookId"`
 	TraceID   string          `json:"traceId"`
 	Verified  bool            `json:"verified"`
-	URI       string          `json:"uri"` // path and query the callback was sent to
+	URI       string          `json:"uri,omitempty"` // http: path and query the callback was sent to
 	At        time.Time       `json:"at"`
-	Body      json.RawMessage `json:"body"`
+	Body      json.RawMessage `json:"body"` // the payload as JSON (soap: decoded from the envelope)
+}
+
+// receiver keeps what arrived.
+type receiver struct {
+	secrets []webhook.Secret
+	mu      sync.Mutex
+	got     []Received
+}
+
+// accept verifies a callback's signature over body and records it with
+// payload (the JSON form of the callback).
+func (rc *receiver) accept(protocol string, h http.Header, body, payload []byte, uri string) error {
+	rec := Received{Protocol: protocol, WebhookID: h.Get(webhook.HeaderID), TraceID: h.Get("x-async-trace-id"), URI: uri, At: time.Now()}
+	if err := webhook.Verify(h, body, rc.secrets, time.Now()); err != nil {
+		slog.Warn("receiver: refused callback", "protocol", protocol, "webhook_id", rec.WebhookID, "err", err)
+		return err
+	}
+	rec.Verified = true
+	if json.Valid(payload) {
+		rec.Body = payload
+	}
+	rc.mu.Lock()
+	rc.got = append(rc.got, rec)
+	rc.mu.Unlock()
+	fmt.Printf("receiver: verified %s callback webhook-id=%s trace=%s body=%s\n", protocol, rec.WebhookID, rec.TraceID, payload)
+	return nil
 }
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:8082", "listen address")
+	listen := flag.String("listen", "127.0.0.1:8082", "HTTP listen address (http and soap callbacks)")
+	grpcListen := flag.String("grpc-listen", "", "gRPC listen address (grpc callbacks); empty: none")
+	amqpURLEnv := flag.String("amqp-url-env", "", "environment variable holding the RabbitMQ URL to consume amqp callbacks from; empty: none")
+	amqpBinding := flag.String("amqp-binding", "asyncmesh.callbacks", "routing key bound on amq.topic for amqp callbacks")
 	secretEnv := flag.String("secret-env", "ASYNCMESH_SECRET_DEMO", "environment variable holding the whsec_ secret")
 	flag.Parse()
-	var secrets []webhook.Secret
+	rc := &receiver{}
 	for _, s := range strings.Fields(os.Getenv(*secretEnv)) {
 		sec, err := webhook.ParseSecret(s)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "receiver: -secret-env:", err)
-			os.Exit(1)
+			fail("-secret-env", err)
 		}
-		secrets = append(secrets, sec)
+		rc.secrets = append(rc.secrets, sec)
 	}
-	var (
-		mu  sync.Mutex
-		got = []Received{}
-	)
+	if *grpcListen != "" {
+		if err := serveGRPC(*grpcListen, rc); err != nil {
+			fail("-grpc-listen", err)
+		}
+	}
+	if *amqpURLEnv != "" {
+		if err := consumeAMQP(os.Getenv(*amqpURLEnv), *amqpBinding, rc); err != nil {
+			fail("-amqp-url-env", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /callbacks", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
@@ -55,33 +97,56 @@ func main() {
 			http.Error(w, "unreadable body", http.StatusBadRequest)
 			return
 		}
-		rec := Received{WebhookID: r.Header.Get(webhook.HeaderID), TraceID: r.Header.Get("x-async-trace-id"), URI: r.URL.RequestURI(), At: time.Now()}
-		if err := webhook.Verify(r.Header, body, secrets, time.Now()); err != nil {
-			slog.Warn("receiver: refused callback", "webhook_id", rec.WebhookID, "err", err)
+		if err := rc.accept("http", r.Header, body, body, r.URL.RequestURI()); err != nil {
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
 		}
-		rec.Verified = true
-		if json.Valid(body) {
-			rec.Body = body
-		}
-		mu.Lock()
-		got = append(got, rec)
-		mu.Unlock()
-		fmt.Printf("receiver: verified callback webhook-id=%s trace=%s body=%s\n", rec.WebhookID, rec.TraceID, body)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /soap", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		var p delivery.Payload
+		if err == nil {
+			p, err = delivery.DecodeSOAP(body)
+		}
+		var payload []byte
+		if err == nil {
+			payload, err = json.Marshal(p)
+		}
+		if err == nil {
+			err = rc.accept("soap", r.Header, body, payload, r.URL.RequestURI())
+		}
+		w.Header().Set("content-type", "text/xml; charset=utf-8")
+		if err != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprintf(w, `<?xml version="1.0"?><soap:Envelope xmlns:soap="%s"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode><faultstring>%s</faultstring></soap:Fault></soap:Body></soap:Envelope>`,
+				delivery.NamespaceSOAPEnvelope, xmlEscape(err.Error()))
+			return
+		}
+		fmt.Fprintf(w, `<?xml version="1.0"?><soap:Envelope xmlns:soap="%s"><soap:Body><DeliverResponse xmlns="%s"/></soap:Body></soap:Envelope>`,
+			delivery.NamespaceSOAPEnvelope, delivery.NamespaceSOAP)
+	})
 	mux.HandleFunc("GET /received", func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
 		w.Header().Set("content-type", "application/json")
-		_ = json.NewEncoder(w).Encode(got)
+		_ = json.NewEncoder(w).Encode(append([]Received{}, rc.got...))
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	slog.Info("receiver: listening", "addr", *listen, "secrets", len(secrets))
+	slog.Info("receiver: listening", "addr", *listen, "grpc", *grpcListen, "amqp", *amqpURLEnv != "", "secrets", len(rc.secrets))
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	if err := srv.ListenAndServe(); err != nil {
-		slog.Error("receiver", "err", err)
-		os.Exit(1)
+		fail("listen", err)
 	}
+}
+
+func fail(what string, err error) {
+	fmt.Fprintln(os.Stderr, "receiver:", what+":", err)
+	os.Exit(1)
+}
+
+func xmlEscape(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
 }

@@ -33,8 +33,9 @@ func main() {
 		writeJSON(w, map[string]any{"report": "done", "tookMs": ms, "received": string(body),
 			"requestId": r.Header.Get("x-async-request-id"), "traceId": r.Header.Get("x-async-trace-id")})
 	}
-	// /maybe and /soft are the same slow endpoint under other rules of the demo.
-	for _, p := range []string{"/slow", "/maybe", "/soft"} {
+	// /maybe, /soft and /orders are the same slow endpoint under other rules
+	// of the demo.
+	for _, p := range []string{"/slow", "/maybe", "/soft", "/orders"} {
 		mux.HandleFunc(p, slow)
 	}
 	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, map[string]any{"fast": true}) })

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,7 @@ type Stack struct {
 	ControlPlaneMetricsURL              string
 	envoyPort, adminPort, collectorPort int
 	servicePort, receiverPort           int
+	receiverGRPCPort                    int
 	xdsPort, metricsPort                int
 	ReplaySecret, WebhookSecret         string
 	procs                               map[string]*proc
@@ -70,12 +72,12 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 	}
 	s := &Stack{opt: opt, procs: map[string]*proc{},
 		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret()}
-	ports, err := freePorts(7)
+	ports, err := freePorts(8)
 	if err != nil {
 		return nil, err
 	}
 	s.envoyPort, s.adminPort, s.collectorPort, s.servicePort, s.receiverPort = ports[0], ports[1], ports[2], ports[3], ports[4]
-	s.xdsPort, s.metricsPort = ports[5], ports[6]
+	s.xdsPort, s.metricsPort, s.receiverGRPCPort = ports[5], ports[6], ports[7]
 	s.ControlPlaneMetricsURL = "http://127.0.0.1:" + strconv.Itoa(s.metricsPort)
 	url := func(p int) string { return "http://127.0.0.1:" + strconv.Itoa(p) }
 	s.EnvoyURL, s.AdminURL, s.CollectorURL, s.ServiceURL, s.ReceiverURL = url(s.envoyPort), url(s.adminPort), url(s.collectorPort), url(s.servicePort), url(s.receiverPort)
@@ -92,7 +94,13 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 			return s.spawn("service", filepath.Join(opt.BinDir, "service"), nil, "-listen", addr(s.servicePort))
 		}, s.ServiceURL + "/healthz"},
 		{"receiver", func() error {
-			return s.spawn("receiver", filepath.Join(opt.BinDir, "receiver"), []string{"ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}, "-listen", addr(s.receiverPort))
+			env := []string{"ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}
+			args := []string{"-listen", addr(s.receiverPort), "-grpc-listen", addr(s.receiverGRPCPort)}
+			if opt.AMQPURL != "" {
+				env = append(env, "ASYNCMESH_RECEIVER_AMQP_URL="+opt.AMQPURL)
+				args = append(args, "-amqp-url-env", "ASYNCMESH_RECEIVER_AMQP_URL", "-amqp-binding", s.amqpBinding())
+			}
+			return s.spawn("receiver", filepath.Join(opt.BinDir, "receiver"), env, args...)
 		}, s.ReceiverURL + "/healthz"},
 		{"controlplane", func() error {
 			if !opt.ControlPlane {
@@ -168,7 +176,23 @@ func (s *Stack) vars() map[string]string {
 		"COLLECTOR_PORT": strconv.Itoa(s.collectorPort), "SERVICE_PORT": strconv.Itoa(s.servicePort),
 		"XDS_PORT": strconv.Itoa(s.xdsPort), "NODE_ID": "sidecar-1", "NODE_CLUSTER": "demo",
 		"WASM_PATH": filepath.Join(s.opt.BinDir, "asyncmesh.wasm"), "RECEIVER_URL": s.ReceiverURL,
+		"RECEIVER_GRPC_URL": "grpc://" + addr(s.receiverGRPCPort), "AMQP_CALLBACK_URL": s.amqpCallbackURL(),
 	}
+}
+
+// amqpBinding is the routing key of this stack's amqp callbacks on amq.topic:
+// stacks sharing a broker do not see each other's.
+func (s *Stack) amqpBinding() string { return "asyncmesh.callbacks." + strconv.Itoa(s.receiverPort) }
+
+// amqpCallbackURL is the amqp callback target of the demo rules: the stack's
+// RabbitMQ without its credentials (guest is RabbitMQ's default), or, without
+// one, a port nothing listens on.
+func (s *Stack) amqpCallbackURL() string {
+	host := "127.0.0.1:9"
+	if u, err := neturl.Parse(s.opt.AMQPURL); err == nil && s.opt.AMQPURL != "" {
+		host = u.Host
+	}
+	return "amqp://" + host + "/?exchange=amq.topic&routingKey=" + s.amqpBinding()
 }
 
 // fill replaces ${NAME} placeholders (and nothing else: a $ in a regular
