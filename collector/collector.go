@@ -77,7 +77,10 @@ type Config struct {
 	// APIURL is the base URL of this API as others reach it; queue messages
 	// carry statusUrl = APIURL + /v1/requests/{id} (relative when empty).
 	APIURL string
-	Logger *slog.Logger
+	// AdminToken is the bearer token of the operator endpoints (replay);
+	// empty turns them off.
+	AdminToken []byte
+	Logger     *slog.Logger
 }
 
 // RuleSource gives the current rule of a name (collector/xdsrules).

@@ -50,6 +50,8 @@ type env struct {
 	c        *Collector
 	stop     func()
 
+	failing   atomic.Bool // the receiver answers 500
+
 	mu        sync.Mutex
 	callbacks map[string]int
 	payloads  map[string][]byte
@@ -72,6 +74,10 @@ func newEnv(t *testing.T) *env {
 	}))
 	e.receiver = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if e.failing.Load() {
+			w.WriteHeader(500)
+			return
+		}
 		e.mu.Lock()
 		e.callbacks[r.Header.Get("webhook-id")]++
 		e.payloads[r.Header.Get("webhook-id")] = body
@@ -92,7 +98,7 @@ func (e *env) start() {
 	c, err := New(Config{
 		ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
 		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
-		Logger: slog.New(slog.DiscardHandler),
+		AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
 	}, db.Store(), db.Queue())
 	if err != nil {
 		e.t.Fatal(err)

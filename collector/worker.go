@@ -174,10 +174,10 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
-	res := c.sender.Send(ctx, r)
+	attempts := attemptsSinceReplay(r) + 1
+	res := c.sender.Send(ctx, r, attempts)
 	// Until the next attempt is due, the record stays leased to this message.
 	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt, LeaseUntil: time.Now().Add(res.Wait)}
-	attempts := len(r.Attempts) + 1
 	switch {
 	case res.Outcome == delivery.Delivered:
 		change.To, change.LeaseUntil = store.Delivered, time.Time{}

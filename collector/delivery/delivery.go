@@ -147,10 +147,10 @@ func ResponseView(resp *store.Response) *PayloadResponse {
 	return pr
 }
 
-// Send makes one delivery attempt of r's callback.
-func (s *Sender) Send(ctx context.Context, r *store.Record) Result {
+// Send makes delivery attempt n (1-based, for the backoff) of r's callback.
+func (s *Sender) Send(ctx context.Context, r *store.Record, n int) Result {
 	start := time.Now()
-	res := s.send(ctx, r)
+	res := s.send(ctx, r, n)
 	res.Attempt.At = start.UTC()
 	res.Attempt.Latency = time.Since(start)
 	return res
@@ -189,8 +189,8 @@ func (a *attempt) throttled(code int, err string, retryAfter time.Duration) Resu
 	return res
 }
 
-func (s *Sender) send(ctx context.Context, r *store.Record) Result {
-	a := &attempt{rec: r, cb: r.Envelope.Callback, guard: GuardFor(r.Envelope.Callback), n: len(r.Attempts) + 1}
+func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
+	a := &attempt{rec: r, cb: r.Envelope.Callback, guard: GuardFor(r.Envelope.Callback), n: n}
 	if a.cb.SecretRef != "" {
 		var err error
 		if a.secrets, err = s.Secrets.Lookup(a.cb.SecretRef); err != nil {

@@ -78,7 +78,7 @@ func TestSendPolicy(t *testing.T) {
 			}))
 			defer srv.Close()
 			s := NewSender(secrets{"s": {sec}}, time.Second)
-			res := s.Send(context.Background(), record(srv.URL, true))
+			res := s.Send(context.Background(), record(srv.URL, true), 1)
 			if res.Outcome != tt.want || res.Wait < tt.minWait || res.Wait > tt.maxWait {
 				t.Fatalf("outcome %v wait %v; want %v in [%v, %v]", res.Outcome, res.Wait, tt.want, tt.minWait, tt.maxWait)
 			}
@@ -103,7 +103,7 @@ func TestSendRefusesPrivateAddresses(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit = true }))
 	defer srv.Close()
 	s := NewSender(secrets{"s": nil}, time.Second)
-	res := s.Send(context.Background(), record(srv.URL, false))
+	res := s.Send(context.Background(), record(srv.URL, false), 1)
 	if res.Outcome != Retry || hit || !strings.Contains(res.Attempt.Error, "loopback, private") {
 		t.Fatalf("loopback callback not refused: %+v (server hit %v)", res, hit)
 	}
@@ -111,7 +111,7 @@ func TestSendRefusesPrivateAddresses(t *testing.T) {
 
 func TestSendUnknownSecretIsAFailedAttempt(t *testing.T) {
 	s := NewSender(secrets{}, time.Second)
-	res := s.Send(context.Background(), record("http://127.0.0.1:9/", true))
+	res := s.Send(context.Background(), record("http://127.0.0.1:9/", true), 1)
 	if res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "no secret") {
 		t.Fatalf("%+v", res)
 	}

@@ -44,7 +44,7 @@ func TestSOAPCallback(t *testing.T) {
 	rec.Envelope.Callback.Protocol, rec.Envelope.Callback.SOAPAction = rules.ProtocolSOAP, "urn:x#Done"
 	rec.Response.Body = []byte("a\x00b") // not XML text: travels as base64
 	s := NewSender(secrets{"s": {testSecret}}, time.Second)
-	if res := s.Send(context.Background(), rec); res.Outcome != Delivered {
+	if res := s.Send(context.Background(), rec, 1); res.Outcome != Delivered {
 		t.Fatalf("%+v", res)
 	}
 	if got.Get("soapaction") != `"urn:x#Done"` || !strings.HasPrefix(got.Get("content-type"), "text/xml") {
@@ -59,7 +59,7 @@ func TestSOAPCallback(t *testing.T) {
 		t.Fatalf("decoded %+v %v\n%s", p, err, body)
 	}
 	fault = true
-	if res := s.Send(context.Background(), rec); res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "SOAP fault: s:Server: ledger locked") {
+	if res := s.Send(context.Background(), rec, 1); res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "SOAP fault: s:Server: ledger locked") {
 		t.Fatalf("fault: %+v", res)
 	}
 }
@@ -121,7 +121,7 @@ func TestGRPCCallback(t *testing.T) {
 			recv.answer = tt.answer
 			rec := record("grpc://"+lis.Addr().String(), true)
 			rec.Envelope.Callback.Protocol = rules.ProtocolGRPC
-			res := s.Send(context.Background(), rec)
+			res := s.Send(context.Background(), rec, 1)
 			if res.Outcome != tt.want || res.Wait < tt.minWait || (tt.want != Delivered) != (res.Attempt.Error != "") {
 				t.Fatalf("%+v", res)
 			}
@@ -140,7 +140,7 @@ func TestGRPCCallback(t *testing.T) {
 	}
 	rec := record("grpc://"+lis.Addr().String(), false)
 	rec.Envelope.Callback.Protocol = rules.ProtocolGRPC
-	if res := s.Send(context.Background(), rec); res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "loopback") {
+	if res := s.Send(context.Background(), rec, 1); res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "loopback") {
 		t.Fatalf("guard: %+v", res)
 	}
 }
@@ -193,7 +193,7 @@ func TestAMQPCallback(t *testing.T) {
 		cbURL.RawQuery = url.Values{"exchange": {"amq.topic"}, "routingKey": {key}}.Encode()
 		rec := record(cbURL.String(), true)
 		rec.Envelope.Callback.Protocol, rec.Envelope.Callback.CredentialsRef = rules.ProtocolAMQP, "s"
-		return s.Send(context.Background(), rec)
+		return s.Send(context.Background(), rec, 1)
 	}
 	if res := send("results.orders"); res.Outcome != Delivered {
 		t.Fatalf("%+v", res)

@@ -54,6 +54,11 @@ func run() error {
 		ReplayURL: o.replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: o.secretsDir},
 		Workers: o.workers, APIURL: o.apiURL, Logger: log,
 	}
+	if o.adminTokenEnv != "" {
+		if cfg.AdminToken = []byte(os.Getenv(o.adminTokenEnv)); len(cfg.AdminToken) < 16 {
+			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
+		}
+	}
 	if o.xdsAddr != "" {
 		if o.nodeID == "" {
 			return fmt.Errorf("-node-id: required with -xds")
