@@ -35,6 +35,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 20s ./internal/replay
 	$(GO) test -run '^$$' -fuzz FuzzParameterValues -fuzztime 20s ./internal/rules
 	$(GO) test -run '^$$' -fuzz FuzzDecodeSOAP -fuzztime 20s ./collector/delivery
+	$(GO) test -run '^$$' -fuzz FuzzParseCompletion -fuzztime 20s ./collector/external
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 20s ./internal/seal
 
 # proto regenerates client/callbackpb from callback.proto (protoc from PyPI's
 # grpcio-tools, the plugins from Go modules; the generated code is committed).

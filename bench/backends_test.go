@@ -33,7 +33,6 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
-	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 // setup is one combination of store and queue.
@@ -125,10 +124,6 @@ func BenchmarkPublishConfirm(b *testing.B) {
 	}
 }
 
-type noSecrets struct{}
-
-func (noSecrets) Lookup(string) ([]webhook.Secret, error) { return nil, nil }
-
 // BenchmarkIntake posts envelopes to the collector's intake from 16 clients:
 // each 201 means persisted, published with a confirm and marked queued.
 func BenchmarkIntake(b *testing.B) {
@@ -136,7 +131,7 @@ func BenchmarkIntake(b *testing.B) {
 	for _, name := range names {
 		b.Run(name, func(b *testing.B) {
 			st, q := setups[name](b)
-			c, err := collector.New(collector.Config{ReplayURL: "http://127.0.0.1:9", ReplaySecret: []byte("x"), Secrets: noSecrets{},
+			c, err := collector.New(collector.Config{ReplayURL: "http://127.0.0.1:9", ReplaySecret: []byte("x"), Secrets: collector.SecretSource{},
 				Logger: slog.New(slog.DiscardHandler)}, st, q)
 			if err != nil {
 				b.Fatal(err)

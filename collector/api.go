@@ -24,6 +24,7 @@ const MaxWait = 60 * time.Second
 //	GET  /v1/requests/{id}[?wait=30s]   status, history, attempts; waits until terminal
 //	GET  /v1/requests/{id}/result[?wait=30s]  the service's response; waits until known
 //	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
+//	POST /v1/requests/{id}/complete     an external node's answer (see nodes.go)
 //	POST /v1/requests/{id}/replay       operator: deliver again (see replay.go)
 //	POST /v1/deliveries/replay          operator: bulk replay by filter
 //	GET  /healthz, /readyz
@@ -33,6 +34,7 @@ func (c *Collector) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/requests/{id}", c.getRequest)
 	mux.HandleFunc("GET /v1/requests/{id}/result", c.getResult)
 	mux.HandleFunc("GET /v1/requests", c.search)
+	mux.HandleFunc("POST /v1/requests/{id}/complete", c.complete)
 	mux.HandleFunc("POST /v1/requests/{id}/replay", c.replayOne)
 	mux.HandleFunc("POST /v1/deliveries/replay", c.replayMany)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
+	"github.com/asyncmesh/asyncmesh/collector/external"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
@@ -94,6 +95,7 @@ type Collector struct {
 	store  store.Store
 	queue  queue.Queue
 	sender *delivery.Sender
+	nodes  *external.Client
 	log    *slog.Logger
 	replay *http.Client
 	notify *notifier
@@ -137,6 +139,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	return &Collector{
 		cfg: cfg, store: st, queue: q, log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
+		nodes:  external.New(cfg.Secrets, 10*time.Second),
 		replay: &http.Client{
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -340,7 +343,10 @@ func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
 		return e
 	}
 	cp := *e
-	cp.Timeout, cp.Retry = r.Timeout, r.Retry
+	cp.Timeout, cp.Retry, cp.Target = r.Timeout, r.Retry, nil
+	if r.Target.External() {
+		cp.Target = r.Target
+	}
 	cb := r.Callback
 	switch {
 	case cb.Select != nil:

@@ -33,10 +33,24 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var replaySecret = []byte("replay-secret")
 
-type noSecrets struct{}
+// testSecrets holds secret values by reference.
+type testSecrets map[string]string
 
-func (noSecrets) Lookup(string) ([]webhook.Secret, error) { return nil, nil }
-func (noSecrets) Value(ref string) (string, error)        { return "", errors.New("no secret " + ref) }
+func (s testSecrets) Value(ref string) (string, error) {
+	if v, ok := s[ref]; ok {
+		return v, nil
+	}
+	return "", errors.New("no secret " + ref)
+}
+
+func (s testSecrets) Lookup(ref string) ([]webhook.Secret, error) {
+	v, err := s.Value(ref)
+	if err != nil {
+		return nil, err
+	}
+	sec, err := webhook.ParseSecret(v)
+	return []webhook.Secret{sec}, err
+}
 
 // env is a collector over a fresh embedded database, with a service that
 // checks the replay signature (standing in for Envoy + the filter) and a
@@ -50,7 +64,8 @@ type env struct {
 	c        *Collector
 	stop     func()
 
-	failing   atomic.Bool // the receiver answers 500
+	failing atomic.Bool // the receiver answers 500
+	secrets testSecrets
 
 	mu        sync.Mutex
 	callbacks map[string]int
@@ -58,7 +73,7 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}}
+	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}, secrets: testSecrets{}}
 	e.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := replay.Verify(replaySecret, r.Header.Get(replay.Header), r.Header.Get("x-async-request-id"), r.Method, r.URL.RequestURI(), time.Now()); err != nil {
 			http.Error(w, "bad replay: "+err.Error(), 403)
@@ -95,16 +110,18 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	api := httptest.NewUnstartedServer(nil)
 	c, err := New(Config{
-		ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+		ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: e.secrets,
 		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
-		AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
+		APIURL: "http://" + api.Listener.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
 	}, db.Store(), db.Queue())
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.c = c
-	api := httptest.NewServer(c.Handler())
+	api.Config.Handler = c.Handler()
+	api.Start()
 	e.mu.Lock()
 	e.api = api
 	e.mu.Unlock()
@@ -392,7 +409,7 @@ func TestUnconfirmedPublishStaysPersisted(t *testing.T) {
 	e.stop()
 	q := &refusingQueue{Queue: db.Queue()}
 	q.refuse.Store(true)
-	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{},
 		RelayInterval: 50 * time.Millisecond, RelayAge: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}, db.Store(), q)
 	if err != nil {
 		t.Fatal(err)
@@ -488,7 +505,7 @@ func TestSweeperRescuesStuckRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: noSecrets{},
+	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{},
 		SweepAge: time.Minute, Logger: slog.New(slog.DiscardHandler)}, db.Store(), db.Queue())
 	if err != nil {
 		t.Fatal(err)

@@ -116,4 +116,3 @@ func TestReplayOffWithoutToken(t *testing.T) {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
 }
-

@@ -67,6 +67,9 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	}
 
 	r.Envelope = c.applyRules(r.Envelope)
+	if r.Envelope.Target.External() {
+		return c.dispatchExternal(ctx, r, m)
+	}
 	resp, err := c.execute(ctx, r)
 	change := store.Change{From: []store.Status{store.Processing}, To: store.Completed, Response: resp}
 	if err != nil {

@@ -258,6 +258,15 @@ func (s *stream) pick(sel *rules.Select, value string, present bool) bool {
 	return true
 }
 
+// externalTarget is the rule's target when it is external: the envelope
+// carries only that (internal is the default).
+func (s *stream) externalTarget() *rules.Target {
+	if s.rule.Target.External() {
+		return s.rule.Target
+	}
+	return nil
+}
+
 // dispatch hands the request to the collector.
 func (s *stream) dispatch(body []byte) {
 	if sel := s.callback.Select; sel != nil { // selected by a body field
@@ -284,6 +293,7 @@ func (s *stream) dispatch(body []byte) {
 		CallbackFromCaller: s.callbackFromCaller,
 		CallbackTarget:     s.callbackTarget,
 		Retry:              s.rule.Retry,
+		Target:             s.externalTarget(),
 		Timeout:            s.rule.Timeout,
 		Wait:               rules.Duration(s.wait),
 	}

@@ -38,7 +38,7 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 		}
 		dialURL.User = url.UserPassword(user, pass)
 	}
-	cacheKey := dialURL.String() + "|" + a.guard.key()
+	cacheKey := dialURL.String() + "|" + a.guard.Key()
 	s.mu.Lock()
 	if s.close {
 		s.mu.Unlock()

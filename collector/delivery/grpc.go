@@ -29,7 +29,7 @@ func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result 
 	if err != nil {
 		return a.retry(0, "callback URL: "+err.Error())
 	}
-	key := a.cb.URL + "|" + a.guard.key()
+	key := a.cb.URL + "|" + a.guard.Key()
 	s.mu.Lock()
 	if s.close {
 		s.mu.Unlock()

@@ -59,11 +59,15 @@ type Guard struct {
 	allow []netip.Prefix
 }
 
-// GuardFor returns the guard of a callback. Prefixes were validated with the
-// rule; an unparsable one is ignored (it allows nothing).
-func GuardFor(cb rules.Callback) Guard {
-	g := Guard{open: cb.AllowPrivate}
-	for _, n := range cb.AllowNetworks {
+// GuardFor returns the guard of a callback.
+func GuardFor(cb rules.Callback) Guard { return NewGuard(cb.AllowPrivate, cb.AllowNetworks) }
+
+// NewGuard returns the guard that allows everything (allowPrivate) or the
+// given networks. Prefixes were validated with the rule; an unparsable one
+// is ignored (it allows nothing).
+func NewGuard(allowPrivate bool, networks []string) Guard {
+	g := Guard{open: allowPrivate}
+	for _, n := range networks {
 		if p, err := netip.ParsePrefix(n); err == nil {
 			g.allow = append(g.allow, p.Masked())
 		}
@@ -85,10 +89,10 @@ func (g Guard) Check(ip netip.Addr) error {
 	return fmt.Errorf("%w (%s)", ErrPrivateAddress, ip)
 }
 
-// key identifies the guard in connection caches: connections are never
+// Key identifies the guard in connection caches: connections are never
 // shared between guards, so a connection one rule may open is not reused by
 // a rule that may not.
-func (g Guard) key() string {
+func (g Guard) Key() string {
 	if g.open {
 		return "open"
 	}

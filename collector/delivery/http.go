@@ -53,13 +53,21 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 
 // httpClient returns the pooled client of guard g.
 func (s *Sender) httpClient(g Guard) *http.Client {
-	key := g.key()
+	key := g.Key()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.http[key]; ok {
 		return c
 	}
-	c := &http.Client{
+	c := NewHTTPClient(g)
+	s.http[key] = c
+	return c
+}
+
+// NewHTTPClient returns a client whose connections pass guard g and which
+// never follows redirects (a 3xx is the answer).
+func NewHTTPClient(g Guard) *http.Client {
+	return &http.Client{
 		Transport: &http.Transport{
 			DialContext:         g.DialContext,
 			MaxIdleConnsPerHost: 64,
@@ -70,8 +78,6 @@ func (s *Sender) httpClient(g Guard) *http.Client {
 		// Redirects are never followed: a 3xx is a failed attempt.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	s.http[key] = c
-	return c
 }
 
 func attemptCode(code int) (a store.Attempt) { a.StatusCode = code; return a }

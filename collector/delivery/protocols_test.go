@@ -165,7 +165,7 @@ func TestGuard(t *testing.T) {
 			t.Errorf("%+v %s: %v", tt.cb, tt.ip, err)
 		}
 	}
-	if GuardFor(rules.Callback{AllowNetworks: []string{"127.0.0.0/8"}}).key() == GuardFor(rules.Callback{}).key() {
+	if GuardFor(rules.Callback{AllowNetworks: []string{"127.0.0.0/8"}}).Key() == GuardFor(rules.Callback{}).Key() {
 		t.Fatal("guards with different allowances share connections")
 	}
 }

@@ -97,7 +97,9 @@ type Record struct {
 type Change struct {
 	From []Status
 	// To is the new status; empty keeps the status (to record an attempt).
-	To   Status
+	To Status
+	// Note is kept with the transition; without To, a note alone records an
+	// event within the current status in the history.
 	Note string
 	// Claim requires the record's lease to have expired.
 	Claim bool
@@ -134,6 +136,8 @@ func (c Change) Apply(r *Record) error {
 	if c.To != "" && c.To != r.Status {
 		r.Status = c.To
 		r.History = append(r.History, Transition{Status: c.To, At: at, Note: c.Note})
+	} else if c.Note != "" { // an event within the status, such as a hand-off
+		r.History = append(r.History, Transition{Status: r.Status, At: at, Note: c.Note})
 	}
 	if c.Response != nil {
 		r.Response = c.Response

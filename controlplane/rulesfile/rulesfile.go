@@ -165,6 +165,18 @@ func (f *File) validate() error {
 		if err := f.checkRefs(fmt.Sprintf("rules[%d].callback", i), r.Callback); err != nil {
 			return err
 		}
+		if t := r.Target; t != nil {
+			refs := [][2]string{{"completionSecretRef", t.CompletionSecretRef}}
+			if t.Auth != nil {
+				refs = append(refs, [2]string{"auth.secretRef", t.Auth.SecretRef})
+			}
+			if t.Encryption != nil {
+				refs = append(refs, [2]string{"encryption.keyRef", t.Encryption.KeyRef})
+			}
+			if err := f.declared(fmt.Sprintf("rules[%d].target", i), refs); err != nil {
+				return err
+			}
+		}
 		for j, id := range append(slices.Clone(r.Nodes.IDs), r.Nodes.Clusters...) {
 			if strings.TrimSpace(id) == "" {
 				return &rules.FieldError{Path: fmt.Sprintf("rules[%d].nodes", i), Err: fmt.Errorf("entry %d is empty", j)}
@@ -180,10 +192,12 @@ func (f *File) validate() error {
 // checkRefs checks that the secrets a callback (and each of its selectable
 // targets) references are declared.
 func (f *File) checkRefs(path string, cb rules.Callback) error {
-	for _, fr := range [][2]string{{"secretRef", cb.SecretRef}, {"credentialsRef", cb.CredentialsRef}} {
-		if _, ok := f.Secrets[fr[1]]; fr[1] != "" && !ok {
-			return &rules.FieldError{Path: path + "." + fr[0], Err: fmt.Errorf("%q is not declared under secrets", fr[1])}
-		}
+	refs := [][2]string{{"secretRef", cb.SecretRef}, {"credentialsRef", cb.CredentialsRef}}
+	if cb.Encryption != nil {
+		refs = append(refs, [2]string{"encryption.keyRef", cb.Encryption.KeyRef})
+	}
+	if err := f.declared(path, refs); err != nil {
+		return err
 	}
 	if cb.Select == nil {
 		return nil
@@ -192,6 +206,16 @@ func (f *File) checkRefs(path string, cb rules.Callback) error {
 	for _, k := range keys {
 		if err := f.checkRefs(path+".select.targets."+k, cb.Select.Targets[k]); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// declared checks that each (field, reference) names a declared secret.
+func (f *File) declared(path string, refs [][2]string) error {
+	for _, fr := range refs {
+		if _, ok := f.Secrets[fr[1]]; fr[1] != "" && !ok {
+			return &rules.FieldError{Path: path + "." + fr[0], Err: fmt.Errorf("%q is not declared under secrets", fr[1])}
 		}
 	}
 	return nil

@@ -16,7 +16,7 @@ func TestGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(f.Rules) != 3 || f.Rules[0].Timeout.D() != 20*time.Second || f.Rules[0].Retry.MaxAttempts != 5 {
+	if len(f.Rules) != 4 || f.Rules[0].Timeout.D() != 20*time.Second || f.Rules[0].Retry.MaxAttempts != 5 {
 		t.Fatalf("rules %+v", f.Rules)
 	}
 	if f.Rules[1].BodyLimit == 0 || f.Rules[1].Callback.Protocol != "http" {
@@ -25,10 +25,10 @@ func TestGood(t *testing.T) {
 	if sel := f.Rules[2].Callback.Select; sel == nil || sel.Targets["initech"].SOAPAction != "urn:initech#Done" || sel.Targets["acme"].Protocol != "grpc" {
 		t.Fatalf("select targets: %+v", sel)
 	}
-	if got := f.ForNode("sidecar-1", "reports"); len(got.Rules) != 2 || got.Rules[0].Name != "slow-report" {
+	if got := f.ForNode("sidecar-1", "reports"); len(got.Rules) != 3 || got.Rules[0].Name != "slow-report" {
 		t.Fatalf("rules for another cluster: %+v", got.Rules)
 	}
-	if got := f.ForNode("sidecar-2", "billing"); len(got.Rules) != 3 {
+	if got := f.ForNode("sidecar-2", "billing"); len(got.Rules) != 4 {
 		t.Fatalf("rules for billing: %d", len(got.Rules))
 	}
 	if err := f.ForNode("x", "billing").Validate(); err != nil {

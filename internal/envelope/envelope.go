@@ -42,9 +42,11 @@ type Envelope struct {
 	CallbackFromCaller bool `json:"callbackFromCaller,omitempty"`
 	// CallbackTarget is the key of the rule's callback.select target that the
 	// request chose: live rule changes re-resolve it.
-	CallbackTarget string         `json:"callbackTarget,omitempty"`
-	Retry          rules.Retry    `json:"retry"`
-	Timeout        rules.Duration `json:"timeout"`
+	CallbackTarget string `json:"callbackTarget,omitempty"`
+	// Target is the rule's target when it is external (nil: internal).
+	Target  *rules.Target  `json:"target,omitempty"`
+	Retry   rules.Retry    `json:"retry"`
+	Timeout rules.Duration `json:"timeout"`
 	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
 	Wait rules.Duration `json:"wait,omitempty"`
 }

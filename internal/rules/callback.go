@@ -42,6 +42,9 @@ type Callback struct {
 	// CredentialsRef names the secret holding "user:password" of the amqp
 	// protocol's broker (guest:guest without it).
 	CredentialsRef string `json:"credentialsRef,omitempty"`
+	// Encryption seals the callback payload (http, grpc, amqp); the
+	// signature covers the sealed bytes.
+	Encryption *Encryption `json:"encryption,omitempty"`
 	// Select chooses the callback among Targets by a request parameter.
 	Select *Select `json:"select,omitempty"`
 }
@@ -94,6 +97,14 @@ func (c *Callback) validate() error {
 	if strings.ContainsAny(c.SOAPAction, "\"\r\n") {
 		return fieldErr("soapAction", "must not contain quotes or line breaks")
 	}
+	if c.Encryption != nil {
+		if c.Protocol == ProtocolSOAP {
+			return fieldErr("encryption", "not for protocol soap (use WS-Security at the receiver's gateway)")
+		}
+		if err := c.Encryption.validate(); err != nil {
+			return prefixed("encryption.", err)
+		}
+	}
 	if c.CredentialsRef != "" && c.Protocol != ProtocolAMQP {
 		return fieldErr("credentialsRef", "only for protocol amqp")
 	}
@@ -133,11 +144,7 @@ func (s *Select) validate(parent *Callback) error {
 			return fieldErr("select.targets."+k, "a target cannot select or allow overrides")
 		}
 		if err := t.validate(); err != nil {
-			var fe *FieldError
-			if errors.As(err, &fe) {
-				return &FieldError{Path: "select.targets." + k + "." + fe.Path, Err: fe.Err}
-			}
-			return err
+			return prefixed("select.targets."+k+".", err)
 		}
 		s.Targets[k] = t
 	}

@@ -70,6 +70,7 @@ type Rule struct {
 	Match           Match    `json:"match"`
 	Mode            Mode     `json:"mode"`
 	Callback        Callback `json:"callback"`
+	Target          *Target  `json:"target,omitempty"`
 	BodyLimit       int64    `json:"bodyLimit,omitempty"`
 	Timeout         Duration `json:"timeout,omitempty"`
 	Retry           Retry    `json:"retry"`
@@ -161,6 +162,16 @@ func fieldErr(path string, format string, args ...any) error {
 	return &FieldError{Path: path, Err: fmt.Errorf(format, args...)}
 }
 
+// prefixed puts prefix (ending in "." or "") before the path of a
+// *FieldError, or of a plain error.
+func prefixed(prefix string, err error) error {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return &FieldError{Path: prefix + fe.Path, Err: fe.Err}
+	}
+	return fmt.Errorf("%s: %w", strings.TrimSuffix(prefix, "."), err)
+}
+
 // Validate applies defaults and checks every field; errors are *FieldError.
 func (c *Config) Validate() error {
 	if c.CollectorCluster == "" {
@@ -182,11 +193,7 @@ func (c *Config) Validate() error {
 	for i := range c.Rules {
 		r := &c.Rules[i]
 		if err := r.validate(); err != nil {
-			var fe *FieldError
-			if errors.As(err, &fe) {
-				return &FieldError{Path: fmt.Sprintf("rules[%d].%s", i, fe.Path), Err: fe.Err}
-			}
-			return fmt.Errorf("rules[%d]: %w", i, err)
+			return prefixed(fmt.Sprintf("rules[%d].", i), err)
 		}
 		if seen[r.Name] {
 			return fieldErr(fmt.Sprintf("rules[%d].name", i), "duplicate rule name %q", r.Name)
@@ -242,11 +249,12 @@ func (r *Rule) validate() error {
 		return fieldErr("onCollectorDown", "%q is not reject or passthrough", r.OnCollectorDown)
 	}
 	if err := r.Callback.validate(); err != nil {
-		var fe *FieldError
-		if errors.As(err, &fe) {
-			return &FieldError{Path: "callback." + fe.Path, Err: fe.Err}
+		return prefixed("callback.", err)
+	}
+	if r.Target != nil {
+		if err := r.Target.validate(); err != nil {
+			return prefixed("target.", err)
 		}
-		return err
 	}
 	if r.Retry.MaxAttempts == 0 {
 		r.Retry.MaxAttempts = DefaultMaxAttempts

@@ -68,6 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		steps := []store.Change{
 			{From: []store.Status{store.Persisted}, To: store.Queued},
 			{From: []store.Status{store.Queued}, To: store.Processing},
+			{From: []store.Status{store.Processing}, Note: "sent to a node"}, // a note alone is a history entry
 			{From: []store.Status{store.Processing}, To: store.Completed, Response: &store.Response{Status: 200, Body: []byte("ok")}},
 			{From: []store.Status{store.Completed}, To: store.Delivering},
 			{From: []store.Status{store.Delivering}, Attempt: &store.Attempt{At: time.Now(), StatusCode: 500}},
@@ -83,7 +84,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		for _, h := range got.History {
 			hist = append(hist, h.Status)
 		}
-		want := []store.Status{store.Persisted, store.Queued, store.Processing, store.Completed, store.Delivering, store.Delivered}
+		want := []store.Status{store.Persisted, store.Queued, store.Processing, store.Processing, store.Completed, store.Delivering, store.Delivered}
 		if len(hist) != len(want) {
 			t.Fatalf("history %v, want %v", hist, want)
 		}
@@ -91,6 +92,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			if hist[i] != want[i] {
 				t.Fatalf("history %v, want %v", hist, want)
 			}
+		}
+		if got.History[3].Note != "sent to a node" {
+			t.Fatalf("note %+v", got.History[3])
 		}
 		if len(got.Attempts) != 2 || got.Response == nil || string(got.Response.Body) != "ok" {
 			t.Fatalf("attempts %v response %v", got.Attempts, got.Response)

@@ -1,0 +1,165 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/external"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// External processing nodes (collector/external has the protocol):
+//   - A record whose rule targets an external node is claimed as usual
+//     (queued → processing), then the task is sent to the node. Once the node
+//     takes it, the history gets a processing entry noted NodeNote and the
+//     record is leased until the node's deadline (target.timeout); the work
+//     message comes back at the deadline.
+//   - POST /v1/requests/{id}/complete moves processing → completed (or failed
+//     with the node's error) and publishes the delivery. It is idempotent: a
+//     second completion of a finished record answers 200 with its status.
+//   - A work message that finds the deadline passed fails the record with the
+//     reason; a crash between sending and noting sends the task again (nodes
+//     dedupe by id, as callers do by webhook-id).
+
+// NodeNote marks the hand-off to an external node in a record's history.
+const NodeNote = "sent to external node"
+
+// dispatchExternal runs the external step of a claimed processing record.
+func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m queue.Message) error {
+	t := r.Envelope.Target
+	id := r.ID
+	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule, "node", t.Endpoint)
+	var sentAt time.Time
+	for _, h := range r.History {
+		if h.Status == store.Processing && strings.HasPrefix(h.Note, NodeNote) {
+			sentAt = h.At
+		}
+	}
+	deadline := sentAt.Add(t.Timeout.D())
+	if !sentAt.IsZero() {
+		if left := time.Until(deadline); left > 0 {
+			// Early (a duplicate message): wait for the deadline with the node.
+			if _, err := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}, LeaseUntil: deadline}); err != nil && !store.IsConflict(err) {
+				return err
+			}
+			return queue.RetryAfter(left+time.Second, "waiting for the external node")
+		}
+		log.Warn("external: no completion before the deadline", "timeout", t.Timeout.D())
+		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed,
+			Error: fmt.Sprintf("external node %s did not complete within %s", t.Endpoint, t.Timeout.D())})
+	}
+	if c.cfg.APIURL == "" {
+		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed,
+			Error: "the collector has no -api-url: an external node could not complete the request"})
+	}
+	e := r.Envelope
+	now := time.Now()
+	task := external.Task{ID: id, TraceID: r.TraceID, TraceParent: e.TraceParent, Rule: r.Rule,
+		CompleteURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + id + "/complete",
+		Deadline:    now.Add(t.Timeout.D()).UTC(),
+		Request:     external.TaskRequest{Method: e.Method, Authority: e.Authority, Path: e.Path, Headers: e.Headers, Body: e.Body}}
+	if err := c.nodes.Dispatch(ctx, t, task); err != nil {
+		var perm *external.PermanentError
+		if !errors.As(err, &perm) && m.Deliveries < replayAttempts {
+			log.Warn("external: sending the task failed, will retry", "err", err, "deliveries", m.Deliveries)
+			if _, rerr := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}}); rerr != nil && !store.IsConflict(rerr) {
+				log.Warn("external: releasing lease", "err", rerr)
+			}
+			return err
+		}
+		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed, Error: err.Error()})
+	}
+	_, err := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}, Note: NodeNote + " " + t.Endpoint, At: now, LeaseUntil: task.Deadline})
+	if store.IsConflict(err) {
+		return nil // the node completed it already
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("external: node took the task", "deadline", task.Deadline)
+	return queue.RetryAfter(t.Timeout.D()+time.Second, "waiting for the external node")
+}
+
+// finish applies the final change of the work step and publishes delivery.
+func (c *Collector) finish(ctx context.Context, r *store.Record, ch store.Change) error {
+	if _, err := c.move(ctx, r.ID, ch); err != nil && !store.IsConflict(err) {
+		return err
+	}
+	return c.publish(ctx, queue.TopicDelivery, r)
+}
+
+// complete takes an external node's answer.
+func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	rec, err := c.store.Get(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "not_found", "no request with id "+id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "reading the request failed")
+		return
+	}
+	env := c.applyRules(rec.Envelope)
+	t := env.Target
+	if !t.External() {
+		writeError(w, http.StatusConflict, "not_external", "request "+id+" is not processed by an external node")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4*maxResponseBody/3+1<<20))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "completion over the size limit")
+		} else {
+			writeError(w, http.StatusBadRequest, "unreadable_body", err.Error())
+		}
+		return
+	}
+	log := c.log.With("id", id, "trace_id", rec.TraceID, "rule", rec.Rule, "node", t.Endpoint)
+	cp, err := c.nodes.Complete(t, id, r.Header, body)
+	switch {
+	case errors.Is(err, external.ErrUnauthenticated):
+		log.Warn("external: refused completion", "err", err)
+		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+		return
+	case err != nil:
+		log.Warn("external: bad completion", "err", err)
+		writeError(w, http.StatusBadRequest, "bad_completion", err.Error())
+		return
+	}
+	ch := store.Change{From: []store.Status{store.Processing}, To: store.Completed}
+	if cp.Error != "" {
+		ch.To, ch.Error = store.Failed, "external node: "+cp.Error
+	} else {
+		resp := &store.Response{Status: cp.Status, Body: cp.BodyBytes()}
+		for k, v := range cp.Headers {
+			resp.Headers = append(resp.Headers, [2]string{strings.ToLower(k), v})
+		}
+		ch.Response = resp
+	}
+	got, err := c.move(r.Context(), id, ch)
+	var conflict *store.ConflictError
+	switch {
+	case errors.As(err, &conflict) && conflict.Current.HasResult():
+		writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": string(conflict.Current)}) // a repeat
+		return
+	case errors.As(err, &conflict):
+		writeError(w, http.StatusConflict, "not_processing", fmt.Sprintf("request %s is %s, not processing", id, conflict.Current))
+		return
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the completion could not be recorded")
+		return
+	}
+	log.Info("external: completed", "status", got.Status)
+	if err := c.publish(r.Context(), queue.TopicDelivery, got); err != nil {
+		log.Warn("external: publishing the delivery failed; the sweeper will", "err", err)
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": string(got.Status)})
+}
