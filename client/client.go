@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	CallbackURL string
 	// Secrets verify callbacks (whsec_...); several during a rotation.
 	Secrets []string
+	// Key opens callbacks sealed by the rule's callback.encryption (the
+	// 256-bit key in base64). With a key, unsealed callbacks are refused.
+	Key string
 	// HTTP sends requests (default: a client with a 60s timeout).
 	HTTP   *http.Client
 	Logger *slog.Logger
@@ -85,6 +89,7 @@ type Call struct {
 type Client struct {
 	cfg     Config
 	secrets []webhook.Secret
+	key     []byte // nil: callbacks are not sealed
 	log     *slog.Logger
 	srv     *http.Server
 	ln      net.Listener
@@ -143,6 +148,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	if len(c.secrets) == 0 {
 		return nil, errors.New("client: Secrets: at least one, to verify callbacks")
+	}
+	if cfg.Key != "" {
+		k, err := seal.ParseKey(cfg.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client: Key: %w", err)
+		}
+		c.key = k
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -221,6 +233,17 @@ func (c *Client) receive(w http.ResponseWriter, r *http.Request) {
 		c.log.Warn("client: refused callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
 		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return
+	}
+	if c.key != nil {
+		alg := seal.AESGCM
+		if strings.HasPrefix(r.Header.Get("content-type"), seal.ContentTypeJWE) {
+			alg = seal.JWE
+		}
+		if body, err = seal.Open(alg, c.key, r.Header.Get(webhook.HeaderID), body); err != nil {
+			c.log.Warn("client: callback not sealed with our key", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 	}
 	res, err := decode(body)
 	if err != nil {

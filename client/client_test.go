@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
@@ -145,5 +146,50 @@ func TestNewRefusesBadConfig(t *testing.T) {
 			c.Close()
 			t.Errorf("New(%+v) accepted", cfg)
 		}
+	}
+}
+
+func TestSealedCallbacks(t *testing.T) {
+	const key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	sc := sidecar(t, 0, false, secret) // answers 202, never calls back itself
+	c, err := New(Config{BaseURL: sc.URL, Secrets: []string{secret}, Key: key, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan Result, 1)
+	req, _ := http.NewRequest("POST", "/slow", nil)
+	call, err := c.Do(context.Background(), req, func(_ context.Context, r Result) { got <- r })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, _ := webhook.ParseSecret(secret)
+	k, _ := seal.ParseKey(key)
+	plain := []byte(`{"id":"` + call.ID + `","traceId":"4bf92f3577b34da6a3ce929d0e0e4736","status":"completed","response":{"status":200,"body":"sealed"}}`)
+	post := func(body []byte, contentType string) int {
+		req, _ := http.NewRequest("POST", c.CallbackURL(), bytes.NewReader(body))
+		req.Header.Set("content-type", contentType)
+		webhook.Sign(req.Header, []webhook.Secret{sec}, call.ID, time.Now(), body)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(plain, "application/json"); code != 400 {
+		t.Fatalf("unsealed callback with a key configured: %d", code)
+	}
+	sealed, ct, _ := seal.Seal(seal.JWE, k, call.ID, plain)
+	if code := post(sealed, ct); code != 204 {
+		t.Fatalf("sealed callback: %d", code)
+	}
+	select {
+	case r := <-got:
+		if string(r.Response.Body) != "sealed" {
+			t.Fatalf("%+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler never ran")
 	}
 }

@@ -38,8 +38,9 @@ const (
 
 type DeliverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The callback payload, byte for byte the JSON body of an http callback:
-	// {"id","traceId","status","response":{"status","headers","body"},"error"}.
+	// The callback payload, byte for byte the body of an http callback: the JSON
+	// {"id","traceId","status","response":{"status","headers","body"},"error"},
+	// or its sealed form when the rule sets callback.encryption.
 	// It is what the signature covers.
 	Payload []byte `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
 	// Copies of the payload's fields, for routing without parsing it.

@@ -16,7 +16,7 @@ import (
 // its own in confirm mode. A broker confirm of a routed message is delivered;
 // a return (no queue bound) or a nack is retried like a 5xx.
 func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result {
-	body, err := jsonPayload(p)
+	body, contentType, err := s.encode(a, p)
 	if err != nil {
 		return a.retry(0, err.Error())
 	}
@@ -60,7 +60,7 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 		// amqp091's errors never include the URL's password.
 		return a.retry(0, "connecting to the callback broker "+u.Host+": "+err.Error())
 	}
-	if err := publishConfirmed(ctx, conn, exchange, key, a, body); err != nil {
+	if err := publishConfirmed(ctx, conn, exchange, key, a, contentType, body); err != nil {
 		if conn.IsClosed() {
 			s.mu.Lock()
 			s.amqp.dropIf(cacheKey, conn, func(c *amqp.Connection) { c.Close() })
@@ -71,7 +71,7 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 	return Result{Outcome: Delivered}
 }
 
-func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key string, a *attempt, body []byte) error {
+func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key string, a *attempt, contentType string, body []byte) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("opening a channel: %w", err)
@@ -87,7 +87,7 @@ func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key 
 	}
 	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, amqp.Publishing{
 		DeliveryMode:  amqp.Persistent,
-		ContentType:   "application/json",
+		ContentType:   contentType,
 		MessageId:     a.rec.ID,
 		CorrelationId: a.rec.ID,
 		Timestamp:     time.Now(),

@@ -38,6 +38,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
@@ -202,11 +203,11 @@ func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
 	defer cancel()
 	switch a.cb.Protocol {
 	case rules.ProtocolHTTP:
-		body, err := jsonPayload(payload)
+		body, contentType, err := s.encode(a, payload)
 		if err != nil {
 			return a.retry(0, err.Error())
 		}
-		return s.post(ctx, a, "application/json", body, nil)
+		return s.post(ctx, a, contentType, body, nil)
 	case rules.ProtocolSOAP:
 		body := EncodeSOAP(payload)
 		return s.post(ctx, a, "text/xml; charset=utf-8", body, http.Header{"Soapaction": {`"` + a.cb.SOAPAction + `"`}})
@@ -254,10 +255,24 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	return 0, false
 }
 
-func jsonPayload(p Payload) ([]byte, error) {
+// encode renders the payload as JSON, sealed when the callback's rule says
+// so (the signature then covers the sealed bytes).
+func (s *Sender) encode(a *attempt, p Payload) ([]byte, string, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
-		return nil, fmt.Errorf("encoding payload: %w", err)
+		return nil, "", fmt.Errorf("encoding payload: %w", err)
 	}
-	return b, nil
+	enc := a.cb.Encryption
+	if enc == nil {
+		return b, "application/json", nil
+	}
+	v, err := s.Secrets.Value(enc.KeyRef)
+	if err != nil {
+		return nil, "", err
+	}
+	key, err := seal.ParseKey(v)
+	if err != nil {
+		return nil, "", fmt.Errorf("secret %s: %w", enc.KeyRef, err)
+	}
+	return seal.Seal(enc.Type, key, a.rec.ID, b)
 }

@@ -21,7 +21,7 @@ import (
 
 // deliverGRPC makes a grpc attempt: one unary Deliver with the signed payload.
 func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result {
-	body, err := jsonPayload(p)
+	body, _, err := s.encode(a, p)
 	if err != nil {
 		return a.retry(0, err.Error())
 	}

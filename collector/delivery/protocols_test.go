@@ -22,10 +22,38 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/client/callbackpb"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 var testSecret = must(webhook.ParseSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+
+const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+func TestSealedCallback(t *testing.T) {
+	var got http.Header
+	var body []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, body = r.Header.Clone(), must(io.ReadAll(r.Body))
+	}))
+	defer srv.Close()
+	rec := record(srv.URL, true)
+	rec.Envelope.Callback.Encryption = &rules.Encryption{Type: rules.EncryptAESGCM, KeyRef: "key"}
+	s := NewSender(secrets{"s": {testSecret}}, time.Second)
+	if res := s.Send(context.Background(), rec, 1); res.Outcome != Delivered {
+		t.Fatalf("%+v", res)
+	}
+	if got.Get("content-type") != seal.ContentTypeAESGCM || strings.Contains(string(body), "completed") {
+		t.Fatalf("not sealed: %v %s", got, body)
+	}
+	if err := webhook.Verify(got, body, []webhook.Secret{testSecret}, time.Now()); err != nil {
+		t.Fatalf("signature over the sealed bytes: %v", err)
+	}
+	plain, err := seal.Open(seal.AESGCM, must(seal.ParseKey(testKey)), rec.ID, body)
+	if err != nil || !strings.Contains(string(plain), `"status":"completed"`) {
+		t.Fatalf("%s %v", plain, err)
+	}
+}
 
 func TestSOAPCallback(t *testing.T) {
 	var got http.Header
