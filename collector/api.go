@@ -27,6 +27,7 @@ const MaxWait = 60 * time.Second
 //	POST /v1/requests/{id}/complete     an external node's answer (see nodes.go)
 //	POST /v1/requests/{id}/replay       operator: deliver again (see replay.go)
 //	POST /v1/deliveries/replay          operator: bulk replay by filter
+//	GET  /metrics                       Prometheus (see observe.go)
 //	GET  /healthz, /readyz
 func (c *Collector) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -37,6 +38,7 @@ func (c *Collector) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/requests/{id}/complete", c.complete)
 	mux.HandleFunc("POST /v1/requests/{id}/replay", c.replayOne)
 	mux.HandleFunc("POST /v1/deliveries/replay", c.replayMany)
+	mux.Handle("GET /metrics", c.obs.handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := c.store.Ping(r.Context()); err != nil {
@@ -67,17 +69,24 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	env, err := envelope.Decode(data)
 	if err != nil {
 		c.log.Warn("intake: refused envelope", "err", err)
+		c.obs.intake.WithLabelValues("", "refused").Inc()
 		writeError(w, http.StatusBadRequest, "bad_envelope", err.Error())
 		return
 	}
+	start := time.Now()
+	ctx, span := spanFor(r.Context(), env, "asyncmesh.intake")
+	defer span.End()
 	log := c.log.With("id", env.ID, "trace_id", env.TraceID, "rule", env.Rule)
-	rec := store.NewRecord(env, time.Now())
-	if err := c.store.Create(r.Context(), rec); err != nil {
+	rec := store.NewRecord(env, start)
+	if err := c.store.Create(ctx, rec); err != nil {
 		if !errors.Is(err, store.ErrExists) {
 			log.Error("intake: persisting", "err", err)
+			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
+			span.RecordError(err)
 			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be persisted")
 			return
 		}
+		c.obs.intake.WithLabelValues(env.Rule, "duplicate").Inc()
 		// The filter retried a call whose answer it lost: answer with what is stored.
 		if rec, err = c.store.Get(r.Context(), env.ID); err != nil {
 			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be read back")
@@ -87,10 +96,14 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, "id_conflict", "id: already used by another request")
 			return
 		}
-	} else if err := c.enqueue(r.Context(), rec); err != nil {
-		log.Warn("intake: publish failed; the outbox relay will publish it", "err", err)
 	} else {
-		rec.Status = store.Queued
+		if err := c.enqueue(ctx, rec); err != nil {
+			log.Warn("intake: publish failed; the outbox relay will publish it", "err", err)
+		} else {
+			rec.Status = store.Queued
+		}
+		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
+		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
 	}
 	log.Info("intake: accepted", "status", rec.Status)
 	if env.Wait > 0 && !rec.Status.HasResult() {

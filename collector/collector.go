@@ -96,6 +96,7 @@ type Collector struct {
 	queue  queue.Queue
 	sender *delivery.Sender
 	nodes  *external.Client
+	obs    *metrics
 	log    *slog.Logger
 	replay *http.Client
 	notify *notifier
@@ -140,6 +141,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		cfg: cfg, store: st, queue: q, log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
+		obs:    newMetrics(),
 		replay: &http.Client{
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -189,6 +191,7 @@ func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*stor
 	r, err := c.store.Transition(ctx, id, ch)
 	if err == nil {
 		c.notify.broadcast(id)
+		c.obs.transitioned(r, ch)
 	}
 	return r, err
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
@@ -67,10 +69,23 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	}
 
 	r.Envelope = c.applyRules(r.Envelope)
+	target := "internal"
 	if r.Envelope.Target.External() {
+		target = "external"
+	}
+	start := time.Now()
+	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.process", attribute.String("asyncmesh.target", target))
+	defer func() {
+		c.obs.executeSeconds.WithLabelValues(r.Rule, target).Observe(since(start))
+		span.End()
+	}()
+	if target == "external" {
 		return c.dispatchExternal(ctx, r, m)
 	}
 	resp, err := c.execute(ctx, r)
+	if err != nil {
+		span.RecordError(err)
+	}
 	change := store.Change{From: []store.Status{store.Processing}, To: store.Completed, Response: resp}
 	if err != nil {
 		var perm *permanentError
@@ -121,7 +136,7 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 		req.Header.Add(h[0], h[1])
 	}
 	req.Host = e.Authority
-	req.Header.Set("traceparent", e.TraceParent)
+	req.Header.Set("traceparent", traceParentOf(ctx, e.TraceParent))
 	req.Header.Set("x-async-request-id", e.ID)
 	req.Header.Set(replay.Header, replay.Sign(c.cfg.ReplaySecret, e.ID, e.Method, e.Path, time.Now()))
 	resp, err := c.replay.Do(req)
@@ -178,7 +193,18 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
 	attempts := attemptsSinceReplay(r) + 1
+	protocol := r.Envelope.Callback.Protocol
+	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))
 	res := c.sender.Send(ctx, r, attempts)
+	outcome := map[delivery.Outcome]string{delivery.Delivered: "delivered", delivery.Retry: "retry", delivery.Gone: "gone"}[res.Outcome]
+	c.obs.attempts.WithLabelValues(r.Rule, protocol, outcome).Inc()
+	c.obs.attemptSeconds.WithLabelValues(r.Rule, protocol).Observe(res.Attempt.Latency.Seconds())
+	span.SetAttributes(attribute.String("asyncmesh.outcome", outcome), attribute.Int("asyncmesh.status_code", res.Attempt.StatusCode))
+	var attemptErr error
+	if res.Attempt.Error != "" {
+		attemptErr = errors.New(res.Attempt.Error)
+	}
+	endSpan(span, attemptErr)
 	// Until the next attempt is due, the record stays leased to this message.
 	change := store.Change{From: []store.Status{store.Delivering}, Attempt: &res.Attempt, LeaseUntil: time.Now().Add(res.Wait)}
 	switch {

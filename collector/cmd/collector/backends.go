@@ -19,7 +19,7 @@ import (
 // options are the command's flags.
 type options struct {
 	listen, replayURL, replayEnv, secretsDir, apiURL string
-	adminTokenEnv                                    string
+	adminTokenEnv, otlpEndpoint                      string
 	workers                                          int
 
 	storeKind, queueKind, dbPath string
@@ -38,6 +38,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.replayEnv, "replay-secret-env", "ASYNCMESH_REPLAY_SECRET", "environment variable holding the replay-signing secret (shared with the filter)")
 	fs.StringVar(&o.secretsDir, "secrets-dir", "", "directory of callback secrets, one file per reference")
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of this API as others reach it, for the statusUrl in queue messages")
+	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint for OpenTelemetry spans (for example http://127.0.0.1:4318); empty: tracing off")
 	fs.StringVar(&o.adminTokenEnv, "admin-token-env", "", "environment variable holding the bearer token of the operator endpoints (replay); unset: they are off")
 	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions")
 

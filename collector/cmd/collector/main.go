@@ -45,6 +45,11 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	stopTracing, err := startTracing(ctx, o.otlpEndpoint, o.nodeID)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stopTracing(context.Background()) }()
 	b, err := openBackends(ctx, o, log)
 	if err != nil {
 		return err

@@ -1,0 +1,115 @@
+package collector
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+)
+
+// Observability decisions:
+//   - Metrics (GET /metrics, Prometheus) are labelled by rule and status (or
+//     protocol and outcome); rule names come from the rules file, so the
+//     label sets stay bounded. Each collector has a registry of its own.
+//   - Spans (OpenTelemetry, exported over OTLP when the command is given an
+//     endpoint, a no-op otherwise) continue the caller's trace: their parent
+//     is the request's traceparent, so intake, processing and every delivery
+//     attempt appear under the trace id the caller got in x-async-trace-id.
+//     The replayed request carries the processing span as its parent.
+
+var tracer = otel.Tracer("github.com/asyncmesh/asyncmesh/collector")
+
+type metrics struct {
+	reg            *prometheus.Registry
+	intake         *prometheus.CounterVec
+	intakeSeconds  *prometheus.HistogramVec
+	transitions    *prometheus.CounterVec
+	executeSeconds *prometheus.HistogramVec
+	attempts       *prometheus.CounterVec
+	attemptSeconds *prometheus.HistogramVec
+	endToEnd       *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		intake: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_intake_total",
+			Help: "Intake calls by rule and outcome (accepted, duplicate, refused, store_error)."}, []string{"rule", "outcome"}),
+		intakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_intake_seconds",
+			Help: "Time to persist and publish an accepted request (without a Prefer: wait).", Buckets: buckets}, []string{"rule"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_transitions_total",
+			Help: "Status changes of records by rule and the status reached."}, []string{"rule", "status"}),
+		executeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_execute_seconds",
+			Help: "Time to run a request against the service (internal) or hand it to a node (external).", Buckets: buckets}, []string{"rule", "target"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_delivery_attempts_total",
+			Help: "Callback attempts by rule, protocol and outcome (delivered, retry, gone)."}, []string{"rule", "protocol", "outcome"}),
+		attemptSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_delivery_attempt_seconds",
+			Help: "Latency of callback attempts.", Buckets: buckets}, []string{"rule", "protocol"}),
+		endToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_accept_to_delivered_seconds",
+			Help: "From intake to the delivered callback.", Buckets: buckets}, []string{"rule"}),
+	}
+	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// transitioned counts a change that reached r's status.
+func (m *metrics) transitioned(r *store.Record, ch store.Change) {
+	if ch.To == "" {
+		return
+	}
+	m.transitions.WithLabelValues(r.Rule, string(r.Status)).Inc()
+	if r.Status == store.Delivered {
+		m.endToEnd.WithLabelValues(r.Rule).Observe(r.UpdatedAt.Sub(r.CreatedAt).Seconds())
+	}
+}
+
+// spanFor starts a span whose parent is the request's traceparent.
+func spanFor(ctx context.Context, e *envelope.Envelope, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if e != nil {
+		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": e.TraceParent})
+		attrs = append(attrs, attribute.String("asyncmesh.request_id", e.ID), attribute.String("asyncmesh.rule", e.Rule))
+	}
+	return tracer.Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+// traceParentOf is the traceparent of ctx's span, or fallback when no span
+// is recording (tracing off).
+func traceParentOf(ctx context.Context, fallback string) string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return fallback
+	}
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	if tp := c["traceparent"]; tp != "" {
+		return tp
+	}
+	return fallback
+}
+
+// endSpan records err (if any) and ends span.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+func since(t time.Time) float64 { return time.Since(t).Seconds() }
