@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,6 +16,12 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/hop"
 )
 
+// OpenAPI is the API's description (served at /v1/openapi.yaml; a test
+// checks the server against it).
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
 // MaxWait bounds ?wait= long-polls.
 const MaxWait = 60 * time.Second
 
@@ -27,6 +34,7 @@ const MaxWait = 60 * time.Second
 //	POST /v1/requests/{id}/complete     an external node's answer (see nodes.go)
 //	POST /v1/requests/{id}/replay       operator: deliver again (see replay.go)
 //	POST /v1/deliveries/replay          operator: bulk replay by filter
+//	GET  /v1/openapi.yaml               this API's OpenAPI document
 //	GET  /metrics                       Prometheus (see observe.go)
 //	GET  /healthz, /readyz
 func (c *Collector) Handler() http.Handler {
@@ -39,6 +47,10 @@ func (c *Collector) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/requests/{id}/replay", c.replayOne)
 	mux.HandleFunc("POST /v1/deliveries/replay", c.replayMany)
 	mux.Handle("GET /metrics", c.obs.handler())
+	mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "application/yaml")
+		_, _ = w.Write(OpenAPI)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := c.store.Ping(r.Context()); err != nil {

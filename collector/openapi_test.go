@@ -1,0 +1,117 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers/legacy"
+)
+
+// TestOpenAPI checks the server against openapi.yaml: every request the test
+// makes and every answer the server gives must match the document, and every
+// operation of the document must have been exercised.
+func TestOpenAPI(t *testing.T) {
+	ctx := context.Background()
+	doc, err := openapi3.NewLoader().LoadFromData(OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate(ctx); err != nil {
+		t.Fatalf("openapi.yaml: %v", err)
+	}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		route, params, err := router.FindRoute(r)
+		if err != nil {
+			t.Errorf("%s %s: not in openapi.yaml: %v", r.Method, r.URL.Path, err)
+			e.c.Handler().ServeHTTP(w, r)
+			return
+		}
+		mu.Lock()
+		seen[r.Method+" "+route.Path] = true
+		mu.Unlock()
+		in := &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+		if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
+			t.Errorf("%s %s: request does not match openapi.yaml: %v", r.Method, r.URL, err)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rec := httptest.NewRecorder()
+		e.c.Handler().ServeHTTP(rec, r)
+		out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: rec.Code, Header: rec.Header(),
+			Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+		out.SetBodyBytes(rec.Body.Bytes())
+		if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
+			t.Errorf("%s %s → %d: answer does not match openapi.yaml: %v\n%s", r.Method, r.URL, rec.Code, err, rec.Body)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}))
+	defer srv.Close()
+
+	call := func(method, path, body string, hdrs ...string) (int, []byte) {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if body != "" {
+			req.Header.Set("content-type", "application/json")
+		}
+		for i := 0; i+1 < len(hdrs); i += 2 {
+			req.Header.Set(hdrs[i], hdrs[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	admin := []string{"authorization", "Bearer " + adminToken}
+	en := e.envelope("/work", []byte("hi"))
+	data, _ := json.Marshal(en)
+	call("POST", "/v1/intake", string(data))
+	call("POST", "/v1/intake", `{"v":1}`)
+	call("GET", "/v1/requests/"+en.ID+"/result?wait=10s", "")
+	call("GET", "/v1/requests/"+en.ID+"?wait=10s", "")
+	call("GET", "/v1/requests/"+en.ID+"?wait=forever", "")
+	call("GET", "/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", "")
+	call("GET", "/v1/requests?traceId="+en.TraceID+"&limit=10", "")
+	call("GET", "/v1/requests?status=delivered", "")
+	call("POST", "/v1/requests/"+en.ID+"/complete", `{"status":200}`)
+	call("POST", "/v1/requests/"+en.ID+"/replay", "")
+	if code, b := call("POST", "/v1/requests/"+en.ID+"/replay", "", admin...); code != 202 {
+		t.Fatalf("replay %d %s", code, b)
+	}
+	call("POST", "/v1/deliveries/replay", `{"status":"dead","limit":5}`, admin...)
+	call("GET", "/v1/openapi.yaml", "")
+	call("GET", "/metrics", "")
+	call("GET", "/healthz", "")
+	call("GET", "/readyz", "")
+
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			if !seen[method+" "+path] {
+				t.Errorf("%s %s is documented but the test never called it", method, path)
+			}
+		}
+	}
+}
