@@ -1,10 +1,8 @@
 package collector
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +13,8 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+
+	"github.com/asyncmesh/asyncmesh/internal/strict"
 )
 
 // Replay (operator endpoints, bearer-token protected):
@@ -127,9 +127,7 @@ func (c *Collector) replayMany(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var q bulkReplay
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&q); err != nil {
+	if err := strict.Decode(data, &q); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_body", "decoding the filter: "+err.Error())
 		return
 	}

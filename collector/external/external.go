@@ -44,6 +44,8 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
+
+	"github.com/asyncmesh/asyncmesh/internal/strict"
 )
 
 // Task is what a node is sent.
@@ -275,14 +277,9 @@ func (c *Client) key(e *rules.Encryption) ([]byte, error) {
 
 // ParseCompletion decodes a completion strictly.
 func ParseCompletion(data []byte) (*Completion, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var cp Completion
-	if err := dec.Decode(&cp); err != nil {
+	if err := strict.Decode(data, &cp); err != nil {
 		return nil, fmt.Errorf("completion: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("completion: trailing data after the object")
 	}
 	switch {
 	case cp.Error != "" && cp.Status != 0:

@@ -5,8 +5,6 @@
 package envelope
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
+
+	"github.com/asyncmesh/asyncmesh/internal/strict"
 )
 
 // Version of the envelope format.
@@ -61,14 +61,9 @@ const MaxSize = rules.MaxBodyLimit*4/3 + 1<<20
 
 // Decode parses and validates an envelope strictly; errors name the field.
 func Decode(data []byte) (*Envelope, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var e Envelope
-	if err := dec.Decode(&e); err != nil {
+	if err := strict.Decode(data, &e); err != nil {
 		return nil, fmt.Errorf("decoding envelope: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decoding envelope: trailing data after the object")
 	}
 	return &e, e.Validate()
 }

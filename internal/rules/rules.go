@@ -12,7 +12,6 @@
 package rules
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/strict"
 )
 
 // Mode says when a matched request goes async.
@@ -133,14 +134,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // Parse decodes and validates a configuration strictly: unknown fields, wrong
 // types and invalid values are errors naming the field.
 func Parse(data []byte) (*Config, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var c Config
-	if err := dec.Decode(&c); err != nil {
+	if err := strict.Decode(data, &c); err != nil {
 		return nil, fmt.Errorf("decoding filter configuration: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decoding filter configuration: trailing data after the object")
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
