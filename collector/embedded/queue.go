@@ -216,22 +216,22 @@ func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
 	case err == nil:
 		settle = q.ack(ctx, c.seq)
 	case queue.IsPoison(err):
-		slog.Warn("queue: dead-lettering poison message", "topic", c.msg.Topic, "key", c.msg.Key, "err", err)
+		slog.Warn("queue: dead-lettering poison message", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "err", err)
 		settle = q.deadLetter(ctx, c, err.Error())
 	case c.msg.Deliveries >= queue.MaxDeliveries && !isRetryAfter(err):
-		slog.Warn("queue: dead-lettering message after max deliveries", "topic", c.msg.Topic, "key", c.msg.Key, "deliveries", c.msg.Deliveries, "err", err)
+		slog.Warn("queue: dead-lettering message after max deliveries", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "deliveries", c.msg.Deliveries, "err", err)
 		settle = q.deadLetter(ctx, c, fmt.Sprintf("after %d deliveries: %v", c.msg.Deliveries, err))
 	default:
 		d, ok := queue.RetryDelay(err)
 		if !ok {
 			d = queue.Backoff(c.msg.Deliveries)
-			slog.Warn("queue: handler failed, will retry", "topic", c.msg.Topic, "key", c.msg.Key, "in", d, "err", err)
+			slog.Warn("queue: handler failed, will retry", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "in", d, "err", err)
 		}
 		settle = q.requeue(ctx, c.seq, d)
 	}
 	if settle != nil {
 		// The lease will expire and the message come back: at least once.
-		slog.Error("queue: settling message", "topic", c.msg.Topic, "key", c.msg.Key, "err", settle)
+		slog.Error("queue: settling message", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "err", settle)
 	}
 }
 
