@@ -30,6 +30,7 @@ const MaxWait = 60 * time.Second
 //	POST /v1/intake                     the filter hands over an accepted request
 //	GET  /v1/requests/{id}[?wait=30s]   status, history, attempts; waits until terminal
 //	GET  /v1/requests/{id}/result[?wait=30s]  the service's response; waits until known
+//	GET  /v1/requests/{id}/events       server-sent events: the record at every change (events.go)
 //	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
 //	POST /v1/requests/{id}/complete     an external node's answer (see nodes.go)
 //	POST /v1/requests/{id}/replay       operator: deliver again (see replay.go)
@@ -42,6 +43,7 @@ func (c *Collector) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/intake", c.intake)
 	mux.HandleFunc("GET /v1/requests/{id}", c.getRequest)
 	mux.HandleFunc("GET /v1/requests/{id}/result", c.getResult)
+	mux.HandleFunc("GET /v1/requests/{id}/events", c.events)
 	mux.HandleFunc("GET /v1/requests", c.search)
 	mux.HandleFunc("POST /v1/requests/{id}/complete", c.complete)
 	mux.HandleFunc("POST /v1/requests/{id}/replay", c.replayOne)

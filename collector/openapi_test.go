@@ -28,6 +28,7 @@ func TestOpenAPI(t *testing.T) {
 	if err := doc.Validate(ctx); err != nil {
 		t.Fatalf("openapi.yaml: %v", err)
 	}
+	openapi3filter.RegisterBodyDecoder("text/event-stream", openapi3filter.FileBodyDecoder)
 	router, err := legacy.NewRouter(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +94,10 @@ func TestOpenAPI(t *testing.T) {
 	call("GET", "/v1/requests/"+en.ID+"/result?wait=10s", "")
 	call("GET", "/v1/requests/"+en.ID+"?wait=10s", "")
 	call("GET", "/v1/requests/"+en.ID+"?wait=forever", "")
+	if code, b := call("GET", "/v1/requests/"+en.ID+"/events", ""); code != 200 || !strings.Contains(string(b), `"status":"delivered"`) {
+		t.Fatalf("events of a delivered request: %d %s", code, b)
+	}
+	call("GET", "/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293/events", "")
 	call("GET", "/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", "")
 	call("GET", "/v1/requests?traceId="+en.TraceID+"&limit=10", "")
 	call("GET", "/v1/requests?status=delivered", "")
