@@ -29,6 +29,7 @@ func (c *Collector) events(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	deadline := time.Now().Add(MaxEventStream)
 	var last *store.Record
+	lastWrite := time.Now()
 	for {
 		changed, cancel := c.notify.wait(id)
 		rec, err := c.store.Get(ctx, id)
@@ -52,7 +53,11 @@ func (c *Collector) events(w http.ResponseWriter, r *http.Request) {
 			data, _ := json.Marshal(viewOf(rec))
 			fmt.Fprintf(w, "id: %s\nevent: status\ndata: %s\n\n", rec.UpdatedAt.Format(time.RFC3339Nano), data)
 			flusher.Flush()
-			last = rec
+			last, lastWrite = rec, time.Now()
+		} else if time.Since(lastWrite) >= 15*time.Second {
+			fmt.Fprint(w, ": keep-alive\n\n")
+			flusher.Flush()
+			lastWrite = time.Now()
 		}
 		if rec.Status.Terminal() || time.Now().After(deadline) {
 			cancel()
