@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm demo test unit e2e lint fuzz proto clean
+.PHONY: all build wasm demo test unit e2e lint fuzz proto bench bench-run clean
 
 all: build
 
@@ -23,6 +23,16 @@ e2e: build
 	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
 test: lint unit e2e
+
+# bench measures the whole stack on the embedded default and on RabbitMQ +
+# Elasticsearch (started and stopped around it) and rewrites bench/REPORT.md,
+# bench/report.json and bench/latency.png. BENCH_FLAGS passes options.
+bench: build
+	scripts/with-backends.sh $(MAKE) bench-run
+
+bench-run:
+	$(GO) build -o $(BIN)/bench ./bench/cmd/bench
+	$(BIN)/bench -envoy "$(ENVOY_BIN)" -bin $(BIN) -out bench $(BENCH_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi

@@ -253,6 +253,24 @@ func (s *Stack) StopCollector(kill bool) error {
 	return s.stop("collector", sig)
 }
 
+// PID is the process id of a running process of the stack ("envoy",
+// "collector", "service", "receiver", ...), or 0.
+func (s *Stack) PID(name string) int {
+	if p, ok := s.procs[name]; ok {
+		return p.cmd.Process.Pid
+	}
+	return 0
+}
+
+// Spawn starts one more process with the stack (its output in
+// LogPath(name)); Close stops it with the others.
+func (s *Stack) Spawn(name, bin string, env []string, args ...string) error {
+	return s.spawn(name, bin, env, args...)
+}
+
+// ServiceAddr is the demo service's host:port.
+func (s *Stack) ServiceAddr() string { return addr(s.servicePort) }
+
 // LogPath is where a process's output goes.
 func (s *Stack) LogPath(name string) string { return filepath.Join(s.opt.WorkDir, name+".log") }
 

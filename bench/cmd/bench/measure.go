@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/bench/load"
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+)
+
+// Point is one open-loop run at one offered rate.
+type Point struct {
+	Offered   float64 `json:"offered"`
+	Achieved  float64 `json:"achieved"`
+	ErrorRate float64 `json:"errorRate"`
+	P50ms     float64 `json:"p50ms"`
+	P99ms     float64 `json:"p99ms"`
+	P999ms    float64 `json:"p999ms"`
+}
+
+// Curve is a ladder of offered rates against one target.
+type Curve struct {
+	Name   string  `json:"name"`
+	Points []Point `json:"points"`
+}
+
+// Saturation is the highest achieved rate with under 1% errors.
+func (c Curve) Saturation() float64 {
+	best := 0.0
+	for _, p := range c.Points {
+		if p.ErrorRate < 0.01 {
+			best = max(best, p.Achieved)
+		}
+	}
+	return best
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func pointOf(r load.Result) Point {
+	return Point{Offered: r.Offered, Achieved: r.Achieved, ErrorRate: r.ErrorRate(),
+		P50ms: ms(r.Percentile(50)), P99ms: ms(r.Percentile(99)), P999ms: ms(r.Percentile(99.9))}
+}
+
+var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	MaxIdleConns: 8192, MaxIdleConnsPerHost: 8192, IdleConnTimeout: 30 * time.Second}}
+
+// request sends one request and checks its status; the body is drained so
+// that the connection is reused.
+func request(ctx context.Context, method, url, body string, want int, hdrs ...string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i+1 < len(hdrs); i += 2 {
+		req.Header.Set(hdrs[i], hdrs[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return resp, fmt.Errorf("%s %s: %d", method, url, resp.StatusCode)
+	}
+	return resp, nil
+}
+
+// ladder runs do at each rate for step and returns the curve.
+func ladder(ctx context.Context, name string, rates []float64, step time.Duration, do func(ctx context.Context, seq int) error) Curve {
+	c := Curve{Name: name}
+	for _, rate := range rates {
+		r := load.Run(ctx, load.Params{Rate: rate, Duration: step, Grace: 5 * time.Second}, do)
+		p := pointOf(r)
+		logf("  %-44s offered %6.0f/s  achieved %7.1f/s  errors %5.2f%%  p50 %7.2fms  p99 %8.2fms", name, rate, p.Achieved, 100*p.ErrorRate, p.P50ms, p.P99ms)
+		c.Points = append(c.Points, p)
+		if p.ErrorRate > 0.2 { // far past saturation: higher rates say nothing more
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	return c
+}
+
+// received is what the demo receiver recorded.
+type received struct {
+	WebhookID string    `json:"webhookId"`
+	At        time.Time `json:"at"`
+}
+
+// callbacksAt returns when the receiver got the callback of each id in want,
+// waiting until all are in or timeout passes.
+func callbacksAt(s *stack.Stack, want map[string]time.Time, timeout time.Duration) map[string]time.Time {
+	got := map[string]time.Time{}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := client.Get(s.ReceiverURL + "/received")
+		if err == nil {
+			var all []received
+			_ = json.NewDecoder(resp.Body).Decode(&all)
+			resp.Body.Close()
+			for _, r := range all {
+				if _, ok := want[r.WebhookID]; ok {
+					if _, seen := got[r.WebhookID]; !seen {
+						got[r.WebhookID] = r.At
+					}
+				}
+			}
+		}
+		if len(got) >= len(want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// accepted runs an open-loop load of async requests and returns when each
+// 202 came back, by request id.
+func accepted(ctx context.Context, s *stack.Stack, path string, rate float64, d time.Duration) (load.Result, map[string]time.Time) {
+	var mu sync.Mutex
+	ids := map[string]time.Time{}
+	r := load.Run(ctx, load.Params{Rate: rate, Duration: d, Grace: 10 * time.Second}, func(ctx context.Context, _ int) error {
+		resp, err := request(ctx, "POST", s.EnvoyURL+path, `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+		if err != nil {
+			return err
+		}
+		at := time.Now()
+		mu.Lock()
+		ids[resp.Header.Get("x-async-request-id")] = at
+		mu.Unlock()
+		return nil
+	})
+	return r, ids
+}
+
+// Delay summarises accept → callback latencies.
+type Delay struct {
+	Rate     float64 `json:"rate"`
+	Accepted int     `json:"accepted"`
+	Received int     `json:"received"`
+	P50ms    float64 `json:"p50ms"`
+	P99ms    float64 `json:"p99ms"`
+	P999ms   float64 `json:"p999ms"`
+}
+
+func delays(rate float64, acc, got map[string]time.Time) Delay {
+	var ds []time.Duration
+	for id, a := range acc {
+		if g, ok := got[id]; ok {
+			ds = append(ds, max(g.Sub(a), 0))
+		}
+	}
+	slices.Sort(ds)
+	pct := func(p float64) float64 {
+		if len(ds) == 0 {
+			return 0
+		}
+		return ms(ds[min(len(ds)-1, int(p/100*float64(len(ds))))])
+	}
+	return Delay{Rate: rate, Accepted: len(acc), Received: len(got), P50ms: pct(50), P99ms: pct(99), P999ms: pct(99.9)}
+}
+
+// Usage is a process's resources over a phase.
+type Usage struct {
+	Process  string  `json:"process"`
+	CPU      float64 `json:"cpuCores"` // CPU seconds per second of the phase
+	MaxRSSMB float64 `json:"maxRssMB"`
+}
+
+// sampler records the CPU time and peak RSS of some processes.
+type sampler struct {
+	names []string
+	pids  []int
+	cpu0  []float64
+	start time.Time
+	peak  []float64
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func sample(s *stack.Stack, names ...string) *sampler {
+	sm := &sampler{names: names, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
+	for _, n := range names {
+		pid := s.PID(n)
+		sm.pids = append(sm.pids, pid)
+		sm.cpu0 = append(sm.cpu0, cpuSeconds(pid))
+		sm.peak = append(sm.peak, rssMB(pid))
+	}
+	go func() {
+		defer close(sm.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-sm.stop:
+				return
+			case <-t.C:
+				for i, pid := range sm.pids {
+					sm.peak[i] = max(sm.peak[i], rssMB(pid))
+				}
+			}
+		}
+	}()
+	return sm
+}
+
+func (sm *sampler) end() []Usage {
+	close(sm.stop)
+	<-sm.done
+	wall := time.Since(sm.start).Seconds()
+	var out []Usage
+	for i, n := range sm.names {
+		out = append(out, Usage{Process: n, CPU: (cpuSeconds(sm.pids[i]) - sm.cpu0[i]) / wall, MaxRSSMB: sm.peak[i]})
+	}
+	return out
+}
+
+// cpuSeconds is a process's user + system CPU time (Linux /proc).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) start at ")".
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// rssMB is a process's resident set size in MB.
+func rssMB(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// plotLatency draws p50 and p99 against offered rate for every curve (log
+// latency axis), which makes each knee visible.
+func plotLatency(r *Report, path string) error {
+	p := plot.New()
+	p.Title.Text = "latency against offered rate (open loop)"
+	p.X.Label.Text = "offered rate (req/s)"
+	p.Y.Label.Text = "latency (ms, log)"
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	curves := append([]Curve{}, r.Passthrough...)
+	for _, b := range r.Backends {
+		curves = append(curves, b.Intake)
+	}
+	var lines []any
+	for _, c := range curves {
+		p50, p99 := plotter.XYs{}, plotter.XYs{}
+		for _, pt := range c.Points {
+			p50 = append(p50, plotter.XY{X: pt.Offered, Y: max(pt.P50ms, 0.01)})
+			p99 = append(p99, plotter.XY{X: pt.Offered, Y: max(pt.P99ms, 0.01)})
+		}
+		lines = append(lines, c.Name+" p50", p50, c.Name+" p99", p99)
+	}
+	if err := plotutil.AddLinePoints(p, lines...); err != nil {
+		return err
+	}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	return p.Save(10*vg.Inch, 6*vg.Inch, path)
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/bench/load"
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+)
+
+//go:embed envoy-baseline.yaml
+var baselineBootstrap string
+
+// run measures everything and returns the report.
+func run(ctx context.Context, o options) (*Report, error) {
+	root, err := filepath.Abs(".")
+	if err != nil {
+		return nil, err
+	}
+	rep := newReport()
+	backends := []struct{ name, amqp, es string }{{"embedded", "", ""}}
+	if o.amqpURL != "" && o.esURL != "" {
+		backends = append(backends, struct{ name, amqp, es string }{"rabbitmq+elasticsearch", o.amqpURL, o.esURL})
+	} else {
+		logf("ASYNCMESH_TEST_AMQP_URL / ASYNCMESH_TEST_ES_URL not set: measuring the embedded backend only")
+	}
+	for i, b := range backends {
+		work, err := os.MkdirTemp("", "asyncmesh-bench-")
+		if err != nil {
+			return nil, err
+		}
+		logf("== backend %s (work dir %s)", b.name, work)
+		s, err := stack.Start(ctx, stack.Options{Root: root, BinDir: o.bin, EnvoyBin: o.envoy, WorkDir: work, AMQPURL: b.amqp, ESURL: b.es})
+		if err != nil {
+			return nil, fmt.Errorf("starting the %s stack: %w", b.name, err)
+		}
+		if i == 0 {
+			if rep.Passthrough, err = passthrough(ctx, o, s, work); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+		br, err := measureBackend(ctx, o, s, b.name)
+		s.Close()
+		if err != nil {
+			return nil, err
+		}
+		os.RemoveAll(work)
+		rep.Backends = append(rep.Backends, br)
+	}
+	return rep, ctx.Err()
+}
+
+// passthrough measures the proxy paths: Envoy's direct_response and Envoy
+// without the filter (a second Envoy, same binary and concurrency), against
+// the sidecar's Envoy with the filter on a pass-through route.
+func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([]Curve, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	_, servicePort, _ := net.SplitHostPort(s.ServiceAddr())
+	conf := strings.NewReplacer("${PORT}", strconv.Itoa(ports[0]), "${ADMIN_PORT}", strconv.Itoa(ports[1]), "${SERVICE_PORT}", servicePort).Replace(baselineBootstrap)
+	path := filepath.Join(work, "envoy-baseline.yaml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	if err := s.Spawn("envoy-baseline", o.envoy, nil, "-c", path, "--concurrency", "2", "--base-id", strconv.Itoa(ports[1]), "-l", "warning"); err != nil {
+		return nil, err
+	}
+	base := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	if err := waitOK(ctx, "http://127.0.0.1:"+strconv.Itoa(ports[1])+"/ready"); err != nil {
+		return nil, fmt.Errorf("baseline envoy: %w", err)
+	}
+	logf("== proxy paths")
+	get := func(url string) func(context.Context, int) error {
+		return func(ctx context.Context, _ int) error {
+			_, err := request(ctx, "GET", url, "", http.StatusOK)
+			return err
+		}
+	}
+	return []Curve{
+		ladder(ctx, "envoy direct_response (ceiling)", o.passRates, o.step, get(base+"/direct")),
+		ladder(ctx, "envoy → service, no filter (baseline)", o.passRates, o.step, get(base+"/fast")),
+		ladder(ctx, "envoy + asyncmesh filter → service", o.passRates, o.step, get(s.EnvoyURL+"/fast")),
+	}, nil
+}
+
+// measureBackend measures async intake, accept → callback latency, delivery
+// throughput, resources and the backlog on one stack.
+func measureBackend(ctx context.Context, o options, s *stack.Stack, name string) (BackendReport, error) {
+	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
+	logf("-- async intake (POST /slow?ms=0 → 202)")
+	sm := sample(s, "collector", "envoy")
+	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
+		_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+		return err
+	})
+	br.Usage["intake"] = sm.end()
+	if err := drain(ctx, s); err != nil {
+		return br, err
+	}
+
+	logf("-- accept → callback at paced rates")
+	sm = sample(s, "collector", "envoy")
+	for _, rate := range o.paced {
+		_, acc := accepted(ctx, s, "/slow?ms=0", rate, o.pacedFor)
+		d := delays(rate, acc, callbacksAt(s, acc, 60*time.Second))
+		logf("  %6.0f/s: %d accepted, %d called back, p50 %.1fms p99 %.1fms p99.9 %.1fms", rate, d.Accepted, d.Received, d.P50ms, d.P99ms, d.P999ms)
+		br.Delays = append(br.Delays, d)
+	}
+	br.Usage["paced"] = sm.end()
+
+	logf("-- delivery throughput (a burst of %d, fast receiver)", o.burst)
+	sm = sample(s, "collector", "envoy")
+	rate := min(2000, max(100, 0.8*br.Intake.Saturation()))
+	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
+	got := callbacksAt(s, acc, 120*time.Second)
+	br.Delivery = throughput(len(acc), got)
+	br.Usage["delivery"] = sm.end()
+	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Delivery.Callbacks, br.Delivery.PerSecond)
+
+	if o.backlog > 0 {
+		bl, err := backlog(ctx, o, s, rate)
+		if err != nil {
+			return br, err
+		}
+		br.Backlog = bl
+	}
+	return br, ctx.Err()
+}
+
+// Delivery is the callback rate of a burst, first to last callback.
+type Delivery struct {
+	Accepted  int     `json:"accepted"`
+	Callbacks int     `json:"callbacks"`
+	PerSecond float64 `json:"perSecond"`
+}
+
+func throughput(accepted int, got map[string]time.Time) Delivery {
+	d := Delivery{Accepted: accepted, Callbacks: len(got)}
+	var first, last time.Time
+	for _, t := range got {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+		if t.After(last) {
+			last = t
+		}
+	}
+	if span := last.Sub(first).Seconds(); len(got) > 1 && span > 0 {
+		d.PerSecond = float64(len(got)-1) / span
+	}
+	return d
+}
+
+// Backlog is the collector's memory while requests pile up behind a
+// stalled service.
+type Backlog struct {
+	Requests    int       `json:"requests"`
+	FillSeconds float64   `json:"fillSeconds"`
+	RSSStartMB  float64   `json:"rssStartMB"`
+	RSSMaxMB    float64   `json:"rssMaxMB"`
+	RSSEndMB    float64   `json:"rssEndMB"`
+	SamplesMB   []float64 `json:"samplesMB"` // every 2 s
+}
+
+// backlog queues o.backlog requests whose service call takes 15 s (16
+// workers drain about one a second), sampling the collector's RSS during the
+// fill and 10 s after.
+func backlog(ctx context.Context, o options, s *stack.Stack, rate float64) (*Backlog, error) {
+	logf("-- backlog of %d requests behind a stalled service", o.backlog)
+	pid := s.PID("collector")
+	b := &Backlog{RSSStartMB: rssMB(pid)}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				b.SamplesMB = append(b.SamplesMB, rssMB(pid))
+			}
+		}
+	}()
+	start := time.Now()
+	r := load.Run(ctx, load.Params{Rate: rate, Duration: time.Duration(float64(o.backlog) / rate * float64(time.Second)), Grace: 10 * time.Second},
+		func(ctx context.Context, _ int) error {
+			_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=15000", `{"backlog":true}`, http.StatusAccepted, "content-type", "application/json")
+			return err
+		})
+	b.Requests, b.FillSeconds = r.OK, time.Since(start).Seconds()
+	time.Sleep(10 * time.Second)
+	close(stop)
+	<-done
+	b.RSSEndMB = rssMB(pid)
+	for _, v := range b.SamplesMB {
+		b.RSSMaxMB = max(b.RSSMaxMB, v)
+	}
+	logf("  %d queued in %.0fs; collector RSS %.0f MB → max %.0f MB → %.0f MB", b.Requests, b.FillSeconds, b.RSSStartMB, b.RSSMaxMB, b.RSSEndMB)
+	return b, ctx.Err()
+}
+
+// drain waits until the receiver stops getting callbacks (the intake ladder
+// leaves work behind), so that one phase does not load the next.
+func drain(ctx context.Context, s *stack.Stack) error {
+	last := -1
+	for i := 0; i < 120; i++ {
+		resp, err := client.Get(s.ReceiverURL + "/received")
+		if err != nil {
+			return err
+		}
+		var all []received
+		_ = json.NewDecoder(resp.Body).Decode(&all)
+		resp.Body.Close()
+		if len(all) == last {
+			return nil
+		}
+		last = len(all)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return errors.New("callbacks still arriving after 4 minutes")
+}
+
+func waitOK(ctx context.Context, url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := client.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return errors.New("not ready within 30s: " + url)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
