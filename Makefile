@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm demo test unit e2e lint fuzz proto bench bench-run clean
+.PHONY: all build wasm demo test unit e2e lint fuzz proto bench bench-run chaos chaos-short clean
 
 all: build
 
@@ -22,7 +22,18 @@ unit:
 e2e: build
 	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
-test: lint unit e2e
+test: lint unit e2e chaos-short
+
+# chaos: kill -9 the collector, restart RabbitMQ, stop Elasticsearch and stall
+# the receiver under load; fails on any lost or stuck request. The backends
+# come from ASYNCMESH_TEST_AMQP_URL / ASYNCMESH_TEST_ES_URL when set (make
+# chaos starts them); chaos-short is the bounded version make test runs.
+chaos: build
+	scripts/with-backends.sh $(MAKE) chaos-short CHAOS_FLAGS="-duration 3m -rate 100 -every 8s"
+
+chaos-short: build
+	$(GO) build -o $(BIN)/chaos ./bench/cmd/chaos
+	$(BIN)/chaos -envoy "$(ENVOY_BIN)" -bin $(BIN) $(or $(CHAOS_FLAGS),-duration 30s -rate 50 -every 6s)
 
 # bench measures the whole stack on the embedded default and on RabbitMQ +
 # Elasticsearch (started and stopped around it) and rewrites bench/REPORT.md,

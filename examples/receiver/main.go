@@ -9,6 +9,8 @@
 //	-amqp-url-env     consume amqp callbacks published to amq.topic with
 //	                  routing key -amqp-binding
 //	GET  /received    every callback so far, in order
+//	POST /stall?for=5s   fault injection: for that long, callbacks hang up
+//	                     to 2 s and are then refused with 503 + Retry-After: 1
 package main
 
 import (
@@ -44,6 +46,20 @@ type receiver struct {
 	secrets []webhook.Secret
 	mu      sync.Mutex
 	got     []Received
+	stalled time.Time // until then, callbacks are refused
+}
+
+// stall holds a callback while the receiver is stalled and reports whether
+// it must be refused.
+func (rc *receiver) stall() bool {
+	rc.mu.Lock()
+	until := rc.stalled
+	rc.mu.Unlock()
+	if time.Now().After(until) {
+		return false
+	}
+	time.Sleep(min(time.Until(until), 2*time.Second))
+	return true
 }
 
 // accept verifies a callback's signature over body and records it with
@@ -91,7 +107,24 @@ func main() {
 		}
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /stall", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("for"))
+		if err != nil || d < 0 || d > 10*time.Minute {
+			http.Error(w, "for: want a duration up to 10m", http.StatusBadRequest)
+			return
+		}
+		rc.mu.Lock()
+		rc.stalled = time.Now().Add(d)
+		rc.mu.Unlock()
+		slog.Info("receiver: stalled", "for", d)
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("POST /callbacks", func(w http.ResponseWriter, r *http.Request) {
+		if rc.stall() {
+			w.Header().Set("retry-after", "1")
+			http.Error(w, "stalled", http.StatusServiceUnavailable)
+			return
+		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
 		if err != nil {
 			http.Error(w, "unreadable body", http.StatusBadRequest)

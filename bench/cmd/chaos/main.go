@@ -1,0 +1,268 @@
+// Command chaos is asyncmesh's fault test (make chaos): under a steady load
+// of async requests through Envoy it repeatedly kills the collector with
+// SIGKILL and starts it again, restarts RabbitMQ, stops Elasticsearch for a
+// while, and stalls the callback receiver. Then it counts from the
+// receiver's side, by webhook-id: every request that got a 202 must be
+// called back (none lost), duplicates are counted, and no record may be left
+// in a non-terminal status. It prints one summary line and exits 1 on any
+// loss or stuck record. Everything runs on 127.0.0.1 and is bounded in time.
+//
+// RabbitMQ and Elasticsearch faults run when ASYNCMESH_TEST_AMQP_URL and
+// ASYNCMESH_TEST_ES_URL are set (scripts/with-backends.sh); otherwise the
+// collector runs on the embedded backend and only the collector and
+// receiver faults run.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/bench/load"
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+)
+
+func main() {
+	envoy := flag.String("envoy", "", "envoy binary")
+	bin := flag.String("bin", "build", "directory of the built binaries")
+	rate := flag.Float64("rate", 100, "async requests per second")
+	dur := flag.Duration("duration", 60*time.Second, "how long the load and the faults last")
+	every := flag.Duration("every", 8*time.Second, "time between faults")
+	settle := flag.Duration("settle", 4*time.Minute, "how long to wait for the last callbacks after the load")
+	flag.Parse()
+	if *envoy == "" {
+		fmt.Fprintln(os.Stderr, "chaos: -envoy: required")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	sum, err := run(ctx, *envoy, *bin, *rate, *dur, *every, *settle)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		os.Exit(1)
+	}
+	fmt.Println(sum)
+	if sum.Lost > 0 || sum.Stuck > 0 {
+		os.Exit(1)
+	}
+}
+
+// Summary is the outcome of a run.
+type Summary struct {
+	Accepted, Delivered, Lost, Duplicates, Stuck int
+	Faults                                       map[string]int
+	Took                                         time.Duration
+}
+
+func (s Summary) String() string {
+	var f []string
+	for _, k := range []string{"kill9", "rabbitmq", "elasticsearch", "stall"} {
+		if n := s.Faults[k]; n > 0 {
+			f = append(f, fmt.Sprintf("%s×%d", k, n))
+		}
+	}
+	return fmt.Sprintf("chaos: accepted=%d delivered=%d lost=%d duplicates=%d stuck=%d faults=%s took=%s",
+		s.Accepted, s.Delivered, s.Lost, s.Duplicates, s.Stuck, strings.Join(f, ","), s.Took.Round(time.Second))
+}
+
+func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settle time.Duration) (Summary, error) {
+	start := time.Now()
+	sum := Summary{Faults: map[string]int{}}
+	root, _ := filepath.Abs(".")
+	work, err := os.MkdirTemp("", "asyncmesh-chaos-")
+	if err != nil {
+		return sum, err
+	}
+	opt := stack.Options{Root: root, BinDir: bin, EnvoyBin: envoy, WorkDir: work,
+		AMQPURL: os.Getenv("ASYNCMESH_TEST_AMQP_URL"), ESURL: os.Getenv("ASYNCMESH_TEST_ES_URL")}
+	s, err := stack.Start(ctx, opt)
+	if err != nil {
+		return sum, err
+	}
+	defer s.Close()
+	faults := []string{"kill9", "stall"}
+	if opt.AMQPURL != "" {
+		faults = append(faults, "rabbitmq")
+	}
+	if opt.ESURL != "" {
+		faults = append(faults, "elasticsearch")
+	}
+
+	var mu sync.Mutex
+	accepted := map[string]bool{}
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		load.Run(ctx, load.Params{Rate: rate, Duration: dur, Grace: 20 * time.Second}, func(ctx context.Context, _ int) error {
+			req, _ := http.NewRequestWithContext(ctx, "POST", s.EnvoyURL+"/slow?ms=20", strings.NewReader(`{"chaos":true}`))
+			req.Header.Set("content-type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				return errors.New(resp.Status) // not accepted (collector down: 503), so not owed a callback
+			}
+			mu.Lock()
+			accepted[resp.Header.Get("x-async-request-id")] = true
+			mu.Unlock()
+			return nil
+		})
+	}()
+
+	deadline := time.Now().Add(dur)
+	for i := 0; time.Now().Add(every).Before(deadline); i++ {
+		select {
+		case <-ctx.Done():
+			return sum, ctx.Err()
+		case <-time.After(every):
+		}
+		f := faults[i%len(faults)]
+		fmt.Fprintf(os.Stderr, "chaos: %s fault %s\n", time.Since(start).Round(time.Second), f)
+		if err := inject(ctx, s, root, f); err != nil {
+			return sum, fmt.Errorf("fault %s: %w", f, err)
+		}
+		sum.Faults[f]++
+	}
+	<-loadDone
+	mu.Lock()
+	sum.Accepted = len(accepted)
+	mu.Unlock()
+
+	// Count at the receiver, by webhook-id, until every 202 is called back.
+	end := time.Now().Add(settle)
+	for {
+		got, err := receivedCounts(s)
+		if err != nil {
+			return sum, err
+		}
+		sum.Delivered, sum.Duplicates, sum.Lost = 0, 0, 0
+		for id := range accepted {
+			switch n := got[id]; {
+			case n == 0:
+				sum.Lost++
+			default:
+				sum.Delivered++
+				sum.Duplicates += n - 1
+			}
+		}
+		if sum.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	// Records whose caller got no 202 (the collector died before answering)
+	// are still finished; give the last of them, and Elasticsearch's
+	// near-real-time search, up to a minute.
+	for wait := time.Now().Add(time.Minute); ; {
+		time.Sleep(2 * time.Second)
+		if sum.Stuck, err = stuck(s); err != nil || sum.Stuck == 0 || time.Now().After(wait) {
+			break
+		}
+	}
+	sum.Took = time.Since(start)
+	return sum, err
+}
+
+// inject applies one fault and returns once the system is back.
+func inject(ctx context.Context, s *stack.Stack, root, fault string) error {
+	switch fault {
+	case "kill9":
+		if err := s.StopCollector(true); err != nil {
+			return err
+		}
+		time.Sleep(time.Second)
+		if err := s.StartCollector(); err != nil {
+			return err
+		}
+		return s.WaitCollector(ctx)
+	case "stall":
+		resp, err := http.Post(s.ReceiverURL+"/stall?for=5s", "", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	case "rabbitmq":
+		return script(root, "stop-rabbitmq.sh", "start-rabbitmq.sh", 3*time.Second)
+	case "elasticsearch":
+		return script(root, "stop-elasticsearch.sh", "start-elasticsearch.sh", 5*time.Second)
+	}
+	return fmt.Errorf("unknown fault %s", fault)
+}
+
+// script stops a server, waits, and starts it again (the scripts keep its port).
+func script(root, stopScript, startScript string, down time.Duration) error {
+	for i, name := range []string{stopScript, startScript} {
+		if i == 1 {
+			time.Sleep(down)
+		}
+		if out, err := exec.Command(filepath.Join(root, "scripts", name)).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", name, err, out)
+		}
+	}
+	return nil
+}
+
+// receivedCounts counts the receiver's callbacks by webhook-id.
+func receivedCounts(s *stack.Stack) (map[string]int, error) {
+	resp, err := http.Get(s.ReceiverURL + "/received")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var all []struct {
+		WebhookID string `json:"webhookId"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
+		return nil, err
+	}
+	n := map[string]int{}
+	for _, r := range all {
+		n[r.WebhookID]++
+	}
+	return n, nil
+}
+
+// stuck counts records the collector still has in a non-terminal status.
+func stuck(s *stack.Stack) (int, error) {
+	n := 0
+	for _, st := range []string{"persisted", "queued", "processing", "completed", "failed", "delivering"} {
+		cursor := ""
+		for {
+			resp, err := http.Get(s.CollectorURL + "/v1/requests?limit=500&status=" + st + "&cursor=" + cursor)
+			if err != nil {
+				return 0, err
+			}
+			var page struct {
+				Records []json.RawMessage `json:"records"`
+				Next    string            `json:"next"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&page)
+			resp.Body.Close()
+			if err != nil {
+				return 0, err
+			}
+			n += len(page.Records)
+			if page.Next == "" {
+				break
+			}
+			cursor = page.Next
+		}
+	}
+	return n, nil
+}
