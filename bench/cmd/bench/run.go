@@ -123,7 +123,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string)
 
 	logf("-- delivery throughput (a burst of %d, fast receiver)", o.burst)
 	sm = sample(s, "collector", "envoy")
-	rate := min(2000, max(100, 0.8*br.Intake.Saturation()))
+	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
 	got := callbacksAt(s, acc, 120*time.Second)
 	br.Delivery = throughput(len(acc), got)
@@ -175,6 +175,9 @@ type Backlog struct {
 	SamplesMB   []float64 `json:"samplesMB"` // every 2 s
 }
 
+// maxBacklogFill bounds the backlog phase's load.
+const maxBacklogFill = 150 * time.Second
+
 // backlog queues o.backlog requests whose service call takes 15 s (16
 // workers drain about one a second), sampling the collector's RSS during the
 // fill and 10 s after.
@@ -198,7 +201,10 @@ func backlog(ctx context.Context, o options, s *stack.Stack, rate float64) (*Bac
 		}
 	}()
 	start := time.Now()
-	r := load.Run(ctx, load.Params{Rate: rate, Duration: time.Duration(float64(o.backlog) / rate * float64(time.Second)), Grace: 10 * time.Second},
+	// The fill is bounded in time: a backend that takes requests slowly
+	// queues fewer, and the report says how many.
+	fill := min(time.Duration(float64(o.backlog)/rate*float64(time.Second)), maxBacklogFill)
+	r := load.Run(ctx, load.Params{Rate: rate, Duration: fill, Grace: 10 * time.Second},
 		func(ctx context.Context, _ int) error {
 			_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=15000", `{"backlog":true}`, http.StatusAccepted, "content-type", "application/json")
 			return err
