@@ -190,8 +190,8 @@ func (c *Collector) Run(ctx context.Context) error {
 func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*store.Record, error) {
 	r, err := c.store.Transition(ctx, id, ch)
 	if err == nil {
+		c.obs.transitioned(r, ch) // before waking waiters, who may read the metrics
 		c.notify.broadcast(id)
-		c.obs.transitioned(r, ch)
 	}
 	return r, err
 }
