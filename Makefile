@@ -33,7 +33,7 @@ chaos: build
 
 chaos-short: build
 	$(GO) build -o $(BIN)/chaos ./bench/cmd/chaos
-	$(BIN)/chaos -envoy "$(ENVOY_BIN)" -bin $(BIN) $(or $(CHAOS_FLAGS),-duration 45s -rate 50 -every 6s)
+	$(BIN)/chaos -envoy "$(ENVOY_BIN)" -bin $(BIN) $(or $(CHAOS_FLAGS),-duration 75s -rate 50 -every 6s)
 
 # bench measures the whole stack on the embedded default and on RabbitMQ +
 # Elasticsearch (started and stopped around it) and rewrites bench/REPORT.md,

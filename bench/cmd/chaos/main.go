@@ -92,14 +92,14 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 		return sum, err
 	}
 	defer s.Close()
-	faults := []string{"kill9"}
-	if opt.ESURL != "" {
-		faults = append(faults, "elasticsearch")
-	}
+	// Quick faults first, so that a short run still sees every kind.
+	faults := []string{"kill9", "stall"}
 	if opt.AMQPURL != "" {
 		faults = append(faults, "rabbitmq")
 	}
-	faults = append(faults, "stall")
+	if opt.ESURL != "" {
+		faults = append(faults, "elasticsearch") // its restart takes ~30 s
+	}
 
 	var mu sync.Mutex
 	accepted := map[string]bool{}
