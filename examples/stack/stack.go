@@ -72,7 +72,7 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 	}
 	s := &Stack{opt: opt, procs: map[string]*proc{},
 		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret()}
-	ports, err := freePorts(8)
+	ports, err := FreePorts(8)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +326,8 @@ func (s *Stack) Close() {
 	}
 }
 
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free TCP ports on 127.0.0.1.
+func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {

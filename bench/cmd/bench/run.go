@@ -65,7 +65,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 // without the filter (a second Envoy, same binary and concurrency), against
 // the sidecar's Envoy with the filter on a pass-through route.
 func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([]Curve, error) {
-	ports, err := freePorts(2)
+	ports, err := stack.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -262,23 +262,4 @@ func waitOK(ctx context.Context, url string) error {
 		}
 	}
 	return errors.New("not ready within 30s: " + url)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
