@@ -251,24 +251,30 @@ func (c *Collector) await(ctx context.Context, id string, wait time.Duration, do
 			return rec, err
 		}
 		// Other collectors may move the record: poll at least every second.
-		t := time.NewTimer(min(left, time.Second))
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-		case <-c.stopping:
-		}
-		t.Stop()
+		stopping := c.pause(ctx, changed, min(left, time.Second))
 		cancel()
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		select {
-		case <-c.stopping:
+		if stopping {
 			return c.store.Get(ctx, id)
-		default:
 		}
 	}
+}
+
+// pause waits for a change of a record (changed), d, the caller leaving or
+// the collector stopping, and reports whether the collector is stopping.
+func (c *Collector) pause(ctx context.Context, changed <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-changed:
+	case <-t.C:
+	case <-ctx.Done():
+	case <-c.stopping:
+		return true
+	}
+	return false
 }
 
 func parseWait(v string) (time.Duration, error) {

@@ -64,21 +64,10 @@ func (c *Collector) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// Other collectors may move the record: read again at least every second.
-		t := time.NewTimer(time.Second)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-		case <-c.stopping:
-		}
-		t.Stop()
+		stopping := c.pause(ctx, changed, time.Second)
 		cancel()
-		select {
-		case <-ctx.Done():
+		if stopping || ctx.Err() != nil {
 			return
-		case <-c.stopping:
-			return
-		default:
 		}
 	}
 }

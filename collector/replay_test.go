@@ -69,7 +69,8 @@ func TestReplayOne(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d successful callbacks, want 1", n)
 	}
-	// Delivered now: replayable again, but not while it is delivering.
+	// Delivered now: replayable again. A replay racing the delivery it started
+	// answers 409 (still delivering) or 202 (already delivered); nothing else.
 	if code, v := e.admin("/v1/requests/"+id+"/replay", adminToken, ""); code != 202 {
 		t.Fatalf("second replay: %d %v", code, v)
 	}

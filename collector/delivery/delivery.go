@@ -72,7 +72,7 @@ type Sender struct {
 	Timeout time.Duration // per attempt; default 10s
 
 	mu    sync.Mutex
-	http  map[string]*http.Client // by guard key
+	http  HTTPClients
 	grpc  connCache[*grpc.ClientConn]
 	amqp  connCache[*amqp.Connection]
 	close bool
@@ -83,7 +83,7 @@ func NewSender(secrets Secrets, timeout time.Duration) *Sender {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Sender{Secrets: secrets, Timeout: timeout, http: map[string]*http.Client{}}
+	return &Sender{Secrets: secrets, Timeout: timeout}
 }
 
 // Close closes the pooled connections.
@@ -91,9 +91,7 @@ func (s *Sender) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.close = true
-	for _, c := range s.http {
-		c.CloseIdleConnections()
-	}
+	s.http.CloseIdle()
 	s.grpc.closeAll(func(c *grpc.ClientConn) { c.Close() })
 	s.amqp.closeAll(func(c *amqp.Connection) { c.Close() })
 }

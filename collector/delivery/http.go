@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
@@ -24,7 +25,7 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	}
 	req.Header.Set("content-type", contentType)
 	req.Header.Set("user-agent", "asyncmesh-collector")
-	resp, err := s.httpClient(a.guard).Do(req)
+	resp, err := s.http.For(a.guard).Do(req)
 	if err != nil {
 		return a.retry(0, err.Error())
 	}
@@ -35,13 +36,15 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	code := resp.StatusCode
 	switch {
 	case code >= 200 && code < 300:
-		return Result{Outcome: Delivered, Attempt: attemptCode(code)}
+		return Result{Outcome: Delivered, Attempt: store.Attempt{StatusCode: code}}
 	case code == http.StatusGone:
-		return Result{Outcome: Gone, Attempt: withError(code, "endpoint answered 410 Gone")}
+		return Result{Outcome: Gone, Attempt: store.Attempt{StatusCode: code, Error: "endpoint answered 410 Gone"}}
 	}
 	msg := "endpoint answered " + strconv.Itoa(code)
-	if fault := soapFault(resp.Header.Get("content-type"), answer); fault != "" {
-		msg += ": SOAP fault: " + fault
+	if strings.Contains(resp.Header.Get("content-type"), "xml") {
+		if fault, err := parseFault(answer); err == nil {
+			msg += ": SOAP fault: " + fault
+		}
 	}
 	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
 		if d, ok := ParseRetryAfter(resp.Header.Get("retry-after"), time.Now()); ok {
@@ -51,23 +54,23 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	return a.retry(code, msg)
 }
 
-// httpClient returns the pooled client of guard g.
-func (s *Sender) httpClient(g Guard) *http.Client {
-	key := g.Key()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.http[key]; ok {
-		return c
-	}
-	c := NewHTTPClient(g)
-	s.http[key] = c
-	return c
+// HTTPClients pools one guarded client per guard (Guard.Key): connections
+// are never shared between guards. The zero value is ready.
+type HTTPClients struct {
+	mu sync.Mutex
+	m  map[string]*http.Client
 }
 
-// NewHTTPClient returns a client whose connections pass guard g and which
-// never follows redirects (a 3xx is the answer).
-func NewHTTPClient(g Guard) *http.Client {
-	return &http.Client{
+// For returns the client of guard g: its connections pass g, and it never
+// follows redirects (a 3xx is the answer).
+func (p *HTTPClients) For(g Guard) *http.Client {
+	key := g.Key()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.m[key]; ok {
+		return c
+	}
+	c := &http.Client{
 		Transport: &http.Transport{
 			DialContext:         g.DialContext,
 			MaxIdleConnsPerHost: 64,
@@ -75,26 +78,20 @@ func NewHTTPClient(g Guard) *http.Client {
 			TLSHandshakeTimeout: 5 * time.Second,
 			ForceAttemptHTTP2:   true,
 		},
-		// Redirects are never followed: a 3xx is a failed attempt.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	if p.m == nil {
+		p.m = map[string]*http.Client{}
+	}
+	p.m[key] = c
+	return c
 }
 
-func attemptCode(code int) (a store.Attempt) { a.StatusCode = code; return a }
-
-func withError(code int, err string) (a store.Attempt) {
-	a.StatusCode, a.Error = code, err
-	return a
-}
-
-// soapFault returns the faultstring of a SOAP fault answer, or "".
-func soapFault(contentType string, body []byte) string {
-	if !strings.Contains(contentType, "xml") {
-		return ""
+// CloseIdle closes the idle connections of every client.
+func (p *HTTPClients) CloseIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.m {
+		c.CloseIdleConnections()
 	}
-	f, err := parseFault(body)
-	if err != nil {
-		return ""
-	}
-	return f
 }

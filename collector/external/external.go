@@ -90,25 +90,17 @@ type Client struct {
 	secrets delivery.Secrets
 	timeout time.Duration
 	mu      sync.Mutex
-	http    map[string]*http.Client       // by guard key
+	http    delivery.HTTPClients
 	tokens  map[string]oauth2.TokenSource // by token URL + client
 }
 
 // New returns a client whose dispatches last at most timeout.
 func New(secrets delivery.Secrets, timeout time.Duration) *Client {
-	return &Client{secrets: secrets, timeout: timeout, http: map[string]*http.Client{}, tokens: map[string]oauth2.TokenSource{}}
+	return &Client{secrets: secrets, timeout: timeout, tokens: map[string]oauth2.TokenSource{}}
 }
 
 func (c *Client) client(t *rules.Target) *http.Client {
-	g := delivery.NewGuard(t.AllowPrivate, t.AllowNetworks)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	hc, ok := c.http[g.Key()]
-	if !ok {
-		hc = delivery.NewHTTPClient(g)
-		c.http[g.Key()] = hc
-	}
-	return hc
+	return c.http.For(delivery.NewGuard(t.AllowPrivate, t.AllowNetworks))
 }
 
 // Dispatch sends task to t's node. A *PermanentError means the node refused
