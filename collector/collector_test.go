@@ -558,3 +558,92 @@ func TestSweeperRescuesStuckRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestHandlersFollowTheRecordsStatus: work and delivery messages claim
+// without reading first; a record in another status than the message implies
+// is handled by its real status.
+func TestHandlersFollowTheRecordsStatus(t *testing.T) {
+	e := newEnv(t)
+	e.stop() // handlers are called directly
+	db, err := embedded.Open(context.Background(), e.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{}, Logger: slog.New(slog.DiscardHandler)}, db.Store(), db.Queue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	chains := map[store.Status][]store.Status{
+		store.Persisted: nil, store.Queued: {store.Queued}, store.Processing: {store.Queued, store.Processing},
+		store.Completed: {store.Queued, store.Processing, store.Completed},
+		store.Delivered: {store.Queued, store.Processing, store.Completed, store.Delivering, store.Delivered},
+	}
+	for _, tt := range []struct {
+		topic    string
+		status   store.Status
+		leased   bool
+		envelope bool // the work message carries the envelope
+		want     store.Status
+		wantErr  string // "" | "retry" | "poison"
+	}{
+		{queue.TopicWork, store.Persisted, false, true, store.Completed, ""},
+		{queue.TopicWork, store.Queued, false, true, store.Completed, ""},
+		{queue.TopicWork, store.Queued, false, false, store.Completed, ""},
+		{queue.TopicWork, store.Processing, false, true, store.Completed, ""},
+		{queue.TopicWork, store.Processing, true, true, store.Processing, "retry"},
+		{queue.TopicWork, store.Completed, false, true, store.Completed, ""},
+		{queue.TopicWork, store.Delivered, false, true, store.Delivered, ""},
+		{queue.TopicWork, "", false, true, "", "poison"},
+		{queue.TopicDelivery, store.Queued, false, false, store.Queued, "retry"},
+		{queue.TopicDelivery, store.Completed, false, false, store.Delivered, ""},
+		{queue.TopicDelivery, store.Delivered, false, false, store.Delivered, ""},
+		{queue.TopicDelivery, "", false, false, "", "poison"},
+	} {
+		name := fmt.Sprintf("%s/%s/leased=%v/envelope=%v", tt.topic, tt.status, tt.leased, tt.envelope)
+		t.Run(name, func(t *testing.T) {
+			r := store.NewRecord(e.envelope("/work", []byte("hi")), time.Now())
+			if tt.status != "" {
+				if err := db.Store().Create(ctx, r); err != nil {
+					t.Fatal(err)
+				}
+				from := store.Persisted
+				for _, to := range chains[tt.status] {
+					ch := store.Change{From: []store.Status{from}, To: to}
+					if to == store.Completed {
+						ch.Response = &store.Response{Status: 200}
+					}
+					if to == tt.status && tt.leased {
+						ch.LeaseUntil = time.Now().Add(time.Minute)
+					}
+					if _, err := db.Store().Transition(ctx, r.ID, ch); err != nil {
+						t.Fatal(err)
+					}
+					from = to
+				}
+			}
+			m, err := c.message(tt.topic, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.envelope {
+				m, _ = c.message(tt.topic, &store.Record{ID: r.ID, TraceID: r.TraceID})
+			}
+			handle := map[string]queue.Handler{queue.TopicWork: c.handleWork, queue.TopicDelivery: c.handleDelivery}[tt.topic]
+			err = handle(ctx, m)
+			_, retry := queue.RetryDelay(err)
+			switch {
+			case tt.wantErr == "" && err != nil, tt.wantErr == "retry" && !retry, tt.wantErr == "poison" && !queue.IsPoison(err):
+				t.Fatalf("handler answered %v, want %q", err, tt.wantErr)
+			}
+			if tt.status == "" {
+				return
+			}
+			got, err := db.Store().Get(ctx, r.ID)
+			if err != nil || got.Status != tt.want {
+				t.Fatalf("record is %s (%v), want %s", got.Status, err, tt.want)
+			}
+		})
+	}
+}

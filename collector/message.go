@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
@@ -26,6 +27,17 @@ type taskMessage struct {
 // publish sends the work or delivery message of r and waits for the queue's
 // confirm, at most PublishTimeout.
 func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) error {
+	m, err := c.message(topic, r)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	return c.queue.Publish(pctx, m)
+}
+
+// message is the work or delivery message of r.
+func (c *Collector) message(topic string, r *store.Record) (queue.Message, error) {
 	msg := taskMessage{ID: r.ID, TraceID: r.TraceID, StatusURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + r.ID}
 	if topic == queue.TopicWork && r.Envelope != nil {
 		if env, err := json.Marshal(r.Envelope); err == nil && len(env) <= inlineEnvelopeMax {
@@ -34,9 +46,7 @@ func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) 
 	}
 	body, err := json.Marshal(msg)
 	if err != nil {
-		return err
+		return queue.Message{}, fmt.Errorf("encoding the %s message of %s: %w", topic, r.ID, err)
 	}
-	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
-	defer cancel()
-	return c.queue.Publish(pctx, queue.Message{Topic: topic, Key: r.ID, TraceID: r.TraceID, Body: body})
+	return queue.Message{Topic: topic, Key: r.ID, TraceID: r.TraceID, Body: body}, nil
 }

@@ -3,6 +3,7 @@ package collector
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 // maxResponseBody bounds a stored response body.
@@ -32,42 +34,55 @@ const leaseMargin = 10 * time.Second
 
 // handleWork executes one accepted request: queued → processing → completed |
 // failed, then hands it to delivery.
+//
+// It claims without reading the record first: the message carries the rule
+// and timeout the lease needs, and the record is usually queued (intake's
+// write). When it is not, the conflict names its real status and the handler
+// acts on that instead (claimSteps).
 func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	id := m.Key
-	r, err := c.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return queue.Poison("no record for work message " + id)
+	status, timeout := store.Queued, c.messageTimeout(m)
+	if timeout <= 0 { // a message without its envelope (large, or older): read the record
+		r, err := c.store.Get(ctx, id)
+		if err != nil {
+			return notFoundIsPoison(err, m)
+		}
+		status, timeout = r.Status, c.applyRules(r.Envelope).Timeout.D()
+	}
+	lease := timeout + leaseMargin
+	var r *store.Record
+	var err error
+	for range claimSteps {
+		switch status {
+		case store.Persisted, store.Queued:
+			if status == store.Persisted { // intake's queued write was lost or is late
+				_, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued})
+				if err != nil && !store.IsConflict(err) {
+					break
+				}
+			}
+			r, err = c.claim(ctx, id, store.Processing, lease, store.Queued)
+		case store.Processing:
+			// A redelivery after a crash mid-processing runs it again (at least
+			// once) — unless the lease says another worker is running it now.
+			if r, err = c.claim(ctx, id, "", lease, store.Processing); err == nil {
+				c.log.Info("worker: resuming a record left in processing", "id", id, "trace_id", m.TraceID, "deliveries", m.Deliveries)
+			}
+		case store.Completed, store.Failed:
+			return c.publish(ctx, queue.TopicDelivery, &store.Record{ID: id, TraceID: m.TraceID})
+		default:
+			return nil // already delivering or done
+		}
+		if now, ok := conflictStatus(err); ok {
+			status = now
+			continue
+		}
+		break
 	}
 	if err != nil {
-		return err
+		return notFoundIsPoison(err, m)
 	}
-	r.Envelope = c.applyRules(r.Envelope)
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
-	if r.Status == store.Persisted { // intake's queued write was lost or is late
-		if _, err = c.move(ctx, id, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
-			return err
-		}
-		r.Status = store.Queued // or later: the claim below re-checks
-	}
-	lease := r.Envelope.Timeout.D() + leaseMargin
-	switch r.Status {
-	case store.Queued:
-		r, err = c.claim(ctx, id, store.Processing, lease, store.Queued)
-	case store.Processing:
-		// A redelivery after a crash mid-processing runs it again (at least
-		// once) — unless the lease says another worker is running it now.
-		if r, err = c.claim(ctx, id, "", lease, store.Processing); err == nil {
-			log.Info("worker: resuming a record left in processing", "deliveries", m.Deliveries)
-		}
-	case store.Completed, store.Failed:
-		return c.publish(ctx, queue.TopicDelivery, r)
-	default:
-		return nil // already delivering or done
-	}
-	if err != nil {
-		return err
-	}
-
 	r.Envelope = c.applyRules(r.Envelope)
 	target := "internal"
 	if r.Envelope.Target.External() {
@@ -107,18 +122,63 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	return c.publish(ctx, queue.TopicDelivery, r)
 }
 
-// claim moves record id from one of from to to (to "" keeps the status) and leases it for
-// d. A record leased to another worker becomes a delayed redelivery of this
-// message; one that moved on is re-read on an immediate redelivery.
+// claimSteps bounds how often a handler follows a record's real status
+// after a conflict (persisted → queued → claim is the longest path).
+const claimSteps = 3
+
+// claim moves record id from one of from to to (to "" keeps the status) and
+// leases it for d. A record leased to another worker becomes a delayed
+// redelivery of this message; other conflicts are returned for the caller to
+// follow (conflictStatus).
 func (c *Collector) claim(ctx context.Context, id string, to store.Status, d time.Duration, from ...store.Status) (*store.Record, error) {
 	r, err := c.move(ctx, id, store.Change{From: from, To: to, Claim: true, LeaseUntil: time.Now().Add(d)})
 	if until, ok := store.LeasedUntil(err); ok {
 		return nil, queue.RetryAfter(time.Until(until)+50*time.Millisecond, "leased by another worker")
 	}
-	if store.IsConflict(err) {
-		return nil, queue.RetryAfter(0, "record moved concurrently")
-	}
 	return r, err
+}
+
+// conflictStatus reports the status a record was found in by a compare-and-set
+// that failed on its status (not on a lease).
+func conflictStatus(err error) (store.Status, bool) {
+	var ce *store.ConflictError
+	if errors.As(err, &ce) && ce.LeasedUntil.IsZero() {
+		return ce.Current, true
+	}
+	return "", false
+}
+
+// notFoundIsPoison turns a missing record into a poison message (nothing can
+// ever run it) and a conflict still unresolved after claimSteps into an
+// immediate redelivery.
+func notFoundIsPoison(err error, m queue.Message) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return queue.Poison("no record for " + m.Topic + " message " + m.Key)
+	case store.IsConflict(err):
+		return queue.RetryAfter(0, "record moved concurrently")
+	}
+	return err
+}
+
+// messageTimeout is the timeout of the request a work message carries (its
+// live rule's when there is one), or 0 when the message has no envelope.
+func (c *Collector) messageTimeout(m queue.Message) time.Duration {
+	var msg struct {
+		Envelope *struct {
+			Rule    string         `json:"rule"`
+			Timeout rules.Duration `json:"timeout"`
+		} `json:"envelope"`
+	}
+	if json.Unmarshal(m.Body, &msg) != nil || msg.Envelope == nil {
+		return 0
+	}
+	if c.cfg.Rules != nil {
+		if r, ok := c.cfg.Rules.Rule(msg.Envelope.Rule); ok && r.Mode != rules.ModeSync {
+			return r.Timeout.D()
+		}
+	}
+	return msg.Envelope.Timeout.D()
 }
 
 type permanentError struct{ error }
@@ -167,28 +227,31 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 // delivered | dead, retried through the queue's delayed redelivery.
 func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	id := m.Key
-	r, err := c.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return queue.Poison("no record for delivery message " + id)
-	}
-	if err != nil {
-		return err
-	}
 	lease := c.sender.Timeout + leaseMargin
-	switch r.Status {
-	case store.Completed, store.Failed:
-		r, err = c.claim(ctx, id, store.Delivering, lease, store.Completed, store.Failed)
-	case store.Delivering:
-		// The next attempt, or a redelivery after a crash mid-attempt; a
-		// duplicate message waits for the lease instead of calling back twice.
-		r, err = c.claim(ctx, id, "", lease, store.Delivering)
-	case store.Delivered, store.Dead:
-		return nil
-	default:
-		return queue.RetryAfter(time.Second, "record not executed yet: "+string(r.Status))
+	status := store.Completed // what the worker left (or failed: claimed alike)
+	var r *store.Record
+	var err error
+	for range claimSteps {
+		switch status {
+		case store.Completed, store.Failed:
+			r, err = c.claim(ctx, id, store.Delivering, lease, store.Completed, store.Failed)
+		case store.Delivering:
+			// The next attempt, or a redelivery after a crash mid-attempt; a
+			// duplicate message waits for the lease instead of calling back twice.
+			r, err = c.claim(ctx, id, "", lease, store.Delivering)
+		case store.Delivered, store.Dead:
+			return nil
+		default:
+			return queue.RetryAfter(time.Second, "record not executed yet: "+string(status))
+		}
+		if now, ok := conflictStatus(err); ok {
+			status = now
+			continue
+		}
+		break
 	}
 	if err != nil {
-		return err
+		return notFoundIsPoison(err, m)
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
