@@ -92,7 +92,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	defer span.End()
 	log := c.log.With("id", env.ID, "trace_id", env.TraceID, "rule", env.Rule)
 	rec := store.NewRecord(env, start)
-	if err := c.store.Create(ctx, rec); err != nil {
+	if err := c.accept(ctx, rec); err != nil {
 		if !errors.Is(err, store.ErrExists) {
 			log.Error("intake: persisting", "err", err)
 			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
@@ -111,11 +111,6 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	} else {
-		if err := c.enqueue(ctx, rec); err != nil {
-			log.Warn("intake: publish failed; the outbox relay will publish it", "err", err)
-		} else {
-			rec.Status = store.Queued
-		}
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
 	}

@@ -32,6 +32,12 @@
 //     broker) waits for the lease instead of running the request or the
 //     callback a second time at once; a crashed worker's lease expires and its
 //     redelivered message takes over.
+//   - Outbox: a store that can publish on the collector's own queue in the
+//     same commit (embedded, whose queue is a table of the same database)
+//     makes intake one write — the record is created queued, with its work
+//     message — and the end of processing one write with its delivery
+//     message. Other stores write, then publish, and the relay and the
+//     handlers cover a crash in between.
 package collector
 
 import (
@@ -84,6 +90,14 @@ type Config struct {
 	Logger     *slog.Logger
 }
 
+// outbox is a store that publishes on its own queue in the same commit as a
+// write (see the package doc).
+type outbox interface {
+	Queue() queue.Queue
+	CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error
+	TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error)
+}
+
 // RuleSource gives the current rule of a name (collector/xdsrules).
 type RuleSource interface {
 	Rule(name string) (*rules.Rule, bool)
@@ -94,6 +108,7 @@ type Collector struct {
 	cfg    Config
 	store  store.Store
 	queue  queue.Queue
+	outbox outbox // nil unless the store publishes on queue
 	sender *delivery.Sender
 	nodes  *external.Client
 	obs    *metrics
@@ -137,8 +152,12 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	ob, _ := st.(outbox)
+	if ob != nil && ob.Queue() != q {
+		ob = nil
+	}
 	return &Collector{
-		cfg: cfg, store: st, queue: q, log: cfg.Logger,
+		cfg: cfg, store: st, queue: q, outbox: ob, log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
 		obs:    newMetrics(),
@@ -190,10 +209,69 @@ func (c *Collector) Run(ctx context.Context) error {
 func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*store.Record, error) {
 	r, err := c.store.Transition(ctx, id, ch)
 	if err == nil {
-		c.obs.transitioned(r, ch) // before waking waiters, who may read the metrics
-		c.notify.broadcast(id)
+		c.moved(r, ch)
 	}
 	return r, err
+}
+
+func (c *Collector) moved(r *store.Record, ch store.Change) {
+	c.obs.transitioned(r, ch) // before waking waiters, who may read the metrics
+	c.notify.broadcast(r.ID)
+}
+
+// finish applies ch, the end of a record's processing, and publishes its
+// delivery: in one commit with an outbox. A conflict publishes all the same —
+// whoever moved the record may have crashed before publishing, and the
+// delivery handler is idempotent.
+func (c *Collector) finish(ctx context.Context, r *store.Record, ch store.Change) error {
+	if c.outbox != nil {
+		m, err := c.message(queue.TopicDelivery, r)
+		if err != nil {
+			return err
+		}
+		got, err := c.outbox.TransitionPublish(ctx, r.ID, ch, &m)
+		if err == nil {
+			c.moved(got, ch)
+			return nil
+		}
+		if !store.IsConflict(err) {
+			return err
+		}
+	} else if _, err := c.move(ctx, r.ID, ch); err != nil && !store.IsConflict(err) {
+		return err
+	}
+	return c.publish(ctx, queue.TopicDelivery, r)
+}
+
+// accept persists a new record and publishes its work message. With an
+// outbox both happen in one commit and r is queued; otherwise r is created,
+// then published and marked queued, and a failed publish leaves it persisted
+// for the relay (logged, not returned: r is durable).
+func (c *Collector) accept(ctx context.Context, r *store.Record) error {
+	if c.outbox == nil {
+		if err := c.store.Create(ctx, r); err != nil {
+			return err
+		}
+		if err := c.enqueue(ctx, r); err != nil {
+			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
+		} else {
+			r.Status = store.Queued
+		}
+		return nil
+	}
+	queued := store.Change{From: []store.Status{store.Persisted}, To: store.Queued, At: r.CreatedAt}
+	if err := queued.Apply(r); err != nil {
+		return err
+	}
+	m, err := c.message(queue.TopicWork, r)
+	if err != nil {
+		return err
+	}
+	if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
+		return err
+	}
+	c.obs.transitioned(r, queued)
+	return nil
 }
 
 // relay publishes records that intake persisted but could not publish (queue

@@ -86,14 +86,6 @@ func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m que
 	return queue.RetryAfter(t.Timeout.D()+time.Second, "waiting for the external node")
 }
 
-// finish applies the final change of the work step and publishes delivery.
-func (c *Collector) finish(ctx context.Context, r *store.Record, ch store.Change) error {
-	if _, err := c.move(ctx, r.ID, ch); err != nil && !store.IsConflict(err) {
-		return err
-	}
-	return c.publish(ctx, queue.TopicDelivery, r)
-}
-
 // complete takes an external node's answer.
 func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")

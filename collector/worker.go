@@ -115,11 +115,11 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		log.Warn("worker: request failed", "err", err)
 		change = store.Change{From: []store.Status{store.Processing}, To: store.Failed, Error: err.Error()}
 	}
-	if _, err := c.move(ctx, id, change); err != nil && !store.IsConflict(err) {
+	if err := c.finish(ctx, r, change); err != nil {
 		return err
 	}
 	log.Info("worker: executed", "status", change.To)
-	return c.publish(ctx, queue.TopicDelivery, r)
+	return nil
 }
 
 // claimSteps bounds how often a handler follows a record's real status

@@ -2,7 +2,6 @@ package embedded
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -30,16 +29,21 @@ func (q *sqlQueue) db() *DB { return (*DB)(q) }
 func (q *sqlQueue) Close() error { return nil }
 
 func (q *sqlQueue) Publish(ctx context.Context, m queue.Message) error {
-	err := q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`,
-			m.Topic, m.Key, m.TraceID, append([]byte{}, m.Body...), time.Now().UnixNano())
-		return err
-	})
-	if err != nil {
+	if err := q.db().tx(ctx, func(t wtx) error { return insertMessage(t, &m) }); err != nil {
 		return fmt.Errorf("publishing %s/%s: %w", m.Topic, m.Key, err)
 	}
 	q.wake(m.Topic)
 	return nil
+}
+
+// insertMessage adds m (when not nil) to the queue, visible at once.
+func insertMessage(t wtx, m *queue.Message) error {
+	if m == nil {
+		return nil
+	}
+	_, err := t.exec(qInsertMessage,
+		m.Topic, m.Key, m.TraceID, append([]byte{}, m.Body...), time.Now().UnixNano())
+	return err
 }
 
 func (q *sqlQueue) wake(topic string) {
@@ -79,10 +83,8 @@ type claimed struct {
 func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, error) {
 	var out []claimed
 	now := time.Now()
-	err := q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
-			WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
-			RETURNING seq, key, trace_id, body, deliveries`, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
+	err := q.db().tx(ctx, func(t wtx) error {
+		rows, err := t.query(qClaimMessages, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
 		if err != nil {
 			return err
 		}
@@ -100,35 +102,35 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 }
 
 func (q *sqlQueue) ack(ctx context.Context, seq int64) error {
-	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE seq = ?`, seq)
+	return q.db().tx(ctx, func(t wtx) error {
+		_, err := t.exec(qDeleteMessage, seq)
 		return err
 	})
 }
 
 func (q *sqlQueue) requeue(ctx context.Context, seq int64, after time.Duration) error {
-	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, time.Now().Add(after).UnixNano(), seq)
+	return q.db().tx(ctx, func(t wtx) error {
+		_, err := t.exec(qDelayMessage, time.Now().Add(after).UnixNano(), seq)
 		return err
 	})
 }
 
 func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) error {
-	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO dead_letters(topic, key, body, deliveries, reason, at) VALUES (?,?,?,?,?,?)`,
+	return q.db().tx(ctx, func(t wtx) error {
+		if _, err := t.exec(qInsertDeadLetter,
 			c.msg.Topic, c.msg.Key, c.msg.Body, c.msg.Deliveries, reason, time.Now().UnixNano()); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM queue WHERE seq = ?`, c.seq)
+		_, err := t.exec(qDeleteMessage, c.seq)
 		return err
 	})
 }
 
 func (q *sqlQueue) extend(ctx context.Context, seqs []int64) error {
-	return q.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	return q.db().tx(ctx, func(t wtx) error {
 		until := time.Now().Add(lease).UnixNano()
 		for _, s := range seqs {
-			if _, err := tx.ExecContext(ctx, `UPDATE queue SET visible_at = ? WHERE seq = ?`, until, s); err != nil {
+			if _, err := t.exec(qDelayMessage, until, s); err != nil {
 				return err
 			}
 		}
@@ -236,7 +238,7 @@ func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
 }
 
 func (q *sqlQueue) DeadLetters(ctx context.Context, topic string, limit int) ([]queue.DeadLetter, error) {
-	rows, err := q.r.QueryContext(ctx, `SELECT key, body, deliveries, reason, at FROM dead_letters WHERE topic = ? ORDER BY seq LIMIT ?`, topic, limit)
+	rows, err := q.db().read(ctx, `SELECT key, body, deliveries, reason, at FROM dead_letters WHERE topic = ? ORDER BY seq LIMIT ?`, topic, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing dead letters of %s: %w", topic, err)
 	}

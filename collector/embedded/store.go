@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 )
 
@@ -25,14 +26,23 @@ func (s *sqlStore) Ping(ctx context.Context) error { return s.db().Ping(ctx) }
 func (s *sqlStore) Close() error { return nil }
 
 func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
+	return s.CreatePublish(ctx, r, nil)
+}
+
+// CreatePublish creates r and, when m is not nil, publishes m on this
+// database's queue in the same commit (the collector's outbox: intake makes
+// one write, and no crash falls between the record and its message).
+func (s *sqlStore) CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error {
 	doc, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encoding record %s: %w", r.ID, err)
 	}
-	err = s.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`,
-			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc)
-		return err
+	err = s.db().tx(ctx, func(t wtx) error {
+		if _, err := t.exec(qInsertRecord,
+			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc); err != nil {
+			return err
+		}
+		return insertMessage(t, m)
 	})
 	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint") {
 		return store.ErrExists
@@ -40,13 +50,20 @@ func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
 	if err != nil {
 		return fmt.Errorf("creating record %s: %w", r.ID, err)
 	}
+	s.wakeFor(m)
 	return nil
 }
 
 func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*store.Record, error) {
+	return s.TransitionPublish(ctx, id, c, nil)
+}
+
+// TransitionPublish applies c and, when m is not nil, publishes m on this
+// database's queue in the same commit.
+func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error) {
 	var out *store.Record
-	err := s.db().tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		r, err := scanOne(tx.QueryRowContext(ctx, `SELECT doc FROM requests WHERE id = ?`, id))
+	err := s.db().tx(ctx, func(t wtx) error {
+		r, err := scanOne(t.queryRow(qRecordDoc, id))
 		if err != nil {
 			return err
 		}
@@ -57,12 +74,12 @@ func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE requests SET status = ?, updated_at = ?, doc = ? WHERE id = ?`,
+		if _, err := t.exec(qUpdateRecord,
 			string(r.Status), r.UpdatedAt.UnixNano(), doc, id); err != nil {
 			return err
 		}
 		out = r
-		return nil
+		return insertMessage(t, m)
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) || store.IsConflict(err) {
@@ -70,11 +87,21 @@ func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*
 		}
 		return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, err)
 	}
+	s.wakeFor(m)
 	return out, nil
 }
 
+// Queue is the queue that CreatePublish and TransitionPublish publish on.
+func (s *sqlStore) Queue() queue.Queue { return s.db().Queue() }
+
+func (s *sqlStore) wakeFor(m *queue.Message) {
+	if m != nil {
+		(*sqlQueue)(s).wake(m.Topic)
+	}
+}
+
 func (s *sqlStore) Get(ctx context.Context, id string) (*store.Record, error) {
-	r, err := scanOne(s.r.QueryRowContext(ctx, `SELECT doc FROM requests WHERE id = ?`, id))
+	r, err := scanOne(s.db().readRow(ctx, qRecordDoc, id))
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("reading record %s: %w", id, err)
 	}
@@ -126,7 +153,7 @@ func (s *sqlStore) Stale(ctx context.Context, st store.Status, before time.Time,
 }
 
 func (s *sqlStore) list(ctx context.Context, query string, args ...any) ([]*store.Record, error) {
-	rows, err := s.r.QueryContext(ctx, query, args...)
+	rows, err := s.db().read(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
