@@ -66,7 +66,9 @@ type Config struct {
 	ReplaySecret []byte
 	// Secrets resolves callback secret references.
 	Secrets delivery.Secrets
-	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 16).
+	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 16). A
+	// negative DeliveryWorkers makes a collector that does not deliver:
+	// another one, on the same store and queue, does.
 	Workers, DeliveryWorkers int
 	// RelayInterval is how often the outbox relay looks for unpublished
 	// records (default 1s); RelayAge is how old they must be (default 2s).
@@ -143,7 +145,9 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		}
 	}
 	def(&cfg.Workers, 16)
-	def(&cfg.DeliveryWorkers, 16)
+	if cfg.DeliveryWorkers == 0 {
+		cfg.DeliveryWorkers = 16
+	}
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)
 	defD(&cfg.SweepInterval, time.Minute)
@@ -188,9 +192,11 @@ func (c *Collector) Run(ctx context.Context) error {
 	run("work consumer", func(ctx context.Context) error {
 		return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
 	})
-	run("delivery consumer", func(ctx context.Context) error {
-		return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)
-	})
+	if c.cfg.DeliveryWorkers > 0 {
+		run("delivery consumer", func(ctx context.Context) error {
+			return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)
+		})
+	}
 	run("outbox relay", c.relay)
 	run("sweeper", c.sweep)
 	<-ctx.Done()

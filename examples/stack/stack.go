@@ -45,6 +45,8 @@ type Options struct {
 	// ServeSidecar (with ControlPlane) starts Envoy with envoy-ads.yaml: its
 	// listener, routes and clusters come from the control plane too.
 	ServeSidecar bool
+	// CollectorArgs are added to the collector's command line.
+	CollectorArgs []string
 }
 
 // Stack is a running sidecar.
@@ -236,6 +238,7 @@ func (s *Stack) StartCollector() error {
 	if s.opt.ControlPlane {
 		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo")
 	}
+	args = append(args, s.opt.CollectorArgs...)
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }
 

@@ -30,6 +30,8 @@ type options struct {
 	paced                  []float64
 	burst, backlog         int
 	amqpURL, esURL         string
+	profile                string
+	collectorArgs          []string
 }
 
 func main() {
@@ -45,7 +47,11 @@ func main() {
 	flag.DurationVar(&o.pacedFor, "paced-for", 5*time.Second, "duration of each paced rate")
 	flag.IntVar(&o.burst, "burst", 3000, "requests of the delivery-throughput burst")
 	flag.IntVar(&o.backlog, "backlog", 100000, "requests queued behind a stalled service to watch the collector's RSS (0: skip)")
+	flag.StringVar(&o.profile, "profile", "", "directory for CPU profiles of the collector during the intake ladder and the delivery burst (go tool pprof); empty: none")
+	var collectorArgs string
+	flag.StringVar(&collectorArgs, "collector-args", "", "extra collector flags, space-separated (for example \"-workers 64\")")
 	flag.Parse()
+	o.collectorArgs = strings.Fields(collectorArgs)
 	o.amqpURL, o.esURL = os.Getenv("ASYNCMESH_TEST_AMQP_URL"), os.Getenv("ASYNCMESH_TEST_ES_URL")
 	var err error
 	if o.passRates, err = rates(pass); err == nil {

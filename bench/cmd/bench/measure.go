@@ -31,6 +31,10 @@ type Point struct {
 type Curve struct {
 	Name   string  `json:"name"`
 	Points []Point `json:"points"`
+	// EnvoyCPUus is Envoy's CPU time per request at a fixed rate below
+	// saturation (proxy paths only): the cost of the path, steadier than
+	// saturation on a machine whose cores the load generator shares.
+	EnvoyCPUus float64 `json:"envoyCpuMicrosPerRequest,omitempty"`
 }
 
 // Saturation is the highest achieved rate with under 1% errors.
@@ -90,6 +94,17 @@ func ladder(ctx context.Context, name string, rates []float64, step time.Duratio
 		time.Sleep(time.Second)
 	}
 	return c
+}
+
+// envoyCost runs do at rate for d and returns the CPU time the process pid
+// spent per successful request, in microseconds.
+func envoyCost(ctx context.Context, pid int, rate float64, d time.Duration, do func(ctx context.Context, seq int) error) float64 {
+	cpu0 := cpuSeconds(pid)
+	r := load.Run(ctx, load.Params{Rate: rate, Duration: d, Grace: 5 * time.Second}, do)
+	if r.OK == 0 {
+		return 0
+	}
+	return (cpuSeconds(pid) - cpu0) / float64(r.OK) * 1e6
 }
 
 // received is what the demo receiver recorded.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -40,7 +41,17 @@ func run(ctx context.Context, o options) (*Report, error) {
 			return nil, err
 		}
 		logf("== backend %s (work dir %s)", b.name, work)
-		s, err := stack.Start(ctx, stack.Options{Root: root, BinDir: o.bin, EnvoyBin: o.envoy, WorkDir: work, AMQPURL: b.amqp, ESURL: b.es})
+		opt := stack.Options{Root: root, BinDir: o.bin, EnvoyBin: o.envoy, WorkDir: work, AMQPURL: b.amqp, ESURL: b.es, CollectorArgs: o.collectorArgs}
+		prof := profiler{dir: o.profile, backend: b.name}
+		if o.profile != "" {
+			ports, err := stack.FreePorts(1)
+			if err != nil {
+				return nil, err
+			}
+			prof.url = "http://127.0.0.1:" + strconv.Itoa(ports[0]) + "/debug/pprof/profile"
+			opt.CollectorArgs = append(opt.CollectorArgs, "-debug-listen", "127.0.0.1:"+strconv.Itoa(ports[0]))
+		}
+		s, err := stack.Start(ctx, opt)
 		if err != nil {
 			return nil, fmt.Errorf("starting the %s stack: %w", b.name, err)
 		}
@@ -50,7 +61,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 				return nil, err
 			}
 		}
-		br, err := measureBackend(ctx, o, s, b.name)
+		br, err := measureBackend(ctx, o, s, b.name, prof)
 		s.Close()
 		if err != nil {
 			return nil, err
@@ -89,24 +100,42 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 			return err
 		}
 	}
-	return []Curve{
-		ladder(ctx, "envoy direct_response (ceiling)", o.passRates, o.step, get(base+"/direct")),
-		ladder(ctx, "envoy → service, no filter (baseline)", o.passRates, o.step, get(base+"/fast")),
-		ladder(ctx, "envoy + asyncmesh filter → service", o.passRates, o.step, get(s.EnvoyURL+"/fast")),
-	}, nil
+	paths := []struct {
+		name, envoy, url string
+	}{
+		{"envoy direct_response (ceiling)", "envoy-baseline", base + "/direct"},
+		{"envoy → service, no filter (baseline)", "envoy-baseline", base + "/fast"},
+		{"envoy + asyncmesh filter → service", "envoy", s.EnvoyURL + "/fast"},
+	}
+	var curves []Curve
+	for _, p := range paths {
+		c := ladder(ctx, p.name, o.passRates, o.step, get(p.url))
+		c.EnvoyCPUus = envoyCost(ctx, s.PID(p.envoy), costRate, costFor, get(p.url))
+		logf("  %-44s Envoy CPU %.1f µs per request at %d/s", p.name, c.EnvoyCPUus, costRate)
+		curves = append(curves, c)
+	}
+	return curves, nil
 }
+
+// The proxy paths' cost is measured at costRate for costFor.
+const (
+	costRate = 1500
+	costFor  = 6 * time.Second
+)
 
 // measureBackend measures async intake, accept → callback latency, delivery
 // throughput, resources and the backlog on one stack.
-func measureBackend(ctx context.Context, o options, s *stack.Stack, name string) (BackendReport, error) {
+func measureBackend(ctx context.Context, o options, s *stack.Stack, name string, prof profiler) (BackendReport, error) {
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
 	logf("-- async intake (POST /slow?ms=0 → 202)")
 	sm := sample(s, "collector", "envoy")
+	done := prof.start(ctx, "intake", time.Duration(len(o.intakeRates))*o.step)
 	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
 		_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
 		return err
 	})
 	br.Usage["intake"] = sm.end()
+	done()
 	if err := drain(ctx, s); err != nil {
 		return br, err
 	}
@@ -124,8 +153,10 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string)
 	logf("-- delivery throughput (a burst of %d, fast receiver)", o.burst)
 	sm = sample(s, "collector", "envoy")
 	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
+	done = prof.start(ctx, "delivery", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
 	got := callbacksAt(s, acc, 120*time.Second)
+	done()
 	br.Delivery = throughput(len(acc), got)
 	br.Usage["delivery"] = sm.end()
 	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Delivery.Callbacks, br.Delivery.PerSecond)
@@ -262,4 +293,54 @@ func waitOK(ctx context.Context, url string) error {
 		}
 	}
 	return errors.New("not ready within 30s: " + url)
+}
+
+// profiler takes CPU profiles of the collector (bench -profile) through its
+// -debug-listen server.
+type profiler struct{ dir, backend, url string }
+
+// start profiles for d in the background into dir/collector-<backend>-<phase>.pprof;
+// the returned function waits for the profile.
+func (p profiler) start(ctx context.Context, phase string, d time.Duration) func() {
+	if p.url == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		path := filepath.Join(p.dir, "collector-"+p.backend+"-"+phase+".pprof")
+		if err := fetchProfile(ctx, p.url+"?seconds="+strconv.Itoa(max(1, int(d.Seconds()))), path); err != nil {
+			logf("  profile %s: %v", path, err)
+			return
+		}
+		logf("  profile: %s", path)
+	}()
+	return func() { <-done }
+}
+
+func fetchProfile(ctx context.Context, url, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -19,8 +19,8 @@ import (
 // options are the command's flags.
 type options struct {
 	listen, replayURL, replayEnv, secretsDir, apiURL string
-	adminTokenEnv, otlpEndpoint                      string
-	workers                                          int
+	adminTokenEnv, otlpEndpoint, debugListen         string
+	workers, deliveryWorkers                         int
 
 	storeKind, queueKind, dbPath string
 	esEnv, esPrefix              string
@@ -40,7 +40,9 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of this API as others reach it, for the statusUrl in queue messages")
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint for OpenTelemetry spans (for example http://127.0.0.1:4318); empty: tracing off")
 	fs.StringVar(&o.adminTokenEnv, "admin-token-env", "", "environment variable holding the bearer token of the operator endpoints (replay); unset: they are off")
+	fs.StringVar(&o.debugListen, "debug-listen", "", "address of a profiling server (net/http/pprof; keep it on loopback); empty: off")
 	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions")
+	fs.IntVar(&o.deliveryWorkers, "delivery-workers", 16, "concurrent callback deliveries (0: this collector does not deliver; another one on the same store and queue does)")
 
 	fs.StringVar(&o.storeKind, "store", "embedded", "store backend: embedded or elasticsearch")
 	fs.StringVar(&o.queueKind, "queue", "embedded", "queue backend: embedded or rabbitmq")

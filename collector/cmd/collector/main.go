@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -50,6 +51,11 @@ func run() error {
 		return err
 	}
 	defer func() { _ = stopTracing(context.Background()) }()
+	if o.debugListen != "" {
+		if err := serveDebug(o.debugListen, log); err != nil {
+			return err
+		}
+	}
 	b, err := openBackends(ctx, o, log)
 	if err != nil {
 		return err
@@ -57,7 +63,10 @@ func run() error {
 	defer b.close()
 	cfg := collector.Config{
 		ReplayURL: o.replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: o.secretsDir},
-		Workers: o.workers, APIURL: o.apiURL, Logger: log,
+		Workers: o.workers, DeliveryWorkers: o.deliveryWorkers, APIURL: o.apiURL, Logger: log,
+	}
+	if o.deliveryWorkers == 0 {
+		cfg.DeliveryWorkers = -1
 	}
 	if o.adminTokenEnv != "" {
 		if cfg.AdminToken = []byte(os.Getenv(o.adminTokenEnv)); len(cfg.AdminToken) < 16 {
@@ -106,4 +115,21 @@ func run() error {
 	err = <-runErr
 	log.Info("collector: stopped")
 	return err
+}
+
+// serveDebug serves net/http/pprof on addr (-debug-listen), apart from the API
+// so that profiles are never reachable through Envoy.
+func serveDebug(addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("-debug-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	log.Info("collector: profiling server", "addr", ln.Addr().String())
+	go func() { _ = http.Serve(ln, mux) }()
+	return nil
 }
