@@ -35,12 +35,13 @@ const (
 )
 
 // stream is the state of one HTTP stream. The pass-through path touches only
-// traceID and state.
+// req, traceID and state.
 type stream struct {
 	p       *plugin
 	host    abi.Host
 	state   state
 	traceID string
+	req     []abi.Header // the request headers as they arrived
 
 	// async only
 	rule               *rules.Rule
@@ -61,9 +62,14 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 	if s.p.cfg == nil {
 		return abi.Continue
 	}
-	s.method, _ = h.Header(abi.RequestHeaders, ":method")
-	s.path, _ = h.Header(abi.RequestHeaders, ":path")
-	s.authority, _ = h.Header(abi.RequestHeaders, ":authority")
+	// One host call reads every header this stream looks at: each call, and
+	// each value the host hands back (through proxy_on_memory_allocate), costs
+	// a crossing into the VM, and the pass-through path must cost next to
+	// nothing.
+	s.req = h.Headers(abi.RequestHeaders)
+	s.method = s.header(":method")
+	s.path = s.header(":path")
+	s.authority = s.header(":authority")
 
 	tp, ok := trace.ParseParent(s.header("traceparent"))
 	if !ok {
@@ -74,13 +80,16 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 	s.traceID = tp.TraceIDString()
 
 	// Read what the caller may legitimately send before stripping the namespace.
-	replayValue, isReplay := h.Header(abi.RequestHeaders, replay.Header)
+	replayValue, isReplay := s.lookup(replay.Header)
 	var replayID, cbURL, cbProto string
 	if isReplay {
 		replayID = s.header(hdrRequestID)
 	}
-	names := h.HeaderNames(abi.RequestHeaders, asyncPrefix)
-	for _, n := range names {
+	for _, kv := range s.req {
+		n := kv[0]
+		if !strings.HasPrefix(n, asyncPrefix) {
+			continue
+		}
 		switch n {
 		case hdrCallback:
 			cbURL = s.header(n)
@@ -181,7 +190,7 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		var v string
 		var ok bool
 		if sel.Header != "" {
-			v, ok = s.host.Header(abi.RequestHeaders, sel.Header)
+			v, ok = s.lookup(sel.Header)
 		} else {
 			v, ok = rules.QueryValue(s.path, sel.Query)
 		}
@@ -439,7 +448,21 @@ func (s *stream) OnResponseHeaders(int, bool) abi.Action {
 
 func (s *stream) OnDone() {}
 
-func (s *stream) header(name string) string { return s.headerOf(abi.RequestHeaders, name) }
+// header is the first value of a request header as the caller sent it (the
+// snapshot taken on arrival; the filter's own changes are not in it).
+func (s *stream) header(name string) string {
+	v, _ := s.lookup(name)
+	return v
+}
+
+func (s *stream) lookup(name string) (string, bool) {
+	for _, kv := range s.req {
+		if kv[0] == name {
+			return kv[1], true
+		}
+	}
+	return "", false
+}
 
 func (s *stream) headerOf(m abi.MapType, name string) string {
 	v, _ := s.host.Header(m, name)

@@ -27,6 +27,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"unsafe"
 )
 
 // Action is what a stream callback tells the host to do next.
@@ -126,9 +127,6 @@ type Host interface {
 	Header(m MapType, key string) (string, bool)
 	// Headers returns all pairs of map m.
 	Headers(m MapType) []Header
-	// HeaderNames returns the names in map m that start with prefix, without
-	// copying the rest of the map.
-	HeaderNames(m MapType, prefix string) []string
 	// SetHeader replaces (or adds) key in map m.
 	SetHeader(m MapType, key, value string)
 	// RemoveHeader removes every value of key in map m.
@@ -192,7 +190,8 @@ func EncodeHeaders(hs []Header) []byte {
 }
 
 // DecodeHeaders parses the proxy-wasm map format; malformed input is an error,
-// never a panic.
+// never a panic. The strings share buf's memory (no copy on the filter's
+// hottest path): buf must not be changed afterwards.
 func DecodeHeaders(buf []byte) ([]Header, error) {
 	if len(buf) < 4 {
 		if len(buf) == 0 {
@@ -213,48 +212,16 @@ func DecodeHeaders(buf []byte) ([]Header, error) {
 		if ks < 0 || vs < 0 || ks > len(buf)-p-1 {
 			return nil, errors.New("header map: key overruns buffer")
 		}
-		k := string(buf[p : p+ks])
+		k := unsafe.String(&buf[p], ks) // ks may be 0: buf[p] is the NUL after it
 		p += ks + 1
 		if vs > len(buf)-p-1 {
 			return nil, errors.New("header map: value overruns buffer")
 		}
-		v := string(buf[p : p+vs])
+		v := unsafe.String(&buf[p], vs)
 		p += vs + 1
 		hs[i] = Header{k, v}
 	}
 	return hs, nil
-}
-
-// ScanNames returns the keys of an encoded header map that start with prefix.
-// It allocates only for the keys it returns; malformed input yields what could be
-// read before the fault.
-func ScanNames(buf []byte, prefix string) []string {
-	if len(buf) < 4 {
-		return nil
-	}
-	count := int(binary.LittleEndian.Uint32(buf))
-	if count > (len(buf)-4)/8 {
-		return nil
-	}
-	var names []string
-	p := 4 + 8*count
-	for i := range count {
-		ks := int(binary.LittleEndian.Uint32(buf[4+8*i:]))
-		vs := int(binary.LittleEndian.Uint32(buf[8+8*i:]))
-		if ks < 0 || vs < 0 || ks > len(buf)-p-1 {
-			return names
-		}
-		key := buf[p : p+ks]
-		if len(key) >= len(prefix) && string(key[:len(prefix)]) == prefix {
-			names = append(names, string(key))
-		}
-		p += ks + 1
-		if vs > len(buf)-p-1 {
-			return names
-		}
-		p += vs + 1
-	}
-	return names
 }
 
 // encodePath joins property path segments with NUL bytes, as proxy_get_property wants.

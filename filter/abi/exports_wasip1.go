@@ -3,6 +3,11 @@
 package abi
 
 // The exports Envoy calls. Each forwards to the dispatcher made by Run.
+//
+// Callbacks the filter has no use for (request and response trailers,
+// response body, on_log) are not exported: the host skips a callback the
+// module does not export, and every call into the Go runtime costs a few
+// microseconds on each stream.
 
 var dispatcher *Dispatcher
 
@@ -45,27 +50,15 @@ func proxyOnRequestBody(id uint32, size int32, eos bool) Action {
 	return dispatcher.OnRequestBody(id, int(size), eos)
 }
 
-//go:wasmexport proxy_on_request_trailers
-func proxyOnRequestTrailers(id uint32, n int32) Action { return Continue }
-
 //go:wasmexport proxy_on_response_headers
 func proxyOnResponseHeaders(id uint32, n int32, eos bool) Action {
 	return dispatcher.OnResponseHeaders(id, int(n), eos)
 }
 
-//go:wasmexport proxy_on_response_body
-func proxyOnResponseBody(id uint32, size int32, eos bool) Action { return Continue }
-
-//go:wasmexport proxy_on_response_trailers
-func proxyOnResponseTrailers(id uint32, n int32) Action { return Continue }
-
 //go:wasmexport proxy_on_http_call_response
 func proxyOnHTTPCallResponse(rootID, token uint32, numHeaders, bodySize, numTrailers int32) {
 	dispatcher.OnHTTPCallResponse(rootID, token, int(numHeaders), int(bodySize), int(numTrailers))
 }
-
-//go:wasmexport proxy_on_log
-func proxyOnLog(id uint32) {}
 
 //go:wasmexport proxy_on_done
 func proxyOnDone(id uint32) bool { return dispatcher.OnDone(id) }

@@ -63,10 +63,6 @@ func (f *FakeHost) Header(m MapType, key string) (string, bool) {
 
 func (f *FakeHost) Headers(m MapType) []Header { return append([]Header(nil), f.Maps[m]...) }
 
-func (f *FakeHost) HeaderNames(m MapType, prefix string) []string {
-	return ScanNames(EncodeHeaders(f.Maps[m]), prefix)
-}
-
 func (f *FakeHost) SetHeader(m MapType, key, value string) {
 	f.RemoveHeader(m, key)
 	f.Maps[m] = append(f.Maps[m], Header{key, value})

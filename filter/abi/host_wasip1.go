@@ -79,15 +79,6 @@ func (wasmHost) Headers(m MapType) []Header {
 	return hs
 }
 
-func (wasmHost) HeaderNames(m MapType, prefix string) []string {
-	var data *byte
-	var size int32
-	if proxyGetHeaderMapPairs(m, unsafe.Pointer(&data), &size) != StatusOK || data == nil {
-		return nil
-	}
-	return ScanNames(unsafe.Slice(data, size), prefix)
-}
-
 func (wasmHost) SetHeader(m MapType, key, value string) {
 	proxyReplaceHeaderMapValue(m, sptr(key), int32(len(key)), sptr(value), int32(len(value)))
 }

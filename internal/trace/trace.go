@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	mrand "math/rand/v2"
 	"time"
 )
 
@@ -43,18 +44,33 @@ func ParseParent(s string) (Parent, bool) {
 }
 
 // NewParent returns a traceparent with fresh random trace and span ids, sampled.
+// Trace and span ids need to be unique, not secret (they travel in headers to
+// every service): they come from the runtime's ChaCha8 generator, seeded by
+// the OS, which costs no host call in the filter — crypto/rand would be a
+// random_get call into Envoy for every request. Request ids, which guard
+// access to results, stay on crypto/rand.
 func NewParent() Parent {
 	var p Parent
-	fill(p.TraceID[:])
-	fill(p.SpanID[:])
+	for p.TraceID == ([16]byte{}) { // all-zero is invalid
+		binary.LittleEndian.PutUint64(p.TraceID[:8], mrand.Uint64())
+		binary.LittleEndian.PutUint64(p.TraceID[8:], mrand.Uint64())
+	}
+	p.SpanID = newSpanID()
 	p.Flags = 1
 	return p
 }
 
 // Child returns p with a fresh span id: the span of this hop.
 func (p Parent) Child() Parent {
-	fill(p.SpanID[:])
+	p.SpanID = newSpanID()
 	return p
+}
+
+func newSpanID() (id [8]byte) {
+	for id == ([8]byte{}) {
+		binary.LittleEndian.PutUint64(id[:], mrand.Uint64())
+	}
+	return id
 }
 
 // String formats p as a version 00 traceparent.
