@@ -60,6 +60,7 @@ type Stack struct {
 	receiverGRPCPort                    int
 	xdsPort, metricsPort                int
 	ReplaySecret, WebhookSecret         string
+	collectorExtra                      []string // RestartCollector's flags
 	procs                               map[string]*proc
 }
 
@@ -239,7 +240,21 @@ func (s *Stack) StartCollector() error {
 		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo")
 	}
 	args = append(args, s.opt.CollectorArgs...)
+	args = append(args, s.collectorExtra...)
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
+}
+
+// RestartCollector stops the collector gracefully and starts it again with
+// extra flags (none: as configured), then waits until it answers.
+func (s *Stack) RestartCollector(ctx context.Context, extra ...string) error {
+	if err := s.StopCollector(false); err != nil {
+		return err
+	}
+	s.collectorExtra = extra
+	if err := s.StartCollector(); err != nil {
+		return err
+	}
+	return s.WaitCollector(ctx)
 }
 
 // WaitCollector waits until a (re)started collector answers.

@@ -150,16 +150,26 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	}
 	br.Usage["paced"] = sm.end()
 
-	logf("-- delivery throughput (a burst of %d, fast receiver)", o.burst)
+	logf("-- pipeline throughput (a burst of %d: intake, execution and callback at once)", o.burst)
 	sm = sample(s, "collector", "envoy")
 	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
-	done = prof.start(ctx, "delivery", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
+	done = prof.start(ctx, "pipeline", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
 	got := callbacksAt(s, acc, 120*time.Second)
 	done()
-	br.Delivery = throughput(len(acc), got)
+	br.Pipeline = throughput(len(acc), got)
+	br.Usage["pipeline"] = sm.end()
+	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Pipeline.Callbacks, br.Pipeline.PerSecond)
+
+	logf("-- delivery alone (a backlog of %d executed requests, fast receiver)", o.burst)
+	sm = sample(s, "collector", "envoy")
+	d, err := deliveryAlone(ctx, o, s, rate, prof)
+	if err != nil {
+		return br, err
+	}
+	br.Delivery = d
 	br.Usage["delivery"] = sm.end()
-	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Delivery.Callbacks, br.Delivery.PerSecond)
+	logf("  %d executed, %d called back at %.0f/s", d.Accepted, d.Callbacks, d.PerSecond)
 
 	if o.backlog > 0 {
 		bl, err := backlog(ctx, o, s, rate)
@@ -169,6 +179,52 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 		br.Backlog = bl
 	}
 	return br, ctx.Err()
+}
+
+// deliveryAlone measures the delivery stage by itself: a collector that does
+// not deliver (-delivery-workers 0) takes and executes a burst, then the
+// collector as configured calls the backlog back, first to last callback.
+func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64, prof profiler) (Delivery, error) {
+	if err := s.RestartCollector(ctx, "-delivery-workers", "0"); err != nil {
+		return Delivery{}, fmt.Errorf("restarting the collector without delivery: %w", err)
+	}
+	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
+	deadline := time.Now().Add(2 * time.Minute)
+	for executed(s) < len(acc) {
+		if time.Now().After(deadline) {
+			return Delivery{}, fmt.Errorf("only %d of %d accepted requests executed after 2 minutes", executed(s), len(acc))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err := s.RestartCollector(ctx); err != nil {
+		return Delivery{}, fmt.Errorf("restarting the collector: %w", err)
+	}
+	done := prof.start(ctx, "delivery", 5*time.Second)
+	got := callbacksAt(s, acc, 120*time.Second)
+	done()
+	return throughput(len(acc), got), nil
+}
+
+// executed is how many records the running collector moved to completed or
+// failed (its transitions counter, which starts at zero with the process).
+func executed(s *stack.Stack) int {
+	resp, err := client.Get(s.CollectorURL + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	n := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "asyncmesh_collector_transitions_total{") &&
+			(strings.Contains(line, `status="completed"`) || strings.Contains(line, `status="failed"`)) {
+			if i := strings.LastIndexByte(line, ' '); i > 0 {
+				v, _ := strconv.ParseFloat(line[i+1:], 64)
+				n += v
+			}
+		}
+	}
+	return int(n)
 }
 
 // Delivery is the callback rate of a burst, first to last callback.
