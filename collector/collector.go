@@ -66,7 +66,8 @@ type Config struct {
 	ReplaySecret []byte
 	// Secrets resolves callback secret references.
 	Secrets delivery.Secrets
-	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 16). A
+	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 64:
+	// executions load the service, callbacks mostly wait on receivers). A
 	// negative DeliveryWorkers makes a collector that does not deliver:
 	// another one, on the same store and queue, does.
 	Workers, DeliveryWorkers int
@@ -146,7 +147,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	def(&cfg.Workers, 16)
 	if cfg.DeliveryWorkers == 0 {
-		cfg.DeliveryWorkers = 16
+		cfg.DeliveryWorkers = 64
 	}
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)

@@ -60,6 +60,7 @@ import (
 
 	"github.com/elastic/go-elasticsearch/v8"
 
+	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 )
 
@@ -87,8 +88,8 @@ type Store struct {
 	tr    *http.Transport
 	log   *slog.Logger
 	batch *batcher
-	// versions caches what this store last wrote (see versions.go).
-	versions *versions
+	// versions caches what this store last wrote (store.Recent).
+	versions *store.Recent
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -116,7 +117,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("elasticsearch: %w", err)
 	}
-	s := &Store{cfg: cfg, es: es, tr: tr, versions: newVersions(), log: cfg.Logger.With("store", "elasticsearch")}
+	s := &Store{cfg: cfg, es: es, tr: tr, versions: store.NewRecent(), log: cfg.Logger.With("store", "elasticsearch")}
 	if err := s.putTemplates(ctx); err != nil {
 		tr.CloseIdleConnections()
 		return nil, err

@@ -50,7 +50,7 @@ func (s *Store) Create(ctx context.Context, r *store.Record) error {
 	case res.status/100 != 2:
 		return fmt.Errorf("creating record %s: %d %s: %s", r.ID, res.status, res.errType, res.reason)
 	}
-	s.versions.put(r, res.seqNo, res.primTerm)
+	s.remember(r, res)
 	return nil
 }
 
@@ -205,7 +205,8 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 		c.At = time.Now().UTC() // one time for every retry of this change
 	}
 	for i := range maxCASRetries {
-		r, seq, term, cached := s.versions.get(id)
+		r, ver, cached := s.versions.Get(id)
+		seq, term := ver.Seq, ver.Term
 		if !cached || i > 0 {
 			var err error
 			if r, seq, term, err = s.get(ctx, id); err != nil {
@@ -228,15 +229,25 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 		case res.err != nil:
 			return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, res.err)
 		case res.status == http.StatusConflict:
-			s.versions.drop(id)
+			s.versions.Drop(id)
 			continue // changed since the read: apply again to the new version
 		case res.status/100 != 2:
 			return nil, fmt.Errorf("moving record %s to %s: %d %s: %s", id, c.To, res.status, res.errType, res.reason)
 		}
-		s.versions.put(r, res.seqNo, res.primTerm)
+		s.remember(r, res)
 		return r, nil
 	}
 	return nil, fmt.Errorf("moving record %s to %s: still conflicting after %d re-reads", id, c.To, maxCASRetries)
+}
+
+// remember caches r as written by res (a write without a primary term cannot
+// be compared against: forgotten).
+func (s *Store) remember(r *store.Record, res result) {
+	if res.primTerm == 0 {
+		s.versions.Drop(r.ID)
+		return
+	}
+	s.versions.Put(r, store.Version{Seq: res.seqNo, Term: res.primTerm})
 }
 
 // Search finds records (without bodies) in id order, with search_after on the

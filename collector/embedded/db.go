@@ -26,12 +26,16 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/asyncmesh/asyncmesh/collector/store"
+
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 // DB is one embedded database.
 type DB struct {
 	w, r *sql.DB
+
+	recent *store.Recent // see sqlStore.TransitionPublish
 
 	stmtMu sync.Mutex
 	stmts  map[*sql.DB]map[string]*sql.Stmt
@@ -138,7 +142,8 @@ CREATE TABLE IF NOT EXISTS requests (
 	status     TEXT NOT NULL,
 	created_at INTEGER NOT NULL,
 	updated_at INTEGER NOT NULL,
-	doc        BLOB NOT NULL
+	doc        BLOB NOT NULL,
+	version    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_trace ON requests(trace_id, id);
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, updated_at);
@@ -163,15 +168,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 `
 
-// writeStatements are the writer's statements, prepared at Open on its one
-// connection (a statement cannot be prepared while the writer holds it).
+// The statements. The writer's (writeStatements) are prepared at Open on its
+// one connection: a statement cannot be prepared while the writer holds it.
 const (
 	qSavepoint     = "SAVEPOINT op"
 	qRollbackTo    = "ROLLBACK TO op"
 	qRelease       = "RELEASE op"
 	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`
 	qRecordDoc     = `SELECT doc FROM requests WHERE id = ?`
-	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ? WHERE id = ?`
+	qRecordVersion = `SELECT doc, version FROM requests WHERE id = ?`
+	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ?, version = version + 1 WHERE id = ? AND version = ?`
 	qInsertMessage = `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`
 	qClaimMessages = `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
 	WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
@@ -181,12 +187,13 @@ const (
 	qInsertDeadLetter = `INSERT INTO dead_letters(topic, key, body, deliveries, reason, at) VALUES (?,?,?,?,?,?)`
 )
 
-var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qRecordDoc, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages}
+var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages}
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.
 var migrations = []string{
 	`ALTER TABLE queue ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE requests ADD COLUMN version INTEGER NOT NULL DEFAULT 0`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -234,7 +241,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("opening embedded database %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(4)
-	db := &DB{w: w, r: r, stmts: map[*sql.DB]map[string]*sql.Stmt{w: stmts}, waiters: map[string][]chan struct{}{}, ops: make(chan *writeOp, maxGroup), closed: make(chan struct{})}
+	db := &DB{w: w, r: r, recent: store.NewRecent(), stmts: map[*sql.DB]map[string]*sql.Stmt{w: stmts}, waiters: map[string][]chan struct{}{}, ops: make(chan *writeOp, maxGroup), closed: make(chan struct{})}
 	db.wg.Add(1)
 	go db.writer()
 	return db, nil

@@ -151,7 +151,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	br.Usage["paced"] = sm.end()
 
 	logf("-- pipeline throughput (a burst of %d: intake, execution and callback at once)", o.burst)
-	sm = sample(s, "collector", "envoy")
+	sm = sample(s, "collector", "envoy", "service", "receiver")
 	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
 	done = prof.start(ctx, "pipeline", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
@@ -162,13 +162,11 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Pipeline.Callbacks, br.Pipeline.PerSecond)
 
 	logf("-- delivery alone (a backlog of %d executed requests, fast receiver)", o.burst)
-	sm = sample(s, "collector", "envoy")
-	d, err := deliveryAlone(ctx, o, s, rate, prof)
+	d, usage, err := deliveryAlone(ctx, o, s, rate, prof)
 	if err != nil {
 		return br, err
 	}
-	br.Delivery = d
-	br.Usage["delivery"] = sm.end()
+	br.Delivery, br.Usage["delivery"] = d, usage
 	logf("  %d executed, %d called back at %.0f/s", d.Accepted, d.Callbacks, d.PerSecond)
 
 	if o.backlog > 0 {
@@ -184,25 +182,26 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 // deliveryAlone measures the delivery stage by itself: a collector that does
 // not deliver (-delivery-workers 0) takes and executes a burst, then the
 // collector as configured calls the backlog back, first to last callback.
-func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64, prof profiler) (Delivery, error) {
+func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64, prof profiler) (Delivery, []Usage, error) {
 	if err := s.RestartCollector(ctx, "-delivery-workers", "0"); err != nil {
-		return Delivery{}, fmt.Errorf("restarting the collector without delivery: %w", err)
+		return Delivery{}, nil, fmt.Errorf("restarting the collector without delivery: %w", err)
 	}
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
 	deadline := time.Now().Add(2 * time.Minute)
 	for executed(s) < len(acc) {
 		if time.Now().After(deadline) {
-			return Delivery{}, fmt.Errorf("only %d of %d accepted requests executed after 2 minutes", executed(s), len(acc))
+			return Delivery{}, nil, fmt.Errorf("only %d of %d accepted requests executed after 2 minutes", executed(s), len(acc))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	if err := s.RestartCollector(ctx); err != nil {
-		return Delivery{}, fmt.Errorf("restarting the collector: %w", err)
+		return Delivery{}, nil, fmt.Errorf("restarting the collector: %w", err)
 	}
+	sm := sample(s, "collector", "envoy", "receiver")
 	done := prof.start(ctx, "delivery", 5*time.Second)
 	got := callbacksAt(s, acc, 120*time.Second)
 	done()
-	return throughput(len(acc), got), nil
+	return throughput(len(acc), got), sm.end(), nil
 }
 
 // executed is how many records the running collector moved to completed or
