@@ -207,6 +207,9 @@ func sample(s *stack.Stack, names ...string) *sampler {
 	sm := &sampler{names: names, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range names {
 		pid := s.PID(n)
+		if pid == 0 {
+			pid = findPID(backendCmdline[n])
+		}
 		sm.pids = append(sm.pids, pid)
 		sm.cpu0 = append(sm.cpu0, cpuSeconds(pid))
 		sm.peak = append(sm.peak, rssMB(pid))
@@ -238,6 +241,28 @@ func (sm *sampler) end() []Usage {
 		out = append(out, Usage{Process: n, CPU: (cpuSeconds(sm.pids[i]) - sm.cpu0[i]) / wall, MaxRSSMB: sm.peak[i]})
 	}
 	return out
+}
+
+// backendCmdline is what the command line of a backend server (started
+// outside the stack by scripts/with-backends.sh) contains.
+var backendCmdline = map[string]string{"elasticsearch": "org.elasticsearch.bootstrap", "rabbitmq": "beam.smp"}
+
+// findPID is the first process whose command line contains pattern, or 0.
+func findPID(pattern string) int {
+	if pattern == "" {
+		return 0
+	}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && strings.Contains(string(b), pattern) {
+			return pid
+		}
+	}
+	return 0
 }
 
 // cpuSeconds is a process's user + system CPU time (Linux /proc).

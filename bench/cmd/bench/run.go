@@ -128,7 +128,11 @@ const (
 func measureBackend(ctx context.Context, o options, s *stack.Stack, name string, prof profiler) (BackendReport, error) {
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
 	logf("-- async intake (POST /slow?ms=0 → 202)")
-	sm := sample(s, "collector", "envoy")
+	procs := []string{"collector", "envoy"}
+	if name != "embedded" {
+		procs = append(procs, "elasticsearch", "rabbitmq")
+	}
+	sm := sample(s, procs...)
 	done := prof.start(ctx, "intake", time.Duration(len(o.intakeRates))*o.step)
 	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
 		_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
@@ -141,7 +145,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	}
 
 	logf("-- accept → callback at paced rates")
-	sm = sample(s, "collector", "envoy")
+	sm = sample(s, procs...)
 	for _, rate := range o.paced {
 		_, acc := accepted(ctx, s, "/slow?ms=0", rate, o.pacedFor)
 		d := delays(rate, acc, callbacksAt(s, acc, 60*time.Second))
@@ -151,7 +155,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	br.Usage["paced"] = sm.end()
 
 	logf("-- pipeline throughput (a burst of %d: intake, execution and callback at once)", o.burst)
-	sm = sample(s, "collector", "envoy", "service", "receiver")
+	sm = sample(s, append(procs, "service", "receiver")...)
 	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
 	done = prof.start(ctx, "pipeline", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
@@ -162,7 +166,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Pipeline.Callbacks, br.Pipeline.PerSecond)
 
 	logf("-- delivery alone (a backlog of %d executed requests, fast receiver)", o.burst)
-	d, usage, err := deliveryAlone(ctx, o, s, rate, prof)
+	d, usage, err := deliveryAlone(ctx, o, s, rate, prof, append(procs, "receiver"))
 	if err != nil {
 		return br, err
 	}
@@ -182,7 +186,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 // deliveryAlone measures the delivery stage by itself: a collector that does
 // not deliver (-delivery-workers 0) takes and executes a burst, then the
 // collector as configured calls the backlog back, first to last callback.
-func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64, prof profiler) (Delivery, []Usage, error) {
+func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64, prof profiler, procs []string) (Delivery, []Usage, error) {
 	if err := s.RestartCollector(ctx, "-delivery-workers", "0"); err != nil {
 		return Delivery{}, nil, fmt.Errorf("restarting the collector without delivery: %w", err)
 	}
@@ -197,7 +201,7 @@ func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64,
 	if err := s.RestartCollector(ctx); err != nil {
 		return Delivery{}, nil, fmt.Errorf("restarting the collector: %w", err)
 	}
-	sm := sample(s, "collector", "envoy", "receiver")
+	sm := sample(s, procs...)
 	done := prof.start(ctx, "delivery", 5*time.Second)
 	got := callbacksAt(s, acc, 120*time.Second)
 	done()
