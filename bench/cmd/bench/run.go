@@ -117,6 +117,9 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	return curves, nil
 }
 
+// warmupRequests are sent at 100/s before a backend is measured.
+const warmupRequests = 500
+
 // The proxy paths' cost is measured at costRate for costFor.
 const (
 	costRate = 1500
@@ -127,6 +130,13 @@ const (
 // throughput, resources and the backlog on one stack.
 func measureBackend(ctx context.Context, o options, s *stack.Stack, name string, prof profiler) (BackendReport, error) {
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
+	// Warm up: the first writes create the day's index on Elasticsearch and
+	// its JIT compiles; the embedded database creates its pages. Not measured.
+	logf("-- warm-up (%d requests, not measured)", warmupRequests)
+	accepted(ctx, s, "/slow?ms=0", 100, warmupRequests*time.Second/100)
+	if err := drain(ctx, s); err != nil {
+		return br, err
+	}
 	logf("-- async intake (POST /slow?ms=0 → 202)")
 	procs := []string{"collector", "envoy"}
 	if name != "embedded" {
