@@ -21,18 +21,23 @@ func plotLatency(r *Report, path string) error {
 		curves = append(curves, b.Intake)
 	}
 	var lines []any
+	top := 1.0
 	for _, c := range curves {
 		p50, p99 := plotter.XYs{}, plotter.XYs{}
 		for _, pt := range c.Points {
 			p50 = append(p50, plotter.XY{X: pt.Offered, Y: max(pt.P50ms, 0.01)})
 			p99 = append(p99, plotter.XY{X: pt.Offered, Y: max(pt.P99ms, 0.01)})
+			top = max(top, pt.P99ms)
 		}
 		lines = append(lines, c.Name+" p50", p50, c.Name+" p99", p99)
 	}
 	if err := plotutil.AddLinePoints(p, lines...); err != nil {
 		return err
 	}
+	// Room above the curves for the legend (the axis is logarithmic).
+	p.Y.Max = top * 1000
 	p.Legend.Top = true
 	p.Legend.Left = true
+	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	return p.Save(10*vg.Inch, 6*vg.Inch, path)
 }
