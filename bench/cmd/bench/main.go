@@ -29,6 +29,7 @@ type options struct {
 	passRates, intakeRates []float64
 	paced                  []float64
 	burst, backlog         int
+	deliveryBacklog        int
 	amqpURL, esURL         string
 	profile                string
 	collectorArgs          []string
@@ -46,6 +47,7 @@ func main() {
 	flag.StringVar(&paced, "paced", "50,200,1000", "paced rates (req/s) for accept → callback latency")
 	flag.DurationVar(&o.pacedFor, "paced-for", 5*time.Second, "duration of each paced rate")
 	flag.IntVar(&o.burst, "burst", 3000, "requests of the delivery-throughput burst")
+	flag.IntVar(&o.deliveryBacklog, "delivery-backlog", 10000, "executed requests called back by the delivery-alone phase")
 	flag.IntVar(&o.backlog, "backlog", 100000, "requests queued behind a stalled service to watch the collector's RSS (0: skip)")
 	flag.StringVar(&o.profile, "profile", "", "directory for CPU profiles of the collector during the intake ladder and the delivery burst (go tool pprof); empty: none")
 	var collectorArgs string

@@ -175,7 +175,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	br.Usage["pipeline"] = sm.end()
 	logf("  %d accepted, %d called back at %.0f/s", len(acc), br.Pipeline.Callbacks, br.Pipeline.PerSecond)
 
-	logf("-- delivery alone (a backlog of %d executed requests, fast receiver)", o.burst)
+	logf("-- delivery alone (a backlog of %d executed requests, fast receiver)", o.deliveryBacklog)
 	d, usage, err := deliveryAlone(ctx, o, s, rate, prof, append(procs, "receiver"))
 	if err != nil {
 		return br, err
@@ -200,11 +200,11 @@ func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64,
 	if err := s.RestartCollector(ctx, "-delivery-workers", "0"); err != nil {
 		return Delivery{}, nil, fmt.Errorf("restarting the collector without delivery: %w", err)
 	}
-	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
-	deadline := time.Now().Add(2 * time.Minute)
+	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.deliveryBacklog)/rate*float64(time.Second)))
+	deadline := time.Now().Add(3 * time.Minute)
 	for executed(s) < len(acc) {
 		if time.Now().After(deadline) {
-			return Delivery{}, nil, fmt.Errorf("only %d of %d accepted requests executed after 2 minutes", executed(s), len(acc))
+			return Delivery{}, nil, fmt.Errorf("only %d of %d accepted requests executed after 3 minutes", executed(s), len(acc))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
