@@ -30,7 +30,7 @@ type BackendReport struct {
 	Delays   []Delay            `json:"acceptToCallback"`
 	Pipeline Delivery           `json:"pipeline"` // intake, execution and callback at once
 	Delivery Delivery           `json:"delivery"` // callbacks of an executed backlog
-	Usage    map[string][]Usage `json:"usage"` // by phase
+	Usage    map[string][]Usage `json:"usage"`    // by phase
 	Backlog  *Backlog           `json:"backlog,omitempty"`
 }
 
