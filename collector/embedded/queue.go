@@ -16,6 +16,9 @@ const (
 	// re-leased every lease/3, so a crashed consumer's messages return within lease.
 	lease        = 30 * time.Second
 	pollInterval = 100 * time.Millisecond
+	// claimGather is how long freed workers gather before a claim when most
+	// are busy (Consume).
+	claimGather = time.Millisecond
 )
 
 // Queue returns the queue view of db.
@@ -162,8 +165,19 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 	nextExtend := time.Now().Add(lease / 3)
 	defer wg.Wait()
 	for {
-		// Claim as many messages as there are free workers.
+		// Claim as many messages as there are free workers. Under load,
+		// workers free up one at a time; a claim per freed worker would make
+		// this loop, one write round trip per message, the ceiling. So when
+		// most workers are busy, freed slots gather for a moment and one claim
+		// takes several messages.
 		n := len(free)
+		if n > 0 && n < workers/4 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(claimGather):
+			}
+			n = len(free)
+		}
 		if n > 0 {
 			batch, err := q.claim(hctx, topic, n)
 			if err != nil {

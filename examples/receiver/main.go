@@ -8,7 +8,7 @@
 //	-grpc-listen      the gRPC Callback service (client/callbackpb)
 //	-amqp-url-env     consume amqp callbacks published to amq.topic with
 //	                  routing key -amqp-binding
-//	GET  /received    every callback so far, in order
+//	GET  /received    every callback so far, in order (?since=N: from the N+1th on)
 //	POST /stall?for=5s   fault injection: for that long, callbacks hang up
 //	                     to 2 s and are then refused with 503 + Retry-After: 1
 package main
@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -160,10 +161,22 @@ func main() {
 			delivery.NamespaceSOAPEnvelope, delivery.NamespaceSOAP)
 	})
 	mux.HandleFunc("GET /received", func(w http.ResponseWriter, r *http.Request) {
+		since := 0
+		if v := r.URL.Query().Get("since"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				http.Error(w, "since: want a non-negative number", http.StatusBadRequest)
+				return
+			}
+			since = n
+		}
+		// Copied under the lock, encoded outside it: a long list must not
+		// hold back the callbacks being received meanwhile.
 		rc.mu.Lock()
-		defer rc.mu.Unlock()
+		got := append([]Received{}, rc.got[min(since, len(rc.got)):]...)
+		rc.mu.Unlock()
 		w.Header().Set("content-type", "application/json")
-		_ = json.NewEncoder(w).Encode(append([]Received{}, rc.got...))
+		_ = json.NewEncoder(w).Encode(got)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	slog.Info("receiver: listening", "addr", *listen, "grpc", *grpcListen, "amqp", *amqpURLEnv != "", "secrets", len(rc.secrets))

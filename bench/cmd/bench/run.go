@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -324,19 +323,16 @@ func backlog(ctx context.Context, o options, s *stack.Stack, rate float64) (*Bac
 // drain waits until the receiver stops getting callbacks (the intake ladder
 // leaves work behind), so that one phase does not load the next.
 func drain(ctx context.Context, s *stack.Stack) error {
-	last := -1
+	seen := -1
 	for i := 0; i < 120; i++ {
-		resp, err := client.Get(s.ReceiverURL + "/received")
+		got, err := receivedSince(s, max(seen, 0))
 		if err != nil {
 			return err
 		}
-		var all []received
-		_ = json.NewDecoder(resp.Body).Decode(&all)
-		resp.Body.Close()
-		if len(all) == last {
+		if seen >= 0 && len(got) == 0 {
 			return nil
 		}
-		last = len(all)
+		seen = max(seen, 0) + len(got)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
