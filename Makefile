@@ -36,10 +36,11 @@ chaos-short: build
 	$(BIN)/chaos -envoy "$(ENVOY_BIN)" -bin $(BIN) $(or $(CHAOS_FLAGS),-duration 75s -rate 50 -every 6s)
 
 # bench measures the whole stack on the embedded default and on RabbitMQ +
-# Elasticsearch (started and stopped around it) and rewrites bench/REPORT.md,
-# bench/report.json and bench/latency.png. BENCH_FLAGS passes options.
+# Elasticsearch (started once the embedded backend is measured, stopped at the
+# end) and rewrites bench/REPORT.md, bench/report.json and bench/latency.png.
+# BENCH_FLAGS passes options.
 bench: build
-	scripts/with-backends.sh $(MAKE) bench-run
+	$(MAKE) bench-run BENCH_FLAGS="-start-backends $(BENCH_FLAGS)"
 
 bench-run:
 	$(GO) build -o $(BIN)/bench ./bench/cmd/bench

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,13 +29,22 @@ func run(ctx context.Context, o options) (*Report, error) {
 		return nil, err
 	}
 	rep := newReport()
-	backends := []struct{ name, amqp, es string }{{"embedded", "", ""}}
-	if o.amqpURL != "" && o.esURL != "" {
-		backends = append(backends, struct{ name, amqp, es string }{"rabbitmq+elasticsearch", o.amqpURL, o.esURL})
-	} else {
-		logf("ASYNCMESH_TEST_AMQP_URL / ASYNCMESH_TEST_ES_URL not set: measuring the embedded backend only")
-	}
+	backends := []struct{ name, amqp, es string }{{"embedded", "", ""}, {"rabbitmq+elasticsearch", o.amqpURL, o.esURL}}
 	for i, b := range backends {
+		if i == 1 && o.startBackends {
+			// Started only now, so that their servers' idle work does not
+			// share the cores with the embedded measurements.
+			stop, err := startBackends(root)
+			defer stop()
+			if err != nil {
+				return nil, err
+			}
+			b.amqp, b.es = os.Getenv("ASYNCMESH_TEST_AMQP_URL"), os.Getenv("ASYNCMESH_TEST_ES_URL")
+		}
+		if b.name != "embedded" && (b.amqp == "" || b.es == "") {
+			logf("ASYNCMESH_TEST_AMQP_URL / ASYNCMESH_TEST_ES_URL not set (nor -start-backends): measuring the embedded backend only")
+			break
+		}
 		work, err := os.MkdirTemp("", "asyncmesh-bench-")
 		if err != nil {
 			return nil, err
@@ -69,6 +79,35 @@ func run(ctx context.Context, o options) (*Report, error) {
 		rep.Backends = append(rep.Backends, br)
 	}
 	return rep, ctx.Err()
+}
+
+// startBackends starts RabbitMQ and Elasticsearch with the repository's
+// scripts, sets their URLs in the environment, and returns what stops them.
+func startBackends(root string) (func(), error) {
+	var started []string
+	stop := func() {
+		for _, name := range started {
+			if out, err := exec.Command(filepath.Join(root, "scripts", "stop-"+name+".sh")).CombinedOutput(); err != nil {
+				logf("stopping %s: %v: %s", name, err, out)
+			}
+		}
+	}
+	for _, b := range []struct{ name, env string }{{"rabbitmq", "ASYNCMESH_TEST_AMQP_URL"}, {"elasticsearch", "ASYNCMESH_TEST_ES_URL"}} {
+		logf("== starting %s", b.name)
+		cmd := exec.Command(filepath.Join(root, "scripts", "start-"+b.name+".sh"))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		started = append(started, b.name)
+		if err != nil {
+			return stop, fmt.Errorf("starting %s: %w", b.name, err)
+		}
+		lines := strings.Fields(string(out))
+		if len(lines) == 0 {
+			return stop, fmt.Errorf("starting %s: the script printed no URL", b.name)
+		}
+		os.Setenv(b.env, lines[len(lines)-1])
+	}
+	return stop, nil
 }
 
 // passthrough measures the proxy paths: Envoy's direct_response and Envoy
