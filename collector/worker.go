@@ -45,7 +45,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	if timeout <= 0 { // a message without its envelope (large, or older): read the record
 		r, err := c.store.Get(ctx, id)
 		if err != nil {
-			return notFoundIsPoison(err, m)
+			return claimFailed(err, m)
 		}
 		status, timeout = r.Status, c.applyRules(r.Envelope).Timeout.D()
 	}
@@ -80,7 +80,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		break
 	}
 	if err != nil {
-		return notFoundIsPoison(err, m)
+		return claimFailed(err, m)
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
@@ -148,10 +148,10 @@ func conflictStatus(err error) (store.Status, bool) {
 	return "", false
 }
 
-// notFoundIsPoison turns a missing record into a poison message (nothing can
-// ever run it) and a conflict still unresolved after claimSteps into an
-// immediate redelivery.
-func notFoundIsPoison(err error, m queue.Message) error {
+// claimFailed is what a handler answers when its claim failed: a missing
+// record makes a poison message (nothing can ever run it), a conflict still
+// unresolved after claimSteps an immediate redelivery.
+func claimFailed(err error, m queue.Message) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return queue.Poison("no record for " + m.Topic + " message " + m.Key)
@@ -251,7 +251,7 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 		break
 	}
 	if err != nil {
-		return notFoundIsPoison(err, m)
+		return claimFailed(err, m)
 	}
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)

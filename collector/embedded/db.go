@@ -90,14 +90,6 @@ func (t wtx) query(query string, args ...any) (*sql.Rows, error) {
 	return t.tx.Stmt(st).Query(args...)
 }
 
-func (t wtx) queryRow(query string, args ...any) scanner {
-	st, err := t.db.stmt(t.db.w, query)
-	if err != nil {
-		return errRow{err}
-	}
-	return t.tx.Stmt(st).QueryRow(args...)
-}
-
 // errRow is a row that failed before it was read.
 type errRow struct{ err error }
 
@@ -187,7 +179,6 @@ const (
 	qRollbackTo    = "ROLLBACK TO op"
 	qRelease       = "RELEASE op"
 	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`
-	qRecordDoc     = `SELECT doc FROM requests WHERE id = ?`
 	qRecordVersion = `SELECT doc, version FROM requests WHERE id = ?`
 	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ?, version = version + 1 WHERE id = ? AND version = ?`
 	qInsertMessage = `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`

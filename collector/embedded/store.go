@@ -145,10 +145,7 @@ func (s *sqlStore) wakeFor(m *queue.Message) {
 }
 
 func (s *sqlStore) Get(ctx context.Context, id string) (*store.Record, error) {
-	r, err := scanOne(s.db().readRow(ctx, qRecordDoc, id))
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("reading record %s: %w", id, err)
-	}
+	r, _, err := s.read(ctx, id)
 	return r, err
 }
 
