@@ -446,8 +446,6 @@ func (s *stream) OnResponseHeaders(int, bool) abi.Action {
 	return abi.Continue
 }
 
-func (s *stream) OnDone() {}
-
 // header is the first value of a request header as the caller sent it (the
 // snapshot taken on arrival; the filter's own changes are not in it).
 func (s *stream) header(name string) string {

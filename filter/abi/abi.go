@@ -162,8 +162,6 @@ type HTTPContext interface {
 	// OnHTTPCallResponse receives the answer of a call this stream made;
 	// numHeaders == 0 means the call failed (reset, timeout, no upstream).
 	OnHTTPCallResponse(token uint32, numHeaders, bodySize, numTrailers int)
-	// OnDone is called once when the stream ends.
-	OnDone()
 }
 
 // EncodeHeaders serialises pairs in the proxy-wasm map format: a u32 count, then

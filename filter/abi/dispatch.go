@@ -152,15 +152,6 @@ func (d *Dispatcher) OnHTTPCallResponse(rootID, token uint32, numHeaders, bodySi
 	s.OnHTTPCallResponse(token, numHeaders, bodySize, numTrailers)
 }
 
-// OnDone forwards proxy_on_done.
-func (d *Dispatcher) OnDone(id uint32) bool {
-	defer d.recoverTo("done", nil)
-	if s, ok := d.stream(id); ok {
-		s.OnDone()
-	}
-	return true
-}
-
 // OnDelete forgets a context and any calls it still had in flight.
 func (d *Dispatcher) OnDelete(id uint32) {
 	delete(d.streams, id)

@@ -5,9 +5,10 @@ package abi
 // The exports Envoy calls. Each forwards to the dispatcher made by Run.
 //
 // Callbacks the filter has no use for (request and response trailers,
-// response body, on_log) are not exported: the host skips a callback the
-// module does not export, and every call into the Go runtime costs a few
-// microseconds on each stream.
+// response body, on_log, on_done) are not exported: the host skips a
+// callback the module does not export, and every call into the VM costs a
+// few microseconds on each stream. (proxy_on_delete stays: it frees the
+// stream's state however the stream ended.)
 
 var dispatcher *Dispatcher
 
@@ -59,9 +60,6 @@ func proxyOnResponseHeaders(id uint32, n int32, eos bool) Action {
 func proxyOnHTTPCallResponse(rootID, token uint32, numHeaders, bodySize, numTrailers int32) {
 	dispatcher.OnHTTPCallResponse(rootID, token, int(numHeaders), int(bodySize), int(numTrailers))
 }
-
-//go:wasmexport proxy_on_done
-func proxyOnDone(id uint32) bool { return dispatcher.OnDone(id) }
 
 //go:wasmexport proxy_on_delete
 func proxyOnDelete(id uint32) { dispatcher.OnDelete(id) }

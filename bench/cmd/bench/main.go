@@ -34,6 +34,7 @@ type options struct {
 	profile                string
 	collectorArgs          []string
 	startBackends          bool
+	proxyOnly              bool
 }
 
 func main() {
@@ -52,6 +53,7 @@ func main() {
 	flag.IntVar(&o.backlog, "backlog", 100000, "requests queued behind a stalled service to watch the collector's RSS (0: skip)")
 	flag.StringVar(&o.profile, "profile", "", "directory for CPU profiles of the collector during the intake ladder and the delivery burst (go tool pprof); empty: none")
 	flag.BoolVar(&o.startBackends, "start-backends", false, "start RabbitMQ and Elasticsearch (scripts/start-*.sh) once the embedded backend is measured, and stop them at the end")
+	flag.BoolVar(&o.proxyOnly, "proxy-only", false, "measure the proxy paths only (for trying a filter change quickly)")
 	var collectorArgs string
 	flag.StringVar(&collectorArgs, "collector-args", "", "extra collector flags, space-separated (for example \"-workers 64\")")
 	flag.Parse()

@@ -96,15 +96,35 @@ func ladder(ctx context.Context, name string, rates []float64, step time.Duratio
 	return c
 }
 
-// envoyCost runs do at rate for d and returns the CPU time the process pid
-// spent per successful request, in microseconds.
-func envoyCost(ctx context.Context, pid int, rate float64, d time.Duration, do func(ctx context.Context, seq int) error) float64 {
-	cpu0 := cpuSeconds(pid)
-	r := load.Run(ctx, load.Params{Rate: rate, Duration: d, Grace: 5 * time.Second}, do)
-	if r.OK == 0 {
-		return 0
+// costTarget is one proxy path whose Envoy CPU per request envoyCosts measures.
+type costTarget struct {
+	pid int
+	do  func(ctx context.Context, seq int) error
+}
+
+// envoyCosts returns, for each target, the CPU time its Envoy spent per
+// successful request, in microseconds, at rate. The targets take turns in
+// rounds of d/rounds each, so that whatever else the shared cores do during
+// the measurement falls on every path alike rather than on whichever ran
+// at the wrong moment.
+func envoyCosts(ctx context.Context, targets []costTarget, rate float64, d time.Duration, rounds int) []float64 {
+	cpu := make([]float64, len(targets))
+	ok := make([]int, len(targets))
+	for range rounds {
+		for i, t := range targets {
+			cpu0 := cpuSeconds(t.pid)
+			r := load.Run(ctx, load.Params{Rate: rate, Duration: d / time.Duration(rounds), Grace: 5 * time.Second}, t.do)
+			cpu[i] += cpuSeconds(t.pid) - cpu0
+			ok[i] += r.OK
+		}
 	}
-	return (cpuSeconds(pid) - cpu0) / float64(r.OK) * 1e6
+	out := make([]float64, len(targets))
+	for i := range targets {
+		if ok[i] > 0 {
+			out[i] = cpu[i] / float64(ok[i]) * 1e6
+		}
+	}
+	return out
 }
 
 // receivedSince is what the demo receiver recorded after its first n callbacks.

@@ -22,6 +22,9 @@ import (
 //go:embed envoy-baseline.yaml
 var baselineBootstrap string
 
+//go:embed empty-filter.wasm
+var emptyFilter []byte
+
 // run measures everything and returns the report.
 func run(ctx context.Context, o options) (*Report, error) {
 	root, err := filepath.Abs(".")
@@ -65,9 +68,10 @@ func run(ctx context.Context, o options) (*Report, error) {
 			return nil, fmt.Errorf("starting the %s stack: %w", b.name, err)
 		}
 		if i == 0 {
-			if rep.Passthrough, err = passthrough(ctx, o, s, work); err != nil {
+			rep.Passthrough, err = passthrough(ctx, o, s, work)
+			if err != nil || o.proxyOnly {
 				s.Close()
-				return nil, err
+				return rep, err
 			}
 		}
 		br, err := measureBackend(ctx, o, s, b.name, prof)
@@ -110,16 +114,22 @@ func startBackends(root string) (func(), error) {
 	return stop, nil
 }
 
-// passthrough measures the proxy paths: Envoy's direct_response and Envoy
-// without the filter (a second Envoy, same binary and concurrency), against
-// the sidecar's Envoy with the filter on a pass-through route.
+// passthrough measures the proxy paths: Envoy's direct_response, Envoy
+// without the filter and with an empty Wasm filter (a second Envoy, same
+// binary and concurrency), against the sidecar's Envoy with the filter on a
+// pass-through route.
 func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([]Curve, error) {
-	ports, err := stack.FreePorts(2)
+	ports, err := stack.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
+	empty := filepath.Join(work, "empty-filter.wasm")
+	if err := os.WriteFile(empty, emptyFilter, 0o600); err != nil {
+		return nil, err
+	}
 	_, servicePort, _ := net.SplitHostPort(s.ServiceAddr())
-	conf := strings.NewReplacer("${PORT}", strconv.Itoa(ports[0]), "${ADMIN_PORT}", strconv.Itoa(ports[1]), "${SERVICE_PORT}", servicePort).Replace(baselineBootstrap)
+	conf := strings.NewReplacer("${PORT}", strconv.Itoa(ports[0]), "${ADMIN_PORT}", strconv.Itoa(ports[1]),
+		"${WASM_PORT}", strconv.Itoa(ports[2]), "${EMPTY_WASM}", empty, "${SERVICE_PORT}", servicePort).Replace(baselineBootstrap)
 	path := filepath.Join(work, "envoy-baseline.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -143,14 +153,18 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	}{
 		{"envoy direct_response (ceiling)", "envoy-baseline", base + "/direct"},
 		{"envoy → service, no filter (baseline)", "envoy-baseline", base + "/fast"},
+		{"envoy + empty Wasm filter → service (floor)", "envoy-baseline", "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/fast"},
 		{"envoy + asyncmesh filter → service", "envoy", s.EnvoyURL + "/fast"},
 	}
 	var curves []Curve
+	var targets []costTarget
 	for _, p := range paths {
-		c := ladder(ctx, p.name, o.passRates, o.step, get(p.url))
-		c.EnvoyCPUus = envoyCost(ctx, s.PID(p.envoy), costRate, costFor, get(p.url))
-		logf("  %-44s Envoy CPU %.1f µs per request at %d/s", p.name, c.EnvoyCPUus, costRate)
-		curves = append(curves, c)
+		curves = append(curves, ladder(ctx, p.name, o.passRates, o.step, get(p.url)))
+		targets = append(targets, costTarget{pid: s.PID(p.envoy), do: get(p.url)})
+	}
+	for i, us := range envoyCosts(ctx, targets, costRate, costFor, costRounds) {
+		curves[i].EnvoyCPUus = us
+		logf("  %-44s Envoy CPU %.1f µs per request at %d/s", paths[i].name, us, costRate)
 	}
 	return curves, nil
 }
@@ -158,10 +172,12 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 // warmupRequests are sent at 100/s before a backend is measured.
 const warmupRequests = 500
 
-// The proxy paths' cost is measured at costRate for costFor.
+// The proxy paths' cost is measured at costRate for costFor each, in
+// costRounds turns.
 const (
-	costRate = 1500
-	costFor  = 6 * time.Second
+	costRate   = 1500
+	costFor    = 12 * time.Second
+	costRounds = 6
 )
 
 // measureBackend measures async intake, accept → callback latency, delivery
