@@ -24,6 +24,12 @@ type Report struct {
 }
 
 // BackendReport is what was measured on one backend.
+// Elasticsearch writes of one request: before its 202, and over its life.
+const (
+	esWritesIntake = 2
+	esWritesLife   = 6
+)
+
 type BackendReport struct {
 	Name     string             `json:"name"`
 	Intake   Curve              `json:"intake"`
@@ -32,6 +38,8 @@ type BackendReport struct {
 	Delivery Delivery           `json:"delivery"` // callbacks of an executed backlog
 	Usage    map[string][]Usage `json:"usage"`    // by phase
 	Backlog  *Backlog           `json:"backlog,omitempty"`
+	// ESCeiling is Elasticsearch by itself (Elasticsearch backends only).
+	ESCeiling []BulkPoint `json:"elasticsearchAlone,omitempty"`
 }
 
 func newReport() *Report {
@@ -137,6 +145,18 @@ func (r *Report) markdown() []byte {
 		target := float64(targetIntakeEmbed)
 		if br != embedded {
 			target = targetIntakeBackend
+		}
+		if len(br.ESCeiling) > 0 {
+			w("Elasticsearch alone (the store's ceiling on this machine, as direct_response is Envoy's): one client indexing documents shaped like request records, one bulk at a time.")
+			w("")
+			w("| bulk size | documents/s | ES CPU ms per document | ES CPU ms per bulk |")
+			w("|---:|---:|---:|---:|")
+			for _, p := range br.ESCeiling {
+				w("| %d | %.0f | %.2f | %.2f |", p.Size, p.DocsPerSecond, p.CPUmsPerDoc, p.CPUmsPerBulk)
+			}
+			w("")
+			w("A request is written %d times before its 202 (created, then marked queued) and %d times in all (then processing, completed, delivering, delivered); the collector groups concurrent writes into one bulk.", esWritesIntake, esWritesLife)
+			w("")
 		}
 		sat := br.Intake.Saturation()
 		w("Async intake (POST through Envoy → 202, persisted first): **%.0f accepted/s** at saturation (%s vs embedded; target ≥ %.0f — %s).",

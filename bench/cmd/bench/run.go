@@ -74,7 +74,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 				return rep, err
 			}
 		}
-		br, err := measureBackend(ctx, o, s, b.name, prof)
+		br, err := measureBackend(ctx, o, s, b.name, b.es, prof)
 		s.Close()
 		if err != nil {
 			return nil, err
@@ -182,7 +182,7 @@ const (
 
 // measureBackend measures async intake, accept → callback latency, delivery
 // throughput, resources and the backlog on one stack.
-func measureBackend(ctx context.Context, o options, s *stack.Stack, name string, prof profiler) (BackendReport, error) {
+func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL string, prof profiler) (BackendReport, error) {
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
 	// Warm up: the first writes create the day's index on Elasticsearch and
 	// its JIT compiles; the embedded database creates its pages. Not measured.
@@ -190,6 +190,13 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name string,
 	accepted(ctx, s, "/slow?ms=0", 100, warmupRequests*time.Second/100)
 	if err := drain(ctx, s); err != nil {
 		return br, err
+	}
+	if esURL != "" {
+		logf("-- Elasticsearch alone (the ceiling of the store on this machine)")
+		var err error
+		if br.ESCeiling, err = esCeiling(ctx, esURL, 3*time.Second); err != nil {
+			return br, fmt.Errorf("measuring Elasticsearch alone: %w", err)
+		}
 	}
 	logf("-- async intake (POST /slow?ms=0 → 202)")
 	procs := []string{"collector", "envoy"}
