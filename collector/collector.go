@@ -68,8 +68,9 @@ type Config struct {
 	Secrets delivery.Secrets
 	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 64:
 	// executions load the service, callbacks mostly wait on receivers). A
-	// negative DeliveryWorkers makes a collector that does not deliver:
-	// another one, on the same store and queue, does.
+	// negative Workers makes a collector that does not execute, a negative
+	// DeliveryWorkers one that does not deliver: another one, on the same
+	// store and queue, does.
 	Workers, DeliveryWorkers int
 	// RelayInterval is how often the outbox relay looks for unpublished
 	// records (default 1s); RelayAge is how old they must be (default 2s).
@@ -135,17 +136,14 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.Secrets == nil {
 		return nil, errors.New("collector: Secrets is required")
 	}
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
 	defD := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
 			*v = d
 		}
 	}
-	def(&cfg.Workers, 16)
+	if cfg.Workers == 0 {
+		cfg.Workers = 16
+	}
 	if cfg.DeliveryWorkers == 0 {
 		cfg.DeliveryWorkers = 64
 	}
@@ -190,9 +188,11 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	run("work consumer", func(ctx context.Context) error {
-		return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
-	})
+	if c.cfg.Workers > 0 {
+		run("work consumer", func(ctx context.Context) error {
+			return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
+		})
+	}
 	if c.cfg.DeliveryWorkers > 0 {
 		run("delivery consumer", func(ctx context.Context) error {
 			return c.queue.Consume(ctx, queue.TopicDelivery, c.cfg.DeliveryWorkers, c.handleDelivery)

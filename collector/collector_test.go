@@ -63,6 +63,7 @@ type env struct {
 	api      *httptest.Server
 	c        *Collector
 	stop     func()
+	tune     func(*Config) // applied by start, when set
 
 	failing atomic.Bool // the receiver answers 500
 	secrets testSecrets
@@ -111,11 +112,15 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	api := httptest.NewUnstartedServer(nil)
-	c, err := New(Config{
+	cfg := Config{
 		ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: e.secrets,
 		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
 		APIURL: "http://" + api.Listener.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
-	}, db.Store(), db.Queue())
+	}
+	if e.tune != nil {
+		e.tune(&cfg)
+	}
+	c, err := New(cfg, db.Store(), db.Queue())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -204,6 +209,28 @@ func TestLifecycleDeliversOnce(t *testing.T) {
 	code, page := e.get("/v1/requests?traceId=" + en.TraceID)
 	if code != 200 || len(page["records"].([]any)) != 1 {
 		t.Fatalf("search %d %v", code, page)
+	}
+}
+
+// A collector with negative Workers and DeliveryWorkers only takes requests
+// in; another one on the same store and queue executes and delivers them.
+func TestIntakeOnlyCollector(t *testing.T) {
+	e := newEnv(t)
+	e.stop()
+	e.tune = func(c *Config) { c.Workers, c.DeliveryWorkers = -1, -1 }
+	e.start()
+	en := e.envelope("/work", []byte("hello"))
+	if resp := e.intake(en); resp.StatusCode != 201 {
+		t.Fatalf("intake answered %d", resp.StatusCode)
+	}
+	if _, rec := e.get("/v1/requests/" + en.ID + "?wait=300ms"); rec["status"] != "queued" {
+		t.Fatalf("an intake-only collector moved the record: %v", rec["status"])
+	}
+	e.stop()
+	e.tune = nil
+	e.start()
+	if _, rec := e.get("/v1/requests/" + en.ID + "?wait=10s"); rec["status"] != "delivered" {
+		t.Fatalf("the next collector left it %v", rec["status"])
 	}
 }
 

@@ -440,7 +440,8 @@ func (s *stream) send(status int, details string, body []byte, extra []abi.Heade
 }
 
 func (s *stream) OnResponseHeaders(int, bool) abi.Action {
-	if s.traceID != "" {
+	// A local response of this filter (send) carries the trace id already.
+	if s.traceID != "" && s.state != stateAnswered {
 		s.host.SetHeader(abi.ResponseHeaders, hdrTraceID, s.traceID)
 	}
 	return abi.Continue

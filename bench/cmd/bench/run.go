@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/bench/load"
@@ -198,19 +199,21 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 			return br, fmt.Errorf("measuring Elasticsearch alone: %w", err)
 		}
 	}
-	logf("-- async intake (POST /slow?ms=0 → 202)")
 	procs := []string{"collector", "envoy"}
 	if name != "embedded" {
 		procs = append(procs, "elasticsearch", "rabbitmq")
 	}
+	if err := intakeAlone(ctx, o, s, name, prof, &br, procs); err != nil {
+		return br, err
+	}
+
+	logf("-- async intake with execution and delivery running (POST /slow?ms=0 → 202)")
 	sm := sample(s, procs...)
-	done := prof.start(ctx, "intake", time.Duration(len(o.intakeRates))*o.step)
-	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
+	br.IntakeLoaded = ladder(ctx, "async intake (loaded) "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
 		_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
 		return err
 	})
-	br.Usage["intake"] = sm.end()
-	done()
+	br.Usage["intake loaded"] = sm.end()
 	if err := drain(ctx, s); err != nil {
 		return br, err
 	}
@@ -227,8 +230,8 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 
 	logf("-- pipeline throughput (a burst of %d: intake, execution and callback at once)", o.burst)
 	sm = sample(s, append(procs, "service", "receiver")...)
-	rate := min(2000, max(200, 0.8*br.Intake.Saturation()))
-	done = prof.start(ctx, "pipeline", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
+	rate := min(2000, max(200, 0.8*br.IntakeLoaded.Saturation()))
+	done := prof.start(ctx, "pipeline", time.Duration(float64(o.burst)/rate*float64(time.Second))+5*time.Second)
 	_, acc := accepted(ctx, s, "/slow?ms=0", rate, time.Duration(float64(o.burst)/rate*float64(time.Second)))
 	got := callbacksAt(s, acc, 120*time.Second)
 	done()
@@ -252,6 +255,40 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 		br.Backlog = bl
 	}
 	return br, ctx.Err()
+}
+
+// intakeAlone measures async intake by itself: a collector that neither
+// executes nor delivers (-workers 0 -delivery-workers 0) takes the ladder,
+// then the collector as configured runs and calls back everything accepted
+// (checked: none may be missing).
+func intakeAlone(ctx context.Context, o options, s *stack.Stack, name string, prof profiler, br *BackendReport, procs []string) error {
+	logf("-- async intake alone (POST /slow?ms=0 → 202; a collector that neither executes nor delivers)")
+	if err := s.RestartCollector(ctx, "-workers", "0", "-delivery-workers", "0"); err != nil {
+		return fmt.Errorf("restarting the collector for intake only: %w", err)
+	}
+	var mu sync.Mutex
+	ids := map[string]time.Time{}
+	sm := sample(s, procs...)
+	done := prof.start(ctx, "intake", time.Duration(len(o.intakeRates))*o.step)
+	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
+		resp, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+		if err == nil {
+			mu.Lock()
+			ids[resp.Header.Get("x-async-request-id")] = time.Now()
+			mu.Unlock()
+		}
+		return err
+	})
+	br.Usage["intake"] = sm.end()
+	done()
+	if err := s.RestartCollector(ctx); err != nil {
+		return fmt.Errorf("restarting the collector: %w", err)
+	}
+	logf("  %d accepted; waiting for their callbacks", len(ids))
+	if got := callbacksAt(s, ids, 5*time.Minute); len(got) < len(ids) {
+		return fmt.Errorf("intake alone: %d of %d accepted requests not called back after 5 minutes", len(ids)-len(got), len(ids))
+	}
+	return nil
 }
 
 // deliveryAlone measures the delivery stage by itself: a collector that does

@@ -41,7 +41,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint for OpenTelemetry spans (for example http://127.0.0.1:4318); empty: tracing off")
 	fs.StringVar(&o.adminTokenEnv, "admin-token-env", "", "environment variable holding the bearer token of the operator endpoints (replay); unset: they are off")
 	fs.StringVar(&o.debugListen, "debug-listen", "", "address of a profiling server (net/http/pprof; keep it on loopback); empty: off")
-	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions")
+	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions (0: this collector does not execute; another one on the same store and queue does)")
 	fs.IntVar(&o.deliveryWorkers, "delivery-workers", 64, "concurrent callback deliveries (0: this collector does not deliver; another one on the same store and queue does)")
 
 	fs.StringVar(&o.storeKind, "store", "embedded", "store backend: embedded or elasticsearch")

@@ -39,6 +39,9 @@ func run() error {
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	slog.SetDefault(log)
+	if o.workers < 0 || o.deliveryWorkers < 0 {
+		return fmt.Errorf("-workers %d, -delivery-workers %d: want 0 or more", o.workers, o.deliveryWorkers)
+	}
 	secret := os.Getenv(o.replayEnv)
 	if secret == "" {
 		return fmt.Errorf("-replay-secret-env: environment variable %s is empty", o.replayEnv)
@@ -64,6 +67,9 @@ func run() error {
 	cfg := collector.Config{
 		ReplayURL: o.replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: o.secretsDir},
 		Workers: o.workers, DeliveryWorkers: o.deliveryWorkers, APIURL: o.apiURL, Logger: log,
+	}
+	if o.workers == 0 {
+		cfg.Workers = -1
 	}
 	if o.deliveryWorkers == 0 {
 		cfg.DeliveryWorkers = -1
