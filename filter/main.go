@@ -11,6 +11,22 @@
 // collector with dispatch_http_call on the configured cluster, and answered 202. A
 // request carrying a valid x-async-replay signature is the collector's worker
 // replaying an accepted request: it passes to the service.
+//
+// # Cost of the pass-through path
+//
+// In Envoy's V8 every callback into the module and every host call costs
+// microseconds, so the pass-through path is counted in crossings: the
+// callbacks context_create, request_headers, response_headers and delete
+// (on_done and the others are not exported), one header read
+// (get_header_map_pairs, which calls back into the module to allocate), up
+// to two request header writes (traceparent when absent, x-async-trace-id)
+// and one response header write. make bench measures it against Envoy
+// without the filter and with an empty Wasm filter (the same callbacks
+// returning at once): on the 2-core bench machine the empty filter already
+// costs about 0.91× of Envoy's capacity, and what this filter does on top
+// of it (the header read and three writes) about 60 µs of Envoy CPU per
+// request. Replacing the two request writes with one set_header_map_pairs
+// call, and raising GOGC, were tried and measured no better.
 package main
 
 import (
