@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Batch bounds.
 const (
 	batchMaxOps   = 500
 	batchMaxBytes = 8 << 20
+	// batchLingerOps ends a lingering batch early (see Config.Linger).
+	batchLingerOps = 64
 )
 
 // op is one bulk operation: create, or index (with optional CAS).
@@ -34,12 +37,13 @@ type result struct {
 
 // batcher groups concurrent operations into bulk requests.
 type batcher struct {
-	s   *Store
-	ops chan *op
+	s      *Store
+	ops    chan *op
+	linger time.Duration
 }
 
-func newBatcher(s *Store, flushers int) *batcher {
-	return &batcher{s: s, ops: make(chan *op, batchMaxOps*flushers)}
+func newBatcher(s *Store, flushers int, linger time.Duration) *batcher {
+	return &batcher{s: s, ops: make(chan *op, batchMaxOps*flushers), linger: linger}
 }
 
 // do queues o and waits for its result.
@@ -63,7 +67,9 @@ func (b *batcher) do(ctx context.Context, o *op) result {
 }
 
 // run sends batches until ctx ends: it blocks for one operation, then takes
-// whatever else is already waiting, up to the bounds.
+// whatever else is already waiting, up to the bounds; if that found other
+// writes waiting (concurrent writers) and linger is set, it waits up to
+// linger for more, until batchLingerOps.
 func (b *batcher) run(ctx context.Context) {
 	var buf bytes.Buffer
 	for {
@@ -74,19 +80,42 @@ func (b *batcher) run(ctx context.Context) {
 		case o := <-b.ops:
 			batch = append(batch, o)
 		}
-		size := len(batch[0].doc)
-	fill:
-		for len(batch) < batchMaxOps && size < batchMaxBytes {
-			select {
-			case o := <-b.ops:
-				batch = append(batch, o)
-				size += len(o.doc)
-			default:
-				break fill
-			}
+		batch, size := b.fill(batch, len(batch[0].doc), nil)
+		if b.linger > 0 && len(batch) > 1 && len(batch) < batchLingerOps {
+			t := time.NewTimer(b.linger)
+			batch, _ = b.fill(batch, size, t.C)
+			t.Stop()
 		}
 		b.flush(ctx, &buf, batch)
 	}
+}
+
+// fill adds waiting operations to batch, up to the bounds: without a timer
+// only those already waiting; with one, it also waits for more until the
+// timer fires or the batch has batchLingerOps.
+func (b *batcher) fill(batch []*op, size int, timer <-chan time.Time) ([]*op, int) {
+	limit := batchMaxOps
+	if timer != nil {
+		limit = batchLingerOps
+	}
+	for len(batch) < limit && size < batchMaxBytes {
+		select {
+		case o := <-b.ops:
+			batch, size = append(batch, o), size+len(o.doc)
+			continue
+		default:
+		}
+		if timer == nil {
+			break
+		}
+		select {
+		case o := <-b.ops:
+			batch, size = append(batch, o), size+len(o.doc)
+		case <-timer:
+			return batch, size
+		}
+	}
+	return batch, size
 }
 
 func (b *batcher) flush(ctx context.Context, buf *bytes.Buffer, batch []*op) {

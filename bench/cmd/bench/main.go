@@ -35,6 +35,7 @@ type options struct {
 	collectorArgs          []string
 	startBackends          bool
 	proxyOnly              bool
+	backends               []string
 }
 
 func main() {
@@ -54,10 +55,13 @@ func main() {
 	flag.StringVar(&o.profile, "profile", "", "directory for CPU profiles of the collector during the intake ladder and the delivery burst (go tool pprof); empty: none")
 	flag.BoolVar(&o.startBackends, "start-backends", false, "start RabbitMQ and Elasticsearch (scripts/start-*.sh) once the embedded backend is measured, and stop them at the end")
 	flag.BoolVar(&o.proxyOnly, "proxy-only", false, "measure the proxy paths only (for trying a filter change quickly)")
+	var backends string
+	flag.StringVar(&backends, "backends", "embedded,rabbitmq+elasticsearch", "backends to measure, in order (the first is the baseline of the others)")
 	var collectorArgs string
 	flag.StringVar(&collectorArgs, "collector-args", "", "extra collector flags, space-separated (for example \"-workers 64\")")
 	flag.Parse()
 	o.collectorArgs = strings.Fields(collectorArgs)
+	o.backends = strings.Split(backends, ",")
 	o.amqpURL, o.esURL = os.Getenv("ASYNCMESH_TEST_AMQP_URL"), os.Getenv("ASYNCMESH_TEST_ES_URL")
 	var err error
 	if o.passRates, err = rates(pass); err == nil {

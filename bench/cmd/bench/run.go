@@ -33,9 +33,20 @@ func run(ctx context.Context, o options) (*Report, error) {
 		return nil, err
 	}
 	rep := newReport()
-	backends := []struct{ name, amqp, es string }{{"embedded", "", ""}, {"rabbitmq+elasticsearch", o.amqpURL, o.esURL}}
+	type backend struct{ name, amqp, es string }
+	var backends []backend
+	for _, name := range o.backends {
+		switch name {
+		case "embedded":
+			backends = append(backends, backend{name, "", ""})
+		case "rabbitmq+elasticsearch":
+			backends = append(backends, backend{name, o.amqpURL, o.esURL})
+		default:
+			return nil, fmt.Errorf("-backends: unknown backend %q (embedded, rabbitmq+elasticsearch)", name)
+		}
+	}
 	for i, b := range backends {
-		if i == 1 && o.startBackends {
+		if b.name != "embedded" && o.startBackends {
 			// Started only now, so that their servers' idle work does not
 			// share the cores with the embedded measurements.
 			stop, err := startBackends(root)

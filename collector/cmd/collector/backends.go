@@ -24,8 +24,8 @@ type options struct {
 
 	storeKind, queueKind, dbPath string
 	esEnv, esPrefix              string
-	esReplicas                   int
-	esRetention                  time.Duration
+	esReplicas, esFlushers       int
+	esLinger, esRetention        time.Duration
 	amqpEnv, amqpPrefix          string
 	amqpPrefetch                 int
 
@@ -50,6 +50,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.esEnv, "es-url-env", "ASYNCMESH_ES_URL", "environment variable holding the Elasticsearch URL (http://host:port)")
 	fs.StringVar(&o.esPrefix, "es-prefix", "asyncmesh", "prefix of the Elasticsearch index templates and indices")
 	fs.IntVar(&o.esReplicas, "es-replicas", 1, "replicas of each daily index (0 on a single node)")
+	fs.IntVar(&o.esFlushers, "es-flushers", 2, "bulk requests in flight to Elasticsearch")
+	fs.DurationVar(&o.esLinger, "es-linger", 0, "how long a bulk that finds other writes waiting waits for more (0: sent at once)")
 	fs.DurationVar(&o.esRetention, "es-retention", 30*24*time.Hour, "delete daily indices older than this (0 keeps everything)")
 	fs.StringVar(&o.amqpEnv, "amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
 	fs.StringVar(&o.amqpPrefix, "amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
@@ -105,7 +107,8 @@ func openBackends(ctx context.Context, o options, log *slog.Logger) (*backends, 
 		if err != nil {
 			return fail(err)
 		}
-		es, err := elastic.Open(octx, elastic.Config{URL: url, Prefix: o.esPrefix, Replicas: o.esReplicas, Retention: o.esRetention, Logger: log})
+		es, err := elastic.Open(octx, elastic.Config{URL: url, Prefix: o.esPrefix, Replicas: o.esReplicas, Retention: o.esRetention,
+			Flushers: o.esFlushers, Linger: o.esLinger, Logger: log})
 		if err != nil {
 			return fail(fmt.Errorf("-store elasticsearch: %w", err))
 		}
