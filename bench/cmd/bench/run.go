@@ -181,8 +181,14 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	return curves, nil
 }
 
-// warmupRequests are sent at 100/s before a backend is measured.
-const warmupRequests = 500
+// Before a backend is measured it gets warmupFor of requests at warmupRate,
+// and a freshly started Elasticsearch (whose JIT compiles as it works)
+// esWarmupFor more: started cold, it costs several times more per document.
+const (
+	warmupRate  = 100
+	warmupFor   = 5 * time.Second
+	esWarmupFor = 20 * time.Second
+)
 
 // The proxy paths' cost is measured at costRate for costFor each, in
 // costRounds turns.
@@ -198,8 +204,12 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
 	// Warm up: the first writes create the day's index on Elasticsearch and
 	// its JIT compiles; the embedded database creates its pages. Not measured.
-	logf("-- warm-up (%d requests, not measured)", warmupRequests)
-	accepted(ctx, s, "/slow?ms=0", 100, warmupRequests*time.Second/100)
+	warm := warmupFor
+	if esURL != "" {
+		warm += esWarmupFor
+	}
+	logf("-- warm-up (%v at %d/s, not measured)", warm, warmupRate)
+	accepted(ctx, s, "/slow?ms=0", warmupRate, warm)
 	if err := drain(ctx, s); err != nil {
 		return br, err
 	}

@@ -51,7 +51,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.esPrefix, "es-prefix", "asyncmesh", "prefix of the Elasticsearch index templates and indices")
 	fs.IntVar(&o.esReplicas, "es-replicas", 1, "replicas of each daily index (0 on a single node)")
 	fs.IntVar(&o.esFlushers, "es-flushers", 2, "bulk requests in flight to Elasticsearch")
-	fs.DurationVar(&o.esLinger, "es-linger", 0, "how long a bulk that finds other writes waiting waits for more (0: sent at once)")
+	fs.DurationVar(&o.esLinger, "es-linger", 2*time.Millisecond, "how long a bulk that finds other writes waiting waits for more (0: sent at once; a lone write never waits)")
 	fs.DurationVar(&o.esRetention, "es-retention", 30*24*time.Hour, "delete daily indices older than this (0 keeps everything)")
 	fs.StringVar(&o.amqpEnv, "amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
 	fs.StringVar(&o.amqpPrefix, "amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
