@@ -203,8 +203,9 @@ func (r *Report) markdown() []byte {
 		}
 		w("")
 		if bl := br.Backlog; bl != nil {
+			growth := max(0, bl.RSSMaxMB-bl.RSSStartMB) // the start is sampled apart from the peak
 			w("Backlog: %d requests queued behind a stalled service in %.0f s; collector RSS %.0f MB at the start, %.0f MB at most, %.0f MB 10 s after (growth %.0f MB; target within %d MB — %s).",
-				bl.Requests, bl.FillSeconds, bl.RSSStartMB, bl.RSSMaxMB, bl.RSSEndMB, bl.RSSMaxMB-bl.RSSStartMB, targetBacklogRSSMB, check(bl.RSSMaxMB-bl.RSSStartMB <= targetBacklogRSSMB))
+				bl.Requests, bl.FillSeconds, bl.RSSStartMB, bl.RSSMaxMB, bl.RSSEndMB, growth, targetBacklogRSSMB, check(growth <= targetBacklogRSSMB))
 			w("")
 		}
 		w("")
