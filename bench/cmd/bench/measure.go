@@ -171,23 +171,38 @@ func callbacksAt(s *stack.Stack, want map[string]time.Time, timeout time.Duratio
 	}
 }
 
-// accepted runs an open-loop load of async requests and returns when each
-// 202 came back, by request id.
-func accepted(ctx context.Context, s *stack.Stack, path string, rate float64, d time.Duration) (load.Result, map[string]time.Time) {
-	var mu sync.Mutex
-	ids := map[string]time.Time{}
-	r := load.Run(ctx, load.Params{Rate: rate, Duration: d, Grace: 10 * time.Second}, func(ctx context.Context, _ int) error {
-		resp, err := request(ctx, "POST", s.EnvoyURL+path, `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+// postAsync sends one async request through Envoy and expects its 202.
+func postAsync(ctx context.Context, s *stack.Stack, path string) (*http.Response, error) {
+	return request(ctx, "POST", s.EnvoyURL+path, `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+}
+
+// acceptedIDs records when each 202 came back, by request id.
+type acceptedIDs struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+// send returns a load function that posts to path and records each 202.
+func (a *acceptedIDs) send(s *stack.Stack, path string) func(context.Context, int) error {
+	return func(ctx context.Context, _ int) error {
+		resp, err := postAsync(ctx, s, path)
 		if err != nil {
 			return err
 		}
 		at := time.Now()
-		mu.Lock()
-		ids[resp.Header.Get("x-async-request-id")] = at
-		mu.Unlock()
+		a.mu.Lock()
+		a.at[resp.Header.Get("x-async-request-id")] = at
+		a.mu.Unlock()
 		return nil
-	})
-	return r, ids
+	}
+}
+
+// accepted runs an open-loop load of async requests and returns when each
+// 202 came back, by request id.
+func accepted(ctx context.Context, s *stack.Stack, path string, rate float64, d time.Duration) (load.Result, map[string]time.Time) {
+	ids := &acceptedIDs{at: map[string]time.Time{}}
+	r := load.Run(ctx, load.Params{Rate: rate, Duration: d, Grace: 10 * time.Second}, ids.send(s, path))
+	return r, ids.at
 }
 
 // Delay summarises accept → callback latencies.

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/bench/load"
@@ -231,7 +230,7 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 	logf("-- async intake with execution and delivery running (POST /slow?ms=0 → 202)")
 	sm := sample(s, procs...)
 	br.IntakeLoaded = ladder(ctx, "async intake (loaded) "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
-		_, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
+		_, err := postAsync(ctx, s, "/slow?ms=0")
 		return err
 	})
 	br.Usage["intake loaded"] = sm.end()
@@ -287,27 +286,18 @@ func intakeAlone(ctx context.Context, o options, s *stack.Stack, name string, pr
 	if err := s.RestartCollector(ctx, "-workers", "0", "-delivery-workers", "0"); err != nil {
 		return fmt.Errorf("restarting the collector for intake only: %w", err)
 	}
-	var mu sync.Mutex
-	ids := map[string]time.Time{}
+	ids := &acceptedIDs{at: map[string]time.Time{}}
 	sm := sample(s, procs...)
 	done := prof.start(ctx, "intake", time.Duration(len(o.intakeRates))*o.step)
-	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, func(ctx context.Context, _ int) error {
-		resp, err := request(ctx, "POST", s.EnvoyURL+"/slow?ms=0", `{"bench":true}`, http.StatusAccepted, "content-type", "application/json")
-		if err == nil {
-			mu.Lock()
-			ids[resp.Header.Get("x-async-request-id")] = time.Now()
-			mu.Unlock()
-		}
-		return err
-	})
+	br.Intake = ladder(ctx, "async intake "+name, o.intakeRates, o.step, ids.send(s, "/slow?ms=0"))
 	br.Usage["intake"] = sm.end()
 	done()
 	if err := s.RestartCollector(ctx); err != nil {
 		return fmt.Errorf("restarting the collector: %w", err)
 	}
-	logf("  %d accepted; waiting for their callbacks", len(ids))
-	if got := callbacksAt(s, ids, 5*time.Minute); len(got) < len(ids) {
-		return fmt.Errorf("intake alone: %d of %d accepted requests not called back after 5 minutes", len(ids)-len(got), len(ids))
+	logf("  %d accepted; waiting for their callbacks", len(ids.at))
+	if got := callbacksAt(s, ids.at, 5*time.Minute); len(got) < len(ids.at) {
+		return fmt.Errorf("intake alone: %d of %d accepted requests not called back after 5 minutes", len(ids.at)-len(got), len(ids.at))
 	}
 	return nil
 }
