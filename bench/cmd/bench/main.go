@@ -34,7 +34,7 @@ type options struct {
 	profile                string
 	collectorArgs          []string
 	startBackends          bool
-	proxyOnly              bool
+	proxyOnly, noProxy     bool
 	backends               []string
 }
 
@@ -55,6 +55,7 @@ func main() {
 	flag.StringVar(&o.profile, "profile", "", "directory for CPU profiles of the collector during the intake ladder and the delivery burst (go tool pprof); empty: none")
 	flag.BoolVar(&o.startBackends, "start-backends", false, "start RabbitMQ and Elasticsearch (scripts/start-*.sh) once the embedded backend is measured, and stop them at the end")
 	flag.BoolVar(&o.proxyOnly, "proxy-only", false, "measure the proxy paths only (for trying a filter change quickly)")
+	flag.BoolVar(&o.noProxy, "no-proxy", false, "skip the proxy paths (for trying a backend change quickly)")
 	var backends string
 	flag.StringVar(&backends, "backends", "embedded,rabbitmq+elasticsearch", "backends to measure, in order (the first is the baseline of the others)")
 	var collectorArgs string

@@ -129,16 +129,28 @@ func envoyCosts(ctx context.Context, targets []costTarget, rate float64, d time.
 
 // receivedSince is what the demo receiver recorded after its first n callbacks.
 func receivedSince(s *stack.Stack, n int) ([]received, error) {
-	resp, err := client.Get(s.ReceiverURL + "/received?since=" + strconv.Itoa(n))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var all []received
-	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
+	if err := getJSON(context.Background(), s.ReceiverURL+"/received?since="+strconv.Itoa(n), &all); err != nil {
 		return nil, fmt.Errorf("reading the receiver's list: %w", err)
 	}
 	return all, nil
+}
+
+// getJSON decodes the 200 answer of a GET into v.
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d", url, resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // received is what the demo receiver recorded.
@@ -213,6 +225,8 @@ type Delay struct {
 	P50ms    float64 `json:"p50ms"`
 	P99ms    float64 `json:"p99ms"`
 	P999ms   float64 `json:"p999ms"`
+	// Stages splits the time by the records' statuses (a sample of them).
+	Stages []Stage `json:"stages,omitempty"`
 }
 
 func delays(rate float64, acc, got map[string]time.Time) Delay {
@@ -314,7 +328,13 @@ func findPID(pattern string) int {
 
 // cpuSeconds is a process's user + system CPU time (Linux /proc).
 func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return cpuSecondsOf("/proc/" + strconv.Itoa(pid) + "/stat")
+}
+
+// cpuSecondsOf reads the user and system time of a process's or a thread's
+// stat file.
+func cpuSecondsOf(path string) float64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}

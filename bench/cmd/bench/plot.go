@@ -8,7 +8,8 @@ import (
 )
 
 // plotLatency draws p50 and p99 against offered rate for every curve (log
-// latency axis), which makes each knee visible.
+// latency axis), which makes each knee visible. With no curve (nothing was
+// measured) it draws nothing.
 func plotLatency(r *Report, path string) error {
 	p := plot.New()
 	p.Title.Text = "latency against offered rate (open loop)"
@@ -23,6 +24,9 @@ func plotLatency(r *Report, path string) error {
 	var lines []any
 	top := 1.0
 	for _, c := range curves {
+		if len(c.Points) == 0 {
+			continue
+		}
 		p50, p99 := plotter.XYs{}, plotter.XYs{}
 		for _, pt := range c.Points {
 			p50 = append(p50, plotter.XY{X: pt.Offered, Y: max(pt.P50ms, 0.01)})
@@ -30,6 +34,9 @@ func plotLatency(r *Report, path string) error {
 			top = max(top, pt.P99ms)
 		}
 		lines = append(lines, c.Name+" p50", p50, c.Name+" p99", p99)
+	}
+	if len(lines) == 0 {
+		return nil
 	}
 	if err := plotutil.AddLinePoints(p, lines...); err != nil {
 		return err

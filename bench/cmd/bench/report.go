@@ -23,13 +23,13 @@ type Report struct {
 	Backends    []BackendReport `json:"backends"`    // embedded first (baseline)
 }
 
-// BackendReport is what was measured on one backend.
 // Elasticsearch writes of one request: before its 202, and over its life.
 const (
 	esWritesIntake = 2
 	esWritesLife   = 6
 )
 
+// BackendReport is what was measured on one backend.
 type BackendReport struct {
 	Name   string `json:"name"`
 	Intake Curve  `json:"intake"` // a collector that only takes requests in
@@ -42,6 +42,7 @@ type BackendReport struct {
 	Backlog      *Backlog           `json:"backlog,omitempty"`
 	// ESCeiling is Elasticsearch by itself (Elasticsearch backends only).
 	ESCeiling []BulkPoint `json:"elasticsearchAlone,omitempty"`
+	ESWarmup  *JVMWarmup  `json:"elasticsearchWarmup,omitempty"`
 }
 
 func newReport() *Report {
@@ -149,6 +150,15 @@ func (r *Report) markdown() []byte {
 			target = targetIntakeBackend
 		}
 		if len(br.ESCeiling) > 0 {
+			if wu := br.ESWarmup; wu != nil {
+				steady := "below"
+				if !wu.Steady {
+					steady = "still above"
+				}
+				w("Before any figure, Elasticsearch was warmed for %.0f s with async requests at %d/s: its JIT compilers went from %.2f cores in the first %v window to %.2f in the last, %s %.2f. (Started cold, they take much of a core for minutes on two cores, and figures taken meanwhile measure the compiler.)",
+					wu.Seconds, jvmWarmRate, wu.FirstJITCores, jvmWarmWindow, wu.LastJITCores, steady, jvmWarmJITCores)
+				w("")
+			}
 			w("Elasticsearch alone (the store's ceiling on this machine, as direct_response is Envoy's): one client indexing documents shaped like request records, one bulk at a time.")
 			w("")
 			w("| bulk size | documents/s | ES CPU ms per document | ES CPU ms per bulk |")
@@ -184,6 +194,7 @@ func (r *Report) markdown() []byte {
 			}
 		}
 		w("")
+		stageTable(w, br.Delays)
 		if at200 != nil {
 			w("Target: p99 ≤ %d ms at 200/s: %.1f ms — %s.", targetP99At200ms, at200.P99ms, check(at200.P99ms <= targetP99At200ms))
 			w("")
@@ -221,4 +232,28 @@ func ladderTable(w func(string, ...any), c Curve) {
 	for _, p := range c.Points {
 		w("| %.0f | %.0f | %.2f%% | %.2f | %.2f | %.2f |", p.Offered, p.Achieved, 100*p.ErrorRate, p.P50ms, p.P99ms, p.P999ms)
 	}
+}
+
+// stageTable writes where accept → callback time goes at each paced rate.
+func stageTable(w func(string, ...any), ds []Delay) {
+	if len(ds) == 0 || len(ds[0].Stages) == 0 {
+		return
+	}
+	w("Where that time goes: p50 / p99 ms between a record's statuses (a sample of up to %d records per rate; each status is stamped as its write starts, so a stage includes that write):", stageSample)
+	w("")
+	head, rule := "| paced /s |", "|---:|"
+	for _, st := range ds[0].Stages {
+		head += " " + st.From + " → " + st.To + " |"
+		rule += "---:|"
+	}
+	w("%s", head)
+	w("%s", rule)
+	for _, d := range ds {
+		row := fmt.Sprintf("| %.0f |", d.Rate)
+		for _, st := range d.Stages {
+			row += fmt.Sprintf(" %.1f / %.1f |", st.P50ms, st.P99ms)
+		}
+		w("%s", row)
+	}
+	w("")
 }

@@ -78,7 +78,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("starting the %s stack: %w", b.name, err)
 		}
-		if i == 0 {
+		if i == 0 && !o.noProxy {
 			rep.Passthrough, err = passthrough(ctx, o, s, work)
 			if err != nil || o.proxyOnly {
 				s.Close()
@@ -180,13 +180,13 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	return curves, nil
 }
 
-// Before a backend is measured it gets warmupFor of requests at warmupRate,
-// and a freshly started Elasticsearch (whose JIT compiles as it works)
-// esWarmupFor more: started cold, it costs several times more per document.
+// Before a backend is measured it gets warmupFor of requests at warmupRate
+// (the first writes create the day's index, the embedded database its
+// pages); a JVM backend is then warmed until its JIT compilers are idle
+// (warmJVM).
 const (
-	warmupRate  = 100
-	warmupFor   = 5 * time.Second
-	esWarmupFor = 20 * time.Second
+	warmupRate = 100
+	warmupFor  = 5 * time.Second
 )
 
 // The proxy paths' cost is measured at costRate for costFor each, in
@@ -201,20 +201,19 @@ const (
 // throughput, resources and the backlog on one stack.
 func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL string, prof profiler) (BackendReport, error) {
 	br := BackendReport{Name: name, Usage: map[string][]Usage{}}
-	// Warm up: the first writes create the day's index on Elasticsearch and
-	// its JIT compiles; the embedded database creates its pages. Not measured.
-	warm := warmupFor
-	if esURL != "" {
-		warm += esWarmupFor
-	}
-	logf("-- warm-up (%v at %d/s, not measured)", warm, warmupRate)
-	accepted(ctx, s, "/slow?ms=0", warmupRate, warm)
+	logf("-- warm-up (%v at %d/s, not measured)", warmupFor, warmupRate)
+	accepted(ctx, s, "/slow?ms=0", warmupRate, warmupFor)
 	if err := drain(ctx, s); err != nil {
 		return br, err
 	}
 	if esURL != "" {
+		logf("-- Elasticsearch warm-up (%d/s until its JIT compilers are idle, not measured)", jvmWarmRate)
+		wu, err := warmJVM(ctx, s, findPID(backendCmdline["elasticsearch"]))
+		if err != nil {
+			return br, fmt.Errorf("warming Elasticsearch: %w", err)
+		}
+		br.ESWarmup = &wu
 		logf("-- Elasticsearch alone (the ceiling of the store on this machine)")
-		var err error
 		if br.ESCeiling, err = esCeiling(ctx, esURL, 3*time.Second); err != nil {
 			return br, fmt.Errorf("measuring Elasticsearch alone: %w", err)
 		}
@@ -244,6 +243,13 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 		_, acc := accepted(ctx, s, "/slow?ms=0", rate, o.pacedFor)
 		d := delays(rate, acc, callbacksAt(s, acc, 60*time.Second))
 		logf("  %6.0f/s: %d accepted, %d called back, p50 %.1fms p99 %.1fms p99.9 %.1fms", rate, d.Accepted, d.Received, d.P50ms, d.P99ms, d.P999ms)
+		var err error
+		if d.Stages, err = stages(ctx, s, sampleIDs(acc, stageSample)); err != nil {
+			return br, err
+		}
+		for _, st := range d.Stages {
+			logf("    %s → %s: p50 %.1fms p99 %.1fms", st.From, st.To, st.P50ms, st.P99ms)
+		}
 		br.Delays = append(br.Delays, d)
 	}
 	br.Usage["paced"] = sm.end()

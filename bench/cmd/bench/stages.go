@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+)
+
+// Stage is where accept → callback time goes: the time between two statuses
+// of the records, read from their histories (each status's time is taken when
+// its write starts, so a stage holds the write of its first status).
+type Stage struct {
+	From  string  `json:"from"`
+	To    string  `json:"to"`
+	P50ms float64 `json:"p50ms"`
+	P99ms float64 `json:"p99ms"`
+}
+
+// stageOrder is the lifecycle of a request that succeeds (DESIGN.md).
+var stageOrder = []string{"persisted", "queued", "processing", "completed", "delivering", "delivered"}
+
+// statusAt is one entry of a record's history.
+type statusAt struct {
+	Status string    `json:"status"`
+	At     time.Time `json:"at"`
+}
+
+// stages reads the records of ids from the collector's API and summarises
+// the time between consecutive statuses.
+func stages(ctx context.Context, s *stack.Stack, ids []string) ([]Stage, error) {
+	var histories [][]statusAt
+	for _, id := range ids {
+		var rec struct {
+			History []statusAt `json:"history"`
+		}
+		if err := getJSON(ctx, s.CollectorURL+"/v1/requests/"+id, &rec); err != nil {
+			return nil, fmt.Errorf("reading record %s: %w", id, err)
+		}
+		histories = append(histories, rec.History)
+	}
+	return summarizeStages(histories), nil
+}
+
+// summarizeStages is p50 and p99 of the time between each status of
+// stageOrder and the next, over the histories that have both (a status's
+// first entry counts: a retried status does not restart its stage).
+func summarizeStages(histories [][]statusAt) []Stage {
+	spans := make([][]time.Duration, len(stageOrder)-1)
+	for _, h := range histories {
+		at := map[string]time.Time{}
+		for _, e := range h {
+			if _, seen := at[e.Status]; !seen {
+				at[e.Status] = e.At
+			}
+		}
+		for i := range spans {
+			a, okA := at[stageOrder[i]]
+			b, okB := at[stageOrder[i+1]]
+			if okA && okB {
+				spans[i] = append(spans[i], b.Sub(a))
+			}
+		}
+	}
+	var out []Stage
+	for i, ds := range spans {
+		if len(ds) == 0 {
+			continue
+		}
+		slices.Sort(ds)
+		pct := func(p float64) float64 { return ms(ds[min(len(ds)-1, int(p/100*float64(len(ds))))]) }
+		out = append(out, Stage{From: stageOrder[i], To: stageOrder[i+1], P50ms: pct(50), P99ms: pct(99)})
+	}
+	return out
+}
+
+// stageSample is how many records of a paced rate are read for its stages.
+const stageSample = 1000
+
+// sampleIDs is up to n of the ids in acc (map order: an arbitrary sample).
+func sampleIDs(acc map[string]time.Time, n int) []string {
+	ids := make([]string, 0, min(n, len(acc)))
+	for id := range acc {
+		if len(ids) == n {
+			break
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
