@@ -253,6 +253,14 @@ type Usage struct {
 	MaxRSSMB float64 `json:"maxRssMB"`
 }
 
+// Pseudo-processes every phase's usage also shows: the bench itself (the
+// load generator, on the same cores), and the machine as a whole (every
+// process's CPU, from /proc/stat; its RSS is not sampled).
+const (
+	loadGenerator = "load generator"
+	machine       = "machine"
+)
+
 // sampler records the CPU time and peak RSS of some processes.
 type sampler struct {
 	names []string
@@ -265,10 +273,16 @@ type sampler struct {
 }
 
 func sample(s *stack.Stack, names ...string) *sampler {
+	names = append(names, loadGenerator, machine)
 	sm := &sampler{names: names, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range names {
 		pid := s.PID(n)
-		if pid == 0 {
+		switch {
+		case n == loadGenerator:
+			pid = os.Getpid()
+		case n == machine:
+			pid = machinePID
+		case pid == 0:
 			pid = findPID(backendCmdline[n])
 		}
 		sm.pids = append(sm.pids, pid)
@@ -326,9 +340,36 @@ func findPID(pattern string) int {
 	return 0
 }
 
-// cpuSeconds is a process's user + system CPU time (Linux /proc).
+// machinePID stands for the whole machine in cpuSeconds (no process has it).
+const machinePID = -1
+
+// cpuSeconds is a process's user + system CPU time (Linux /proc); for
+// machinePID, the busy time of all cores.
 func cpuSeconds(pid int) float64 {
+	if pid == machinePID {
+		return machineBusySeconds()
+	}
 	return cpuSecondsOf("/proc/" + strconv.Itoa(pid) + "/stat")
+}
+
+// machineBusySeconds is the time all cores spent neither idle nor waiting
+// for I/O, from the first line of /proc/stat.
+func machineBusySeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	busy := 0.0
+	for i, v := range f[1:min(len(f), 9)] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseFloat(v, 64)
+		busy += n
+	}
+	return busy / 100 // USER_HZ
 }
 
 // cpuSecondsOf reads the user and system time of a process's or a thread's

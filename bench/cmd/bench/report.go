@@ -205,11 +205,17 @@ func (r *Report) markdown() []byte {
 		w("Pipeline: a burst of %d accepted, executed and called back at once: %d callbacks at **%.0f/s** first to last (%s).",
 			br.Pipeline.Accepted, br.Pipeline.Callbacks, br.Pipeline.PerSecond, base(func(b *BackendReport) float64 { return b.Pipeline.PerSecond }))
 		w("")
+		w("CPU is averaged over each phase, its pauses included; \"%s\" is the bench itself, \"%s\" the busy time of all %d cores (every process on them).", loadGenerator, machine, r.Cores)
+		w("")
 		w("| phase | process | CPU (cores) | peak RSS MB |")
 		w("|---|---|---:|---:|")
 		for _, phase := range []string{"intake", "intake loaded", "paced", "pipeline", "delivery"} {
 			for _, u := range br.Usage[phase] {
-				w("| %s | %s | %.2f | %.0f |", phase, u.Process, u.CPU, u.MaxRSSMB)
+				rss := fmt.Sprintf("%.0f", u.MaxRSSMB)
+				if u.Process == machine {
+					rss = "—"
+				}
+				w("| %s | %s | %.2f | %s |", phase, u.Process, u.CPU, rss)
 			}
 		}
 		w("")
