@@ -27,11 +27,14 @@
 // operation is sent at once if the batcher is idle and grouped with whatever
 // else is waiting otherwise (group commit), and each caller waits for its own
 // item's result. Elasticsearch charges a bulk request far more than a
-// document in it (make bench, on 2 cores: about 7 ms of its CPU for a bulk
-// of 8 documents, 21 ms for 64), so with Config.Linger (the collector's
-// -es-linger, 2 ms by default) a bulk that finds other writes already
-// waiting waits a moment for more; a lone write is sent at once. In the
-// bench's intake phase this halved Elasticsearch's CPU at the same rate. Bulk requests use refresh=false: the write is durable when
+// document in it (make bench, on 2 cores, once its JIT is warm: about 2.4 ms
+// of its CPU for a bulk of 1 document, 2.8 ms for 8, 4.9 ms for 64), so with
+// Config.Linger (the collector's -es-linger, 2 ms by default) a bulk that
+// finds other writes already waiting waits a moment for more; a lone write
+// is sent at once. In the bench's intake phase this halved Elasticsearch's
+// CPU at the same rate. Config.Flushers (-es-flushers, 2) bounds the bulks in
+// flight; 1 and 4 were tried at the bench's rates and moved intake within
+// its run-to-run noise (±25%). Bulk requests use refresh=false: the write is durable when
 // Elasticsearch answers (the translog is fsynced per request, the default
 // index.translog.durability), and reads by id are real-time GETs, which do not
 // need a refresh. Refreshing per write (refresh=wait_for) would cost every 202
