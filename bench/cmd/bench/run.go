@@ -207,13 +207,18 @@ func measureBackend(ctx context.Context, o options, s *stack.Stack, name, esURL 
 		return br, err
 	}
 	if esURL != "" {
-		logf("-- Elasticsearch warm-up (%d/s until its JIT compilers are idle, not measured)", jvmWarmRate)
-		wu, err := warmJVM(ctx, s, findPID(backendCmdline["elasticsearch"]))
-		if err != nil {
-			return br, fmt.Errorf("warming Elasticsearch: %w", err)
+		if pid := findPID(backendCmdline["elasticsearch"]); pid == 0 {
+			logf("-- Elasticsearch is not a process on this machine: neither warmed nor its CPU measured")
+		} else {
+			logf("-- Elasticsearch warm-up (%d/s until its JIT compilers are idle, not measured)", jvmWarmRate)
+			wu, err := warmJVM(ctx, s, pid)
+			if err != nil {
+				return br, fmt.Errorf("warming Elasticsearch: %w", err)
+			}
+			br.ESWarmup = &wu
 		}
-		br.ESWarmup = &wu
 		logf("-- Elasticsearch alone (the ceiling of the store on this machine)")
+		var err error
 		if br.ESCeiling, err = esCeiling(ctx, esURL, 3*time.Second); err != nil {
 			return br, fmt.Errorf("measuring Elasticsearch alone: %w", err)
 		}
