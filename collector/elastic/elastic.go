@@ -5,8 +5,11 @@
 // # Index design
 //
 // One index per UTC day, named from the request id: ids are UUIDv7, so
-// P-requests-YYYY.MM.DD follows from the id alone and a read by id is a GET on
-// one index, never a search. Composable index templates (P-requests,
+// P-requests-YYYY.MM.DD follows from the id alone and a read by id is a
+// real-time read on one index, never a search. Concurrent reads by id share
+// one _mget request (reader, like the write batcher below): a collector that
+// takes over records another one wrote reads each once before its first
+// compare-and-set, and those reads come in crowds. Composable index templates (P-requests,
 // P-bodies) give every daily index explicit, strict mappings: ids, trace id,
 // rule, status, method, authority and path are keywords; timestamps are
 // dates; the status history and the delivery attempts are object lists;
@@ -102,6 +105,7 @@ type Store struct {
 	tr    *http.Transport
 	log   *slog.Logger
 	batch *batcher
+	read  *reader
 	// versions caches what this store last wrote (store.Recent).
 	versions *store.Recent
 	stop     context.CancelFunc
@@ -109,7 +113,7 @@ type Store struct {
 }
 
 // Open connects, puts the index templates, checks existing indices against
-// them and starts the bulk batcher and the retention job.
+// them and starts the bulk batcher, the _mget reader and the retention job.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if !strings.HasPrefix(cfg.URL, "http://") && !strings.HasPrefix(cfg.URL, "https://") {
 		return nil, fmt.Errorf("elasticsearch: url: want http://host:port, got %q", cfg.URL)
@@ -143,9 +147,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	bctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.batch = newBatcher(s, cfg.Flushers, cfg.Linger)
-	s.wg.Add(cfg.Flushers)
+	s.read = newReader(s, cfg.Flushers)
+	s.wg.Add(2 * cfg.Flushers)
 	for range cfg.Flushers {
 		go func() { defer s.wg.Done(); s.batch.run(bctx) }()
+		go func() { defer s.wg.Done(); s.read.run(bctx) }()
 	}
 	if cfg.Retention > 0 {
 		s.wg.Add(1)
@@ -154,7 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the batcher and the retention job.
+// Close stops the batcher, the reader and the retention job.
 func (s *Store) Close() error {
 	s.stop()
 	s.wg.Wait()

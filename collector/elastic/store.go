@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"time"
 
@@ -141,26 +140,18 @@ func (s *Store) get(ctx context.Context, id string) (*store.Record, int64, int64
 	if err != nil {
 		return nil, 0, 0, store.ErrNotFound // no such id can have been stored
 	}
-	var res struct {
-		Found   bool            `json:"found"`
-		SeqNo   int64           `json:"_seq_no"`
-		PrimTrm int64           `json:"_primary_term"`
-		Source  json.RawMessage `json:"_source"`
+	res := s.read.get(ctx, ix, id)
+	if res.err != nil {
+		return nil, 0, 0, fmt.Errorf("reading record %s: %w", id, res.err)
 	}
-	if err := s.call(ctx, http.MethodGet, "/"+ix+"/_doc/"+url.PathEscape(id), nil, &res); err != nil {
-		if statusOf(err) == http.StatusNotFound {
-			return nil, 0, 0, store.ErrNotFound
-		}
-		return nil, 0, 0, fmt.Errorf("reading record %s: %w", id, err)
-	}
-	if !res.Found {
+	if !res.found {
 		return nil, 0, 0, store.ErrNotFound
 	}
-	r, err := s.decodeDoc(ctx, res.Source, true)
+	r, err := s.decodeDoc(ctx, res.source, true)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("reading record %s: %w", id, err)
 	}
-	return r, res.SeqNo, res.PrimTrm, nil
+	return r, res.seqNo, res.primTerm, nil
 }
 
 // decodeDoc turns a _source into a record, reading bodies kept by reference
