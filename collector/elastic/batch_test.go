@@ -16,27 +16,36 @@ import (
 	"github.com/elastic/go-elasticsearch/v8"
 )
 
-// fakeBulk answers _bulk like Elasticsearch (every item created) after
-// delay, and counts bulks and items.
-func fakeBulk(t *testing.T, delay time.Duration) (*Store, *atomic.Int64, *atomic.Int64) {
-	var bulks, items atomic.Int64
+// fakeStore is a Store whose Elasticsearch is h (answers are JSON from a
+// server that says it is Elasticsearch, as the client checks).
+func fakeStore(t *testing.T, h http.HandlerFunc) *Store {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		n := bytes.Count(body, []byte("\n")) / 2
-		bulks.Add(1)
-		items.Add(int64(n))
-		time.Sleep(delay)
 		w.Header().Set("content-type", "application/json")
 		w.Header().Set("X-Elastic-Product", "Elasticsearch")
-		item := `{"index":{"status":201,"_seq_no":1,"_primary_term":1}}`
-		fmt.Fprint(w, `{"items":[`+strings.TrimSuffix(strings.Repeat(item+",", n), ",")+`]}`)
+		h(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: []string{srv.URL}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Store{es: es}, &bulks, &items
+	return &Store{es: es}
+}
+
+// fakeBulk answers _bulk like Elasticsearch (every item created) after
+// delay, and counts bulks and items.
+func fakeBulk(t *testing.T, delay time.Duration) (*Store, *atomic.Int64, *atomic.Int64) {
+	var bulks, items atomic.Int64
+	s := fakeStore(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		n := bytes.Count(body, []byte("\n")) / 2
+		bulks.Add(1)
+		items.Add(int64(n))
+		time.Sleep(delay)
+		item := `{"index":{"status":201,"_seq_no":1,"_primary_term":1}}`
+		fmt.Fprint(w, `{"items":[`+strings.TrimSuffix(strings.Repeat(item+",", n), ",")+`]}`)
+	})
+	return s, &bulks, &items
 }
 
 func runBatcher(t *testing.T, s *Store, linger time.Duration) *batcher {

@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/elastic/go-elasticsearch/v8"
 )
 
 // fakeMget answers _mget like Elasticsearch after delay: ids starting with
@@ -20,7 +17,7 @@ import (
 // "broken" fails alone; others are found with their id as _seq_no source.
 func fakeMget(t *testing.T, delay time.Duration) (*reader, *atomic.Int64) {
 	var requests atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s := fakeStore(t, func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		var req struct {
 			Docs []mgetDoc `json:"docs"`
@@ -43,16 +40,9 @@ func fakeMget(t *testing.T, delay time.Duration) (*reader, *atomic.Int64) {
 				docs = append(docs, fmt.Sprintf(`{"found":true,"_seq_no":%d,"_primary_term":1,"_source":{"id":%q}}`, i, d.ID))
 			}
 		}
-		w.Header().Set("content-type", "application/json")
-		w.Header().Set("X-Elastic-Product", "Elasticsearch")
 		fmt.Fprint(w, `{"docs":[`+strings.Join(docs, ",")+`]}`)
-	}))
-	t.Cleanup(srv.Close)
-	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: []string{srv.URL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := newReader(&Store{es: es}, 1)
+	})
+	rd := newReader(s, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); rd.run(ctx) }()
