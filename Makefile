@@ -59,6 +59,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeSOAP -fuzztime 20s ./collector/delivery
 	$(GO) test -run '^$$' -fuzz FuzzParseCompletion -fuzztime 20s ./collector/external
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 20s ./internal/seal
+	$(GO) test -run '^$$' -fuzz FuzzParseIdentity -fuzztime 20s ./controlplane/xds
 
 # proto regenerates client/callbackpb from callback.proto (protoc from PyPI's
 # grpcio-tools, the plugins from Go modules; the generated code is committed).

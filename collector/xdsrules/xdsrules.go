@@ -7,10 +7,18 @@
 // The collector identifies itself with its sidecar's node id and cluster and
 // the node metadata asyncmesh.role = "collector", so that it gets exactly the
 // rules of that sidecar (see controlplane/xds).
+//
+// Over mutual TLS (Config.TLS, made by ClientTLS from the collector's
+// -xds-cert, -xds-key and -xds-ca), the control plane takes the node from
+// the client certificate: the collector carries its sidecar's identity,
+// spiffe://<trust-domain>/ns/<cluster>/sa/<node-id>, and may ask as no other
+// node (a refused subscription is logged and retried with backoff, so that
+// a renewed certificate is picked up).
 package xdsrules
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -23,6 +31,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -43,7 +52,10 @@ type Config struct {
 	Address string // host:port of the control plane's xDS server
 	NodeID  string // the sidecar's Envoy node id
 	Cluster string // the sidecar's Envoy cluster
-	Logger  *slog.Logger
+	// TLS, when set, dials the control plane over TLS (ClientTLS makes one
+	// with a client certificate); nil: plaintext.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // Rules holds the last good rules received.
@@ -93,7 +105,11 @@ func (r *Rules) Updated() <-chan struct{} {
 
 // Run subscribes until ctx ends, reconnecting with backoff and full jitter.
 func (r *Rules) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(r.cfg.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if r.cfg.TLS != nil {
+		creds = credentials.NewTLS(r.cfg.TLS)
+	}
+	conn, err := grpc.NewClient(r.cfg.Address, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("xds client for %s: %w", r.cfg.Address, err)
 	}

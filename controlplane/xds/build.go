@@ -4,6 +4,37 @@
 //
 // Builders here are pure functions of the rules file and the node; the
 // server (server.go) owns the cache, the reload and the metrics.
+//
+// # Authenticated nodes
+//
+// Rules are targeted by node id and cluster, and what a node receives names
+// the routes, callbacks and secret references meant for it, so the node a
+// client asks as is a confidentiality boundary only if the server checks
+// it. Server.UseTLS (controlplane serve -tls-cert, -tls-key) serves xDS over
+// TLS; with a client CA (-client-ca) every client must present a
+// certificate from it, and its one URI SAN, a SPIFFE ID of the shape Istio
+// and SPIRE issue,
+//
+//	spiffe://<trust-domain>/ns/<cluster>/sa/<node-id>
+//
+// must name exactly the node id and cluster it asks as (see Identity;
+// -trust-domain pins the trust domain). A client without a certificate, or
+// with one from another CA, fails the handshake; one whose certificate names
+// another node, or none, has its stream ended with PermissionDenied before
+// anything is built for the node it claimed (state of the world or delta,
+// also when a later request on the stream switches node). Every refusal is
+// logged and counted in /metrics. A collector presents its sidecar's
+// identity (collector/xdsrules). The files are read again when they change.
+// The working example, with the Envoy bootstrap, is e2e/xdstls_test.go.
+//
+// # Nodes that went away
+//
+// A node is known while a stream asks as it and for Server.NodeGrace
+// (-node-grace, 1 minute) after its last stream closed; then its snapshot,
+// its cache status and its metrics are dropped, and it is built anew if it
+// comes back. At most Server.MaxNodes (-max-nodes, 10000) are known: past
+// that the node idle the longest is forgotten first, and with none idle a
+// new node is refused (ResourceExhausted).
 package xds
 
 import (

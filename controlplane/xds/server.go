@@ -19,21 +19,33 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 )
 
 // Server serves the rules file to Envoys over ADS and reloads it.
 type Server struct {
+	// NodeGrace is how long a node is remembered (its snapshot and metrics)
+	// after its last stream closed (DefaultNodeGrace when 0). Set before Serve.
+	NodeGrace time.Duration
+	// MaxNodes bounds the nodes known at once (DefaultMaxNodes when 0): past
+	// it, the node idle the longest is forgotten, or with none idle the new
+	// node is refused (ResourceExhausted). Set before Serve.
+	MaxNodes int
+
 	path  string
 	wasm  WasmOptions
 	log   *slog.Logger
 	cache cache.SnapshotCache
+	tls   *serverTLS // nil: plaintext
 
 	mu      sync.Mutex
 	file    *rulesfile.File // last good
 	nodes   map[string]*nodeState
+	streams map[streamKey]string // open stream → the node key it asks as
 	reloads struct{ ok, failed int }
 	lastErr string
 }
@@ -47,6 +59,8 @@ type nodeState struct {
 	acked     string // version it last acknowledged
 	nacks     int
 	lastNack  string
+	streams   int       // open streams asking as this node
+	idleSince time.Time // when streams last fell to 0
 }
 
 // NewServer loads the rules file at path; a bad file is an error here (there
@@ -56,7 +70,7 @@ func NewServer(path string, w WasmOptions, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{path: path, wasm: w, log: log, file: f, nodes: map[string]*nodeState{}}
+	s := &Server{path: path, wasm: w, log: log, file: f, nodes: map[string]*nodeState{}, streams: map[streamKey]string{}}
 	s.cache = cache.NewSnapshotCache(true, nodeKey{}, nil)
 	return s, nil
 }
@@ -118,25 +132,17 @@ func (nodeKey) ID(node *core.Node) string {
 }
 
 // onRequest learns nodes as they connect (a node's first request gets its
-// snapshot built) and records ACKs and NACKs.
-func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
+// snapshot built), counts their streams and records ACKs and NACKs.
+func (s *Server) onRequest(stream int64, req *discovery.DiscoveryRequest) error {
 	node := req.GetNode()
 	if node.GetId() == "" {
-		return fmt.Errorf("discovery request without a node id")
+		return status.Error(codes.InvalidArgument, "discovery request without a node id")
 	}
-	key := nodeKey{}.ID(node)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.nodes[key]
-	if !ok || n.cluster != node.Cluster {
-		n = &nodeState{id: node.Id, cluster: node.Cluster, collector: key != node.Id}
-		s.nodes[key] = n
-		snap, err := Snapshot(s.file, node.Id, node.Cluster, s.wasm, !n.collector)
-		if err != nil {
-			return err
-		}
-		s.setLocked(key, snap)
-		s.log.Info("controlplane: node connected", "node", key, "cluster", node.Cluster, "version", n.served)
+	_, n, err := s.learnLocked(streamKey{false, stream}, node)
+	if err != nil {
+		return err
 	}
 	if req.ErrorDetail != nil {
 		n.nacks++
@@ -149,22 +155,69 @@ func (s *Server) onRequest(_ int64, req *discovery.DiscoveryRequest) error {
 	return nil
 }
 
+// onDeltaRequest learns nodes of delta streams as onRequest does (their
+// ACKs are not tracked).
+func (s *Server) onDeltaRequest(stream int64, req *discovery.DeltaDiscoveryRequest) error {
+	node := req.GetNode()
+	if node.GetId() == "" {
+		return status.Error(codes.InvalidArgument, "discovery request without a node id")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, _, err := s.learnLocked(streamKey{true, stream}, node)
+	return err
+}
+
+// UseTLS makes Serve speak TLS with the files f names (and, with a client
+// CA, authenticate every node by its certificate; see TLSFiles and
+// Identity). It reads them now: a missing or bad file is an error here.
+func (s *Server) UseTLS(f TLSFiles) error {
+	t, err := newServerTLS(f, s.log)
+	if err != nil {
+		return err
+	}
+	s.tls = t
+	if f.ClientCA == "" {
+		s.log.Warn("controlplane: xDS over TLS without a client CA: any client may ask as any node")
+	}
+	return nil
+}
+
 // Serve runs the ADS (and ECDS) gRPC server on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	xs := serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
-		StreamRequestFunc: s.onRequest,
-		StreamClosedFunc: func(_ int64, node *core.Node) {
-			s.log.Info("controlplane: node stream closed", "node", node.GetId())
-		},
+		StreamRequestFunc:      s.onRequest,
+		StreamClosedFunc:       s.onStreamClosed(false),
+		StreamDeltaRequestFunc: s.onDeltaRequest,
+		DeltaStreamClosedFunc:  s.onStreamClosed(true),
 	})
-	g := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if s.tls != nil {
+		opts = append(opts, grpc.Creds(s.tls.credentials()))
+		if s.tls.files.ClientCA != "" {
+			opts = append(opts, grpc.StreamInterceptor(s.tls.authorize),
+				// No unary method is served; refuse any that a later
+				// registration would add rather than serve it unchecked.
+				grpc.UnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+					return nil, status.Error(codes.PermissionDenied, "no unary xDS method is served")
+				}))
+		}
+	}
+	g := grpc.NewServer(opts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, xs)
 	extensiongrpc.RegisterExtensionConfigDiscoveryServiceServer(g, xs)
+	swept := make(chan struct{})
+	go func() { s.sweep(ctx); close(swept) }()
 	go func() { <-ctx.Done(); g.GracefulStop() }()
-	return g.Serve(ln)
+	err := g.Serve(ln)
+	cancel()
+	<-swept
+	return err
 }
 
 // Metrics writes Prometheus text: reloads, the version served to and
@@ -178,6 +231,17 @@ func (s *Server) Metrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(&b, "asyncmesh_controlplane_reloads_total{result=\"ok\"} %d\n", s.reloads.ok)
 	fmt.Fprintf(&b, "asyncmesh_controlplane_reloads_total{result=\"refused\"} %d\n", s.reloads.failed)
 	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_rules_file_ok gauge\nasyncmesh_controlplane_rules_file_ok %d\n", btoi(s.lastErr == ""))
+	connected := 0
+	for _, n := range s.nodes {
+		connected += btoi(n.streams > 0)
+	}
+	fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_nodes gauge\n")
+	fmt.Fprintf(&b, "asyncmesh_controlplane_nodes{state=\"connected\"} %d\n", connected)
+	fmt.Fprintf(&b, "asyncmesh_controlplane_nodes{state=\"idle\"} %d\n", len(s.nodes)-connected)
+	if s.tls != nil {
+		fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_tls_handshake_failures_total counter\nasyncmesh_controlplane_tls_handshake_failures_total %d\n", s.tls.handshakeFailures.Load())
+		fmt.Fprintf(&b, "# TYPE asyncmesh_controlplane_streams_refused_total counter\nasyncmesh_controlplane_streams_refused_total %d\n", s.tls.refused.Load())
+	}
 	ids := make([]string, 0, len(s.nodes))
 	for id := range s.nodes {
 		ids = append(ids, id)

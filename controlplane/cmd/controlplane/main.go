@@ -3,6 +3,14 @@
 //
 //	controlplane validate rules.yaml          check a file (for CI pipelines); exit 1 on errors
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
+//	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
+//	        [-node-grace 1m] [-max-nodes 10000]
+//
+// With -client-ca, every Envoy and collector must present a certificate from
+// that CA whose SPIFFE ID, spiffe://<trust-domain>/ns/<cluster>/sa/<node-id>,
+// names the node it asks as; others are refused (see package
+// controlplane/xds, Identity). The working example is the end-to-end test
+// e2e/xdstls_test.go with the bootstrap envoy-xds-mtls.yaml.
 package main
 
 import (
@@ -42,7 +50,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR]")
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
 	os.Exit(2)
 }
 
@@ -64,14 +72,33 @@ func serve(args []string) error {
 	wasmPath := fs.String("wasm", "", "path of asyncmesh.wasm on the Envoys' machines")
 	listen := fs.String("listen", "127.0.0.1:18000", "address of the xDS (ADS) gRPC server")
 	metrics := fs.String("metrics", "127.0.0.1:18001", "address of /metrics and /healthz")
+	var tlsFiles xds.TLSFiles
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "xDS over TLS: the server's certificate chain (PEM); reloaded when it changes")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "with -tls-cert: its private key (PEM)")
+	fs.StringVar(&tlsFiles.ClientCA, "client-ca", "", "with -tls-cert: CA bundle (PEM) of client certificates; set, every node must present one whose SPIFFE ID spiffe://<trust-domain>/ns/<cluster>/sa/<node-id> names the node it asks as")
+	fs.StringVar(&tlsFiles.TrustDomain, "trust-domain", "", "with -client-ca: the only SPIFFE trust domain accepted (default: any the CA signs)")
+	nodeGrace := fs.Duration("node-grace", xds.DefaultNodeGrace, "how long a node's snapshot and metrics are kept after its last stream closed")
+	maxNodes := fs.Int("max-nodes", xds.DefaultMaxNodes, "most nodes known at once (past it the longest idle is forgotten, or a new node refused)")
 	fs.Parse(args)
 	if *wasmPath == "" {
 		return errors.New("-wasm: required")
+	}
+	if *nodeGrace <= 0 || *maxNodes <= 0 {
+		return fmt.Errorf("-node-grace %v, -max-nodes %d: want more than 0", *nodeGrace, *maxNodes)
+	}
+	if tlsFiles.Cert == "" && (tlsFiles.Key != "" || tlsFiles.ClientCA != "" || tlsFiles.TrustDomain != "") {
+		return errors.New("-tls-cert: required with -tls-key, -client-ca or -trust-domain")
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	s, err := xds.NewServer(*rulesPath, xds.WasmOptions{Path: *wasmPath}, log)
 	if err != nil {
 		return err
+	}
+	s.NodeGrace, s.MaxNodes = *nodeGrace, *maxNodes
+	if tlsFiles.Cert != "" {
+		if err := s.UseTLS(tlsFiles); err != nil {
+			return fmt.Errorf("-tls-cert, -tls-key, -client-ca: %w", err)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -106,6 +133,7 @@ func serve(args []string) error {
 			log.Error("controlplane: watching the rules file", "err", err)
 		}
 	}()
-	log.Info("controlplane: serving", "xds", ln.Addr().String(), "metrics", mln.Addr().String(), "rules", *rulesPath)
+	log.Info("controlplane: serving", "xds", ln.Addr().String(), "metrics", mln.Addr().String(), "rules", *rulesPath,
+		"tls", tlsFiles.Cert != "", "client_certificates", tlsFiles.ClientCA != "")
 	return s.Serve(ctx, ln)
 }
