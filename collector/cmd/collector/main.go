@@ -35,6 +35,8 @@ func main() {
 func run() error {
 	var o options
 	o.register(flag.CommandLine)
+	var xdsTLS xdsTLSFlags
+	xdsTLS.register(flag.CommandLine)
 	flag.Parse()
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -79,11 +81,15 @@ func run() error {
 			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
 		}
 	}
+	xdsTLSConfig, err := xdsTLS.config(o.xdsAddr, log)
+	if err != nil {
+		return err
+	}
 	if o.xdsAddr != "" {
 		if o.nodeID == "" {
 			return fmt.Errorf("-node-id: required with -xds")
 		}
-		live := xdsrules.New(xdsrules.Config{Address: o.xdsAddr, NodeID: o.nodeID, Cluster: o.nodeCluster, Logger: log})
+		live := xdsrules.New(xdsrules.Config{Address: o.xdsAddr, NodeID: o.nodeID, Cluster: o.nodeCluster, TLS: xdsTLSConfig, Logger: log})
 		go live.Run(ctx)
 		cfg.Rules = live
 	}
