@@ -422,6 +422,16 @@ func (n *notifier) broadcast(id string) {
 }
 
 // applyRules returns e with the live rule's policy (see the package doc).
+//
+// A callback the caller chose keeps its URL and protocol but borrows nothing
+// from the live rule (rules.Callback.ForCaller): no broker credentials, and
+// the private allowances only for a host on the live rule's
+// callback.allowedHosts — so a rule change cannot re-grant them, and a host
+// the operator removes from the list is refused from the next attempt on. A
+// rule that no longer lets callers choose gives them no allowance at all.
+// A rule without a URL of its own can only be delivered to the caller's, so
+// such a callback is treated as the caller's whatever the envelope says. The
+// delivery path applies the same again (delivery.GuardFor).
 func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
 	if c.cfg.Rules == nil || e == nil {
 		return e
@@ -437,14 +447,22 @@ func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
 	}
 	cb := r.Callback
 	switch {
+	case e.CallbackFromCaller || (cb.URL == "" && cb.Select == nil):
+		if cb.Select != nil { // the rule now selects: sign as the request was accepted
+			cb = e.Callback
+		}
+		cb.URL, cb.Protocol = e.Callback.URL, e.Callback.Protocol
+		if !r.Callback.AllowOverride {
+			cb.AllowedHosts, cb.AllowPrivate, cb.AllowNetworks = nil, false, nil
+		}
+		cb = cb.ForCaller()
+		cp.CallbackFromCaller = true
 	case cb.Select != nil:
 		if t, ok := cb.Select.Targets[e.CallbackTarget]; ok {
 			cb = t
 		} else {
 			cb = e.Callback // the target is gone from the rule: keep the request's
 		}
-	case e.CallbackFromCaller || cb.URL == "":
-		cb.URL, cb.Protocol = e.Callback.URL, e.Callback.Protocol
 	}
 	cp.Callback = cb
 	return &cp

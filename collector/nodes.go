@@ -65,6 +65,9 @@ func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m que
 		Deadline:    now.Add(t.Timeout.D()).UTC(),
 		Request:     external.TaskRequest{Method: e.Method, Authority: e.Authority, Path: e.Path, Headers: e.Headers, Body: e.Body}}
 	if err := c.nodes.Dispatch(ctx, t, task); err != nil {
+		// Permanent: the node refused the task, or the SSRF guard refused
+		// the node's address. Either fails the request now with the reason
+		// (the caller is called back with it) instead of retrying.
 		var perm *external.PermanentError
 		if !errors.As(err, &perm) && m.Deliveries < replayAttempts {
 			log.Warn("external: sending the task failed, will retry", "err", err, "deliveries", m.Deliveries)

@@ -224,7 +224,8 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 }
 
 // handleDelivery makes one callback attempt: completed | failed → delivering →
-// delivered | dead, retried through the queue's delayed redelivery.
+// delivered | dead, retried through the queue's delayed redelivery; a
+// destination the SSRF guard refuses is dead at once.
 func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	id := m.Key
 	lease := c.sender.Timeout + leaseMargin
@@ -259,7 +260,7 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 	protocol := r.Envelope.Callback.Protocol
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))
 	res := c.sender.Send(ctx, r, attempts)
-	outcome := map[delivery.Outcome]string{delivery.Delivered: "delivered", delivery.Retry: "retry", delivery.Gone: "gone"}[res.Outcome]
+	outcome := map[delivery.Outcome]string{delivery.Delivered: "delivered", delivery.Retry: "retry", delivery.Gone: "gone", delivery.Refused: "refused"}[res.Outcome]
 	c.obs.attempts.WithLabelValues(r.Rule, protocol, outcome).Inc()
 	c.obs.attemptSeconds.WithLabelValues(r.Rule, protocol).Observe(res.Attempt.Latency.Seconds())
 	span.SetAttributes(attribute.String("asyncmesh.outcome", outcome), attribute.Int("asyncmesh.status_code", res.Attempt.StatusCode))
@@ -275,6 +276,10 @@ func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
 		change.To, change.LeaseUntil = store.Delivered, time.Time{}
 	case res.Outcome == delivery.Gone:
 		change.To, change.Note, change.LeaseUntil = store.Dead, "endpoint gone (410)", time.Time{}
+	case res.Outcome == delivery.Refused:
+		// The SSRF guard or the rule's allowedHosts refused the destination:
+		// no retry can change that, and each would be another attempt at it.
+		change.To, change.Note, change.LeaseUntil = store.Dead, "callback refused: "+res.Attempt.Error, time.Time{}
 	case attempts >= r.Envelope.Retry.MaxAttempts:
 		change.To, change.Note, change.LeaseUntil = store.Dead, fmt.Sprintf("gave up after %d attempts", attempts), time.Time{}
 	}

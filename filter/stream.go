@@ -184,7 +184,14 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 			if err := rules.CheckCallbackURLFor(s.callback.Protocol, s.callback.URL); err != nil {
 				return s.reject(400, "bad_callback", hdrCallback+": "+err.Error())
 			}
+			if err := r.Callback.CheckCallerURL(s.callback.URL); err != nil {
+				return s.reject(400, "callback_not_allowed", hdrCallback+": "+err.Error())
+			}
 		}
+		// A caller's callback never borrows the rule's broker credentials,
+		// nor its private-network allowances outside callback.allowedHosts
+		// (the collector applies the same again).
+		s.callback = s.callback.ForCaller()
 	}
 	if sel := r.Callback.Select; sel != nil && sel.JSONField == "" {
 		var v string

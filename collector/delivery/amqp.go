@@ -27,6 +27,8 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 	exchange, key := u.Query().Get("exchange"), u.Query().Get("routingKey")
 	dialURL := *u
 	dialURL.RawQuery = ""
+	// a.cb of a caller-chosen callback has no CredentialsRef (ForCaller):
+	// the rule's broker password never goes to a broker the caller names.
 	if a.cb.CredentialsRef != "" {
 		cred, err := s.Secrets.Value(a.cb.CredentialsRef)
 		if err != nil {
@@ -58,7 +60,7 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 	s.mu.Unlock()
 	if err != nil {
 		// amqp091's errors never include the URL's password.
-		return a.retry(0, "connecting to the callback broker "+u.Host+": "+err.Error())
+		return a.failed(fmt.Errorf("connecting to the callback broker %s: %w", u.Host, err))
 	}
 	if err := publishConfirmed(ctx, conn, exchange, key, a, contentType, body); err != nil {
 		if conn.IsClosed() {

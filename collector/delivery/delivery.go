@@ -18,7 +18,16 @@
 // SSRF: every connection of every protocol is checked after DNS, at connect
 // time, against the blocked networks minus what the rule allows (Guard);
 // connections are pooled per guard so that one rule's allowance never lends a
-// connection to another rule.
+// connection to another rule. A destination the guard refuses is Refused:
+// the record is dead at once with the reason (retrying cannot change it).
+//
+// A callback the caller chose (envelope.CallbackFromCaller) borrows nothing
+// from its rule (rules.Callback.ForCaller): no broker credentials, and the
+// private allowances only for a host on callback.allowedHosts; with such a
+// list, a host outside it is refused before any connection and again by the
+// dialer. This is applied here to whatever the envelope says, not only at
+// intake, so an envelope accepted before the list existed, or forged, lends
+// nothing either.
 package delivery
 
 import (
@@ -49,6 +58,7 @@ const (
 	Delivered Outcome = iota // 2xx
 	Retry                    // try again after Result.Wait
 	Gone                     // 410: the endpoint asked us to stop
+	Refused                  // the SSRF guard or callback.allowedHosts refused the destination: dead at once
 )
 
 // Result of one attempt.
@@ -188,8 +198,29 @@ func (a *attempt) throttled(code int, err string, retryAfter time.Duration) Resu
 	return res
 }
 
+// refused is an attempt whose destination the guard refused.
+func (a *attempt) refused(err string) Result {
+	return Result{Outcome: Refused, Attempt: store.Attempt{Error: err}}
+}
+
+// failed is a failed attempt: refused when the guard refused the
+// destination, else retried.
+func (a *attempt) failed(err error) Result {
+	if IsRefusal(err) {
+		return a.refused(err.Error())
+	}
+	return a.retry(0, err.Error())
+}
+
 func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
-	a := &attempt{rec: r, cb: r.Envelope.Callback, guard: GuardFor(r.Envelope.Callback), n: n}
+	cb, fromCaller := r.Envelope.Callback, r.Envelope.CallbackFromCaller
+	a := &attempt{rec: r, cb: cb, guard: GuardFor(cb, fromCaller), n: n}
+	if fromCaller {
+		a.cb = cb.ForCaller()
+		if err := a.cb.CheckCallerURL(a.cb.URL); err != nil {
+			return a.refused(fmt.Sprintf("%v: %v", ErrHostNotAllowed, err))
+		}
+	}
 	if a.cb.SecretRef != "" {
 		var err error
 		if a.secrets, err = s.Secrets.Lookup(a.cb.SecretRef); err != nil {

@@ -107,7 +107,7 @@ func TestSendRefusesPrivateAddresses(t *testing.T) {
 	defer srv.Close()
 	s := NewSender(secrets{"s": nil}, time.Second)
 	res := s.Send(context.Background(), record(srv.URL, false), 1)
-	if res.Outcome != Retry || hit || !strings.Contains(res.Attempt.Error, "loopback, private") {
+	if res.Outcome != Refused || hit || !strings.Contains(res.Attempt.Error, "loopback, private") {
 		t.Fatalf("loopback callback not refused: %+v (server hit %v)", res, hit)
 	}
 }

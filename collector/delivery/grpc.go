@@ -69,6 +69,9 @@ func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result 
 		return Result{Outcome: Gone, Attempt: store.Attempt{Error: "receiver answered NOT_FOUND: " + st.Message()}}
 	}
 	msg := "receiver answered " + st.Code().String() + ": " + st.Message()
+	if st.Code() == codes.Unavailable && IsRefusal(err) {
+		return a.refused(msg) // the dialer's refusal, flattened into the status
+	}
 	if c := st.Code(); c == codes.Unavailable || c == codes.ResourceExhausted {
 		if v := trailer.Get("retry-after"); len(v) > 0 {
 			if d, ok := ParseRetryAfter(v[0], time.Now()); ok {

@@ -31,7 +31,16 @@ var blocked = []netip.Prefix{
 	netip.MustParsePrefix("240.0.0.0/4"),
 	netip.MustParsePrefix("::/128"),
 	netip.MustParsePrefix("::1/128"),
+	// IPv6 forms that carry an IPv4 address a gateway or the host's own
+	// stack may translate to: each could reach 127.0.0.1 or 169.254.169.254
+	// under a name that no IPv4 prefix above matches.
+	netip.MustParsePrefix("::/96"),          // IPv4-compatible ::a.b.c.d (deprecated)
+	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64, well-known prefix
+	netip.MustParsePrefix("64:ff9b:1::/48"), // NAT64, local-use prefix
+	netip.MustParsePrefix("2001::/32"),      // Teredo
+	netip.MustParsePrefix("2002::/16"),      // 6to4
 	netip.MustParsePrefix("fc00::/7"),
+	netip.MustParsePrefix("fec0::/10"), // site-local (deprecated, still routed by some stacks)
 	netip.MustParsePrefix("fe80::/10"),
 	netip.MustParsePrefix("ff00::/8"),
 	netip.MustParsePrefix("fd00:ec2::254/128"), // AWS IMDS over IPv6 (inside fc00::/7, listed for clarity)
@@ -52,15 +61,49 @@ func Allowed(ip netip.Addr) bool {
 // rule does not allow.
 var ErrPrivateAddress = errors.New("callback address is loopback, private, link-local, multicast or metadata; the rule does not allow it")
 
+// ErrHostNotAllowed is returned when a caller-chosen callback names a host
+// outside its rule's callback.allowedHosts.
+var ErrHostNotAllowed = errors.New("callback host is not on the rule's callback.allowedHosts")
+
+// IsRefusal reports whether err is the guard's refusal of a destination (an
+// address or a host), as opposed to a failure to reach it: retrying cannot
+// change it. gRPC flattens the dialer's error into a status message, so the
+// message is recognized too.
+func IsRefusal(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrPrivateAddress) || errors.Is(err, ErrHostNotAllowed) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, ErrPrivateAddress.Error()) || strings.Contains(msg, ErrHostNotAllowed.Error())
+}
+
 // Guard is the SSRF policy of one callback: the blocked networks, minus what
-// the rule allows (allowPrivate: everything; allowNetworks: those prefixes).
+// the rule allows (allowPrivate: everything; allowNetworks: those prefixes),
+// and, for a caller-chosen callback on a rule with callback.allowedHosts,
+// the only hosts a connection may name.
 type Guard struct {
 	open  bool
 	allow []netip.Prefix
+	hosts []string // normalized rules.Callback.AllowedHosts; nil: any host
 }
 
-// GuardFor returns the guard of a callback.
-func GuardFor(cb rules.Callback) Guard { return NewGuard(cb.AllowPrivate, cb.AllowNetworks) }
+// GuardFor returns the guard of a callback; fromCaller says the caller chose
+// it (envelope.CallbackFromCaller). A caller's callback gets the rule's
+// allowances only for a host on callback.allowedHosts (rules.ForCaller),
+// and may connect only to those hosts when the list is given — whatever the
+// rest of cb says, so that an old or forged envelope lends nothing either.
+func GuardFor(cb rules.Callback, fromCaller bool) Guard {
+	if !fromCaller {
+		return NewGuard(cb.AllowPrivate, cb.AllowNetworks)
+	}
+	cb = cb.ForCaller()
+	g := NewGuard(cb.AllowPrivate, cb.AllowNetworks)
+	g.hosts = slices.Clone(cb.AllowedHosts)
+	return g
+}
 
 // NewGuard returns the guard that allows everything (allowPrivate) or the
 // given networks. Prefixes were validated with the rule; an unparsable one
@@ -93,15 +136,34 @@ func (g Guard) Check(ip netip.Addr) error {
 // shared between guards, so a connection one rule may open is not reused by
 // a rule that may not.
 func (g Guard) Key() string {
-	if g.open {
-		return "open"
+	key := "open"
+	if !g.open {
+		s := make([]string, len(g.allow))
+		for i, p := range g.allow {
+			s[i] = p.String()
+		}
+		slices.Sort(s)
+		key = strings.Join(s, ",")
 	}
-	s := make([]string, len(g.allow))
-	for i, p := range g.allow {
-		s[i] = p.String()
+	if g.hosts != nil {
+		h := slices.Clone(g.hosts)
+		slices.Sort(h)
+		key += "|hosts=" + strings.Join(h, ",")
 	}
-	slices.Sort(s)
-	return strings.Join(s, ",")
+	return key
+}
+
+// CheckHost reports why a connection to addr (host:port, as the dialer is
+// given it, before DNS) may not be made, or nil.
+func (g Guard) CheckHost(addr string) error {
+	if g.hosts == nil {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || !rules.HostAllowed(g.hosts, host, port) {
+		return fmt.Errorf("%w (%s)", ErrHostNotAllowed, addr)
+	}
+	return nil
 }
 
 // dialer returns a dialer that checks every connected address against g.
@@ -119,7 +181,11 @@ func (g Guard) dialer() *net.Dialer {
 	}
 }
 
-// DialContext dials through g's checks.
+// DialContext dials through g's checks: the host named, then every address
+// connected to.
 func (g Guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if err := g.CheckHost(addr); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
 	return g.dialer().DialContext(ctx, network, addr)
 }

@@ -27,7 +27,7 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	req.Header.Set("user-agent", "asyncmesh-collector")
 	resp, err := s.http.For(a.guard).Do(req)
 	if err != nil {
-		return a.retry(0, err.Error())
+		return a.failed(err)
 	}
 	defer resp.Body.Close()
 	// Read a little of the answer: a SOAP fault names its reason, and a

@@ -168,7 +168,7 @@ func TestGRPCCallback(t *testing.T) {
 	}
 	rec := record("grpc://"+lis.Addr().String(), false)
 	rec.Envelope.Callback.Protocol = rules.ProtocolGRPC
-	if res := s.Send(context.Background(), rec, 1); res.Outcome != Retry || !strings.Contains(res.Attempt.Error, "loopback") {
+	if res := s.Send(context.Background(), rec, 1); res.Outcome != Refused || !strings.Contains(res.Attempt.Error, "loopback") {
 		t.Fatalf("guard: %+v", res)
 	}
 }
@@ -188,12 +188,12 @@ func TestGuard(t *testing.T) {
 		{rules.Callback{AllowNetworks: []string{"10.1.0.0/16"}}, "10.2.0.1", false},
 	}
 	for _, tt := range tests {
-		err := GuardFor(tt.cb).Check(netip.MustParseAddr(tt.ip))
+		err := GuardFor(tt.cb, false).Check(netip.MustParseAddr(tt.ip))
 		if (err == nil) != tt.want {
 			t.Errorf("%+v %s: %v", tt.cb, tt.ip, err)
 		}
 	}
-	if GuardFor(rules.Callback{AllowNetworks: []string{"127.0.0.0/8"}}).Key() == GuardFor(rules.Callback{}).Key() {
+	if GuardFor(rules.Callback{AllowNetworks: []string{"127.0.0.0/8"}}, false).Key() == GuardFor(rules.Callback{}, false).Key() {
 		t.Fatal("guards with different allowances share connections")
 	}
 }

@@ -12,6 +12,11 @@
 // credentials token. A 2xx means the node took the task; 408, 429 and 5xx
 // (and no answer) are retried; any other status fails the request.
 //
+// The request's headers are the caller's minus its credentials
+// (Authorization, Cookie, API keys, …: TaskHeaders), unless target.passHeaders
+// names them. A node address the SSRF guard refuses fails the request at
+// once with the reason.
+//
 // The node answers later with POST {completeUrl} (the collector's
 // /v1/requests/{id}/complete):
 //
@@ -32,6 +37,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,8 +110,11 @@ func (c *Client) client(t *rules.Target) *http.Client {
 }
 
 // Dispatch sends task to t's node. A *PermanentError means the node refused
-// it for good.
+// it for good, or the SSRF guard refused the node's address. The task's
+// request headers lose the caller's credentials (TaskHeaders) here, whoever
+// built the task.
 func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error {
+	task.Request.Headers = TaskHeaders(task.Request.Headers, t.PassHeaders)
 	plain, err := json.Marshal(task)
 	if err != nil {
 		return &PermanentError{"encoding the task: " + err.Error()}
@@ -136,6 +145,9 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 	}
 	resp, err := c.client(t).Do(req)
 	if err != nil {
+		if delivery.IsRefusal(err) { // retrying reaches the same address
+			return &PermanentError{fmt.Sprintf("sending the task to %s: %v", t.Endpoint, err)}
+		}
 		return fmt.Errorf("sending the task to %s: %w", t.Endpoint, err)
 	}
 	defer resp.Body.Close()
@@ -148,6 +160,25 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 	default:
 		return &PermanentError{"node refused the task with " + strconv.Itoa(code) + ": " + strings.TrimSpace(string(answer))}
 	}
+}
+
+// TaskHeaders returns the caller's request headers a node gets: all but
+// the credentials (rules.CredentialHeader: Authorization, Cookie,
+// Proxy-Authorization, API keys, tokens, sessions, the client certificate),
+// which pass only when pass (target.passHeaders) names them. The node is
+// authenticated by the rule (target.auth), not by the caller's identity,
+// and a caller's token handed to a node outside the mesh could be replayed
+// against any service that trusts it.
+func TaskHeaders(h [][2]string, pass []string) [][2]string {
+	out := make([][2]string, 0, len(h))
+	for _, kv := range h {
+		name := strings.ToLower(kv[0])
+		if rules.CredentialHeader(name) && !slices.Contains(pass, name) {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 // authenticate adds t's credentials to a task request.
@@ -173,6 +204,9 @@ func (c *Client) authenticate(t *rules.Target, req *http.Request, id string, bod
 		}
 		tok, err := ts.Token()
 		if err != nil {
+			if delivery.IsRefusal(err) {
+				return &PermanentError{fmt.Sprintf("oauth2 token from %s: %v", a.TokenURL, err)}
+			}
 			return fmt.Errorf("oauth2 token from %s: %w", a.TokenURL, err)
 		}
 		tok.SetAuthHeader(req)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -31,16 +32,27 @@ type Callback struct {
 	// SecretRef names the signing secret; the collector resolves it.
 	SecretRef string `json:"secretRef,omitempty"`
 	// AllowOverride lets the caller choose with x-async-callback(-protocol).
+	// A caller-chosen callback never borrows the rule's privileges: see
+	// ForCaller.
 	AllowOverride bool `json:"allowOverride,omitempty"`
+	// AllowedHosts, with AllowOverride, lists where callers may point the
+	// callback: a host name or IP address, or *.suffix (any name below
+	// suffix), each optionally with :port (any port without). Empty: any
+	// public host. A caller-chosen URL elsewhere is refused at intake (400)
+	// and again by the collector before it connects.
+	AllowedHosts []string `json:"allowedHosts,omitempty"`
 	// AllowPrivate allows callbacks to any address, loopback and private
 	// networks included; AllowNetworks allows only the listed ones (CIDR).
+	// For a caller-chosen URL they apply only when its host is on
+	// AllowedHosts.
 	AllowPrivate  bool     `json:"allowPrivate,omitempty"`
 	AllowNetworks []string `json:"allowNetworks,omitempty"`
 	// SOAPAction is the soap protocol's SOAPAction header (default
 	// SOAPActionDefault).
 	SOAPAction string `json:"soapAction,omitempty"`
 	// CredentialsRef names the secret holding "user:password" of the amqp
-	// protocol's broker (guest:guest without it).
+	// protocol's broker (guest:guest without it). Never sent to a
+	// caller-chosen URL.
 	CredentialsRef string `json:"credentialsRef,omitempty"`
 	// Encryption seals the callback payload (http, grpc, amqp); the
 	// signature covers the sealed bytes.
@@ -108,11 +120,182 @@ func (c *Callback) validate() error {
 	if c.CredentialsRef != "" && c.Protocol != ProtocolAMQP {
 		return fieldErr("credentialsRef", "only for protocol amqp")
 	}
+	return c.validateOverride()
+}
+
+// validateOverride checks what a rule lets callers choose: the host list is
+// normalized, and the rule's private-network allowances, which reach
+// internal addresses, need a list of the hosts callers may point them at.
+func (c *Callback) validateOverride() error {
+	if len(c.AllowedHosts) > 0 && !c.AllowOverride {
+		return fieldErr("allowedHosts", "only with allowOverride: it lists where callers may point the callback")
+	}
+	for i, h := range c.AllowedHosts {
+		n, err := checkHostPattern(h)
+		if err != nil {
+			return fieldErr(fmt.Sprintf("allowedHosts[%d]", i), "%w", err)
+		}
+		c.AllowedHosts[i] = n
+	}
+	if !c.AllowOverride {
+		return nil
+	}
+	if (c.AllowPrivate || len(c.AllowNetworks) > 0) && len(c.AllowedHosts) == 0 {
+		return fieldErr("allowedHosts", "required when allowOverride is combined with allowPrivate or allowNetworks: "+
+			"list the hosts callers may point the callback at (a caller's URL gets the private allowance only for a listed host)")
+	}
+	if c.CredentialsRef != "" && c.URL == "" {
+		return fieldErr("credentialsRef", "never sent to a caller-chosen URL, and this callback has no url of its own")
+	}
 	return nil
 }
 
+// ForCaller returns c as it applies to a callback the caller chose (with
+// x-async-callback or x-async-callback-protocol; c.URL is then the caller's
+// URL, or the rule's when only the protocol was chosen): the broker
+// credentials are dropped, always, and the private-network allowances unless
+// c.URL's host is on AllowedHosts. Signing (SecretRef) stays: it is how the
+// caller verifies the callback; so does Encryption, which only protects the
+// payload on its way to the caller. ForCaller of its result is the same.
+func (c Callback) ForCaller() Callback {
+	c.CredentialsRef = ""
+	if len(c.AllowedHosts) == 0 || c.CheckCallerURL(c.URL) != nil {
+		c.AllowPrivate, c.AllowNetworks = false, nil
+	}
+	return c
+}
+
+// CheckCallerURL reports why a caller may not point the callback at rawURL:
+// its host is not on AllowedHosts (nil when the list is empty: any host, left
+// to the collector's SSRF guard).
+func (c *Callback) CheckCallerURL(rawURL string) error {
+	if len(c.AllowedHosts) == 0 {
+		return nil
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Hostname() == "" {
+		return fmt.Errorf("%q is not a URL with a host", rawURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultPorts[u.Scheme]
+	}
+	if !HostAllowed(c.AllowedHosts, u.Hostname(), port) {
+		return fmt.Errorf("host %s is not one the rule lets callers choose (callback.allowedHosts)", net.JoinHostPort(u.Hostname(), port))
+	}
+	return nil
+}
+
+// defaultPorts are the ports of callback URLs without one.
+var defaultPorts = map[string]string{"http": "80", "https": "443", "grpc": "80", "grpcs": "443", "amqp": "5672", "amqps": "5671"}
+
+// HostAllowed reports whether host (a name or an IP address, without
+// brackets) and port match one of the normalized patterns of
+// Callback.AllowedHosts. Names compare case-insensitively and without a
+// trailing dot; *.suffix matches names strictly below suffix, never an IP
+// address; a pattern without a port matches any port.
+func HostAllowed(patterns []string, host, port string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	ip, ipErr := netip.ParseAddr(host)
+	for _, p := range patterns {
+		ph, pp := splitHostPattern(p)
+		if pp != "" && pp != port {
+			continue
+		}
+		if pip, err := netip.ParseAddr(ph); err == nil {
+			if ipErr == nil && pip.Unmap() == ip.Unmap() && ip.Zone() == "" {
+				return true
+			}
+			continue
+		}
+		if ipErr == nil {
+			continue // a name pattern never matches an address
+		}
+		if suffix, ok := strings.CutPrefix(ph, "*"); ok {
+			if len(host) > len(suffix) && strings.HasSuffix(host, suffix) {
+				return true
+			}
+		} else if host == ph {
+			return true
+		}
+	}
+	return false
+}
+
+// splitHostPattern splits a normalized pattern into host and port ("" for
+// any); an IPv6 address is in brackets when it has a port.
+func splitHostPattern(p string) (string, string) {
+	if h, port, err := net.SplitHostPort(p); err == nil {
+		return h, port
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(p, "["), "]"), ""
+}
+
+// checkHostPattern validates one allowedHosts entry and returns it
+// normalized (lower case, no trailing dot, IPv6 in brackets only with a
+// port).
+func checkHostPattern(p string) (string, error) {
+	if p == "" || strings.ContainsAny(p, "/?#@ \t") {
+		return "", fmt.Errorf("%q: want a host, *.domain or either with :port (no scheme, path or user)", p)
+	}
+	host, port := p, ""
+	if h, pt, err := net.SplitHostPort(p); err == nil {
+		host, port = h, pt
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			return "", fmt.Errorf("%q: port %q is not 1..65535", p, port)
+		}
+	} else if strings.HasPrefix(p, "[") && strings.HasSuffix(p, "]") {
+		host = p[1 : len(p)-1]
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" {
+			return "", fmt.Errorf("%q: an address with a zone is not allowed", p)
+		}
+		host = ip.Unmap().String()
+		if port != "" {
+			return net.JoinHostPort(host, port), nil
+		}
+		return host, nil
+	}
+	name := host
+	if suffix, ok := strings.CutPrefix(host, "*."); ok {
+		// Two labels at least, so that "*.com" cannot open a whole
+		// top-level domain by a slip.
+		if !strings.Contains(suffix, ".") {
+			return "", fmt.Errorf("%q: a wildcard needs a domain of two labels or more, such as *.partner.example", p)
+		}
+		name = suffix
+	}
+	if !validHostName(name) {
+		return "", fmt.Errorf("%q: %q is not a host name (letters, digits, -, _ and . only; * only as a leading *.)", p, name)
+	}
+	if port != "" {
+		return host + ":" + port, nil
+	}
+	return host, nil
+}
+
+// validHostName reports whether s is a DNS name of LDH labels.
+func validHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func (s *Select) validate(parent *Callback) error {
-	if parent.URL != "" || parent.AllowOverride || parent.SecretRef != "" {
+	if parent.URL != "" || parent.AllowOverride || parent.SecretRef != "" || len(parent.AllowedHosts) > 0 {
 		return fieldErr("select", "a callback with select has its url, secretRef and the rest in each target")
 	}
 	n := 0

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -48,7 +49,35 @@ type Target struct {
 	// AllowPrivate / AllowNetworks: as for callbacks (SSRF guard).
 	AllowPrivate  bool     `json:"allowPrivate,omitempty"`
 	AllowNetworks []string `json:"allowNetworks,omitempty"`
+	// PassHeaders names the caller's credential headers the node gets
+	// (lower case); without it the task carries none of them (see
+	// CredentialHeader).
+	PassHeaders []string `json:"passHeaders,omitempty"`
 }
+
+// CredentialHeader reports whether a request header (lower-case name) may
+// carry the caller's credentials, which an external node does not get
+// unless target.passHeaders names the header. The list is broad on purpose:
+// a node outside the mesh should not receive a session or a token by a name
+// nobody thought of, and a header wrongly caught is one line of passHeaders.
+func CredentialHeader(name string) bool {
+	switch name {
+	case "x-forwarded-client-cert", // the mesh's view of the client certificate
+		"x-client-cert", "ssl-client-cert", "x-ssl-client-cert":
+		return true
+	}
+	for _, part := range credentialParts {
+		if strings.Contains(name, part) {
+			return true
+		}
+	}
+	return false
+}
+
+// credentialParts are the name parts of CredentialHeader: authorization,
+// proxy-authorization, x-auth-*, cookie, set-cookie, x-api-key, api_key,
+// x-access-token, x-csrf-token, x-session-id, x-amz-security-token, …
+var credentialParts = []string{"auth", "cookie", "token", "secret", "password", "passwd", "api-key", "apikey", "api_key", "session", "credential", "csrf", "xsrf", "signature"}
 
 // NodeAuth is how the collector authenticates to an external node.
 type NodeAuth struct {
@@ -74,8 +103,8 @@ func (t *Target) External() bool { return t != nil && t.Type == TargetExternal }
 func (t *Target) validate() error {
 	switch t.Type {
 	case "", TargetInternal:
-		if t.Endpoint != "" || t.Auth != nil || t.Encryption != nil {
-			return fieldErr("type", "endpoint, auth and encryption need type external")
+		if t.Endpoint != "" || t.Auth != nil || t.Encryption != nil || len(t.PassHeaders) > 0 {
+			return fieldErr("type", "endpoint, auth, encryption and passHeaders need type external")
 		}
 		t.Type = TargetInternal
 		return nil
@@ -126,7 +155,25 @@ func (t *Target) validate() error {
 			return fieldErr(fmt.Sprintf("allowNetworks[%d]", i), "%q is not a CIDR prefix", n)
 		}
 	}
+	for i, h := range t.PassHeaders {
+		if !validHeaderName(h) || strings.ToLower(h) != h {
+			return fieldErr(fmt.Sprintf("passHeaders[%d]", i), "%q is not a lower-case header name", h)
+		}
+	}
 	return nil
+}
+
+// validHeaderName reports whether s is an HTTP field name (RFC 9110 token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r > 0x7e || r <= ' ' || strings.ContainsRune("\"(),/:;<=>?@[\\]{}", r) {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *Encryption) validate() error {
