@@ -61,6 +61,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 20s ./internal/seal
 	$(GO) test -run '^$$' -fuzz FuzzParseIdentity -fuzztime 20s ./controlplane/xds
 	$(GO) test -run '^$$' -fuzz FuzzCallerURL -fuzztime 20s ./internal/rules
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 20s ./controlplane/rulesfile
 
 # proto regenerates client/callbackpb from callback.proto (protoc from PyPI's
 # grpcio-tools, the plugins from Go modules; the generated code is committed).

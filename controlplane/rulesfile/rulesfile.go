@@ -12,14 +12,35 @@
 //     reads the values.
 //   - A rule may be limited to some sidecars with nodes: {ids, clusters}
 //     (Envoy's node id and cluster); without it, a rule applies everywhere.
+//   - Each node's configuration carries the declarations (never the values)
+//     of the secrets its rules reference (rules.Config.Secrets), so that a
+//     collector following the control plane finds them where the file says.
+//
+// Limits: a rules file is outside input (a pull request, a config map), and
+// a bad one must be refused quickly, never take the control plane down with
+// it, or "a bad file keeps the last good rules" cannot hold. So its size is
+// checked before it is read (MaxSize); decoding has a budget of steps across
+// the whole file, aliases included (decodeBudget: a YAML bomb is refused with
+// "too many alias expansions" at the alias that starts it); no list or
+// mapping holds more than MaxEntries entries; a pathRegex is at most
+// MaxPatternLen bytes and compiles to at most MaxPatternInsts instructions
+// (RE2 matches in time linear in the path, but also in the program, on every
+// request); and the filter configuration it gives is at most MaxConfigSize
+// bytes of JSON, which every node gets and every filter VM parses. Together
+// they make all later work (validation, one snapshot per node) linear in a
+// file that is itself small.
 package rulesfile
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"reflect"
+	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strings"
 
@@ -48,11 +69,10 @@ type FilterSettings struct {
 	RouteAnnotations   bool           `json:"routeAnnotations"`
 }
 
-// Secret says where the collector finds a secret.
-type Secret struct {
-	Env  string `json:"env"`
-	File string `json:"file"`
-}
+// Secret says where the collector finds a secret: exactly one of env (an
+// environment variable of the collector) or file (an absolute path on its
+// machine).
+type Secret = rules.SecretDecl
 
 // Rule is a rules.Rule limited to some nodes.
 type Rule struct {
@@ -74,23 +94,117 @@ func (n Nodes) Applies(id, cluster string) bool {
 	return slices.Contains(n.IDs, id) || slices.Contains(n.Clusters, cluster)
 }
 
-// MaxSize bounds a rules file.
-const MaxSize = 4 << 20
+// Limits of a rules file (see the package doc). Real files are far below
+// them: a thousand rules fit in a few hundred kilobytes.
+const (
+	// MaxSize bounds the file, checked before it is read.
+	MaxSize = 1 << 20
+	// MaxEntries bounds every list and mapping (rules, select targets,
+	// secrets, methods, networks, node ids, sidecar routes...).
+	MaxEntries = 1000
+	// MaxPatternLen and MaxPatternInsts bound a match.pathRegex: its length
+	// in bytes and the size of its compiled program (a{1000} is 1000
+	// instructions, run for every request the rule is tried on).
+	MaxPatternLen   = 1024
+	MaxPatternInsts = 1000
+	// MaxConfigSize bounds the JSON filter configuration of all rules: what
+	// the largest node gets over xDS (gRPC's default message limit, which a
+	// collector applies, is 4 MiB) and what every filter VM parses.
+	MaxConfigSize = 2 << 20
+)
 
 // Load reads and checks the rules file at path.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	data, err := read(path)
 	if err != nil {
 		return nil, err
 	}
 	return Parse(path, data)
 }
 
+// read reads the file at path, refusing one larger than MaxSize before
+// reading it (by its size) and while reading it (a file that grows, a pipe
+// or a device whose size says nothing).
+func read(path string) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	tooLarge := func(n int64) error {
+		return Errors{{File: path, Msg: fmt.Sprintf("%d bytes or more, larger than the limit of %d", n, MaxSize)}}
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > MaxSize {
+		return nil, tooLarge(st.Size())
+	}
+	data, err := io.ReadAll(io.LimitReader(fh, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(data) > MaxSize {
+		return nil, tooLarge(int64(len(data)))
+	}
+	return data, nil
+}
+
 // Parse decodes and validates a rules file; name is used in errors. The error
 // is Errors.
 func Parse(name string, data []byte) (*File, error) {
+	var f File
+	d, err := decodeFile(name, data, &f)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.validate(); err != nil {
+		var fe *rules.FieldError
+		e := &Error{File: name, Msg: err.Error()}
+		if errors.As(err, &fe) {
+			e.Path, e.Msg = fe.Path, fe.Err.Error()
+			if e.Path != "rules" && !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") && !strings.HasPrefix(e.Path, "sidecar.") {
+				e.Path = "filter." + e.Path // a field of FilterSettings
+			}
+			e.Pos = d.nearest(e.Path)
+		}
+		return nil, Errors{e}
+	}
+	return &f, nil
+}
+
+// LoadSecrets reads only the secrets: section of the rules file at path, for
+// a collector that resolves references without a control plane (collector
+// -rules). The other sections may be absent; those present must still be
+// well formed, and the same limits apply.
+func LoadSecrets(path string) (map[string]Secret, error) {
+	data, err := read(path)
+	if err != nil {
+		return nil, err
+	}
+	var f struct {
+		Filter  yaml.Node         `json:"filter"`
+		Secrets map[string]Secret `json:"secrets"`
+		Rules   yaml.Node         `json:"rules"`
+		Sidecar yaml.Node         `json:"sidecar"`
+	}
+	d, err := decodeFile(path, data, &f)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSecrets(f.Secrets); err != nil {
+		var fe *rules.FieldError
+		errors.As(err, &fe)
+		return nil, Errors{{File: path, Pos: d.nearest(fe.Path), Path: fe.Path, Msg: fe.Err.Error()}}
+	}
+	return f.Secrets, nil
+}
+
+// decodeFile decodes data strictly into out (a pointer to a struct).
+func decodeFile(name string, data []byte, out any) (*decoder, error) {
 	if len(data) > MaxSize {
-		return nil, Errors{{File: name, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}}
+		return nil, Errors{{File: name, Msg: fmt.Sprintf("%d bytes, larger than the limit of %d", len(data), MaxSize)}}
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
@@ -105,25 +219,13 @@ func Parse(name string, data []byte) (*File, error) {
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return nil, Errors{{File: name, Msg: "empty file: want filter:, secrets: and rules:"}}
 	}
-	d := &decoder{file: name, pos: map[string]Pos{}}
-	var f File
-	d.decode(root.Content[0], reflect.ValueOf(&f).Elem(), "")
+	budget := decodeBudget(len(data))
+	d := &decoder{file: name, pos: map[string]Pos{}, budget: budget, limit: budget}
+	d.decode(root.Content[0], reflect.ValueOf(out).Elem(), "")
 	if len(d.errs) > 0 {
 		return nil, d.errs
 	}
-	if err := f.validate(); err != nil {
-		var fe *rules.FieldError
-		e := &Error{File: name, Msg: err.Error()}
-		if errors.As(err, &fe) {
-			e.Path, e.Msg = fe.Path, fe.Err.Error()
-			if !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") && !strings.HasPrefix(e.Path, "sidecar.") {
-				e.Path = "filter." + e.Path // a field of FilterSettings
-			}
-			e.Pos = d.nearest(e.Path)
-		}
-		return nil, Errors{e}
-	}
-	return &f, nil
+	return d, nil
 }
 
 // nearest returns the position of path, or of its closest decoded parent.
@@ -144,15 +246,13 @@ func (d *decoder) nearest(path string) Pos {
 // validate checks what decoding cannot: the rules themselves (through
 // rules.Config.Validate, which also applies defaults), secrets and targets.
 func (f *File) validate() error {
-	names := make([]string, 0, len(f.Secrets))
-	for name := range f.Secrets {
-		names = append(names, name)
+	if err := checkSecrets(f.Secrets); err != nil {
+		return err
 	}
-	slices.Sort(names)
-	for _, name := range names {
-		s, p := f.Secrets[name], "secrets."+name
-		if (s.Env == "") == (s.File == "") {
-			return &rules.FieldError{Path: p, Err: errors.New("want exactly one of env or file")}
+	// Patterns are bounded before rules.Config.Validate compiles them.
+	for i := range f.Rules {
+		if err := checkPattern(f.Rules[i].Match.PathRegex); err != nil {
+			return &rules.FieldError{Path: fmt.Sprintf("rules[%d].match.pathRegex", i), Err: err}
 		}
 	}
 	cfg := f.Config(nil)
@@ -162,19 +262,9 @@ func (f *File) validate() error {
 	for i := range f.Rules {
 		r := &f.Rules[i]
 		r.Rule = cfg.Rules[i] // with defaults applied
-		if err := f.checkRefs(fmt.Sprintf("rules[%d].callback", i), r.Callback); err != nil {
-			return err
-		}
-		if t := r.Target; t != nil {
-			refs := [][2]string{{"completionSecretRef", t.CompletionSecretRef}}
-			if t.Auth != nil {
-				refs = append(refs, [2]string{"auth.secretRef", t.Auth.SecretRef})
-			}
-			if t.Encryption != nil {
-				refs = append(refs, [2]string{"encryption.keyRef", t.Encryption.KeyRef})
-			}
-			if err := f.declared(fmt.Sprintf("rules[%d].target", i), refs); err != nil {
-				return err
+		for _, ref := range refsOf(fmt.Sprintf("rules[%d]", i), &r.Rule) {
+			if _, ok := f.Secrets[ref.name]; !ok {
+				return &rules.FieldError{Path: ref.path, Err: fmt.Errorf("%q is not declared under secrets", ref.name)}
 			}
 		}
 		for j, id := range append(slices.Clone(r.Nodes.IDs), r.Nodes.Clusters...) {
@@ -184,45 +274,122 @@ func (f *File) validate() error {
 		}
 	}
 	if f.Sidecar != nil {
-		return f.Sidecar.validate(f)
-	}
-	return nil
-}
-
-// checkRefs checks that the secrets a callback (and each of its selectable
-// targets) references are declared.
-func (f *File) checkRefs(path string, cb rules.Callback) error {
-	refs := [][2]string{{"secretRef", cb.SecretRef}, {"credentialsRef", cb.CredentialsRef}}
-	if cb.Encryption != nil {
-		refs = append(refs, [2]string{"encryption.keyRef", cb.Encryption.KeyRef})
-	}
-	if err := f.declared(path, refs); err != nil {
-		return err
-	}
-	if cb.Select == nil {
-		return nil
-	}
-	keys := slices.Sorted(maps.Keys(cb.Select.Targets))
-	for _, k := range keys {
-		if err := f.checkRefs(path+".select.targets."+k, cb.Select.Targets[k]); err != nil {
+		if err := f.Sidecar.validate(f); err != nil {
 			return err
 		}
 	}
+	// Every node's configuration is a part of this one (its rules, their
+	// secrets), so this bounds what any node gets.
+	js, err := json.Marshal(f.Config(nil))
+	if err != nil {
+		return fmt.Errorf("encoding the filter configuration: %w", err)
+	}
+	if len(js) > MaxConfigSize {
+		return &rules.FieldError{Path: "rules", Err: fmt.Errorf("the filter configuration of these rules is %d bytes of JSON, over the limit of %d", len(js), MaxConfigSize)}
+	}
 	return nil
 }
 
-// declared checks that each (field, reference) names a declared secret.
-func (f *File) declared(path string, refs [][2]string) error {
-	for _, fr := range refs {
-		if _, ok := f.Secrets[fr[1]]; fr[1] != "" && !ok {
-			return &rules.FieldError{Path: path + "." + fr[0], Err: fmt.Errorf("%q is not declared under secrets", fr[1])}
+// checkPattern bounds a pathRegex: its length, then its compiled program.
+func checkPattern(p string) error {
+	if p == "" {
+		return nil
+	}
+	if len(p) > MaxPatternLen {
+		return fmt.Errorf("%d bytes, over the limit of %d", len(p), MaxPatternLen)
+	}
+	re, err := syntax.Parse(p, syntax.Perl)
+	if err != nil {
+		return err // rules.Config.Validate words it as regexp.Compile does
+	}
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		return err
+	}
+	if n := len(prog.Inst); n > MaxPatternInsts {
+		return fmt.Errorf("compiles to %d instructions, over the limit of %d (every request the rule is tried on runs them): use smaller repetition counts", n, MaxPatternInsts)
+	}
+	return nil
+}
+
+// envName is what a secret's env must look like: a portable environment
+// variable name.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// checkSecrets checks each declaration: a name the collector accepts as a
+// reference, and exactly one well-formed source.
+func checkSecrets(secrets map[string]Secret) error {
+	for _, name := range slices.Sorted(maps.Keys(secrets)) {
+		s, p := secrets[name], "secrets."+name
+		switch {
+		case !plainName(name):
+			return &rules.FieldError{Path: p, Err: errors.New("a secret's name is letters, digits, '.', '_' and '-', not starting with '.'")}
+		case (s.Env == "") == (s.File == ""):
+			return &rules.FieldError{Path: p, Err: errors.New("want exactly one of env or file")}
+		case s.Env != "" && !envName.MatchString(s.Env):
+			return &rules.FieldError{Path: p + ".env", Err: fmt.Errorf("%q is not an environment variable name", s.Env)}
+		case s.File != "" && (!strings.HasPrefix(s.File, "/") || strings.ContainsRune(s.File, 0)):
+			return &rules.FieldError{Path: p + ".file", Err: fmt.Errorf("%q is not an absolute path", s.File)}
 		}
 	}
 	return nil
 }
 
+// plainName reports whether name is usable as a secret reference (the
+// collector also looks it up as a file name under -secrets-dir).
+func plainName(name string) bool {
+	if name == "" || name[0] == '.' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ref is one secret reference of a rule, with the path of its field.
+type ref struct{ path, name string }
+
+// refsOf lists the secrets rule r (at path) references: its callback's and
+// each selectable target's, and its external node's.
+func refsOf(path string, r *rules.Rule) []ref {
+	var out []ref
+	add := func(p, name string) {
+		if name != "" {
+			out = append(out, ref{path + "." + p, name})
+		}
+	}
+	var callback func(p string, cb *rules.Callback)
+	callback = func(p string, cb *rules.Callback) {
+		add(p+".secretRef", cb.SecretRef)
+		add(p+".credentialsRef", cb.CredentialsRef)
+		if cb.Encryption != nil {
+			add(p+".encryption.keyRef", cb.Encryption.KeyRef)
+		}
+		if cb.Select != nil {
+			for _, k := range slices.Sorted(maps.Keys(cb.Select.Targets)) {
+				t := cb.Select.Targets[k]
+				callback(p+".select.targets."+k, &t)
+			}
+		}
+	}
+	callback("callback", &r.Callback)
+	if t := r.Target; t != nil {
+		add("target.completionSecretRef", t.CompletionSecretRef)
+		if t.Auth != nil {
+			add("target.auth.secretRef", t.Auth.SecretRef)
+		}
+		if t.Encryption != nil {
+			add("target.encryption.keyRef", t.Encryption.KeyRef)
+		}
+	}
+	return out
+}
+
 // Config returns the filter configuration for the rules that apply to keep
-// (nil: all of them).
+// (nil: all of them), with the declarations of the secrets they reference.
 func (f *File) Config(keep func(Rule) bool) *rules.Config {
 	c := &rules.Config{
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
@@ -232,6 +399,14 @@ func (f *File) Config(keep func(Rule) bool) *rules.Config {
 	for _, r := range f.Rules {
 		if keep == nil || keep(r) {
 			c.Rules = append(c.Rules, r.Rule)
+			for _, ref := range refsOf("", &r.Rule) {
+				if s, ok := f.Secrets[ref.name]; ok {
+					if c.Secrets == nil {
+						c.Secrets = map[string]rules.SecretDecl{}
+					}
+					c.Secrets[ref.name] = s
+				}
+			}
 		}
 	}
 	return c

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -62,14 +63,47 @@ func TestErrorsGolden(t *testing.T) {
 	}
 }
 
+// FuzzParse: any bytes give a file whose configuration validates or an
+// Errors, and within a budget of time and memory per input: at most 1s, and
+// at most 16 MiB plus 1 KiB per input byte allocated (the bounded decoder
+// stays under 3 MiB for the worst 4 KB files of TestDecodeOf4KBIsBounded).
+// Seeded with the testdata and with small aliased files, among them the
+// alias bomb: without the decode budget, bomb(3, 9) (446 bytes) allocates
+// 2 MiB, bomb(4, 9) 20 MiB and bomb(5, 9) (674 bytes) 186 MiB in a second,
+// which fails this target.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*.yaml")
 	for _, p := range files {
 		b, _ := os.ReadFile(p)
 		f.Add(b)
 	}
+	f.Add(bomb(3, 9))
+	f.Add(bomb(5, 9))
+	f.Add([]byte("filter: {collectorCluster: c}\nrules:\n- {name: a, mode: async, callback: &c {url: \"http://x/\"}}\n- {name: b, mode: async, callback: *c}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		file, err := Parse("fuzz.yaml", data)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		type result struct {
+			file *File
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			file, err := Parse("fuzz.yaml", data)
+			done <- result{file, err}
+		}()
+		var file *File
+		var err error
+		select {
+		case r := <-done:
+			file, err = r.file, r.err
+		case <-time.After(time.Second * slack):
+			t.Fatalf("%d bytes: still parsing after %v", len(data), time.Second*slack)
+		}
+		runtime.ReadMemStats(&after)
+		if alloc, limit := after.TotalAlloc-before.TotalAlloc, uint64(16<<20+1024*len(data)); alloc > limit {
+			t.Fatalf("%d bytes allocated %d bytes, over %d", len(data), alloc, limit)
+		}
 		if err == nil {
 			if vErr := file.Config(nil).Validate(); vErr != nil {
 				t.Fatalf("accepted a file whose configuration does not validate: %v", vErr)

@@ -63,6 +63,20 @@ type Config struct {
 	// while it reads the body, and no buffer filter is needed after it.
 	HoldHeaders bool   `json:"holdHeaders,omitempty"`
 	Rules       []Rule `json:"rules"`
+	// Secrets declares where collectors find the secrets these rules
+	// reference: name → an environment variable or a file of the collector,
+	// never a value. The control plane fills it from the rules file's
+	// secrets: section with the declarations the node's rules use, so that
+	// a collector following it over xDS resolves them; the filter ignores it.
+	Secrets map[string]SecretDecl `json:"secrets,omitempty"`
+}
+
+// SecretDecl says where a collector finds one secret: exactly one of Env (an
+// environment variable) or File (an absolute path, read at each use so that a
+// rotated file applies without a restart).
+type SecretDecl struct {
+	Env  string `json:"env,omitempty"`
+	File string `json:"file,omitempty"`
 }
 
 // Rule is one callback rule.

@@ -1,0 +1,5 @@
+//go:build !race
+
+package rulesfile
+
+const slack = 1
