@@ -13,9 +13,10 @@
 // back to the long-poll API for callers that cannot receive callbacks.
 //
 // The rule of the route must let the caller choose the callback
-// (callback.allowOverride; and allowPrivate when the receiver listens on a
-// private address); otherwise the callback goes to the rule's URL and Do's
-// handler never runs; use Wait then.
+// (callback.allowOverride) and, for a receiver on a private or loopback
+// address, list its host in callback.allowedHosts with a network allowance
+// (allowNetworks or allowPrivate); otherwise the callback goes to the rule's
+// URL (or is refused) and Do's handler never runs; use Wait then.
 package client
 
 import (
@@ -80,6 +81,12 @@ type Handler func(ctx context.Context, r Result)
 // Call is what Do got back.
 type Call struct {
 	ID, TraceID string
+	// AccessToken reads this request's status and result (Wait, or GET
+	// StatusURL): the sidecar hands it out once, in the 202, and answers
+	// 404 to reads without it.
+	AccessToken string
+	// StatusURL is the 202's Location, resolved against BaseURL.
+	StatusURL string
 	// Sync is the response when the request was not made async (no rule
 	// matched, or it completed within Prefer: wait); its handler never runs.
 	Sync *http.Response
@@ -98,17 +105,63 @@ type Client struct {
 
 	mu       sync.Mutex
 	handlers map[string]Handler
-	early    map[string]Result   // callbacks that came before their handler
-	seen     map[string]struct{} // request ids whose handler ran (or is running)
-	seenFIFO []string            // eviction order of seen
+	early    map[string]earlyResult // callbacks that came before their handler
+	earlyIDs []string               // arrival order of early, for expiry
+	earlyLen int                    // bytes held in early
+	seen     map[string]struct{}    // request ids whose handler ran (or is running)
+	seenFIFO []string               // eviction order of seen
 }
 
-// Bounds: callbacks kept for handlers not registered yet, and request ids
-// remembered to drop duplicate deliveries.
+// Bounds: callbacks kept for handlers not registered yet (by count, bytes
+// and age: a callback whose Do never reads its 202 is dropped after
+// earlyTTL), and request ids remembered to drop duplicate deliveries.
 const (
-	maxEarly = 10000
-	maxSeen  = 100000
+	maxEarly      = 10000
+	maxEarlyBytes = 64 << 20
+	earlyTTL      = 2 * time.Minute
+	maxSeen       = 100000
 )
+
+// earlyResult is a callback that arrived before Do registered its handler.
+type earlyResult struct {
+	res  Result
+	at   time.Time
+	size int
+}
+
+// takeEarly removes and returns the early callback of id; c.mu is held.
+func (c *Client) takeEarly(id string) (Result, bool) {
+	e, ok := c.early[id]
+	if ok {
+		delete(c.early, id)
+		c.earlyLen -= e.size
+	}
+	return e.res, ok
+}
+
+// keepEarly holds res until its handler is registered, after dropping what
+// has expired, and reports false when the buffer is full; c.mu is held.
+func (c *Client) keepEarly(res Result, size int, now time.Time) bool {
+	for len(c.earlyIDs) > 0 {
+		id := c.earlyIDs[0]
+		e, ok := c.early[id]
+		if ok && now.Sub(e.at) < earlyTTL {
+			break
+		}
+		if ok {
+			c.log.Warn("client: dropped a callback whose request was never seen", "id", id, "held", now.Sub(e.at))
+			c.takeEarly(id)
+		}
+		c.earlyIDs = c.earlyIDs[1:]
+	}
+	if len(c.early) >= maxEarly || c.earlyLen+size > maxEarlyBytes {
+		return false
+	}
+	c.early[res.ID] = earlyResult{res: res, at: now, size: size}
+	c.earlyIDs = append(c.earlyIDs, res.ID)
+	c.earlyLen += size
+	return true
+}
 
 // markSeen records id; c.mu is held.
 func (c *Client) markSeen(id string) {
@@ -138,7 +191,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Logger = slog.Default()
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger, done: make(chan struct{}),
-		handlers: map[string]Handler{}, early: map[string]Result{}, seen: map[string]struct{}{}}
+		handlers: map[string]Handler{}, early: map[string]earlyResult{}, seen: map[string]struct{}{}}
 	for i, s := range cfg.Secrets {
 		sec, err := webhook.ParseSecret(s)
 		if err != nil {
@@ -208,11 +261,18 @@ func (c *Client) Do(ctx context.Context, req *http.Request, h Handler) (Call, er
 	if call.ID == "" {
 		return call, errors.New("client: 202 without x-async-request-id")
 	}
+	var accepted struct {
+		AccessToken string `json:"accessToken"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&accepted); err == nil {
+		call.AccessToken = accepted.AccessToken
+	}
+	if loc, err := resp.Request.URL.Parse(resp.Header.Get("location")); err == nil && resp.Header.Get("location") != "" {
+		call.StatusURL = loc.String()
+	}
 	c.mu.Lock()
-	r, arrived := c.early[call.ID]
-	if arrived {
-		delete(c.early, call.ID)
-	} else {
+	r, arrived := c.takeEarly(call.ID)
+	if !arrived {
 		c.handlers[call.ID] = h
 	}
 	c.mu.Unlock()
@@ -259,8 +319,7 @@ func (c *Client) receive(w http.ResponseWriter, r *http.Request) {
 	case registered:
 		delete(c.handlers, res.ID)
 		c.markSeen(res.ID)
-	case len(c.early) < maxEarly:
-		c.early[res.ID] = res
+	case c.keepEarly(res, len(body), time.Now()):
 		c.markSeen(res.ID)
 	default:
 		c.mu.Unlock()
@@ -324,10 +383,15 @@ func decode(body []byte) (Result, error) {
 	return r, nil
 }
 
-// Wait long-polls the collector API (through the sidecar) until request id
-// has a result, for callers that cannot receive callbacks.
-func (c *Client) Wait(ctx context.Context, id string) (Result, error) {
-	u := strings.TrimSuffix(c.cfg.BaseURL, "/") + c.cfg.StatusPrefix + "/v1/requests/" + url.PathEscape(id) + "/result?wait=30s"
+// Wait long-polls the collector API (through the sidecar) until the
+// request of call has a result, for callers that cannot receive callbacks.
+// It reads with the call's access token.
+func (c *Client) Wait(ctx context.Context, call Call) (Result, error) {
+	if call.AccessToken == "" {
+		return Result{}, errors.New("client: Wait needs the call's access token (from Do's 202)")
+	}
+	u := strings.TrimSuffix(c.cfg.BaseURL, "/") + c.cfg.StatusPrefix + "/v1/requests/" + url.PathEscape(call.ID) +
+		"/result?" + url.Values{"token": {call.AccessToken}, "wait": {"30s"}}.Encode()
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
@@ -351,7 +415,8 @@ func (c *Client) Wait(ctx context.Context, id string) (Result, error) {
 			return r, err
 		case http.StatusAccepted: // not done yet: poll again
 		default:
-			return Result{}, fmt.Errorf("client: GET %s: %s: %s", u, resp.Status, body)
+			// Not u: it holds the access token.
+			return Result{}, fmt.Errorf("client: reading the result of %s: %s: %s", call.ID, resp.Status, body)
 		}
 		select {
 		case <-ctx.Done():

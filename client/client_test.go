@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,5 +192,35 @@ func TestSealedCallbacks(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("handler never ran")
+	}
+}
+
+// TestEarlyCallbacksAreBounded plays a sender of callbacks for requests
+// this client never made (a misrouted collector, or a flood): they are held
+// for earlyTTL at most, and never beyond maxEarly or maxEarlyBytes.
+func TestEarlyCallbacksAreBounded(t *testing.T) {
+	c := &Client{early: map[string]earlyResult{}, log: slog.New(slog.DiscardHandler)}
+	now := time.Now()
+	if !c.keepEarly(Result{ID: "a"}, maxEarlyBytes/2, now) || !c.keepEarly(Result{ID: "b"}, maxEarlyBytes/2, now) {
+		t.Fatal("two callbacks within the byte bound refused")
+	}
+	if c.keepEarly(Result{ID: "c"}, 1, now.Add(time.Second)) {
+		t.Fatal("a callback past maxEarlyBytes was kept")
+	}
+	if _, ok := c.takeEarly("a"); !ok || c.earlyLen != maxEarlyBytes/2 {
+		t.Fatalf("take: held %d bytes", c.earlyLen)
+	}
+	// Past the TTL, what was held is dropped to make room.
+	if !c.keepEarly(Result{ID: "d"}, maxEarlyBytes/2+1, now.Add(earlyTTL)) {
+		t.Fatal("an expired callback still holds its room")
+	}
+	if _, ok := c.early["b"]; ok || len(c.early) != 1 || c.earlyLen != maxEarlyBytes/2+1 {
+		t.Fatalf("after expiry: %d held, %d bytes", len(c.early), c.earlyLen)
+	}
+	for i := range maxEarly {
+		c.keepEarly(Result{ID: strconv.Itoa(i)}, 0, now.Add(earlyTTL))
+	}
+	if len(c.early) > maxEarly {
+		t.Fatalf("%d callbacks held, bound %d", len(c.early), maxEarly)
 	}
 }

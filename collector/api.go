@@ -2,16 +2,19 @@ package collector
 
 import (
 	"context"
+	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/hop"
 )
@@ -25,30 +28,55 @@ var OpenAPI []byte
 // MaxWait bounds ?wait= long-polls.
 const MaxWait = 60 * time.Second
 
-// Handler returns the collector's HTTP API:
+// Handler returns the collector's HTTP API as the sidecar's Envoy reaches
+// it (docs/security.md has who may call what):
 //
 //	POST /v1/intake                     the filter hands over an accepted request
 //	GET  /v1/requests/{id}[?wait=30s]   status, history, attempts; waits until terminal
 //	GET  /v1/requests/{id}/result[?wait=30s]  the service's response; waits until known
 //	GET  /v1/requests/{id}/events       server-sent events: the record at every change (events.go)
-//	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
 //	POST /v1/requests/{id}/complete     an external node's answer (see nodes.go)
-//	POST /v1/requests/{id}/replay       operator: deliver again (see replay.go)
-//	POST /v1/deliveries/replay          operator: bulk replay by filter
 //	GET  /v1/openapi.yaml               this API's OpenAPI document
-//	GET  /metrics                       Prometheus (see observe.go)
 //	GET  /healthz, /readyz
+//
+// The three reads answer the request's caller (its access token, ?token=)
+// and operators; anyone else gets 404, as for an id that does not exist.
+// Unless Config.SeparateOperator is set, the operator endpoints of
+// OperatorHandler are served here too (they ask for the operator's token
+// either way).
 func (c *Collector) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/intake", c.intake)
+	mux.HandleFunc("POST /v1/requests/{id}/complete", c.complete)
+	c.readRoutes(mux)
+	if !c.cfg.SeparateOperator {
+		c.operatorRoutes(mux)
+	}
+	return mux
+}
+
+// OperatorHandler returns the operator endpoints, each behind the
+// operator's bearer token (Config.AdminToken):
+//
+//	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
+//	POST /v1/requests/{id}/replay       deliver again (see replay.go)
+//	POST /v1/deliveries/replay          bulk replay by filter
+//	GET  /metrics                       Prometheus (see observe.go)
+//
+// and the reads of Handler, which an operator may make for any request.
+// Serve it on a listener of its own (collector -operator-listen) that no
+// Envoy route reaches.
+func (c *Collector) OperatorHandler() http.Handler {
+	mux := http.NewServeMux()
+	c.readRoutes(mux)
+	c.operatorRoutes(mux)
+	return mux
+}
+
+func (c *Collector) readRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/requests/{id}", c.getRequest)
 	mux.HandleFunc("GET /v1/requests/{id}/result", c.getResult)
 	mux.HandleFunc("GET /v1/requests/{id}/events", c.events)
-	mux.HandleFunc("GET /v1/requests", c.search)
-	mux.HandleFunc("POST /v1/requests/{id}/complete", c.complete)
-	mux.HandleFunc("POST /v1/requests/{id}/replay", c.replayOne)
-	mux.HandleFunc("POST /v1/deliveries/replay", c.replayMany)
-	mux.Handle("GET /metrics", c.obs.handler())
 	mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("content-type", "application/yaml")
 		_, _ = w.Write(OpenAPI)
@@ -64,7 +92,35 @@ func (c *Collector) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+}
+
+func (c *Collector) operatorRoutes(mux *http.ServeMux) {
+	op := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if c.authorized(w, r) {
+				h(w, r)
+			}
+		}
+	}
+	mux.HandleFunc("GET /v1/requests", op(c.search))
+	mux.HandleFunc("POST /v1/requests/{id}/replay", op(c.replayOne))
+	mux.HandleFunc("POST /v1/deliveries/replay", op(c.replayMany))
+	mux.Handle("GET /metrics", op(c.obs.handler().ServeHTTP))
+}
+
+// operator reports whether r carries the operator's bearer token.
+func (c *Collector) operator(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("authorization"), "Bearer ")
+	return ok && len(c.cfg.AdminToken) > 0 && subtle.ConstantTimeCompare([]byte(tok), c.cfg.AdminToken) == 1
+}
+
+// mayRead reports whether r may read rec: it carries the request's access
+// token, or the operator's.
+func (c *Collector) mayRead(r *http.Request, rec *store.Record) bool {
+	if c.operator(r) {
+		return true
+	}
+	return rec.Envelope != nil && access.Check(rec.Envelope.AccessHash, r.URL.Query().Get(access.Param))
 }
 
 // intake persists an accepted request, then publishes it. It answers 201 only
@@ -91,9 +147,38 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	ctx, span := spanFor(r.Context(), env, "asyncmesh.intake")
 	defer span.End()
 	log := c.log.With("id", env.ID, "trace_id", env.TraceID, "rule", env.Rule)
+	deadline := env.DeadlineTime()
+	if late(deadline, start) {
+		log.Warn("intake: refused, the filter's deadline has passed", "deadline", deadline)
+		c.obs.intake.WithLabelValues(env.Rule, "late").Inc()
+		writeError(w, http.StatusServiceUnavailable, "deadline_passed", "deadline: the filter no longer waits for this answer")
+		return
+	}
 	rec := store.NewRecord(env, start)
-	if err := c.accept(ctx, rec); err != nil {
+	err = c.accept(ctx, rec)
+	if err == nil && late(deadline, time.Now()) {
+		// Persisted, but the answer would come too late: the caller is told
+		// it failed, so it must never run (deadline.go).
+		if aerr := c.abandon(ctx, rec); aerr != nil {
+			log.Error("intake: abandoning a record persisted after the filter's deadline", "err", aerr)
+		} else {
+			log.Warn("intake: persisted after the filter's deadline; abandoned", "deadline", deadline, "took", time.Since(start))
+		}
+		c.obs.intake.WithLabelValues(env.Rule, "late").Inc()
+		writeError(w, http.StatusServiceUnavailable, "deadline_passed", "the request could not be persisted before the filter's deadline")
+		return
+	}
+	if err == nil && !deadline.IsZero() {
+		c.decided.accept(rec.ID, deadline)
+	}
+	if err != nil {
 		if !errors.Is(err, store.ErrExists) {
+			// The write may have committed all the same (the filter hung up
+			// mid-write, a lost answer from the store): the caller is told
+			// it failed, so a record that exists must never run.
+			if aerr := c.abandonIfExists(ctx, rec.ID); aerr != nil {
+				log.Error("intake: abandoning a record whose write failed", "err", aerr)
+			}
 			log.Error("intake: persisting", "err", err)
 			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
 			span.RecordError(err)
@@ -110,14 +195,26 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, "id_conflict", "id: already used by another request")
 			return
 		}
+		if rec.Status == store.Dead && rec.Error == AbandonedNote {
+			writeError(w, http.StatusServiceUnavailable, "deadline_passed", "the request was abandoned at its first intake")
+			return
+		}
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
 	}
 	log.Info("intake: accepted", "status", rec.Status)
-	if env.Wait > 0 && !rec.Status.HasResult() {
-		if got, err := c.await(r.Context(), env.ID, env.Wait.D(), store.Status.HasResult); err == nil {
+	if wait := env.Wait.D(); wait > 0 && !rec.Status.HasResult() {
+		if !deadline.IsZero() { // answer while the filter still listens
+			wait = min(wait, time.Until(deadline.Add(-answerMargin)))
+		}
+		if got, err := c.await(r.Context(), env.ID, wait, store.Status.HasResult); err == nil {
 			rec = got
+			if rec.Status.HasResult() && rec.Response != nil { // awaited without bodies
+				if full, err := c.store.Get(r.Context(), env.ID); err == nil {
+					rec = full
+				}
+			}
 		}
 	}
 	if rec.Status.HasResult() && rec.Response != nil && env.Wait > 0 {
@@ -195,6 +292,14 @@ func (c *Collector) getResult(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if rec.Status.HasResult() && rec.Response != nil { // waitFor reads without bodies
+		full, err := c.store.Get(r.Context(), rec.ID)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "reading the request failed")
+			return
+		}
+		rec = full
+	}
 	switch {
 	case !rec.Status.HasResult():
 		w.Header().Set("retry-after", "1")
@@ -219,7 +324,19 @@ func (c *Collector) waitFor(w http.ResponseWriter, r *http.Request, done func(st
 		}
 		wait = d
 	}
-	rec, err := c.await(r.Context(), id, wait, done)
+	// The first read decides access, before any wait: a reader without the
+	// token learns nothing, not even how long the record takes.
+	rec, err := store.Peek(r.Context(), c.store, id)
+	if err == nil && !c.mayRead(r, rec) {
+		err = store.ErrNotFound
+	}
+	if err == nil && wait > 0 && !done(rec.Status) {
+		if !c.holdWaiter(w) {
+			return nil, false
+		}
+		rec, err = c.await(r.Context(), id, wait, done)
+		c.releaseWaiter()
+	}
 	switch {
 	case err == nil:
 		return rec, true
@@ -232,14 +349,31 @@ func (c *Collector) waitFor(w http.ResponseWriter, r *http.Request, done func(st
 	return nil, false
 }
 
+// holdWaiter takes one of the collector's MaxWaiters places for a
+// long-poll or an event stream, or answers 429 with Retry-After: every
+// waiter holds a connection and a goroutine, and wakes on every change of
+// its record.
+func (c *Collector) holdWaiter(w http.ResponseWriter) bool {
+	select {
+	case c.waiters <- struct{}{}:
+		return true
+	default:
+		w.Header().Set("retry-after", "1")
+		writeError(w, http.StatusTooManyRequests, "too_many_waiters", "this collector holds "+strconv.Itoa(cap(c.waiters))+" long-polls and event streams already; retry, or read without wait")
+		return false
+	}
+}
+
+func (c *Collector) releaseWaiter() { <-c.waiters }
+
 // await reads record id until done(status) or wait has passed, and returns the
-// last read.
+// last read, without its bodies where the store can (store.Peeker).
 func (c *Collector) await(ctx context.Context, id string, wait time.Duration, done func(store.Status) bool) (*store.Record, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		// Subscribe before reading, so a change between the two is not missed.
 		changed, cancel := c.notify.wait(id)
-		rec, err := c.store.Get(ctx, id)
+		rec, err := store.Peek(ctx, c.store, id)
 		left := time.Until(deadline)
 		if err != nil || done(rec.Status) || left <= 0 {
 			cancel()
@@ -252,7 +386,7 @@ func (c *Collector) await(ctx context.Context, id string, wait time.Duration, do
 			return nil, err
 		}
 		if stopping {
-			return c.store.Get(ctx, id)
+			return store.Peek(ctx, c.store, id)
 		}
 	}
 }
@@ -278,6 +412,9 @@ func parseWait(v string) (time.Duration, error) {
 		n, err2 := strconv.Atoi(v)
 		if err2 != nil {
 			return 0, errors.New("want a duration such as 30s")
+		}
+		if n < 0 || n > int(MaxWait/time.Second) { // before multiplying, which could wrap
+			return 0, errors.New("must be between 0 and " + MaxWait.String())
 		}
 		d = time.Duration(n) * time.Second
 	}

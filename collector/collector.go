@@ -88,10 +88,17 @@ type Config struct {
 	// APIURL is the base URL of this API as others reach it; queue messages
 	// carry statusUrl = APIURL + /v1/requests/{id} (relative when empty).
 	APIURL string
-	// AdminToken is the bearer token of the operator endpoints (replay);
-	// empty turns them off.
+	// AdminToken is the bearer token of the operator endpoints (search,
+	// replay, metrics, reading any request); empty turns them off.
 	AdminToken []byte
-	Logger     *slog.Logger
+	// MaxWaiters bounds the long-polls (?wait=) and event streams this
+	// collector holds at once (default 1024); past it they answer 429.
+	MaxWaiters int
+	// SeparateOperator keeps the operator endpoints (search, replay,
+	// metrics) off Handler: they are served by OperatorHandler alone, on a
+	// listener of their own.
+	SeparateOperator bool
+	Logger           *slog.Logger
 }
 
 // outbox is a store that publishes on its own queue in the same commit as a
@@ -123,6 +130,8 @@ type Collector struct {
 	// so that the API server can shut down.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
+	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
+	decided      *decisions    // ids intake accepted before the filter's deadline
 }
 
 // New returns a collector over st and q.
@@ -147,6 +156,9 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.DeliveryWorkers == 0 {
 		cfg.DeliveryWorkers = 64
 	}
+	if cfg.MaxWaiters <= 0 {
+		cfg.MaxWaiters = 1024
+	}
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)
 	defD(&cfg.SweepInterval, time.Minute)
@@ -170,6 +182,8 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		},
 		notify:   newNotifier(),
 		stopping: make(chan struct{}),
+		waiters:  make(chan struct{}, cfg.MaxWaiters),
+		decided:  newDecisions(),
 	}, nil
 }
 
@@ -294,6 +308,7 @@ func (c *Collector) relay(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		c.decided.prune(time.Now())
 		if err := c.relayRound(ctx); err != nil {
 			wait = min(2*wait, 30*time.Second)
 			if ctx.Err() == nil {

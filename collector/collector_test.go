@@ -23,7 +23,6 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
-	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
@@ -31,7 +30,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var replaySecret = []byte("replay-secret")
+var replaySecret = []byte("collector-test-replay-secret-32-bytes")
 
 // testSecrets holds secret values by reference.
 type testSecrets map[string]string
@@ -63,7 +62,8 @@ type env struct {
 	api      *httptest.Server
 	c        *Collector
 	stop     func()
-	tune     func(*Config) // applied by start, when set
+	tune     func(*Config)                 // applied by start, when set
+	wrap     func(store.Store) store.Store // wraps the store, when set
 
 	failing atomic.Bool // the receiver answers 500
 	secrets testSecrets
@@ -76,14 +76,14 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}, secrets: testSecrets{}}
 	e.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := replay.Verify(replaySecret, r.Header.Get(replay.Header), r.Header.Get("x-async-request-id"), r.Method, r.URL.RequestURI(), time.Now()); err != nil {
+		body, _ := io.ReadAll(r.Body)
+		if err := verifyReplay(r, body); err != nil {
 			http.Error(w, "bad replay: "+err.Error(), 403)
 			return
 		}
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
 			time.Sleep(d)
 		}
-		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("x-service", "yes")
 		w.WriteHeader(200)
 		fmt.Fprintf(w, "echo:%s", body)
@@ -120,7 +120,11 @@ func (e *env) start() {
 	if e.tune != nil {
 		e.tune(&cfg)
 	}
-	c, err := New(cfg, db.Store(), db.Queue())
+	var st store.Store = db.Store()
+	if e.wrap != nil {
+		st = e.wrap(st)
+	}
+	c, err := New(cfg, st, db.Queue())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -169,8 +173,16 @@ func (e *env) intake(env *envelope.Envelope) *http.Response {
 	return e.post("/v1/intake", data)
 }
 
-func (e *env) get(path string) (int, map[string]any) {
-	resp, err := http.Get(e.api.URL + path)
+// get reads path as an operator (with the admin token); getAs with the
+// given bearer token ("" for none), as a caller would.
+func (e *env) get(path string) (int, map[string]any) { return e.getAs(path, adminToken) }
+
+func (e *env) getAs(path, bearer string) (int, map[string]any) {
+	req, _ := http.NewRequest("GET", e.api.URL+path, nil)
+	if bearer != "" {
+		req.Header.Set("authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}

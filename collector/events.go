@@ -28,11 +28,20 @@ func (c *Collector) events(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	deadline := time.Now().Add(MaxEventStream)
+	if !c.holdWaiter(w) {
+		return
+	}
+	defer c.releaseWaiter()
+	// The server's write timeout fits a long-poll; a stream lives longer.
+	_ = http.NewResponseController(w).SetWriteDeadline(deadline.Add(15 * time.Second))
 	var last *store.Record
 	lastWrite := time.Now()
 	for {
 		changed, cancel := c.notify.wait(id)
-		rec, err := c.store.Get(ctx, id)
+		rec, err := store.Peek(ctx, c.store, id)
+		if err == nil && last == nil && !c.mayRead(r, rec) {
+			err = store.ErrNotFound // as for an id that does not exist
+		}
 		if err != nil {
 			cancel()
 			if last == nil {

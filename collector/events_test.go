@@ -1,6 +1,8 @@
 package collector
 
 import (
+	"github.com/asyncmesh/asyncmesh/internal/access"
+
 	"bufio"
 	"encoding/json"
 	"net/http"
@@ -11,8 +13,10 @@ import (
 func TestEventsStreamEveryChange(t *testing.T) {
 	e := newEnv(t)
 	en := e.envelope("/work?sleep=300ms", nil)
+	tok, hash := access.NewToken()
+	en.AccessHash = hash
 	e.intake(en)
-	resp, err := http.Get(e.api.URL + "/v1/requests/" + en.ID + "/events")
+	resp, err := http.Get(e.api.URL + "/v1/requests/" + en.ID + "/events?token=" + tok)
 	if err != nil {
 		t.Fatal(err)
 	}

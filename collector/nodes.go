@@ -92,7 +92,7 @@ func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m que
 // complete takes an external node's answer.
 func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	rec, err := c.store.Get(r.Context(), id)
+	rec, err := store.Peek(r.Context(), c.store, id)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, "not_found", "no request with id "+id)
 		return
@@ -107,6 +107,13 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "not_external", "request "+id+" is not processed by an external node")
 		return
 	}
+	log := c.log.With("id", id, "trace_id", rec.TraceID, "rule", rec.Rule, "node", t.Endpoint)
+	// Authenticate before reading a body of up to ~22 MB.
+	if err := c.nodes.Preverify(t, id, r.Header); err != nil {
+		log.Warn("external: refused completion", "err", err)
+		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4*maxResponseBody/3+1<<20))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -117,7 +124,6 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	log := c.log.With("id", id, "trace_id", rec.TraceID, "rule", rec.Rule, "node", t.Endpoint)
 	cp, err := c.nodes.Complete(t, id, r.Header, body)
 	switch {
 	case errors.Is(err, external.ErrUnauthenticated):

@@ -1,12 +1,16 @@
 package collector
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +195,19 @@ func TestExternalCompletionRefusals(t *testing.T) {
 	}
 	if code := post([]byte(`{"status":200}`), false); code != 401 {
 		t.Fatalf("unsigned: %d", code)
+	}
+	// An unauthenticated party announcing a large body is refused before
+	// the collector reads it: the answer comes while the body never does.
+	u, _ := url.Parse(task.CompleteURL)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 20000000\r\nwebhook-id: %s\r\n\r\n{", u.Path, u.Host, task.ID)
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("unauthenticated completion with a body still coming: %v %v, want 401 at once", resp, err)
 	}
 	if code := post([]byte(`{"status":200}`), true); code != 400 { // signed but not sealed
 		t.Fatalf("plaintext: %d", code)

@@ -23,7 +23,9 @@ func TestMetricsAndSpans(t *testing.T) {
 	if code, r := e.get("/v1/requests/" + en.ID + "?wait=10s"); code != 200 || r["status"] != "delivered" {
 		t.Fatalf("%d %v", code, r)
 	}
-	resp, err := http.Get(e.api.URL + "/metrics")
+	req, _ := http.NewRequest("GET", e.api.URL+"/metrics", nil)
+	req.Header.Set("authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

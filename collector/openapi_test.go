@@ -1,6 +1,8 @@
 package collector
 
 import (
+	"github.com/asyncmesh/asyncmesh/internal/access"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -88,18 +90,23 @@ func TestOpenAPI(t *testing.T) {
 	}
 	admin := []string{"authorization", "Bearer " + adminToken}
 	en := e.envelope("/work", []byte("hi"))
+	tok, hash := access.NewToken()
+	en.AccessHash = hash
 	data, _ := json.Marshal(en)
 	call("POST", "/v1/intake", string(data))
 	call("POST", "/v1/intake", `{"v":1}`)
-	call("GET", "/v1/requests/"+en.ID+"/result?wait=10s", "")
-	call("GET", "/v1/requests/"+en.ID+"?wait=10s", "")
+	call("GET", "/v1/requests/"+en.ID+"/result?wait=10s&token="+tok, "")
+	call("GET", "/v1/requests/"+en.ID+"?wait=10s&token="+tok, "")
 	call("GET", "/v1/requests/"+en.ID+"?wait=forever", "")
-	if code, b := call("GET", "/v1/requests/"+en.ID+"/events", ""); code != 200 || !strings.Contains(string(b), `"status":"delivered"`) {
+	call("GET", "/v1/requests/"+en.ID, "")
+	if code, b := call("GET", "/v1/requests/"+en.ID+"/events?token="+tok, ""); code != 200 || !strings.Contains(string(b), `"status":"delivered"`) {
 		t.Fatalf("events of a delivered request: %d %s", code, b)
 	}
+	call("GET", "/v1/requests/"+en.ID+"/result", "", admin...)
 	call("GET", "/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293/events", "")
 	call("GET", "/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", "")
-	call("GET", "/v1/requests?traceId="+en.TraceID+"&limit=10", "")
+	call("GET", "/v1/requests?traceId="+en.TraceID+"&limit=10", "", admin...)
+	call("GET", "/v1/requests?status=delivered", "", admin...)
 	call("GET", "/v1/requests?status=delivered", "")
 	call("POST", "/v1/requests/"+en.ID+"/complete", `{"status":200}`)
 	call("POST", "/v1/requests/"+en.ID+"/replay", "")
@@ -108,6 +115,7 @@ func TestOpenAPI(t *testing.T) {
 	}
 	call("POST", "/v1/deliveries/replay", `{"status":"dead","limit":5}`, admin...)
 	call("GET", "/v1/openapi.yaml", "")
+	call("GET", "/metrics", "", admin...)
 	call("GET", "/metrics", "")
 	call("GET", "/healthz", "")
 	call("GET", "/readyz", "")

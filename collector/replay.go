@@ -2,13 +2,11 @@ package collector
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
@@ -61,8 +59,7 @@ func (c *Collector) authorized(w http.ResponseWriter, r *http.Request) bool {
 		writeError(w, http.StatusForbidden, "admin_disabled", "operator endpoints are off: start the collector with -admin-token-env")
 		return false
 	}
-	tok, ok := strings.CutPrefix(r.Header.Get("authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(tok), c.cfg.AdminToken) != 1 {
+	if !c.operator(r) {
 		w.Header().Set("www-authenticate", `Bearer realm="asyncmesh-collector"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "authorization: want the operator's bearer token")
 		return false

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
@@ -41,14 +43,20 @@ const leaseMargin = 10 * time.Second
 // acts on that instead (claimSteps).
 func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	id := m.Key
-	status, timeout := store.Queued, c.messageTimeout(m)
+	timeout, deadline := c.messageTimeout(m)
+	status := store.Queued
 	if timeout <= 0 { // a message without its envelope (large, or older): read the record
 		r, err := c.store.Get(ctx, id)
 		if err != nil {
 			return claimFailed(err, m)
 		}
-		status, timeout = r.Status, c.applyRules(r.Envelope).Timeout.D()
+		status, timeout, deadline = r.Status, c.applyRules(r.Envelope).Timeout.D(), r.Envelope.DeadlineTime()
 	}
+	// Not before intake has told the filter it was accepted (deadline.go).
+	if ok, wait := c.runnable(id, deadline, time.Now()); !ok {
+		return queue.RetryAfter(wait, "intake has not answered the filter yet")
+	}
+	defer c.decided.forget(id)
 	lease := timeout + leaseMargin
 	var r *store.Record
 	var err error
@@ -162,44 +170,67 @@ func claimFailed(err error, m queue.Message) error {
 }
 
 // messageTimeout is the timeout of the request a work message carries (its
-// live rule's when there is one), or 0 when the message has no envelope.
-func (c *Collector) messageTimeout(m queue.Message) time.Duration {
+// live rule's when there is one) and its intake deadline, or 0 when the
+// message has no envelope.
+func (c *Collector) messageTimeout(m queue.Message) (time.Duration, time.Time) {
 	var msg struct {
-		Envelope *struct {
-			Rule    string         `json:"rule"`
-			Timeout rules.Duration `json:"timeout"`
+		Envelope *struct { // what the claim needs: decoding the body is not
+			Rule     string         `json:"rule"`
+			Timeout  rules.Duration `json:"timeout"`
+			Deadline int64          `json:"deadline"`
 		} `json:"envelope"`
 	}
 	if json.Unmarshal(m.Body, &msg) != nil || msg.Envelope == nil {
-		return 0
+		return 0, time.Time{}
 	}
+	deadline := (&envelope.Envelope{Deadline: msg.Envelope.Deadline}).DeadlineTime()
 	if c.cfg.Rules != nil {
 		if r, ok := c.cfg.Rules.Rule(msg.Envelope.Rule); ok && r.Mode != rules.ModeSync {
-			return r.Timeout.D()
+			return r.Timeout.D(), deadline
 		}
 	}
-	return msg.Envelope.Timeout.D()
+	return msg.Envelope.Timeout.D(), deadline
 }
 
 type permanentError struct{ error }
+
+// replayRefusedError is the filter's refusal of a replay (its 403 with
+// replay.RefusedHeader): never the service's answer. It is retried (signed
+// anew: a nonce already spent, a secret in rotation or a clock step can pass
+// on the next attempt), then the record fails with it.
+type replayRefusedError struct{ reason, message string }
+
+func (e *replayRefusedError) Error() string {
+	msg := "the filter refused the replay (" + e.reason + ")"
+	if e.message != "" {
+		msg += ": " + e.message
+	}
+	return msg
+}
 
 // execute replays the original request through Envoy with a signed replay header.
 func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Response, error) {
 	e := r.Envelope
 	ctx, cancel := context.WithTimeout(ctx, e.Timeout.D())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, e.Method, strings.TrimSuffix(c.cfg.ReplayURL, "/")+e.Path, bytes.NewReader(e.Body))
+	req, err := replayRequest(ctx, c.cfg.ReplayURL, e.Method, e.Authority, e.Path, e.Body)
 	if err != nil {
-		return nil, &permanentError{fmt.Errorf("building replay request: %w", err)}
+		return nil, &permanentError{err}
 	}
 	for _, h := range e.Headers {
 		req.Header.Add(h[0], h[1])
 	}
-	req.Host = e.Authority
 	req.Header.Set("traceparent", traceParentOf(ctx, e.TraceParent))
 	req.Header.Set("x-async-request-id", e.ID)
-	req.Header.Set(replay.Header, replay.Sign(c.cfg.ReplaySecret, e.ID, e.Method, e.Path, time.Now()))
-	resp, err := c.replay.Do(req)
+	// Signed at each attempt (a fresh time and nonce: the filter spends each
+	// signature once) over exactly what is sent: the request-target's bytes,
+	// the Host, and the body's digest.
+	req.Header.Set(replay.Header, replay.Sign(c.cfg.ReplaySecret, replay.Request{
+		ID: e.ID, Method: req.Method, Authority: req.Host, Path: e.Path, BodyDigest: replay.Digest(e.Body),
+	}, time.Now()))
+	client, done := c.replayClient(e.Path)
+	defer done()
+	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, &permanentError{fmt.Errorf("no answer within the rule's timeout of %s", e.Timeout.D())}
@@ -211,6 +242,11 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 	if err != nil {
 		return nil, fmt.Errorf("reading the service's response: %w", err)
 	}
+	if reason := resp.Header.Get(replay.RefusedHeader); resp.StatusCode == http.StatusForbidden && reason != "" {
+		var refusal struct{ Message string }
+		_ = json.Unmarshal(body, &refusal)
+		return nil, &replayRefusedError{reason: reason, message: refusal.Message}
+	}
 	if len(body) > maxResponseBody {
 		return nil, &permanentError{fmt.Errorf("response body over %d bytes", maxResponseBody)}
 	}
@@ -221,6 +257,67 @@ func (c *Collector) execute(ctx context.Context, r *store.Record) (*store.Respon
 		}
 	}
 	return out, nil
+}
+
+// replayClient is the client that can carry target to Envoy byte for byte:
+// the pooled HTTP/1.1 one, or, for a target with bytes over 0x7f (which
+// Envoy accepts in an HTTP/2 caller's :path but refuses in an HTTP/1.1
+// request line), an HTTP/2 one without TLS (prior knowledge, which Envoy's
+// listeners speak with the default codec_type AUTO). Those are rare, so the
+// HTTP/2 client is made for the one replay and closed after it (done).
+func (c *Collector) replayClient(target string) (*http.Client, func()) {
+	for i := 0; i < len(target); i++ {
+		if target[i] >= 0x80 {
+			var p http.Protocols
+			p.SetUnencryptedHTTP2(true)
+			tr := &http.Transport{Protocols: &p}
+			return &http.Client{Transport: tr, CheckRedirect: c.replay.CheckRedirect}, tr.CloseIdleConnections
+		}
+	}
+	return c.replay, func() {}
+}
+
+// replayRequest builds the replay of (method, authority, target, body)
+// through base, sending target as the request-target byte for byte: the
+// filter verifies the signature over the bytes it receives, and the service
+// must see what the caller sent. net/http would re-escape a parsed path
+// ({ } | ^ " spaces and raw UTF-8 become %XX) or refuse it (%zz), so the
+// target goes into URL.Opaque, which the client writes as it is — except a
+// target starting with "//", which Opaque would turn into a scheme-relative
+// URL; that one is sent as an escaped Path when it round-trips exactly, and
+// refused otherwise.
+func replayRequest(ctx context.Context, base, method, authority, target string, body []byte) (*http.Request, error) {
+	u, err := url.Parse(strings.TrimSuffix(base, "/"))
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("replay URL %q: not an absolute URL", base)
+	}
+	if !strings.HasPrefix(target, "/") {
+		return nil, fmt.Errorf("path %q: a replay's request-target must start with /", target)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return nil, fmt.Errorf("replay URL %q: must have no path (the request's own is sent)", base)
+	}
+	if strings.HasPrefix(target, "//") {
+		p, err := url.ParseRequestURI(target)
+		if err != nil || p.RequestURI() != target {
+			return nil, fmt.Errorf("path %q cannot be sent byte for byte", target)
+		}
+		u.Path, u.RawPath, u.RawQuery = p.Path, p.RawPath, p.RawQuery
+	} else {
+		u.Opaque, u.RawQuery = target, ""
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "", bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("building replay request: %w", err)
+	}
+	req.URL, req.Host = u, authority
+	if authority == "" {
+		req.Host = u.Host
+	}
+	if got := u.RequestURI(); got != target {
+		return nil, fmt.Errorf("path %q would be sent as %q", target, got)
+	}
+	return req, nil
 }
 
 // handleDelivery makes one callback attempt: completed | failed → delivering →

@@ -37,7 +37,7 @@ func TestClientSDK(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := c.Wait(ctx, call.ID)
+	r, err := c.Wait(ctx, call)
 	if err != nil || r.Status != "completed" || !strings.Contains(string(r.Response.Body), "sdk") {
 		t.Fatalf("Wait = %+v, %v", r, err)
 	}

@@ -13,11 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/examples/stack"
-	"github.com/asyncmesh/asyncmesh/internal/replay"
 )
 
 var st *stack.Stack
@@ -130,15 +130,35 @@ func accepted(t *testing.T, resp *http.Response, body []byte) (id, traceID strin
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("want 202, got %s: %s", resp.Status, body)
 	}
-	var b struct{ ID, TraceID, Status, StatusURL string }
+	var b struct{ ID, TraceID, Status, StatusURL, AccessToken string }
 	if err := json.Unmarshal(body, &b); err != nil {
 		t.Fatalf("202 body %s: %v", body, err)
 	}
 	id, traceID = resp.Header.Get("x-async-request-id"), resp.Header.Get("x-async-trace-id")
-	if id == "" || b.ID != id || b.TraceID != traceID || resp.Header.Get("location") != "/async/v1/requests/"+id || b.StatusURL != "/async/v1/requests/"+id {
+	loc := "/async/v1/requests/" + id + "?token=" + b.AccessToken
+	if id == "" || b.ID != id || b.TraceID != traceID || len(b.AccessToken) != 43 || resp.Header.Get("location") != loc || b.StatusURL != loc {
 		t.Fatalf("202 headers %v body %s", resp.Header, body)
 	}
+	tokens.Store(id, b.AccessToken)
 	return id, traceID
+}
+
+// tokens holds the access token of every request accepted() saw, by id.
+var tokens sync.Map
+
+// readPath is the caller's path to read request id (suffix "", "/result"
+// or "/events") through Envoy, with its access token and query q.
+func readPath(t *testing.T, id, suffix, q string) string {
+	t.Helper()
+	tok, ok := tokens.Load(id)
+	if !ok {
+		t.Fatalf("no access token for %s", id)
+	}
+	p := "/async/v1/requests/" + id + suffix + "?token=" + tok.(string)
+	if q != "" {
+		p += "&" + q
+	}
+	return p
 }
 
 func TestSyncPassThrough(t *testing.T) {
@@ -192,7 +212,7 @@ func TestAsyncLifecycle(t *testing.T) {
 	}
 	serviceSawOnlyReplay(t, st, traceID, id)
 	// The Location is dereferenceable through Envoy; ?wait long-polls to the end.
-	resp, body = do(t, "GET", "/async/v1/requests/"+id+"?wait=10s", "")
+	resp, body = do(t, "GET", readPath(t, id, "", "wait=10s"), "")
 	var r struct {
 		Status   string
 		TraceID  string
@@ -212,13 +232,71 @@ func TestAsyncLifecycle(t *testing.T) {
 	if len(r.Attempts) != 1 || r.Attempts[0].StatusCode != 204 {
 		t.Fatalf("attempts %+v", r.Attempts)
 	}
-	resp, body = do(t, "GET", "/async/v1/requests/"+id+"/result", "")
+	resp, body = do(t, "GET", readPath(t, id, "/result", ""), "")
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `report`) {
 		t.Fatalf("result: %s %s", resp.Status, body)
 	}
-	resp, body = do(t, "GET", "/async/v1/requests?traceId="+traceID, "")
-	if resp.StatusCode != 200 || !strings.Contains(string(body), id) {
-		t.Fatalf("search by trace id: %s %s", resp.Status, body)
+	// Search is an operator endpoint: on the collector's API, with the token.
+	sr, err := st.OperatorGet(context.Background(), "/v1/requests?traceId="+traceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(sr.Body)
+	sr.Body.Close()
+	if sr.StatusCode != 200 || !strings.Contains(string(body), id) {
+		t.Fatalf("search by trace id: %s %s", sr.Status, body)
+	}
+}
+
+// TestCallerReadsOnlyItsOwn plays a caller of the sidecar's Envoy who knows
+// another caller's request id: without that request's token every read is
+// 404, as for an id that does not exist, and nothing that spans callers
+// (search, replay, metrics) is reachable through Envoy at all.
+func TestCallerReadsOnlyItsOwn(t *testing.T) {
+	resp, body := do(t, "POST", "/slow?ms=10", `{"secret":"victim"}`, "content-type", "application/json")
+	id, traceID := accepted(t, resp, body)
+	resp, body = do(t, "POST", "/slow?ms=10", `{}`, "content-type", "application/json")
+	mine, _ := accepted(t, resp, body)
+	if resp, body := do(t, "GET", readPath(t, id, "", "wait=10s"), ""); resp.StatusCode != 200 || !strings.Contains(string(body), `"delivered"`) {
+		t.Fatalf("the owner's read: %s %s", resp.Status, body)
+	}
+	myTok, _ := tokens.Load(mine)
+	_, missing := do(t, "GET", "/async/v1/requests/0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", "")
+	for _, p := range []string{
+		"/async/v1/requests/" + id,
+		"/async/v1/requests/" + id + "?wait=5s",
+		"/async/v1/requests/" + id + "/result",
+		"/async/v1/requests/" + id + "/events",
+		"/async/v1/requests/" + id + "?token=" + myTok.(string),
+		"/async/v1/requests/" + id + "/result?token=" + myTok.(string),
+		"/async/v1/requests/" + id + "/result?token=",
+	} {
+		start := time.Now()
+		resp, body := do(t, "GET", p, "")
+		if resp.StatusCode != 404 || strings.Contains(string(body), "victim") || strings.Replace(string(body), id, "0190b3c2-7d6e-7a1b-8c3d-4e5f60718293", 1) != string(missing) {
+			t.Errorf("GET %s: %s %s, want the 404 of a missing id (%s)", p, resp.Status, body, missing)
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Errorf("GET %s waited %v", p, time.Since(start))
+		}
+	}
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/async/v1/requests?limit=500"},
+		{"GET", "/async/v1/requests?traceId=" + traceID},
+		{"GET", "/async/v1/requests/"},
+		{"POST", "/async/v1/requests/" + id + "/replay"},
+		{"POST", "/async/v1/deliveries/replay"},
+		{"POST", "/async/v1/requests/" + id + "/complete"},
+		{"POST", "/async/v1/intake"},
+		{"GET", "/async/metrics"},
+		{"GET", "/async/v1/requests/" + id + "/../../../metrics"},
+		{"GET", "/async/v1/requests/" + id + "/%2e%2e/%2e%2e/%2e%2e/metrics"},
+		{"DELETE", readPath(t, id, "", "")},
+	} {
+		resp, body := do(t, c.method, c.path, "{}")
+		if resp.StatusCode != 404 || strings.Contains(string(body), id) || strings.Contains(string(body), "asyncmesh_collector") {
+			t.Errorf("%s %s through Envoy: %s %s, want 404", c.method, c.path, resp.Status, body)
+		}
 	}
 }
 
@@ -237,13 +315,14 @@ func TestOptIn(t *testing.T) {
 
 func TestForgedReplayRefused(t *testing.T) {
 	id := "01890a5d-ac96-774b-bcce-b302099a8057"
-	forged := replay.Sign([]byte("a guess"), id, "POST", "/slow?ms=10", time.Now())
+	authority := strings.TrimPrefix(st.EnvoyURL, "http://")
+	forged := signed("a guess, a guess, a guess, a guess", id, "POST", authority, "/slow?ms=10", []byte("{}"), time.Now())
 	resp, body := do(t, "POST", "/slow?ms=10", "{}", "x-async-replay", forged, "x-async-request-id", id)
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "replay") {
 		t.Fatalf("forged replay: %s %s", resp.Status, body)
 	}
 	// A genuine signature (the collector's secret) passes to the service.
-	good := replay.Sign([]byte(st.ReplaySecret), id, "POST", "/slow?ms=10", time.Now())
+	good := signed(st.ReplaySecret, id, "POST", authority, "/slow?ms=10", []byte("{}"), time.Now())
 	resp, body = do(t, "POST", "/slow?ms=10", "{}", "x-async-replay", good, "x-async-request-id", id)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), id) {
 		t.Fatalf("valid replay: %s %s", resp.Status, body)

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -13,7 +14,7 @@ import (
 
 // TestRabbitMQAndElasticsearch runs the whole flow through Envoy with the
 // collector on RabbitMQ and Elasticsearch, and finds the request by its trace
-// id through the search API (on the caller's host, under /async/).
+// id through the search API (an operator endpoint, on the collector's API).
 func TestRabbitMQAndElasticsearch(t *testing.T) {
 	s := backendStack(t, "ASYNCMESH_TEST_AMQP_URL", "ASYNCMESH_TEST_ES_URL")
 	get := func(path string) (int, []byte) {
@@ -33,7 +34,7 @@ func TestRabbitMQAndElasticsearch(t *testing.T) {
 	resp.Body.Close()
 	id, traceID := accepted(t, resp, body)
 
-	code, rec := get("/async/v1/requests/" + id + "?wait=30s")
+	code, rec := get(readPath(t, id, "", "wait=30s"))
 	var v struct {
 		Status  string
 		History []struct{ Status string }
@@ -48,13 +49,19 @@ func TestRabbitMQAndElasticsearch(t *testing.T) {
 	if got := strings.Join(seen, ","); got != "persisted,queued,processing,completed,delivering,delivered" {
 		t.Fatalf("history %s", got)
 	}
-	if code, res := get("/async/v1/requests/" + id + "/result"); code != 200 || !strings.Contains(string(res), `es`) {
+	if code, res := get(readPath(t, id, "/result", "")); code != 200 || !strings.Contains(string(res), `es`) {
 		t.Fatalf("result: %d %s", code, res)
 	}
 	// Search is near-real-time (one refresh interval).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, page := get("/async/v1/requests?traceId=" + traceID)
+		resp, err := s.OperatorGet(context.Background(), "/v1/requests?traceId="+traceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		code := resp.StatusCode
 		if code == http.StatusOK && strings.Contains(string(page), id) {
 			break
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/filter/abi"
+	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
 )
@@ -34,7 +35,7 @@ type harness struct {
 func newHarness(t *testing.T) *harness { return newHarnessWith(t, testConfig) }
 
 func newHarnessWith(t *testing.T, config string) *harness {
-	t.Setenv("ASYNCMESH_TEST_REPLAY_SECRET", "replay-secret")
+	t.Setenv("ASYNCMESH_TEST_REPLAY_SECRET", testReplaySecret)
 	h := &harness{t: t, host: abi.NewFakeHost()}
 	h.d = abi.NewDispatcher(h.host, newPlugin)
 	h.d.OnContextCreate(1, 0)
@@ -131,12 +132,28 @@ func TestAsyncAccepted(t *testing.T) {
 	if l == nil || l.Status != 202 {
 		t.Fatalf("want 202, got %+v", l)
 	}
-	if h.host.LocalHeader("location") != "/async/v1/requests/"+env.ID || h.host.LocalHeader("x-async-request-id") != env.ID || h.host.LocalHeader("x-async-trace-id") != env.TraceID {
-		t.Fatalf("headers = %v", l.Headers)
-	}
 	var body map[string]string
-	if err := json.Unmarshal(l.Body, &body); err != nil || body["id"] != env.ID || body["status"] != "queued" || body["statusUrl"] != "/async/v1/requests/"+env.ID || body["traceId"] != env.TraceID {
+	if err := json.Unmarshal(l.Body, &body); err != nil || body["id"] != env.ID || body["status"] != "queued" || body["traceId"] != env.TraceID {
 		t.Fatalf("body = %s (%v)", l.Body, err)
+	}
+	// The access token is handed out in the Location (and the body) only;
+	// the envelope, which the collector stores, carries its hash.
+	tok := body["accessToken"]
+	loc := "/async/v1/requests/" + env.ID + "?token=" + tok
+	if !access.Check(env.AccessHash, tok) || strings.Contains(string(call.Body), tok) {
+		t.Fatalf("token %q, envelope hash %q: the hash must match and the token must not travel to the collector", tok, env.AccessHash)
+	}
+	if h.host.LocalHeader("location") != loc || body["statusUrl"] != loc || h.host.LocalHeader("x-async-request-id") != env.ID || h.host.LocalHeader("x-async-trace-id") != env.TraceID {
+		t.Fatalf("headers = %v, body %s", l.Headers, l.Body)
+	}
+	// Every request gets its own token.
+	id2, _ := h.request("POST", "/slow/report", nil)
+	env2, _ := envelope.Decode(h.host.Calls[len(h.host.Calls)-1].Body)
+	h.collectorAnswers(id2, "201", true)
+	var body2 map[string]string
+	_ = json.Unmarshal(h.host.Local.Body, &body2)
+	if body2["accessToken"] == tok || env2.AccessHash == env.AccessHash || !access.Check(env2.AccessHash, body2["accessToken"]) {
+		t.Fatalf("second request reuses the token or its hash")
 	}
 }
 
@@ -234,10 +251,10 @@ func TestOptIn(t *testing.T) {
 func TestReplay(t *testing.T) {
 	h := newHarness(t)
 	reqID := "01890a5d-ac96-774b-bcce-b302099a8057"
-	sig := replay.Sign([]byte("replay-secret"), reqID, "POST", "/slow", time.Now())
+	sig := signReplay(testReplaySecret, reqID, "POST", "/slow", nil)
 	_, a := h.request("POST", "/slow", nil, "x-async-replay", sig, "x-async-request-id", reqID)
 	if a != abi.Continue || h.host.Local != nil || len(h.host.Calls) != 0 {
-		t.Fatal("a valid replay must pass to the service")
+		t.Fatalf("a valid replay must pass to the service: %v %+v", a, h.host.Local)
 	}
 	if h.host.Get(abi.RequestHeaders, "x-async-request-id") != reqID {
 		t.Fatal("replay must carry its request id")
@@ -245,7 +262,7 @@ func TestReplay(t *testing.T) {
 	if _, ok := h.host.Header(abi.RequestHeaders, "x-async-replay"); ok {
 		t.Fatal("replay header must not reach the service")
 	}
-	forged := replay.Sign([]byte("guess"), reqID, "POST", "/slow", time.Now())
+	forged := signReplay("a guess, a guess, a guess, a guess", reqID, "POST", "/slow", nil)
 	h.request("POST", "/slow", nil, "x-async-replay", forged, "x-async-request-id", reqID)
 	if h.host.Local == nil || h.host.Local.Status != 403 {
 		t.Fatalf("forged replay must be refused, got %+v", h.host.Local)
@@ -290,10 +307,26 @@ func TestParsePrefer(t *testing.T) {
 }
 
 func FuzzRequestHeaders(f *testing.F) {
-	f.Add("POST", "/slow", "respond-async", "http://x/cb", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-	f.Fuzz(func(t *testing.T, method, path, prefer, cb, tp string) {
+	const id = "01890a5d-ac96-774b-bcce-b302099a8057"
+	f.Add("POST", "/slow", "respond-async", "http://x/cb", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "", []byte(nil))
+	f.Add("POST", "/slow", "", "", "", signReplay(testReplaySecret, id, "POST", "/slow", []byte("{}")), []byte("{}"))
+	f.Add("GET", "/a{b}", "", "", "", signReplay(testReplaySecret, id, "GET", "/a{b}", nil), []byte(nil))
+	f.Add("POST", "/slow", "", "", "", "t=1700000000,v1=abc", []byte("x"))
+	f.Fuzz(func(t *testing.T, method, path, prefer, cb, tp, replayHeader string, body []byte) {
 		h := newHarness(t)
-		h.request(method, path, nil, "prefer", prefer, "x-async-callback", cb, "traceparent", tp)
+		hdrs := []string{"prefer", prefer, "x-async-callback", cb, "traceparent", tp}
+		if replayHeader != "" {
+			hdrs = append(hdrs, "x-async-replay", replayHeader, "x-async-request-id", id)
+		}
+		sid, a := h.request(method, path, body, hdrs...)
+		// A replay reaches the service only with the very body it signed.
+		if replayHeader != "" && h.host.Local == nil && a == abi.Continue {
+			want := signReplay(testReplaySecret, id, method, path, body)
+			if _, err := replay.Verify([][]byte{[]byte(testReplaySecret)}, replayHeader, replayRequest(id, method, path, body), time.Now()); err != nil {
+				t.Fatalf("replay passed though it does not verify (%v); a good one is %s", err, want)
+			}
+		}
+		h.d.OnResponseHeaders(sid, 0, true)
 	})
 }
 

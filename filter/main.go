@@ -10,7 +10,18 @@
 // rule marks async (or opt-in with Prefer: respond-async) is buffered, handed to the
 // collector with dispatch_http_call on the configured cluster, and answered 202. A
 // request carrying a valid x-async-replay signature is the collector's worker
-// replaying an accepted request: it passes to the service.
+// replaying an accepted request: it passes to the service once, with the very
+// body that was signed (see replay.go and internal/replay).
+//
+// # Replay secrets
+//
+// The environment variable that replaySecretEnv names (exposed to the VM by
+// vm_config.environment_variables.host_env_keys) holds the current secret,
+// optionally followed by a comma and the previous one while it rotates; each
+// at least 32 bytes. A secret that is set but too short is a configuration
+// error (the configuration is refused, so Envoy keeps the previous one or
+// does not start); no secret at all leaves the filter usable for sync routes
+// and refuses every replay.
 //
 // # Cost of the pass-through path
 //
@@ -33,6 +44,7 @@ import (
 	"os"
 
 	"github.com/asyncmesh/asyncmesh/filter/abi"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -41,13 +53,38 @@ func main() {}
 // plugin is the root context: the parsed configuration shared by all streams of
 // one VM.
 type plugin struct {
-	host         abi.Host
-	cfg          *rules.Config
-	replaySecret []byte
-	needsRoute   bool
+	host          abi.Host
+	cfg           *rules.Config
+	replaySecrets [][]byte
+	shared        sharedData
+	needsRoute    bool
 }
 
-func newPlugin(h abi.Host) abi.RootContext { return &plugin{host: h} }
+func newPlugin(h abi.Host) abi.RootContext { return &plugin{host: h, shared: sharedData{h}} }
+
+// loadReplaySecrets reads the replay secrets from env and prepares the table
+// of spent signatures; false refuses the configuration (a secret set but
+// unusable), after a log line that says why.
+func (p *plugin) loadReplaySecrets(env string) ([][]byte, bool) {
+	var value string
+	if env != "" {
+		value = os.Getenv(env)
+	}
+	if value == "" {
+		p.host.Log(abi.LogWarn, "asyncmesh: no replay secret (replaySecretEnv unset or empty): replays are refused, async requests cannot complete")
+		return nil, true
+	}
+	secrets, err := replay.ParseSecrets(value)
+	if err != nil {
+		p.host.Log(abi.LogError, "asyncmesh: replaySecretEnv "+env+": "+err.Error()+"; configuration refused")
+		return nil, false
+	}
+	if err := replay.Prepare(p.shared); err != nil {
+		// Replays will be refused (Use fails closed) until shared data works.
+		p.host.Log(abi.LogError, "asyncmesh: preparing the replay table in shared data: "+err.Error()+"; replays are refused")
+	}
+	return secrets, true
+}
 
 // OnConfigure parses the configuration; a bad one is rejected (Envoy keeps the
 // previous one, or refuses to start) with a log line naming the field.
@@ -57,14 +94,11 @@ func (p *plugin) OnConfigure(data []byte) bool {
 		p.host.Log(abi.LogError, "asyncmesh: "+err.Error())
 		return false
 	}
-	var secret []byte
-	if cfg.ReplaySecretEnv != "" {
-		secret = []byte(os.Getenv(cfg.ReplaySecretEnv))
+	secrets, ok := p.loadReplaySecrets(cfg.ReplaySecretEnv)
+	if !ok {
+		return false
 	}
-	if len(secret) == 0 {
-		p.host.Log(abi.LogWarn, "asyncmesh: no replay secret (replaySecretEnv unset or empty): replays are refused, async requests cannot complete")
-	}
-	p.cfg, p.replaySecret, p.needsRoute = cfg, secret, cfg.NeedsRoute()
+	p.cfg, p.replaySecrets, p.needsRoute = cfg, secrets, cfg.NeedsRoute()
 	p.host.Log(abi.LogInfo, "asyncmesh: configured with "+itoa(len(cfg.Rules))+" rules")
 	return true
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/filter/abi"
+	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/hop"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
@@ -21,7 +22,8 @@ const (
 	hdrRule             = "x-async-rule"
 	hdrCallback         = "x-async-callback"
 	hdrCallbackProtocol = "x-async-callback-protocol"
-	hdrStatus           = "x-async-status" // collector → filter only
+	hdrStatus           = "x-async-status"       // collector → filter only
+	hdrAccessToken      = "x-async-access-token" // filter → caller, with a relayed result
 	asyncPrefix         = "x-async-"
 )
 
@@ -42,12 +44,15 @@ type stream struct {
 	state   state
 	traceID string
 	req     []abi.Header // the request headers as they arrived
+	rp      *replayCheck // a replay whose headers passed (replay.go)
 
 	// async only
 	rule               *rules.Rule
 	callbackFromCaller bool
 	callbackTarget     string
 	requestID          string
+	accessToken        string       // handed to the caller once, in the 202
+	accessHash         string       // what the envelope (and the store) keeps
 	tp                 trace.Parent // formatted only on the async path
 	callback           rules.Callback
 	wait               time.Duration
@@ -101,12 +106,7 @@ func (s *stream) OnRequestHeaders(_ int, endOfStream bool) abi.Action {
 	h.SetHeader(abi.RequestHeaders, hdrTraceID, s.traceID)
 
 	if isReplay {
-		if err := replay.Verify(s.p.replaySecret, replayValue, replayID, s.method, s.path, time.Now()); err != nil {
-			s.host.Log(abi.LogWarn, "asyncmesh: refused replay header (trace "+s.traceID+"): "+err.Error())
-			return s.reject(403, "replay_refused", "x-async-replay: "+err.Error())
-		}
-		h.SetHeader(abi.RequestHeaders, hdrRequestID, replayID)
-		return abi.Continue
+		return s.startReplay(replayValue, replayID, endOfStream) // replay.go
 	}
 
 	req := rules.Request{Authority: s.authority, Method: s.method, Path: s.path}
@@ -218,6 +218,7 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		}
 	}
 	s.requestID = trace.NewRequestID()
+	s.accessToken, s.accessHash = access.NewToken()
 	if endOfStream {
 		s.dispatch(nil)
 		return abi.Pause
@@ -236,6 +237,9 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 }
 
 func (s *stream) OnRequestBody(size int, endOfStream bool) abi.Action {
+	if s.rp != nil {
+		return s.replayBody(size, endOfStream)
+	}
 	if s.state != stateBuffering {
 		if s.state == statePassthrough {
 			return abi.Continue
@@ -299,6 +303,7 @@ func (s *stream) dispatch(body []byte) {
 		TraceParent:        s.tp.String(),
 		XRequestID:         s.header("x-request-id"),
 		Rule:               s.rule.Name,
+		AccessHash:         s.accessHash,
 		Method:             s.method,
 		Scheme:             s.header(":scheme"),
 		Authority:          s.authority,
@@ -313,12 +318,17 @@ func (s *stream) dispatch(body []byte) {
 		Timeout:            s.rule.Timeout,
 		Wait:               rules.Duration(s.wait),
 	}
+	cfg := s.p.cfg
+	timeout := cfg.CollectorTimeout.D() + s.wait
+	// The collector must not make the request runnable once this filter has
+	// stopped waiting for it (then the caller is told 503, or served
+	// synchronously).
+	env.Deadline = time.Now().Add(timeout).UnixMilli()
 	data, err := json.Marshal(&env)
 	if err != nil {
 		s.collectorDown("encoding envelope: " + err.Error())
 		return
 	}
-	cfg := s.p.cfg
 	_, err = s.host.HTTPCall(cfg.CollectorCluster, []abi.Header{
 		{":method", "POST"},
 		{":path", "/v1/intake"},
@@ -326,7 +336,7 @@ func (s *stream) dispatch(body []byte) {
 		{"content-type", "application/json"},
 		{hdrTraceID, s.traceID},
 		{"traceparent", env.TraceParent},
-	}, data, uint32((cfg.CollectorTimeout.D() + s.wait).Milliseconds()))
+	}, data, uint32(timeout.Milliseconds()))
 	if err != nil {
 		s.collectorDown("dispatch_http_call: " + err.Error())
 	}
@@ -363,13 +373,16 @@ func (s *stream) accepted(status string) {
 	if status == "" {
 		status = "persisted"
 	}
-	loc := s.p.cfg.StatusPrefix + "/v1/requests/" + s.requestID
+	// The Location carries the access token: it is the one place the caller
+	// learns it, and it makes the Location dereferenceable as it is.
+	loc := s.p.cfg.StatusPrefix + "/v1/requests/" + s.requestID + "?" + access.Param + "=" + s.accessToken
 	body, _ := json.Marshal(struct {
-		ID        string `json:"id"`
-		TraceID   string `json:"traceId"`
-		Status    string `json:"status"`
-		StatusURL string `json:"statusUrl"`
-	}{s.requestID, s.traceID, status, loc})
+		ID          string `json:"id"`
+		TraceID     string `json:"traceId"`
+		Status      string `json:"status"`
+		StatusURL   string `json:"statusUrl"`
+		AccessToken string `json:"accessToken"`
+	}{s.requestID, s.traceID, status, loc, s.accessToken})
 	hs := []abi.Header{{"location", loc}, {hdrRequestID, s.requestID}, {hdrRule, s.rule.Name}}
 	if s.preferAsync {
 		hs = append(hs, abi.Header{"preference-applied", "respond-async"})
@@ -392,7 +405,7 @@ func (s *stream) relayResult(status string, bodySize int) {
 			return
 		}
 	}
-	hs := []abi.Header{{hdrRequestID, s.requestID}, {hdrTraceID, s.traceID}, {hdrRule, s.rule.Name}}
+	hs := []abi.Header{{hdrRequestID, s.requestID}, {hdrTraceID, s.traceID}, {hdrRule, s.rule.Name}, {hdrAccessToken, s.accessToken}}
 	for _, h := range s.host.Headers(abi.HTTPCallResponseHeaders) {
 		switch k := h[0]; {
 		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, asyncPrefix), hop.ByHop(k), k == "date", k == "server":
@@ -447,6 +460,7 @@ func (s *stream) send(status int, details string, body []byte, extra []abi.Heade
 }
 
 func (s *stream) OnResponseHeaders(int, bool) abi.Action {
+	s.stripReplayMarker()
 	// A local response of this filter (send) carries the trace id already.
 	if s.traceID != "" && s.state != stateAnswered {
 		s.host.SetHeader(abi.ResponseHeaders, hdrTraceID, s.traceID)

@@ -147,7 +147,9 @@ CREATE TABLE IF NOT EXISTS requests (
 	created_at INTEGER NOT NULL,
 	updated_at INTEGER NOT NULL,
 	doc        BLOB NOT NULL,
-	version    INTEGER NOT NULL DEFAULT 0
+	version    INTEGER NOT NULL DEFAULT 0,
+	req_body   BLOB,
+	resp_body  BLOB
 );
 CREATE INDEX IF NOT EXISTS requests_trace ON requests(trace_id, id);
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, updated_at);
@@ -178,9 +180,9 @@ const (
 	qSavepoint     = "SAVEPOINT op"
 	qRollbackTo    = "ROLLBACK TO op"
 	qRelease       = "RELEASE op"
-	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc) VALUES (?,?,?,?,?,?,?)`
-	qRecordVersion = `SELECT doc, version FROM requests WHERE id = ?`
-	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ?, version = version + 1 WHERE id = ? AND version = ?`
+	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc, req_body, resp_body) VALUES (?,?,?,?,?,?,?,?,?)`
+	qRecordVersion = `SELECT doc, version, req_body, resp_body FROM requests WHERE id = ?`
+	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ?, req_body = ?, resp_body = ?, version = version + 1 WHERE id = ? AND version = ?`
 	qInsertMessage = `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`
 	qClaimMessages = `UPDATE queue SET visible_at = ?, deliveries = deliveries + 1
 	WHERE seq IN (SELECT seq FROM queue WHERE topic = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
@@ -197,6 +199,10 @@ var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord,
 var migrations = []string{
 	`ALTER TABLE queue ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''`,
 	`ALTER TABLE requests ADD COLUMN version INTEGER NOT NULL DEFAULT 0`,
+	// Bodies apart from doc, so that searches never read them (rows written
+	// before keep theirs inside doc, and read as ever).
+	`ALTER TABLE requests ADD COLUMN req_body BLOB`,
+	`ALTER TABLE requests ADD COLUMN resp_body BLOB`,
 }
 
 // Open opens (creating if needed) the database at path.

@@ -1,8 +1,10 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -67,5 +69,38 @@ func TestStaleCacheRereads(t *testing.T) {
 	}
 	if n := len(got.History); n != 3 {
 		t.Fatalf("history has %d entries, want persisted, queued, processing: %+v", n, got.History)
+	}
+}
+
+// TestSearchDoesNotLoadBodies: a page of 100 records whose request and
+// response bodies are 1 MiB each allocates a small multiple of the page,
+// not of the bodies (368 MiB for one 47 KB page before bodies had columns
+// of their own).
+func TestSearchDoesNotLoadBodies(t *testing.T) {
+	s := open(t).Store()
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("x"), 1<<20)
+	e0 := storetest.NewEnvelope("big", "")
+	for range 100 {
+		e := storetest.NewEnvelope("big", e0.TraceID)
+		e.Body = body
+		r := store.NewRecord(e, time.Now())
+		if err := s.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Completed, Response: &store.Response{Status: 200, Body: body}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	page, err := s.Search(ctx, store.Query{TraceID: e0.TraceID, Limit: 100})
+	runtime.ReadMemStats(&after)
+	if err != nil || len(page.Records) != 100 {
+		t.Fatalf("search: %d records, %v", len(page.Records), err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 8<<20 {
+		t.Fatalf("one page of 100 records allocated %d MiB: bodies were loaded", alloc>>20)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -33,13 +34,13 @@ func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
 // database's queue in the same commit (the collector's outbox: intake makes
 // one write, and no crash falls between the record and its message).
 func (s *sqlStore) CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error {
-	doc, err := json.Marshal(r)
+	doc, reqBody, respBody, err := encode(r)
 	if err != nil {
-		return fmt.Errorf("encoding record %s: %w", r.ID, err)
+		return err
 	}
 	err = s.db().tx(ctx, func(t wtx) error {
 		if _, err := t.exec(qInsertRecord,
-			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc); err != nil {
+			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc, reqBody, respBody); err != nil {
 			return err
 		}
 		return insertMessage(t, m)
@@ -90,12 +91,12 @@ func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Cha
 			}
 			return nil, err
 		}
-		doc, err := json.Marshal(r)
+		doc, reqBody, respBody, err := encode(r)
 		if err != nil {
-			return nil, fmt.Errorf("encoding record %s: %w", id, err)
+			return nil, err
 		}
 		err = s.db().tx(ctx, func(t wtx) error {
-			res, err := t.exec(qUpdateRecord, string(r.Status), r.UpdatedAt.UnixNano(), doc, id, ver.Seq)
+			res, err := t.exec(qUpdateRecord, string(r.Status), r.UpdatedAt.UnixNano(), doc, reqBody, respBody, id, ver.Seq)
 			if err != nil {
 				return err
 			}
@@ -120,19 +121,55 @@ func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Cha
 
 // read reads a record and its version from the read pool.
 func (s *sqlStore) read(ctx context.Context, id string) (*store.Record, int64, error) {
-	var doc []byte
+	var doc, reqBody, respBody []byte
 	var ver int64
-	if err := s.db().readRow(ctx, qRecordVersion, id).Scan(&doc, &ver); err != nil {
+	if err := s.db().readRow(ctx, qRecordVersion, id).Scan(&doc, &ver, &reqBody, &respBody); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, 0, store.ErrNotFound
 		}
 		return nil, 0, fmt.Errorf("reading record %s: %w", id, err)
 	}
-	var r store.Record
-	if err := json.Unmarshal(doc, &r); err != nil {
+	r, err := decode(doc, reqBody, respBody)
+	if err != nil {
 		return nil, 0, fmt.Errorf("decoding record %s: %w", id, err)
 	}
-	return &r, ver, nil
+	return r, ver, nil
+}
+
+// encode returns the stored form of r: the document without the request
+// and response bodies, which go to columns of their own.
+func encode(r *store.Record) (doc, reqBody, respBody []byte, err error) {
+	cp := *r
+	if r.Envelope != nil && len(r.Envelope.Body) > 0 {
+		e := *r.Envelope
+		reqBody, e.Body = e.Body, nil
+		cp.Envelope = &e
+	}
+	if r.Response != nil && len(r.Response.Body) > 0 {
+		resp := *r.Response
+		respBody, resp.Body = resp.Body, nil
+		cp.Response = &resp
+	}
+	if doc, err = json.Marshal(&cp); err != nil {
+		return nil, nil, nil, fmt.Errorf("encoding record %s: %w", r.ID, err)
+	}
+	return doc, reqBody, respBody, nil
+}
+
+// decode is encode's inverse; nil bodies leave the document's (rows
+// written before bodies had columns of their own carry them inside).
+func decode(doc, reqBody, respBody []byte) (*store.Record, error) {
+	var r store.Record
+	if err := json.Unmarshal(doc, &r); err != nil {
+		return nil, err
+	}
+	if reqBody != nil && r.Envelope != nil {
+		r.Envelope.Body = reqBody
+	}
+	if respBody != nil && r.Response != nil {
+		r.Response.Body = respBody
+	}
+	return &r, nil
 }
 
 // Queue is the queue that CreatePublish and TransitionPublish publish on.
@@ -146,6 +183,27 @@ func (s *sqlStore) wakeFor(m *queue.Message) {
 
 func (s *sqlStore) Get(ctx context.Context, id string) (*store.Record, error) {
 	r, _, err := s.read(ctx, id)
+	return r, err
+}
+
+// unixNano is t in Unix nanoseconds, clamped to int64 (UnixNano wraps
+// outside the years 1678..2262: until=2300 would find nothing).
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// Peek implements store.Peeker: the document without the body columns.
+func (s *sqlStore) Peek(ctx context.Context, id string) (*store.Record, error) {
+	r, err := scanOne(s.db().readRow(ctx, `SELECT doc, NULL, NULL FROM requests WHERE id = ?`, id))
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("reading record %s: %w", id, err)
+	}
 	return r, err
 }
 
@@ -163,16 +221,18 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 		add("rule = ?", q.Rule)
 	}
 	if !q.Since.IsZero() {
-		add("created_at >= ?", q.Since.UnixNano())
+		add("created_at >= ?", unixNano(q.Since))
 	}
 	if !q.Until.IsZero() {
-		add("created_at < ?", q.Until.UnixNano())
+		add("created_at < ?", unixNano(q.Until))
 	}
 	if q.Cursor != "" {
 		add("id > ?", q.Cursor)
 	}
 	limit := q.PageLimit()
-	query := `SELECT doc FROM requests`
+	// Without the body columns: a page of search results never loads a
+	// request's or a response's body.
+	query := `SELECT doc, NULL, NULL FROM requests`
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -185,7 +245,7 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 }
 
 func (s *sqlStore) Stale(ctx context.Context, st store.Status, before time.Time, limit int) ([]*store.Record, error) {
-	recs, err := s.list(ctx, `SELECT doc FROM requests WHERE status = ? AND updated_at < ? ORDER BY updated_at LIMIT ?`,
+	recs, err := s.list(ctx, `SELECT doc, req_body, resp_body FROM requests WHERE status = ? AND updated_at < ? ORDER BY updated_at LIMIT ?`,
 		string(st), before.UnixNano(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing %s records: %w", st, err)
@@ -213,16 +273,16 @@ func (s *sqlStore) list(ctx context.Context, query string, args ...any) ([]*stor
 type scanner interface{ Scan(...any) error }
 
 func scanOne(row scanner) (*store.Record, error) {
-	var doc []byte
-	if err := row.Scan(&doc); err != nil {
+	var doc, reqBody, respBody []byte
+	if err := row.Scan(&doc, &reqBody, &respBody); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, store.ErrNotFound
 		}
 		return nil, err
 	}
-	var r store.Record
-	if err := json.Unmarshal(doc, &r); err != nil {
+	r, err := decode(doc, reqBody, respBody)
+	if err != nil {
 		return nil, fmt.Errorf("decoding stored record: %w", err)
 	}
-	return &r, nil
+	return r, nil
 }

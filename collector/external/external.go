@@ -259,6 +259,31 @@ func (c *Client) Complete(t *rules.Target, id string, h http.Header, body []byte
 	return ParseCompletion(plain)
 }
 
+// Preverify checks what of a completion's authentication does not need its
+// body, so that the collector reads no body from a party that cannot be the
+// node: the whole bearer token, or an HMAC completion's webhook-id, a
+// timestamp within webhook.Tolerance and a v1 signature header. Complete
+// checks the signature over the body.
+func (c *Client) Preverify(t *rules.Target, id string, h http.Header) error {
+	if t.CompletionSecretRef == "" && t.Auth.Type == rules.AuthBearer {
+		return c.verify(t, id, h, nil)
+	}
+	if h.Get(webhook.HeaderID) != id {
+		return fmt.Errorf("%w: webhook-id must be the request id", ErrUnauthenticated)
+	}
+	sec, err := strconv.ParseInt(h.Get(webhook.HeaderTimestamp), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: webhook-timestamp: want Unix seconds", ErrUnauthenticated)
+	}
+	if d := time.Since(time.Unix(sec, 0)); d > webhook.Tolerance || d < -webhook.Tolerance {
+		return fmt.Errorf("%w: webhook-timestamp outside the tolerance", ErrUnauthenticated)
+	}
+	if !strings.Contains(h.Get(webhook.HeaderSignature), "v1,") {
+		return fmt.Errorf("%w: webhook-signature: want a v1 signature", ErrUnauthenticated)
+	}
+	return nil
+}
+
 // verify checks a completion's authentication.
 func (c *Client) verify(t *rules.Target, id string, h http.Header, body []byte) error {
 	ref := t.CompletionSecretRef

@@ -207,6 +207,21 @@ type Store interface {
 	Close() error
 }
 
+// Peeker is a Store that reads a record without its request and response
+// bodies (Envelope.Body and Response.Body empty): long-polls and event
+// streams read records often and render no body.
+type Peeker interface {
+	Peek(ctx context.Context, id string) (*Record, error)
+}
+
+// Peek reads record id without its bodies where s can, whole otherwise.
+func Peek(ctx context.Context, s Store, id string) (*Record, error) {
+	if p, ok := s.(Peeker); ok {
+		return p.Peek(ctx, id)
+	}
+	return s.Get(ctx, id)
+}
+
 // Errors.
 var (
 	ErrNotFound = errors.New("record not found")

@@ -6,7 +6,8 @@
 //
 // The collector identifies itself with its sidecar's node id and cluster and
 // the node metadata asyncmesh.role = "collector", so that it gets exactly the
-// rules of that sidecar (see controlplane/xds).
+// rules of that sidecar (see controlplane/xds), with the declarations of the
+// secrets they reference (SecretDecl).
 //
 // Over mutual TLS (Config.TLS, made by ClientTLS from the collector's
 // -xds-cert, -xds-key and -xds-ca), the control plane takes the node from
@@ -91,6 +92,19 @@ func (r *Rules) Rule(name string) (*rules.Rule, bool) {
 		}
 	}
 	return nil, false
+}
+
+// SecretDecl returns where the current rules declare a secret (the rules
+// file's secrets: section, as the control plane sends it with the rules that
+// reference it), for collector.SecretSource: with it, secretRef: partner and
+// partner: {env: PARTNER_SECRET} resolve as the file says.
+func (r *Rules) SecretDecl(name string) (rules.SecretDecl, bool) {
+	c := r.current.Load()
+	if c == nil {
+		return rules.SecretDecl{}, false
+	}
+	d, ok := c.Secrets[name]
+	return d, ok
 }
 
 // Version is the version of the current rules ("" before the first).

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -13,12 +14,14 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 )
@@ -68,13 +71,7 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 	if prefix == "" {
 		prefix = "/async"
 	}
-	routes := []*route.Route{{
-		Name:  "asyncmesh_status",
-		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix + "/v1/requests"}},
-		Action: &route.Route_Route{Route: &route.RouteAction{
-			ClusterSpecifier: &route.RouteAction_Cluster{Cluster: f.Filter.CollectorCluster},
-			PrefixRewrite:    "/v1/requests", Timeout: durationpb.New(75 * time.Second)}},
-	}}
+	routes := statusRoutes(prefix, StatusCluster(f.Filter.CollectorCluster))
 	for _, r := range s.Routes {
 		timeout := r.Timeout.D()
 		if timeout == 0 {
@@ -109,20 +106,78 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 		if err != nil {
 			return nil, err
 		}
-		clusters = append(clusters, &cluster.Cluster{
-			Name:                 c.Name,
-			ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-			ConnectTimeout:       durationpb.New(time.Second),
-			LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: c.Name, Endpoints: []*endpoint.LocalityLbEndpoints{{
-				LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{
-					Endpoint: &endpoint.Endpoint{Address: a}}}}}}},
-		})
+		clusters = append(clusters, staticCluster(c.Name, a))
+		if c.Name == f.Filter.CollectorCluster {
+			// The same collector, for the callers' reads: a cluster of its
+			// own with its own circuit breakers, so that readers (long-polls
+			// and event streams hold a request each) cannot starve intake.
+			st := staticCluster(StatusCluster(c.Name), a)
+			st.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+				MaxConnections: wrapperspb.UInt32(StatusMaxRequests), MaxRequests: wrapperspb.UInt32(StatusMaxRequests),
+				MaxPendingRequests: wrapperspb.UInt32(StatusMaxPending)}}}
+			clusters = append(clusters, st)
+		}
 	}
 	return map[resource.Type][]types.Resource{
 		resource.ListenerType: {lis},
 		resource.RouteType:    {rc},
 		resource.ClusterType:  clusters,
 	}, nil
+}
+
+func staticCluster(name string, a *core.Address) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{
+				Endpoint: &endpoint.Endpoint{Address: a}}}}}}},
+	}
+}
+
+// StatusCluster is the cluster of the callers' reads of the collector
+// whose intake cluster is collector.
+func StatusCluster(collector string) string { return collector + "_status" }
+
+// Circuit breakers of the status cluster: the collector holds 1024
+// long-polls and event streams by default (collector.Config.MaxWaiters).
+const (
+	StatusMaxRequests = 1024
+	StatusMaxPending  = 128
+)
+
+// statusRoutes are the routes under the status prefix (envoy.yaml has the
+// same by hand): the caller's reads of one request, GET only, to the status
+// cluster, the events stream without a route timeout (it sends a comment
+// every 15 s, and the collector ends it after collector.MaxEventStream);
+// anything else under the prefix, search, replay and metrics included, is
+// answered 404 by Envoy itself: those are operator endpoints and never
+// reach the collector from the caller-facing listener.
+func statusRoutes(prefix, statusCluster string) []*route.Route {
+	get := []*route.HeaderMatcher{{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{
+		StringMatch: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: "GET"}}}}}
+	rewrite := &matcher.RegexMatchAndSubstitute{Pattern: &matcher.RegexMatcher{Regex: "^" + regexp.QuoteMeta(prefix)}, Substitution: ""}
+	read := func(name, suffix string, timeout, idle time.Duration) *route.Route {
+		ra := &route.RouteAction{
+			ClusterSpecifier: &route.RouteAction_Cluster{Cluster: statusCluster},
+			RegexRewrite:     rewrite, Timeout: durationpb.New(timeout)}
+		if idle > 0 {
+			ra.IdleTimeout = durationpb.New(idle)
+		}
+		return &route.Route{Name: name, Match: &route.RouteMatch{
+			PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{
+				Regex: regexp.QuoteMeta(prefix) + "/v1/requests/[^/]+" + suffix}},
+			Headers: get},
+			Action: &route.Route_Route{Route: ra}}
+	}
+	return []*route.Route{
+		read("asyncmesh_events", "/events", 0, time.Minute),
+		read("asyncmesh_status", "(/result)?", 75*time.Second, 0),
+		{Name: "asyncmesh_closed", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix + "/"}},
+			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{Status: 404,
+				Body: &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: `{"error":"not_found","message":"no such endpoint"}`}}}}},
+	}
 }
 
 func socketAddress(hostPort string) (*core.Address, error) {

@@ -105,7 +105,7 @@ func run() error {
 			At     time.Time `json:"at"`
 		} `json:"history"`
 	}
-	if err := getJSON(s.EnvoyURL+resp.Header.Get("Location")+"?wait=10s", &rec); err != nil {
+	if err := getJSON(s.EnvoyURL+resp.Header.Get("Location")+"&wait=10s", &rec); err != nil {
 		return err
 	}
 	t0 := rec.History[0].At

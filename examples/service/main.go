@@ -4,10 +4,15 @@
 //	ANY /slow?ms=2000        sleeps, then answers JSON echoing the body (also /maybe, /soft)
 //	GET      /fast           answers at once
 //	ANY      /headers        echoes the request headers it received
+//	ANY /slow/raw/…          echoes the request exactly as it arrived: method, the raw
+//	                         request-target (RequestURI, never re-escaped), Host and the
+//	                         body's SHA-256 (also /maybe/raw/, /raw/)
 //	GET      /healthz
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"io"
@@ -46,6 +51,18 @@ func main() {
 		}
 		writeJSON(w, map[string]any{"headers": hs})
 	})
+	// The raw echo shows the request-target byte for byte, so that a replay
+	// can be compared with a direct call of the same bytes.
+	raw := func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		sum := sha256.Sum256(body)
+		slog.Info("service: raw request", "uri", r.RequestURI, "request_id", r.Header.Get("x-async-request-id"), "body_len", len(body))
+		writeJSON(w, map[string]any{"method": r.Method, "requestURI": r.RequestURI, "host": r.Host,
+			"bodySha256": hex.EncodeToString(sum[:]), "bodyLen": len(body), "requestId": r.Header.Get("x-async-request-id")})
+	}
+	for _, p := range []string{"/raw/", "/slow/raw/", "/maybe/raw/"} {
+		mux.HandleFunc(p, raw)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, map[string]any{"ok": true}) })
 	slog.Info("service: listening", "addr", *listen)
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -60,8 +60,11 @@ type Stack struct {
 	receiverGRPCPort                    int
 	xdsPort, metricsPort                int
 	ReplaySecret, WebhookSecret         string
-	collectorExtra                      []string // RestartCollector's flags
-	procs                               map[string]*proc
+	// AdminToken is the collector's operator token (search, replay,
+	// metrics, reading any request): see OperatorGet.
+	AdminToken     string
+	collectorExtra []string // RestartCollector's flags
+	procs          map[string]*proc
 }
 
 // Start starts every process and waits until each answers.
@@ -74,7 +77,8 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 		*p = abs
 	}
 	s := &Stack{opt: opt, procs: map[string]*proc{},
-		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret()}
+		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret(),
+		AdminToken: "admin-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_")}
 	ports, err := FreePorts(8)
 	if err != nil {
 		return nil, err
@@ -225,9 +229,9 @@ func (s *Stack) WriteRules(content string) error {
 
 // StartCollector (re)starts the collector on its port, database and queue.
 func (s *Stack) StartCollector() error {
-	env := []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret}
-	args := []string{"-listen", addr(s.collectorPort), "-db", filepath.Join(s.opt.WorkDir, "asyncmesh.db"),
-		"-replay-url", s.EnvoyURL, "-api-url", s.CollectorURL}
+	env := []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_SECRET_DEMO=" + s.WebhookSecret, "ASYNCMESH_ADMIN_TOKEN=" + s.AdminToken}
+	args := []string{"-listen", addr(s.collectorPort), "-db", s.DBPath(),
+		"-replay-url", s.EnvoyURL, "-api-url", s.CollectorURL, "-admin-token-env", "ASYNCMESH_ADMIN_TOKEN"}
 	if s.opt.AMQPURL != "" {
 		env = append(env, "ASYNCMESH_AMQP_URL="+s.opt.AMQPURL)
 		args = append(args, "-queue", "rabbitmq", "-amqp-prefix", "asyncmesh-"+strconv.Itoa(s.collectorPort))
@@ -284,6 +288,20 @@ func (s *Stack) PID(name string) int {
 // LogPath(name)); Close stops it with the others.
 func (s *Stack) Spawn(name, bin string, env []string, args ...string) error {
 	return s.spawn(name, bin, env, args...)
+}
+
+// DBPath is the collector's embedded database.
+func (s *Stack) DBPath() string { return filepath.Join(s.opt.WorkDir, "asyncmesh.db") }
+
+// OperatorGet reads path (such as /v1/requests?traceId=…) on the
+// collector's API with the operator's token.
+func (s *Stack) OperatorGet(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.CollectorURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("authorization", "Bearer "+s.AdminToken)
+	return http.DefaultClient.Do(req)
 }
 
 // ServiceAddr is the demo service's host:port.

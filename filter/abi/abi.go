@@ -91,6 +91,7 @@ const (
 	StatusNotFound        Status = 1
 	StatusBadArgument     Status = 2
 	StatusEmpty           Status = 7
+	StatusCASMismatch     Status = 8
 	StatusInternalFailure Status = 10
 	StatusUnimplemented   Status = 12
 )
@@ -106,6 +107,8 @@ func (s Status) Err() error {
 		return errors.New("proxy-wasm: bad argument")
 	case StatusEmpty:
 		return errors.New("proxy-wasm: empty")
+	case StatusCASMismatch:
+		return ErrCASMismatch
 	case StatusInternalFailure:
 		return errors.New("proxy-wasm: internal failure")
 	case StatusUnimplemented:
@@ -114,8 +117,13 @@ func (s Status) Err() error {
 	return errors.New("proxy-wasm: status " + strconv.Itoa(int(s)))
 }
 
-// ErrNotFound is returned when a header, property or buffer does not exist.
+// ErrNotFound is returned when a header, property, buffer or shared data key
+// does not exist.
 var ErrNotFound = errors.New("proxy-wasm: not found")
+
+// ErrCASMismatch is returned by SetSharedData when the key changed since its
+// CAS was read.
+var ErrCASMismatch = errors.New("proxy-wasm: cas mismatch")
 
 // Header is one header name/value pair, names lower-case as Envoy keeps them.
 type Header = [2]string
@@ -144,6 +152,14 @@ type Host interface {
 	Property(path ...string) ([]byte, error)
 	// SetEffectiveContext makes id the stream later host calls act on.
 	SetEffectiveContext(id uint32) error
+	// SharedData returns key's value and CAS in the data shared by every VM
+	// of this vm_id in the Envoy process (all worker threads); ErrNotFound
+	// when absent.
+	SharedData(key string) (value []byte, cas uint32, err error)
+	// SetSharedData stores value under key if key's CAS is still cas
+	// (ErrCASMismatch otherwise); cas 0 stores unconditionally, and an absent
+	// key is always created (proxy-wasm has no "only if absent").
+	SetSharedData(key string, value []byte, cas uint32) error
 }
 
 // RootContext is the plugin: one per VM and configuration.
@@ -158,6 +174,10 @@ type RootContext interface {
 type HTTPContext interface {
 	OnRequestHeaders(numHeaders int, endOfStream bool) Action
 	OnRequestBody(bodySize int, endOfStream bool) Action
+	// OnRequestTrailers runs only for requests that have trailers (the
+	// host skips it otherwise), after the last body callback, whose
+	// endOfStream was then false.
+	OnRequestTrailers(numTrailers int) Action
 	OnResponseHeaders(numHeaders int, endOfStream bool) Action
 	// OnHTTPCallResponse receives the answer of a call this stream made;
 	// numHeaders == 0 means the call failed (reset, timeout, no upstream).

@@ -122,6 +122,15 @@ func (d *Dispatcher) OnRequestBody(id uint32, size int, eos bool) (a Action) {
 	return Continue
 }
 
+// OnRequestTrailers forwards proxy_on_request_trailers.
+func (d *Dispatcher) OnRequestTrailers(id uint32, n int) (a Action) {
+	defer d.recoverTo("request_trailers", &a)
+	if s, ok := d.stream(id); ok {
+		return s.OnRequestTrailers(n)
+	}
+	return Continue
+}
+
 // OnResponseHeaders forwards proxy_on_response_headers.
 func (d *Dispatcher) OnResponseHeaders(id uint32, n int, eos bool) (a Action) {
 	defer d.recoverTo("response_headers", &a)

@@ -4,11 +4,13 @@ package abi
 
 // The exports Envoy calls. Each forwards to the dispatcher made by Run.
 //
-// Callbacks the filter has no use for (request and response trailers,
-// response body, on_log, on_done) are not exported: the host skips a
-// callback the module does not export, and every call into the VM costs a
-// few microseconds on each stream. (proxy_on_delete stays: it frees the
-// stream's state however the stream ended.)
+// Callbacks the filter has no use for (response trailers, response body,
+// on_log, on_done) are not exported: the host skips a callback the module
+// does not export, and every call into the VM costs a few microseconds on
+// each stream. (proxy_on_delete stays: it frees the stream's state however
+// the stream ended. proxy_on_request_trailers too: the host calls it only
+// for requests that have trailers, and a replay's body check needs to see
+// them, since a body followed by trailers never ends in a body callback.)
 
 var dispatcher *Dispatcher
 
@@ -49,6 +51,11 @@ func proxyOnRequestHeaders(id uint32, n int32, eos bool) Action {
 //go:wasmexport proxy_on_request_body
 func proxyOnRequestBody(id uint32, size int32, eos bool) Action {
 	return dispatcher.OnRequestBody(id, int(size), eos)
+}
+
+//go:wasmexport proxy_on_request_trailers
+func proxyOnRequestTrailers(id uint32, n int32) Action {
+	return dispatcher.OnRequestTrailers(id, int(n))
 }
 
 //go:wasmexport proxy_on_response_headers

@@ -3,6 +3,7 @@ package abi
 import (
 	"errors"
 	"strings"
+	"sync"
 )
 
 // FakeHost is an in-memory Host for native tests of filter logic. It keeps the
@@ -20,6 +21,51 @@ type FakeHost struct {
 	Effective uint32
 	nextToken uint32
 	FailCalls bool // HTTPCall returns an error
+
+	// Shared is the shared data (proxy_get/set_shared_data). Give two
+	// FakeHosts the same one to stand for two worker VMs of one Envoy.
+	Shared *FakeShared
+}
+
+// FakeShared is an in-memory shared data store with Envoy's semantics
+// (proxy-wasm-cpp-host SharedData): a CAS per key, never 0; set with cas 0 is
+// unconditional and an absent key is always created. Safe for concurrent use,
+// as the real one is shared by worker threads.
+type FakeShared struct {
+	mu   sync.Mutex
+	data map[string]fakeValue
+	cas  uint32
+	// BeforeSet, when set, runs at the start of each SetSharedData (without
+	// the lock): tests interleave another VM's writes there.
+	BeforeSet func(key string)
+	// Fail makes every call fail (a host without shared data).
+	Fail bool
+}
+
+type fakeValue struct {
+	v   []byte
+	cas uint32
+}
+
+// NewFakeShared returns an empty shared data store.
+func NewFakeShared() *FakeShared { return &FakeShared{data: map[string]fakeValue{}, cas: 1} }
+
+// Keys is the number of keys held.
+func (f *FakeShared) Keys() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.data)
+}
+
+// Bytes is the total size of the values held.
+func (f *FakeShared) Bytes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, v := range f.data {
+		n += len(v.v)
+	}
+	return n
 }
 
 // FakeCall is one recorded dispatch_http_call.
@@ -41,7 +87,7 @@ type FakeLocalResponse struct {
 
 // NewFakeHost returns an empty fake host.
 func NewFakeHost() *FakeHost {
-	return &FakeHost{Maps: map[MapType][]Header{}, Buffers: map[BufferType][]byte{}, Props: map[string][]byte{}}
+	return &FakeHost{Maps: map[MapType][]Header{}, Buffers: map[BufferType][]byte{}, Props: map[string][]byte{}, Shared: NewFakeShared()}
 }
 
 // Get returns the first value of key in map m, for assertions.
@@ -135,5 +181,39 @@ func (f *FakeHost) Property(path ...string) ([]byte, error) {
 
 func (f *FakeHost) SetEffectiveContext(id uint32) error {
 	f.Effective = id
+	return nil
+}
+
+func (f *FakeHost) SharedData(key string) ([]byte, uint32, error) {
+	sh := f.Shared
+	if sh.Fail {
+		return nil, 0, errors.New("proxy-wasm: unimplemented")
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	v, ok := sh.data[key]
+	if !ok {
+		return nil, 0, ErrNotFound
+	}
+	return append([]byte(nil), v.v...), v.cas, nil
+}
+
+func (f *FakeHost) SetSharedData(key string, value []byte, cas uint32) error {
+	sh := f.Shared
+	if sh.Fail {
+		return errors.New("proxy-wasm: unimplemented")
+	}
+	if sh.BeforeSet != nil {
+		sh.BeforeSet(key)
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if cur, ok := sh.data[key]; ok && cas != 0 && cas != cur.cas {
+		return ErrCASMismatch
+	}
+	sh.data[key] = fakeValue{append([]byte(nil), value...), sh.cas}
+	if sh.cas++; sh.cas == 0 {
+		sh.cas = 1
+	}
 	return nil
 }

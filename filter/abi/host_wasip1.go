@@ -37,6 +37,12 @@ func proxyGetProperty(path *byte, pathSize int32, retData unsafe.Pointer, retSiz
 //go:wasmimport env proxy_set_effective_context
 func proxySetEffectiveContext(id uint32) Status
 
+//go:wasmimport env proxy_get_shared_data
+func proxyGetSharedData(key *byte, keySize int32, retData unsafe.Pointer, retSize *int32, retCAS *uint32) Status
+
+//go:wasmimport env proxy_set_shared_data
+func proxySetSharedData(key *byte, keySize int32, value *byte, valueSize int32, cas uint32) Status
+
 // wasmHost calls the proxy through the proxy-wasm imports. Values the host returns
 // live in memory it obtained from proxy_on_memory_allocate, i.e. in ordinary Go
 // allocations, so they are used in place without copying.
@@ -129,3 +135,20 @@ func (wasmHost) Property(path ...string) ([]byte, error) {
 }
 
 func (wasmHost) SetEffectiveContext(id uint32) error { return proxySetEffectiveContext(id).Err() }
+
+func (wasmHost) SharedData(key string) ([]byte, uint32, error) {
+	var data *byte
+	var size int32
+	var cas uint32
+	if err := proxyGetSharedData(sptr(key), int32(len(key)), unsafe.Pointer(&data), &size, &cas).Err(); err != nil {
+		return nil, 0, err
+	}
+	if data == nil {
+		return nil, cas, nil
+	}
+	return unsafe.Slice(data, size), cas, nil
+}
+
+func (wasmHost) SetSharedData(key string, value []byte, cas uint32) error {
+	return proxySetSharedData(sptr(key), int32(len(key)), ptr(value), int32(len(value)), cas).Err()
+}

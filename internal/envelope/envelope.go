@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 
@@ -28,6 +29,11 @@ type Envelope struct {
 	XRequestID  string `json:"xRequestId,omitempty"`
 	Rule        string `json:"rule"`
 	Principal   string `json:"principal,omitempty"`
+	// AccessHash is the hash of the access token the caller got in the 202
+	// (internal/access): reading the request through the caller-facing API
+	// needs the token. Empty on requests accepted before tokens existed:
+	// only operators read those.
+	AccessHash string `json:"accessHash,omitempty"`
 
 	Method    string      `json:"method"`
 	Scheme    string      `json:"scheme,omitempty"`
@@ -49,6 +55,19 @@ type Envelope struct {
 	Timeout rules.Duration `json:"timeout"`
 	// Wait is how long the caller is willing to hold the answer (Prefer: wait=N).
 	Wait rules.Duration `json:"wait,omitempty"`
+	// Deadline is when the filter stops waiting for intake's answer (Unix
+	// milliseconds; 0 from filters that predate it): past it the caller was
+	// answered 503 or served synchronously, so a request intake could not
+	// accept in time must never run (see the collector's deadline.go).
+	Deadline int64 `json:"deadline,omitempty"`
+}
+
+// DeadlineTime is Deadline as a time (zero when unset).
+func (e *Envelope) DeadlineTime() time.Time {
+	if e.Deadline == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(e.Deadline)
 }
 
 // MaxWait bounds Wait: the filter caps Prefer: wait=N to it and the collector
@@ -77,6 +96,8 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("id: %q is not a UUIDv7", e.ID)
 	case !trace.ValidTraceID(e.TraceID):
 		return fmt.Errorf("traceId: %q is not 32 lower-case hex digits", e.TraceID)
+	case e.AccessHash != "" && !access.ValidHash(e.AccessHash):
+		return errors.New("accessHash: not a token hash (43 base64url characters)")
 	case e.Rule == "":
 		return errors.New("rule: required")
 	case e.Method == "" || strings.ToUpper(e.Method) != e.Method || strings.ContainsAny(e.Method, " \r\n"):
@@ -91,6 +112,8 @@ func (e *Envelope) Validate() error {
 		return errors.New("retry.maxAttempts: must be at least 1")
 	case e.Wait < 0 || e.Wait.D() > MaxWait:
 		return fmt.Errorf("wait: must be between 0 and %s", MaxWait)
+	case e.Deadline < 0:
+		return errors.New("deadline: must be Unix milliseconds")
 	}
 	if _, ok := trace.ParseParent(e.TraceParent); !ok {
 		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)

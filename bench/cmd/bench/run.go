@@ -341,7 +341,7 @@ func deliveryAlone(ctx context.Context, o options, s *stack.Stack, rate float64,
 // executed is how many records the running collector moved to completed or
 // failed (its transitions counter, which starts at zero with the process).
 func executed(s *stack.Stack) int {
-	resp, err := client.Get(s.CollectorURL + "/metrics")
+	resp, err := s.OperatorGet(context.Background(), "/metrics")
 	if err != nil {
 		return 0
 	}

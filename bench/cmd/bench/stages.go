@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"time"
 
@@ -36,7 +38,16 @@ func stages(ctx context.Context, s *stack.Stack, ids []string) ([]Stage, error) 
 		var rec struct {
 			History []statusAt `json:"history"`
 		}
-		if err := getJSON(ctx, s.CollectorURL+"/v1/requests/"+id, &rec); err != nil {
+		resp, err := s.OperatorGet(ctx, "/v1/requests/"+id)
+		if err == nil {
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("answered %s", resp.Status)
+			} else {
+				err = json.NewDecoder(resp.Body).Decode(&rec)
+			}
+			resp.Body.Close()
+		}
+		if err != nil {
 			return nil, fmt.Errorf("reading record %s: %w", id, err)
 		}
 		histories = append(histories, rec.History)

@@ -245,7 +245,7 @@ func stuck(s *stack.Stack) (int, error) {
 	for _, st := range []string{"persisted", "queued", "processing", "completed", "failed", "delivering"} {
 		cursor := ""
 		for {
-			resp, err := http.Get(s.CollectorURL + "/v1/requests?limit=500&status=" + st + "&cursor=" + cursor)
+			resp, err := s.OperatorGet(context.Background(), "/v1/requests?limit=500&status="+st+"&cursor="+cursor)
 			if err != nil {
 				return 0, err
 			}

@@ -20,6 +20,8 @@ import (
 type options struct {
 	listen, replayURL, replayEnv, secretsDir, apiURL string
 	adminTokenEnv, otlpEndpoint, debugListen         string
+	operatorListen                                   string
+	rulesPath                                        string
 	workers, deliveryWorkers                         int
 
 	storeKind, queueKind, dbPath string
@@ -35,11 +37,13 @@ type options struct {
 func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9901", "address of the collector API (intake and requests)")
 	fs.StringVar(&o.replayURL, "replay-url", "http://127.0.0.1:10000", "Envoy listener through which requests are replayed to the service")
-	fs.StringVar(&o.replayEnv, "replay-secret-env", "ASYNCMESH_REPLAY_SECRET", "environment variable holding the replay-signing secret (shared with the filter)")
-	fs.StringVar(&o.secretsDir, "secrets-dir", "", "directory of callback secrets, one file per reference")
+	fs.StringVar(&o.replayEnv, "replay-secret-env", "ASYNCMESH_REPLAY_SECRET", "environment variable holding the replay-signing secret shared with the filter, at least 32 bytes (\"current,previous\" during a rotation: the current one signs)")
+	fs.StringVar(&o.secretsDir, "secrets-dir", "", "directory of callback secrets, one file per reference (a fallback after the declared sources)")
+	fs.StringVar(&o.rulesPath, "rules", "", "rules file whose secrets: section says where each secret is (only that section is read; with -xds the control plane's declarations come first)")
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of this API as others reach it, for the statusUrl in queue messages")
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OTLP/HTTP endpoint for OpenTelemetry spans (for example http://127.0.0.1:4318); empty: tracing off")
-	fs.StringVar(&o.adminTokenEnv, "admin-token-env", "", "environment variable holding the bearer token of the operator endpoints (replay); unset: they are off")
+	fs.StringVar(&o.adminTokenEnv, "admin-token-env", "", "environment variable holding the bearer token of the operator endpoints (search, replay, metrics); unset: they are off")
+	fs.StringVar(&o.operatorListen, "operator-listen", "", "address of a listener of its own for the operator endpoints (search, replay, metrics), which -listen then does not serve; empty: -listen serves them too, behind the token")
 	fs.StringVar(&o.debugListen, "debug-listen", "", "address of a profiling server (net/http/pprof; keep it on loopback); empty: off")
 	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions (0: this collector does not execute; another one on the same store and queue does)")
 	fs.IntVar(&o.deliveryWorkers, "delivery-workers", 64, "concurrent callback deliveries (0: this collector does not deliver; another one on the same store and queue does)")

@@ -23,6 +23,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/collector"
 	"github.com/asyncmesh/asyncmesh/collector/xdsrules"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
 )
 
 func main() {
@@ -44,9 +45,9 @@ func run() error {
 	if o.workers < 0 || o.deliveryWorkers < 0 {
 		return fmt.Errorf("-workers %d, -delivery-workers %d: want 0 or more", o.workers, o.deliveryWorkers)
 	}
-	secret := os.Getenv(o.replayEnv)
-	if secret == "" {
-		return fmt.Errorf("-replay-secret-env: environment variable %s is empty", o.replayEnv)
+	secret, err := replaySecret(o.replayEnv)
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -67,7 +68,7 @@ func run() error {
 	}
 	defer b.close()
 	cfg := collector.Config{
-		ReplayURL: o.replayURL, ReplaySecret: []byte(secret), Secrets: collector.SecretSource{Dir: o.secretsDir},
+		ReplayURL: o.replayURL, ReplaySecret: secret, Secrets: collector.SecretSource{Dir: o.secretsDir},
 		Workers: o.workers, DeliveryWorkers: o.deliveryWorkers, APIURL: o.apiURL, Logger: log,
 	}
 	if o.workers == 0 {
@@ -76,6 +77,7 @@ func run() error {
 	if o.deliveryWorkers == 0 {
 		cfg.DeliveryWorkers = -1
 	}
+	cfg.SeparateOperator = o.operatorListen != ""
 	if o.adminTokenEnv != "" {
 		if cfg.AdminToken = []byte(os.Getenv(o.adminTokenEnv)); len(cfg.AdminToken) < 16 {
 			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
@@ -93,18 +95,28 @@ func run() error {
 		go live.Run(ctx)
 		cfg.Rules = live
 	}
+	if cfg.Secrets, err = secretSource(o, cfg.Rules, log); err != nil {
+		return err
+	}
 	c, err := collector.New(cfg, b.store, b.queue)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", o.listen)
+	srvErr := make(chan error, 2)
+	srv, err := serve(o.listen, c.Handler(), srvErr)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
 	}
-	srv := &http.Server{Handler: c.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
-	log.Info("collector: serving", "addr", ln.Addr().String(), "store", o.storeKind, "queue", o.queueKind, "replay_url", o.replayURL)
+	servers := []*http.Server{srv}
+	log.Info("collector: serving", "addr", o.listen, "store", o.storeKind, "queue", o.queueKind, "replay_url", o.replayURL)
+	if o.operatorListen != "" {
+		op, err := serve(o.operatorListen, c.OperatorHandler(), srvErr)
+		if err != nil {
+			return fmt.Errorf("-operator-listen: %w", err)
+		}
+		servers = append(servers, op)
+		log.Info("collector: serving the operator endpoints", "addr", o.operatorListen)
+	}
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
@@ -121,12 +133,44 @@ func run() error {
 	// then let workers finish what they hold.
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("collector: shutdown of the API", "err", err)
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("collector: shutdown of the API", "err", err)
+		}
 	}
 	err = <-runErr
 	log.Info("collector: stopped")
 	return err
+}
+
+// serve serves h on addr until it is shut down; a failure to serve goes to
+// errs. Every phase of a connection is bounded, so that a slow or silent
+// client holds no goroutine forever: headers within 10 s, a whole request
+// (intake's envelope is at most envelope.MaxSize) within a minute, answers
+// within a long-poll's longest wait plus a margin (the events stream
+// extends its own deadline), and idle keep-alive connections for 2 min.
+func serve(addr string, h http.Handler, errs chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		WriteTimeout: collector.MaxWait + 15*time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	go func() { errs <- srv.Serve(ln) }()
+	return srv, nil
+}
+
+// replaySecret reads the replay-signing secret from env: the current secret,
+// optionally followed by a comma and the previous one (the filter's setting
+// during a rotation may be given to the collector as it is). The collector
+// signs with the current one. A secret shorter than replay.MinSecretLen bytes
+// stops the collector at start.
+func replaySecret(env string) ([]byte, error) {
+	secrets, err := replay.ParseSecrets(os.Getenv(env))
+	if err != nil {
+		return nil, fmt.Errorf("-replay-secret-env: environment variable %s: %w", env, err)
+	}
+	return secrets[0], nil
 }
 
 // serveDebug serves net/http/pprof on addr (-debug-listen), apart from the API

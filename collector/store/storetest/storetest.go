@@ -276,6 +276,29 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		if !slices.Equal(got.Envelope.Body, big) || !slices.Equal(got.Response.Body, resp.Body) {
 			t.Fatalf("bodies came back as %d and %d bytes, want %d and %d", len(got.Envelope.Body), len(got.Response.Body), len(big), len(resp.Body))
 		}
+		// Search answers operators a page at a time: it never loads bodies.
+		eventually(t, "search without bodies", func() string {
+			p, err := s.Search(ctx, store.Query{TraceID: e.TraceID})
+			if err != nil || len(p.Records) != 1 {
+				return fmt.Sprintf("found %d (%v)", len(p.Records), err)
+			}
+			if r := p.Records[0]; r.Envelope == nil || r.Envelope.Path != e.Path || len(r.Envelope.Body) != 0 || r.Response == nil || r.Response.Status != 200 || len(r.Response.Body) != 0 {
+				return fmt.Sprintf("search returned bodies of %d and %d bytes, or lost the rest of the record", len(r.Envelope.Body), len(r.Response.Body))
+			}
+			return ""
+		})
+		if got, err := s.Get(ctx, r.ID); err != nil || !slices.Equal(got.Envelope.Body, big) {
+			t.Fatalf("Get after a search lost the body (%v)", err)
+		}
+		if p, ok := s.(store.Peeker); ok { // a capability: long-polls read without bodies
+			got, err := p.Peek(ctx, r.ID)
+			if err != nil || len(got.Envelope.Body) != 0 || got.Response == nil || len(got.Response.Body) != 0 || got.Status != store.Completed || got.Envelope.Path != e.Path {
+				t.Fatalf("Peek: %+v (%v), want the record without bodies", got, err)
+			}
+			if _, err := p.Peek(ctx, "0190b3c2-7d6e-7a1b-8c3d-4e5f60718293"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("Peek of a missing id: %v, want ErrNotFound", err)
+			}
+		}
 	})
 }
 
