@@ -5,7 +5,7 @@
 // published as a module, so the filter owns the part of the ABI it needs:
 //
 //   - Host: the host calls the filter makes (headers, buffers, local responses,
-//     dispatch_http_call, properties, logging). The real implementation, in
+//     dispatch_http_call, properties, shared data, logging). The real implementation, in
 //     host_wasip1.go, is a set of //go:wasmimport functions of module "env"; FakeHost
 //     (fakehost.go) implements the same interface natively so that every piece of
 //     filter logic is tested with plain `go test`.
@@ -20,7 +20,11 @@
 // proxy_on_configure; memory for returned values is obtained from the module through
 // proxy_on_memory_allocate; callbacks of dispatch_http_call arrive on the root context
 // and the module must call proxy_set_effective_context before acting on the stream
-// that made the call. No package-level initialiser may do I/O or host calls.
+// that made the call; shared data (proxy_get/set_shared_data) is one map per vm_id
+// for the whole Envoy process, seen by every worker thread's VM, with a CAS per key
+// that is never 0, where set with cas 0 is unconditional and an absent key is always
+// created (there is no "set only if absent", and no delete). No package-level
+// initialiser may do I/O or host calls.
 package abi
 
 import (
