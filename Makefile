@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm demo test unit e2e lint fuzz proto bench bench-run chaos chaos-short clean
+.PHONY: all build wasm demo test unit e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short clean
 
 all: build
 
@@ -22,7 +22,7 @@ unit:
 e2e: build
 	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
-test: lint unit e2e chaos-short
+test: lint unit e2e chaos-short fuzz-short
 
 # chaos: kill -9 the collector, restart RabbitMQ, stop Elasticsearch and stall
 # the receiver under load; fails on any lost or stuck request. The backends

@@ -451,3 +451,19 @@ func TestCallbackSelectedByParameter(t *testing.T) {
 		})
 	}
 }
+
+// TestAsyncWithTrailersRefused: an async request whose body ends with
+// trailers is answered 400, never let through to the service synchronously.
+func TestAsyncWithTrailersRefused(t *testing.T) {
+	h := newHarness(t)
+	h.host.Maps[abi.RequestHeaders] = []abi.Header{{":method", "POST"}, {":path", "/slow/report"}, {":authority", "api.local"}, {":scheme", "http"}}
+	h.d.OnContextCreate(99, 1)
+	h.d.OnRequestHeaders(99, 4, false)
+	h.host.Buffers[abi.RequestBody] = []byte(`{"n":1}`)
+	if a := h.d.OnRequestBody(99, 7, false); a != abi.Pause {
+		t.Fatalf("body of an async request: %v, want it held", a)
+	}
+	if a := h.d.OnRequestTrailers(99, 1); a != abi.Pause || h.host.Local == nil || h.host.Local.Status != 400 || len(h.host.Calls) != 0 {
+		t.Fatalf("trailers on an async request: action %v, local %+v, %d intake calls; want 400 and nothing sent", a, h.host.Local, len(h.host.Calls))
+	}
+}

@@ -124,9 +124,17 @@ func errString(err error, got, want int) string {
 // none, and trailers would end the body without a body callback that sees
 // its end, so the body could not be checked. Other streams are unchanged
 // (Continue, as when the callback was not exported).
+//
+// An async request whose body ends with trailers (HTTP/2) is refused with
+// 400 as well: its body callback never sees the end of the stream, and
+// letting the trailers through would serve it synchronously, while the
+// envelope has no place for them.
 func (s *stream) OnRequestTrailers(int) abi.Action {
 	if s.rp != nil && !s.rp.passed && s.state != stateAnswered {
 		return s.refuseReplay(replay.ErrTrailers)
+	}
+	if s.state == stateBuffering {
+		return s.reject(400, "trailers_not_supported", "request trailers: rule "+s.rule.Name+" makes this request async, and async requests carry no trailers")
 	}
 	return abi.Continue
 }
