@@ -155,6 +155,10 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := store.NewRecord(env, start)
+	if !deadline.IsZero() {
+		c.decided.pending(rec.ID, deadline)
+		defer c.decided.decide(rec.ID) // after an abandon, too: its worker then finds it dead
+	}
 	err = c.accept(ctx, rec)
 	if err == nil && late(deadline, time.Now()) {
 		// Persisted, but the answer would come too late: the caller is told
@@ -169,7 +173,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err == nil && !deadline.IsZero() {
-		c.decided.accept(rec.ID, deadline)
+		c.decided.decide(rec.ID)
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {

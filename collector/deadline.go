@@ -20,13 +20,14 @@ import (
 //     intake abandons it — queued → dead, noted AbandonedNote, no callback
 //     — and answers 503; a worker never claims it;
 //   - a worker claims a record whose deadline has not passed by workerGrace
-//     only once intake decided it was accepted in time: on this collector,
-//     intake records that decision in memory (decisions); a record accepted
-//     by another collector waits until deadline + workerGrace, by when that
-//     intake has decided — unless its commit took longer than the whole
-//     collector timeout plus workerGrace, the one window left (both then
-//     race on the record's compare-and-set, and intake abandons it only if
-//     it wins).
+//     only once intake has decided: on this collector, intake marks the
+//     record pending before writing it and decided once it knows (in memory,
+//     decisions), and the worker waits for that in process; a record
+//     accepted by another collector waits until deadline + workerGrace, by
+//     when that intake has decided — unless its commit took longer than the
+//     whole collector timeout plus workerGrace, the one window left (both
+//     then race on the record's compare-and-set, and intake abandons it only
+//     if it wins).
 //   - Prefer: wait ends in time for the answer to reach the filter.
 //
 // Records from filters that set no deadline run as before.
@@ -67,28 +68,74 @@ func (c *Collector) abandonIfExists(ctx context.Context, id string) error {
 }
 
 // runnable reports whether a worker may claim record id, whose intake
-// deadline is deadline, now; when not, how long to wait.
-func (c *Collector) runnable(id string, deadline, now time.Time) (bool, time.Duration) {
-	if deadline.IsZero() || !now.Before(deadline.Add(workerGrace)) || c.decided.has(id) {
+// deadline is deadline, now; when not, how long to wait. A record this
+// collector's intake is still deciding (its message can be consumed
+// between the commit and the decision) is waited for here, in process.
+func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.Time) (bool, time.Duration) {
+	until := deadline.Add(workerGrace)
+	if deadline.IsZero() || !now.Before(until) {
 		return true, 0
 	}
-	return false, deadline.Add(workerGrace).Sub(now)
+	if c.decided.wait(ctx, id, until) {
+		return true, 0 // accepted in time, or abandoned (the claim then finds it dead)
+	}
+	return false, until.Sub(now)
 }
 
-// decisions are the ids this collector's intake accepted in time, until a
-// worker claims them (or a minute after their deadline, for those another
-// collector runs).
+// decisions are intake's decisions on the records this collector takes in:
+// pending from before the record is written until intake knows whether it
+// answered in time, then kept until a worker claims the record (or a minute
+// after its deadline, for those another collector runs).
 type decisions struct {
 	mu sync.Mutex
-	m  map[string]time.Time // id → deadline
+	m  map[string]*decision
 }
 
-func newDecisions() *decisions { return &decisions{m: map[string]time.Time{}} }
+type decision struct {
+	deadline time.Time
+	done     chan struct{} // closed once decided
+}
 
-func (d *decisions) accept(id string, deadline time.Time) {
+func newDecisions() *decisions { return &decisions{m: map[string]*decision{}} }
+
+// pending records that intake is about to write id.
+func (d *decisions) pending(id string, deadline time.Time) {
 	d.mu.Lock()
-	d.m[id] = deadline
+	d.m[id] = &decision{deadline: deadline, done: make(chan struct{})}
 	d.mu.Unlock()
+}
+
+// decide ends the pending decision on id.
+func (d *decisions) decide(id string) {
+	d.mu.Lock()
+	if x, ok := d.m[id]; ok {
+		select {
+		case <-x.done:
+		default:
+			close(x.done)
+		}
+	}
+	d.mu.Unlock()
+}
+
+// wait reports whether this collector's intake has decided on id, waiting
+// for a pending decision until until.
+func (d *decisions) wait(ctx context.Context, id string, until time.Time) bool {
+	d.mu.Lock()
+	x, ok := d.m[id]
+	d.mu.Unlock()
+	if !ok {
+		return false
+	}
+	t := time.NewTimer(time.Until(until))
+	defer t.Stop()
+	select {
+	case <-x.done:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 func (d *decisions) has(id string) bool {
@@ -108,8 +155,8 @@ func (d *decisions) forget(id string) {
 func (d *decisions) prune(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for id, dl := range d.m {
-		if now.After(dl.Add(time.Minute)) {
+	for id, x := range d.m {
+		if now.After(x.deadline.Add(time.Minute)) {
 			delete(d.m, id)
 		}
 	}

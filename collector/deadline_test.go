@@ -82,8 +82,13 @@ func TestLateIntakeNeverRuns(t *testing.T) {
 
 func TestRunnable(t *testing.T) {
 	c := &Collector{decided: newDecisions()}
+	ctx := context.Background()
 	now := time.Now()
-	c.decided.accept("mine", now.Add(time.Second))
+	c.decided.pending("mine", now.Add(time.Second))
+	c.decided.decide("mine")
+	c.decided.pending("deciding", now.Add(300*time.Millisecond))
+	go func() { time.Sleep(50 * time.Millisecond); c.decided.decide("deciding") }()
+	c.decided.pending("stuck", time.Now().Add(-workerGrace+100*time.Millisecond))
 	for _, tc := range []struct {
 		name     string
 		id       string
@@ -91,13 +96,15 @@ func TestRunnable(t *testing.T) {
 		want     bool
 	}{
 		{"no deadline (an older filter)", "x", time.Time{}, true},
-		{"accepted in time by this collector", "mine", now.Add(time.Second), true},
-		{"undecided, deadline ahead", "other", now.Add(time.Second), false},
-		{"undecided, within the grace", "other", now.Add(-workerGrace / 2), false},
-		{"undecided, past the grace", "other", now.Add(-workerGrace), true},
+		{"decided by this collector's intake", "mine", now.Add(time.Second), true},
+		{"intake deciding: waited for in process", "deciding", now.Add(300 * time.Millisecond), true},
+		{"intake never decides before the grace ends", "stuck", time.Now().Add(-workerGrace + 100*time.Millisecond), false},
+		{"another collector's, deadline ahead", "other", now.Add(time.Second), false},
+		{"another collector's, within the grace", "other", now.Add(-workerGrace / 2), false},
+		{"another collector's, past the grace", "other", now.Add(-workerGrace), true},
 	} {
-		got, wait := c.runnable(tc.id, tc.deadline, now)
-		if got != tc.want || (!got && wait <= 0) {
+		got, wait := c.runnable(ctx, tc.id, tc.deadline, time.Now())
+		if got != tc.want || (!got && tc.id == "other" && wait <= 0) {
 			t.Errorf("%s: runnable = %v (wait %v), want %v", tc.name, got, wait, tc.want)
 		}
 	}

@@ -53,7 +53,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		status, timeout, deadline = r.Status, c.applyRules(r.Envelope).Timeout.D(), r.Envelope.DeadlineTime()
 	}
 	// Not before intake has told the filter it was accepted (deadline.go).
-	if ok, wait := c.runnable(id, deadline, time.Now()); !ok {
+	if ok, wait := c.runnable(ctx, id, deadline, time.Now()); !ok {
 		return queue.RetryAfter(wait, "intake has not answered the filter yet")
 	}
 	defer c.decided.forget(id)
