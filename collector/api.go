@@ -173,7 +173,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err == nil && !deadline.IsZero() {
-		c.decided.decide(rec.ID)
+		c.decided.decide(rec.ID) // now, not at return: Prefer: wait needs a worker to run it
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {

@@ -45,8 +45,12 @@ func late(deadline, now time.Time) bool {
 	return !deadline.IsZero() && now.After(deadline.Add(-answerMargin))
 }
 
-// abandon moves a record that intake persisted too late to dead.
+// abandon moves a record that intake persisted too late to dead. It runs
+// apart from the intake's context: the filter that hung up cancels that one,
+// and this write is what keeps the record from running.
 func (c *Collector) abandon(ctx context.Context, r *store.Record) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	_, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted, store.Queued}, To: store.Dead,
 		Note: AbandonedNote, Error: AbandonedNote})
 	return err
