@@ -136,6 +136,11 @@ func (s *Store) getChunks(ctx context.Context, id, kind string, n int) ([]byte, 
 
 // get reads a record with its sequence number and primary term.
 func (s *Store) get(ctx context.Context, id string) (*store.Record, int64, int64, error) {
+	return s.getDoc(ctx, id, true)
+}
+
+// getDoc reads record id and its version, with its bodies or not.
+func (s *Store) getDoc(ctx context.Context, id string, withBodies bool) (*store.Record, int64, int64, error) {
 	ix, err := s.index("requests", id)
 	if err != nil {
 		return nil, 0, 0, store.ErrNotFound // no such id can have been stored
@@ -147,11 +152,28 @@ func (s *Store) get(ctx context.Context, id string) (*store.Record, int64, int64
 	if !res.found {
 		return nil, 0, 0, store.ErrNotFound
 	}
-	r, err := s.decodeDoc(ctx, res.source, true)
+	r, err := s.decodeDoc(ctx, res.source, withBodies)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("reading record %s: %w", id, err)
 	}
 	return r, res.seqNo, res.primTerm, nil
+}
+
+// Peek implements store.Peeker: the record without its bodies, and without
+// fetching the chunks of those kept by reference (long-polls and event
+// streams read records often and render no body).
+func (s *Store) Peek(ctx context.Context, id string) (*store.Record, error) {
+	r, _, _, err := s.getDoc(ctx, id, false)
+	if err != nil {
+		return nil, err
+	}
+	if r.Envelope != nil { // small bodies are inline: drop them too
+		r.Envelope.Body = nil
+	}
+	if r.Response != nil {
+		r.Response.Body = nil
+	}
+	return r, nil
 }
 
 // decodeDoc turns a _source into a record, reading bodies kept by reference
