@@ -142,13 +142,6 @@ func (d *decisions) wait(ctx context.Context, id string, until time.Time) bool {
 	return false
 }
 
-func (d *decisions) has(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_, ok := d.m[id]
-	return ok
-}
-
 func (d *decisions) forget(id string) {
 	d.mu.Lock()
 	delete(d.m, id)

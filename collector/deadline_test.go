@@ -109,7 +109,7 @@ func TestRunnable(t *testing.T) {
 		}
 	}
 	c.decided.prune(now.Add(2 * time.Minute))
-	if c.decided.has("mine") {
+	if _, ok := c.decided.m["mine"]; ok {
 		t.Error("prune kept a decision a minute past its deadline")
 	}
 }

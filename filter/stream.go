@@ -51,8 +51,7 @@ type stream struct {
 	callbackFromCaller bool
 	callbackTarget     string
 	requestID          string
-	accessToken        string       // handed to the caller once, in the 202
-	accessHash         string       // what the envelope (and the store) keeps
+	accessToken        string       // handed to the caller once, in the 202; the envelope carries its hash
 	tp                 trace.Parent // formatted only on the async path
 	callback           rules.Callback
 	wait               time.Duration
@@ -218,7 +217,7 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 		}
 	}
 	s.requestID = trace.NewRequestID()
-	s.accessToken, s.accessHash = access.NewToken()
+	s.accessToken, _ = access.NewToken()
 	if endOfStream {
 		s.dispatch(nil)
 		return abi.Pause
@@ -303,7 +302,7 @@ func (s *stream) dispatch(body []byte) {
 		TraceParent:        s.tp.String(),
 		XRequestID:         s.header("x-request-id"),
 		Rule:               s.rule.Name,
-		AccessHash:         s.accessHash,
+		AccessHash:         access.Hash(s.accessToken),
 		Method:             s.method,
 		Scheme:             s.header(":scheme"),
 		Authority:          s.authority,
