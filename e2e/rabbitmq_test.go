@@ -18,6 +18,12 @@ import (
 // named by the given environment variables (ASYNCMESH_TEST_AMQP_URL: RabbitMQ
 // queue; ASYNCMESH_TEST_ES_URL: Elasticsearch store); skipped when one is unset.
 func backendStack(t *testing.T, envs ...string) *stack.Stack {
+	return backendStackWith(t, nil, envs...)
+}
+
+// backendStackWith is backendStack with edit applied to the stack's options
+// (when not nil) before it starts.
+func backendStackWith(t *testing.T, edit func(*stack.Options), envs ...string) *stack.Stack {
 	opt := stack.Options{BinDir: os.Getenv("ASYNCMESH_BIN"), EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir()}
 	opt.Root, _ = filepath.Abs("..")
 	for _, env := range envs {
@@ -31,6 +37,9 @@ func backendStack(t *testing.T, envs ...string) *stack.Stack {
 		case "ASYNCMESH_TEST_ES_URL":
 			opt.ESURL = url
 		}
+	}
+	if edit != nil {
+		edit(&opt)
 	}
 	s, err := stack.Start(context.Background(), opt)
 	if err != nil {

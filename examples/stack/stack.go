@@ -36,6 +36,10 @@ type Options struct {
 	// AMQPURL, when set, runs the collector's queue on this RabbitMQ (with a
 	// prefix of its own, so that stacks do not share queues).
 	AMQPURL string
+	// CollectorAMQPURL, when set with AMQPURL, is where the collector's queue
+	// connects instead (a proxy in front of the same broker, say); the
+	// receiver and the amqp callbacks of the rules keep AMQPURL.
+	CollectorAMQPURL string
 	// ESURL, when set, runs the collector's store on this Elasticsearch (with
 	// a prefix of its own).
 	ESURL string
@@ -233,7 +237,11 @@ func (s *Stack) StartCollector() error {
 	args := []string{"-listen", addr(s.collectorPort), "-db", s.DBPath(),
 		"-replay-url", s.EnvoyURL, "-api-url", s.CollectorURL, "-admin-token-env", "ASYNCMESH_ADMIN_TOKEN"}
 	if s.opt.AMQPURL != "" {
-		env = append(env, "ASYNCMESH_AMQP_URL="+s.opt.AMQPURL)
+		url := s.opt.AMQPURL
+		if s.opt.CollectorAMQPURL != "" {
+			url = s.opt.CollectorAMQPURL
+		}
+		env = append(env, "ASYNCMESH_AMQP_URL="+url)
 		args = append(args, "-queue", "rabbitmq", "-amqp-prefix", "asyncmesh-"+strconv.Itoa(s.collectorPort))
 	}
 	if s.opt.ESURL != "" {
