@@ -147,8 +147,9 @@ const (
 	StatusMaxPending  = 128
 )
 
-// statusRoutes are the routes under the status prefix (envoy.yaml has the
-// same by hand): the caller's reads of one request, GET only, to the status
+// statusRoutes are the routes under the status prefix (envoy.yaml and
+// envoy-xds.yaml have the same by hand, TestStaticBootstrapsMatchGenerated
+// compares them): the caller's reads of one request, GET only, to the status
 // cluster, the events stream without a route timeout (it sends a comment
 // every 15 s, and the collector ends it after collector.MaxEventStream);
 // anything else under the prefix, search, replay and metrics included, is

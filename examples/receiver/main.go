@@ -11,6 +11,10 @@
 //	GET  /received    every callback so far, in order (?since=N: from the N+1th on)
 //	POST /stall?for=5s   fault injection: for that long, callbacks hang up
 //	                     to 2 s and are then refused with 503 + Retry-After: 1
+//	POST /throttle?traceId=…&retryAfter=85s&times=1
+//	                     fault injection for one request only: the next times
+//	                     http callbacks of that trace id are refused at once with
+//	                     503 + Retry-After (whole seconds); others are untouched
 package main
 
 import (
@@ -48,6 +52,31 @@ type receiver struct {
 	mu      sync.Mutex
 	got     []Received
 	stalled time.Time // until then, callbacks are refused
+	// throttled holds, by trace id, the callbacks still to refuse with a
+	// Retry-After (POST /throttle).
+	throttled map[string]throttle
+}
+
+type throttle struct {
+	retryAfter time.Duration
+	times      int
+}
+
+// throttle reports whether a callback of traceID must be refused, and with
+// which Retry-After, spending one of the refusals asked for.
+func (rc *receiver) throttle(traceID string) (time.Duration, bool) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	th, ok := rc.throttled[traceID]
+	if !ok {
+		return 0, false
+	}
+	if th.times--; th.times <= 0 {
+		delete(rc.throttled, traceID)
+	} else {
+		rc.throttled[traceID] = th
+	}
+	return th.retryAfter, true
 }
 
 // stall holds a callback while the receiver is stalled and reports whether
@@ -89,7 +118,7 @@ func main() {
 	amqpBinding := flag.String("amqp-binding", "asyncmesh.callbacks", "routing key bound on amq.topic for amqp callbacks")
 	secretEnv := flag.String("secret-env", "ASYNCMESH_SECRET_DEMO", "environment variable holding the whsec_ secret")
 	flag.Parse()
-	rc := &receiver{}
+	rc := &receiver{throttled: map[string]throttle{}}
 	for _, s := range strings.Fields(os.Getenv(*secretEnv)) {
 		sec, err := webhook.ParseSecret(s)
 		if err != nil {
@@ -120,7 +149,41 @@ func main() {
 		slog.Info("receiver: stalled", "for", d)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /throttle", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		traceID := q.Get("traceId")
+		d, err := time.ParseDuration(q.Get("retryAfter"))
+		times, terr := strconv.Atoi(q.Get("times"))
+		if q.Get("times") == "" {
+			times, terr = 1, nil
+		}
+		switch {
+		case len(traceID) != 32:
+			http.Error(w, "traceId: want the 32 hex digits of a trace id", http.StatusBadRequest)
+		case err != nil || d < time.Second || d > 10*time.Minute || d%time.Second != 0:
+			http.Error(w, "retryAfter: want whole seconds from 1s to 10m", http.StatusBadRequest)
+		case terr != nil || times < 1 || times > 100:
+			http.Error(w, "times: want 1 to 100", http.StatusBadRequest)
+		default:
+			rc.mu.Lock()
+			if len(rc.throttled) >= 10000 {
+				rc.mu.Unlock()
+				http.Error(w, "too many throttles", http.StatusTooManyRequests)
+				return
+			}
+			rc.throttled[strings.ToLower(traceID)] = throttle{retryAfter: d, times: times}
+			rc.mu.Unlock()
+			slog.Info("receiver: throttling", "trace_id", traceID, "retry_after", d, "times", times)
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
 	mux.HandleFunc("POST /callbacks", func(w http.ResponseWriter, r *http.Request) {
+		if d, ok := rc.throttle(strings.ToLower(r.Header.Get("x-async-trace-id"))); ok {
+			slog.Info("receiver: throttled callback", "webhook_id", r.Header.Get("webhook-id"), "retry_after", d)
+			w.Header().Set("retry-after", strconv.Itoa(int(d/time.Second)))
+			http.Error(w, "throttled", http.StatusServiceUnavailable)
+			return
+		}
 		if rc.stall() {
 			w.Header().Set("retry-after", "1")
 			http.Error(w, "stalled", http.StatusServiceUnavailable)
