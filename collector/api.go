@@ -177,13 +177,17 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {
-			// The write may have committed all the same (the filter hung up
-			// mid-write, a lost answer from the store): the caller is told
-			// it failed, so a record that exists must never run.
-			if aerr := c.abandonIfExists(ctx, rec.ID); aerr != nil {
-				log.Error("intake: abandoning a record whose write failed", "err", aerr)
+			if mayHaveCommitted(err) {
+				// The write may have committed all the same (the filter hung
+				// up mid-write, a lost answer from the store): the caller is
+				// told it failed, so a record that exists must never run.
+				if aerr := c.abandonIfExists(ctx, rec.ID); aerr != nil {
+					log.Error("intake: abandoning a record whose write failed", "err", aerr)
+				}
+				log.Error("intake: persisting", "err", err)
+			} else {
+				log.Warn("intake: refused, the store is unavailable", "err", err)
 			}
-			log.Error("intake: persisting", "err", err)
 			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
 			span.RecordError(err)
 			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be persisted")

@@ -71,6 +71,23 @@ func (c *Collector) abandonIfExists(ctx context.Context, id string) error {
 	return c.abandon(ctx, r)
 }
 
+// mayHaveCommitted reports whether a write that failed with err may have
+// committed all the same, so that intake must read the record back and
+// abandon it: every error but one the store vouches nothing was written
+// for (store.ErrUnavailable: closed, or its server never reached). A
+// cancelled or expired context counts as may — the write may have gone out
+// before it ended — whatever else err wraps. A bare "connection refused"
+// does not vouch: a client that retried may have sent a first attempt.
+func mayHaveCommitted(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return true
+	}
+	return !errors.Is(err, store.ErrUnavailable)
+}
+
 // runnable reports whether a worker may claim record id, whose intake
 // deadline is deadline, now; when not, how long to wait. A record this
 // collector's intake is still deciding (its message can be consumed

@@ -3,6 +3,13 @@ package collector
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,5 +118,153 @@ func TestRunnable(t *testing.T) {
 	c.decided.prune(now.Add(2 * time.Minute))
 	if _, ok := c.decided.m["mine"]; ok {
 		t.Error("prune kept a decision a minute past its deadline")
+	}
+}
+
+func TestMayHaveCommitted(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	unavailable := fmt.Errorf("%w: %w", store.ErrUnavailable, refused)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"no error", nil, false},
+		{"the store vouches nothing was written", store.ErrUnavailable, false},
+		{"wrapped, as the elastic store's refused bulk", fmt.Errorf("creating record x: %w", unavailable), false},
+		{"the embedded database closed", fmt.Errorf("embedded database is closed: %w", store.ErrUnavailable), false},
+		{"the filter hung up mid-write", fmt.Errorf("creating record x: %w", context.Canceled), true},
+		{"the store timed out", fmt.Errorf("creating record x: %w", context.DeadlineExceeded), true},
+		{"unavailable, but a context ended too", errors.Join(unavailable, context.Canceled), true},
+		{"a bare connection refused (a retry after a sent attempt)", fmt.Errorf("POST /_bulk: %w", refused), true},
+		{"connection lost mid-request", fmt.Errorf("POST /_bulk: %w", syscall.ECONNRESET), true},
+		{"an answer that does not add up", errors.New("bulk answered 0 items for 1 operations"), true},
+		{"an error answer", errors.New("creating record x: 429 es_rejected_execution_exception: queue full"), true},
+	} {
+		if got := mayHaveCommitted(tc.err); got != tc.want {
+			t.Errorf("%s (%v): mayHaveCommitted = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+// failingStore fails every create with err, after committing it when
+// commit is set, and counts the reads of each id.
+type failingStore struct {
+	store.Store
+	mu     sync.Mutex
+	err    error
+	commit bool
+	gets   map[string]int
+}
+
+func (s *failingStore) Create(ctx context.Context, r *store.Record) error {
+	s.mu.Lock()
+	err, commit := s.err, s.commit
+	s.mu.Unlock()
+	if commit {
+		if cerr := s.Store.Create(context.WithoutCancel(ctx), r); cerr != nil {
+			return cerr
+		}
+	}
+	return err
+}
+
+func (s *failingStore) Get(ctx context.Context, id string) (*store.Record, error) {
+	s.mu.Lock()
+	s.gets[id]++
+	s.mu.Unlock()
+	return s.Store.Get(ctx, id)
+}
+
+// levels records the level and message of every log line.
+type levels struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *levels) Enabled(context.Context, slog.Level) bool { return true }
+func (l *levels) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.lines = append(l.lines, r.Level.String()+" "+r.Message)
+	l.mu.Unlock()
+	return nil
+}
+func (l *levels) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *levels) WithGroup(string) slog.Handler      { return l }
+
+func (l *levels) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.lines
+	l.lines = nil
+	return out
+}
+
+// TestFailedIntakeReadsBackOnlyWhatMayHaveCommitted: a create the store
+// vouches never happened (store.ErrUnavailable) is refused with a warning
+// and no read; any other failure is read back and, when the record exists
+// after all, abandoned (an error is logged): the caller is told 503 either
+// way, and nothing of it ever runs.
+func TestFailedIntakeReadsBackOnlyWhatMayHaveCommitted(t *testing.T) {
+	e := newEnv(t)
+	e.stop()
+	fs := &failingStore{gets: map[string]int{}}
+	e.wrap = func(st store.Store) store.Store { fs.Store = st; return fs }
+	logs := &levels{}
+	e.tune = func(c *Config) { c.Logger = slog.New(logs) }
+	e.start()
+	refused := fmt.Errorf("creating record: %w", fmt.Errorf("%w: %w", store.ErrUnavailable, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}))
+	for _, tc := range []struct {
+		name      string
+		err       error
+		commit    bool
+		read      bool   // intake reads the record back
+		log       string // the level of intake's line
+		abandoned bool
+	}{
+		{"the store unavailable, nothing written", refused, false, false, "WARN", false},
+		{"the answer lost after the commit", errors.New("reading the answer: connection reset by peer"), true, true, "ERROR", true},
+		{"the store's deadline after the commit", fmt.Errorf("creating record: %w", context.DeadlineExceeded), true, true, "ERROR", true},
+		{"failed, not written, but not vouched for", errors.New("dial tcp: connection refused"), false, true, "ERROR", false},
+	} {
+		fs.mu.Lock()
+		fs.err, fs.commit = tc.err, tc.commit
+		fs.mu.Unlock()
+		logs.take()
+		env := e.envelope("/work", nil)
+		env.Deadline = time.Now().Add(5 * time.Second).UnixMilli()
+		if resp := e.intake(env); resp.StatusCode != 503 {
+			t.Errorf("%s: intake answered %d, want 503", tc.name, resp.StatusCode)
+		}
+		fs.mu.Lock()
+		gets := fs.gets[env.ID]
+		fs.mu.Unlock()
+		if read := gets > 0; read != tc.read {
+			t.Errorf("%s: read back %d times, want a read: %v", tc.name, gets, tc.read)
+		}
+		var intakeLines []string
+		for _, l := range logs.take() {
+			if strings.Contains(l, "intake: ") {
+				intakeLines = append(intakeLines, l)
+			}
+		}
+		if len(intakeLines) != 1 || !strings.HasPrefix(intakeLines[0], tc.log+" ") {
+			t.Errorf("%s: intake logged %q, want one %s line", tc.name, intakeLines, tc.log)
+		}
+		code, rec := e.get("/v1/requests/" + env.ID)
+		switch {
+		case tc.abandoned && (code != 200 || rec["status"] != "dead" || rec["error"] != AbandonedNote):
+			t.Errorf("%s: record %d %v, want it abandoned", tc.name, code, rec)
+		case !tc.abandoned && code != 404:
+			t.Errorf("%s: record %d %v, want none", tc.name, code, rec)
+		}
+	}
+	// Longer than the relay's age and interval: nothing of the above ran.
+	time.Sleep(300 * time.Millisecond)
+	e.mu.Lock()
+	n := len(e.callbacks)
+	e.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d failed intakes were called back", n)
 	}
 }

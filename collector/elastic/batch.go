@@ -5,8 +5,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
+	"sync/atomic"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
 )
 
 // Batch bounds.
@@ -151,7 +155,17 @@ func (b *batcher) flush(ctx context.Context, buf *bytes.Buffer, batch []*op) {
 			} `json:"error"`
 		} `json:"items"`
 	}
-	err := b.s.call(context.WithoutCancel(ctx), http.MethodPost, "/_bulk?refresh=false", append([]byte(nil), buf.Bytes()...), &resp)
+	// A bulk that never got a connection, on any attempt of the client's,
+	// reached no one: nothing of it was written (store.ErrUnavailable).
+	// Once connected, a failure may follow a write that Elasticsearch made.
+	var connected atomic.Bool
+	cctx := httptrace.WithClientTrace(context.WithoutCancel(ctx), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	})
+	err := b.s.call(cctx, http.MethodPost, "/_bulk?refresh=false", append([]byte(nil), buf.Bytes()...), &resp)
+	if err != nil && !connected.Load() {
+		err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
 	if err == nil && len(resp.Items) != len(live) {
 		err = fmt.Errorf("bulk answered %d items for %d operations", len(resp.Items), len(live))
 	}

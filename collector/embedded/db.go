@@ -136,7 +136,7 @@ func (db *DB) read(ctx context.Context, query string, args ...any) (*sql.Rows, e
 // maxGroup bounds the operations committed together.
 const maxGroup = 128
 
-var errClosed = errors.New("embedded database is closed")
+var errClosed = fmt.Errorf("embedded database is closed: %w", store.ErrUnavailable)
 
 const schema = `
 CREATE TABLE IF NOT EXISTS requests (

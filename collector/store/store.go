@@ -226,6 +226,13 @@ func Peek(ctx context.Context, s Store, id string) (*Record, error) {
 var (
 	ErrNotFound = errors.New("record not found")
 	ErrExists   = errors.New("record already exists")
+	// ErrUnavailable marks a failed write that certainly did not happen: the
+	// store is closed, or its server was never reached (no connection to be
+	// had: refused, unresolvable). A store wraps it only when sure. Any other
+	// failed write may have committed all the same (a timeout, a connection
+	// lost mid-request, an answer lost), and a caller that must know reads
+	// the record back.
+	ErrUnavailable = errors.New("store unavailable: nothing was written")
 )
 
 // ConflictError is returned when a Change's From or Claim does not hold.
