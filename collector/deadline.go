@@ -16,9 +16,11 @@ import (
 // service's own answer), whatever intake does next. So:
 //   - intake refuses an envelope that arrives with less than answerMargin
 //     left, without persisting it;
-//   - when the record's commit returns with less than answerMargin left,
-//     intake abandons it — queued → dead, noted AbandonedNote, no callback
-//     — and answers 503; a worker never claims it;
+//   - when the record's commit (without an outbox: its write and the wait
+//     for the queue's confirm) returns with less than answerMargin left,
+//     intake abandons it — persisted or queued → dead, noted AbandonedNote,
+//     no callback — and answers 503; a worker never claims it. So does a
+//     failed write that may have committed (mayHaveCommitted);
 //   - a worker claims a record whose deadline has not passed by workerGrace
 //     only once intake has decided: on this collector, intake marks the
 //     record pending before writing it and decided once it knows (in memory,
