@@ -20,6 +20,7 @@ package xdsrules
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -28,12 +29,15 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	matching "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	composite "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/composite/v3"
 	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -208,8 +212,8 @@ func decode(resp *discovery.DiscoveryResponse) (*rules.Config, error) {
 		if ext.Name != ResourceName {
 			continue
 		}
-		var w wasmfilter.Wasm
-		if err := ext.TypedConfig.UnmarshalTo(&w); err != nil {
+		w, err := WasmOf(ext.TypedConfig)
+		if err != nil {
 			return nil, fmt.Errorf("decoding the filter configuration: %w", err)
 		}
 		var s wrapperspb.StringValue
@@ -219,4 +223,28 @@ func decode(resp *discovery.DiscoveryResponse) (*rules.Config, error) {
 		return rules.Parse([]byte(s.Value))
 	}
 	return nil, fmt.Errorf("no %s resource in the response", ResourceName)
+}
+
+// WasmOf returns the Wasm filter's configuration in the filter's ECDS
+// resource: the composite's "wasm" chain of the matcher the control plane
+// wraps it in (controlplane/xds PassThroughFilter), or a bare Wasm filter.
+func WasmOf(typed *anypb.Any) (*wasmfilter.Wasm, error) {
+	var w wasmfilter.Wasm
+	if typed.MessageIs(&w) {
+		return &w, typed.UnmarshalTo(&w)
+	}
+	var m matching.ExtensionWithMatcher
+	if err := typed.UnmarshalTo(&m); err != nil {
+		return nil, err
+	}
+	var c composite.Composite
+	if err := m.GetExtensionConfig().GetTypedConfig().UnmarshalTo(&c); err != nil {
+		return nil, fmt.Errorf("the matcher's extension: %w", err)
+	}
+	for _, e := range c.GetNamedFilterChains()["wasm"].GetTypedConfig() {
+		if e.GetTypedConfig().MessageIs(&w) {
+			return &w, e.GetTypedConfig().UnmarshalTo(&w)
+		}
+	}
+	return nil, errors.New("no wasm filter in the composite's wasm chain")
 }

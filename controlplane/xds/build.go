@@ -51,7 +51,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
@@ -71,27 +70,34 @@ type WasmOptions struct {
 	Env []string
 }
 
-// FilterConfig returns the ECDS resource that configures the filter with cfg.
-// It lets the filter stop iteration in its headers callback
+// FilterConfig returns the ECDS resource that configures the filter with
+// cfg: the Wasm filter behind Envoy's own matcher, which tags the requests no
+// rule can make async without entering the VM (PassThroughFilter).
+func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig, error) {
+	wf, err := WasmFilter(cfg, w)
+	if err != nil {
+		return nil, err
+	}
+	return &core.TypedExtensionConfig{Name: FilterName, TypedConfig: anyOf(PassThroughFilter(cfg, anyOf(wf)))}, nil
+}
+
+// WasmFilter returns the Wasm filter's own configuration. It lets the
+// filter stop iteration in its headers callback
 // (allow_on_headers_stop_iteration, holdHeaders), so the sidecar needs no
 // buffer filter.
-func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig, error) {
+func WasmFilter(cfg *rules.Config, w WasmOptions) (*wasmfilter.Wasm, error) {
 	c := *cfg
 	c.HoldHeaders = true
 	js, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the filter configuration: %w", err)
 	}
-	pluginCfg, err := anypb.New(wrapperspb.String(string(js)))
-	if err != nil {
-		return nil, err
-	}
 	env := append([]string(nil), w.Env...)
 	if cfg.ReplaySecretEnv != "" {
 		env = append(env, cfg.ReplaySecretEnv)
 	}
-	f := &wasmfilter.Wasm{Config: &wasm.PluginConfig{
-		Name: FilterName, RootId: FilterName, Configuration: pluginCfg,
+	return &wasmfilter.Wasm{Config: &wasm.PluginConfig{
+		Name: FilterName, RootId: FilterName, Configuration: anyOf(wrapperspb.String(string(js))),
 		AllowOnHeadersStopIteration: wrapperspb.Bool(true),
 		Vm: &wasm.PluginConfig_VmConfig{VmConfig: &wasm.VmConfig{
 			VmId:    FilterName,
@@ -100,12 +106,7 @@ func FilterConfig(cfg *rules.Config, w WasmOptions) (*core.TypedExtensionConfig,
 				Local: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: w.Path}}}},
 			EnvironmentVariables: &wasm.EnvironmentVariables{HostEnvKeys: env},
 		}},
-	}}
-	typed, err := anypb.New(f)
-	if err != nil {
-		return nil, err
-	}
-	return &core.TypedExtensionConfig{Name: FilterName, TypedConfig: typed}, nil
+	}}, nil
 }
 
 // Snapshot returns the snapshot of one node: its filter configuration and,

@@ -17,13 +17,13 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 // Names of the sidecar's served resources.
@@ -38,12 +38,11 @@ const (
 // sends the status prefix to the collector's API.
 func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, error) {
 	s := f.Sidecar
-	anyOf := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
 	ecds := &core.ExtensionConfigSource{
 		ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
 			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
 			InitialFetchTimeout:   durationpb.New(10 * time.Second)},
-		TypeUrls: []string{"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"},
+		TypeUrls: []string{FilterTypeURL},
 	}
 	manager := &hcm.HttpConnectionManager{
 		StatPrefix: "ingress",
@@ -72,6 +71,12 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 		prefix = "/async"
 	}
 	routes := statusRoutes(prefix, StatusCluster(f.Filter.CollectorCluster))
+	named := map[string]bool{} // routes a rule names
+	for _, r := range f.Rules {
+		if r.Match.Route != "" && r.Mode != rules.ModeSync {
+			named[r.Match.Route] = true
+		}
+	}
 	for _, r := range s.Routes {
 		timeout := r.Timeout.D()
 		if timeout == 0 {
@@ -83,6 +88,10 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 			Action: &route.Route_Route{Route: &route.RouteAction{
 				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: r.Cluster},
 				PrefixRewrite:    r.PrefixRewrite, Timeout: durationpb.New(timeout)}},
+		}
+		if len(r.Annotations) > 0 || named[r.Name] {
+			// Envoy's matcher cannot see the route: all of its requests go to the Wasm filter.
+			rt.TypedPerFilterConfig = map[string]*anypb.Any{FilterName: RouteOverride()}
 		}
 		if len(r.Annotations) > 0 {
 			fields := map[string]any{}

@@ -11,12 +11,12 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/asyncmesh/asyncmesh/collector/xdsrules"
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
@@ -43,8 +43,8 @@ var wasmOpts = WasmOptions{Path: "/opt/asyncmesh.wasm"}
 // filter will parse it.
 func pluginConfig(t *testing.T, ext *core.TypedExtensionConfig) *rules.Config {
 	t.Helper()
-	var w wasmfilter.Wasm
-	if err := ext.TypedConfig.UnmarshalTo(&w); err != nil {
+	w, err := xdsrules.WasmOf(ext.TypedConfig)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var s wrapperspb.StringValue

@@ -7,7 +7,6 @@ package stack
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
@@ -160,9 +160,12 @@ func (s *Stack) render() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	rulesJSON, _ := json.Marshal(f.Config(nil).Rules)
+	filter, err := xds.StaticFilter(f.Config(nil), xds.WasmOptions{Path: filepath.Join(s.opt.BinDir, "asyncmesh.wasm")})
+	if err != nil {
+		return "", err
+	}
 	vars := s.vars()
-	vars["RULES_JSON"] = string(rulesJSON)
+	vars["ASYNCMESH_FILTER"] = string(filter)
 	name := "envoy.yaml"
 	switch {
 	case s.opt.ControlPlane && s.opt.ServeSidecar:

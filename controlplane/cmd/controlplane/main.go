@@ -2,6 +2,10 @@
 // xDS (ECDS through ADS) and follows edits of the rules file live.
 //
 //	controlplane validate rules.yaml          check a file (for CI pipelines); exit 1 on errors
+//	controlplane filter -wasm /path/asyncmesh.wasm rules.yaml
+//	        print the asyncmesh entry of a static bootstrap's http_filters (JSON, which
+//	        YAML reads), rules embedded; -route-override prints the typed_per_filter_config
+//	        of a route a rule names or that carries annotations
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 //	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
 //	        [-node-grace 1m] [-max-nodes 10000]
@@ -40,6 +44,8 @@ func main() {
 		err = validate(os.Args[2:])
 	case "serve":
 		err = serve(os.Args[2:])
+	case "filter":
+		err = filter(os.Args[2:])
 	default:
 		usage()
 	}
@@ -50,7 +56,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
 	os.Exit(2)
 }
 
@@ -63,6 +69,35 @@ func validate(args []string) error {
 		return err
 	}
 	fmt.Printf("%s: ok, %d rules, %d secrets declared\n", args[0], len(f.Rules), len(f.Secrets))
+	return nil
+}
+
+// filter prints what a static bootstrap (envoy.yaml) needs: the filter
+// the control plane would serve over ECDS, or a route's override.
+func filter(args []string) error {
+	fs := flag.NewFlagSet("filter", flag.ExitOnError)
+	wasmPath := fs.String("wasm", "", "path of asyncmesh.wasm on the Envoy's machine")
+	override := fs.Bool("route-override", false, "print the typed_per_filter_config.asyncmesh of a route a rule names or that carries annotations instead")
+	_ = fs.Parse(args)
+	if *override {
+		out, err := xds.StaticRouteOverride()
+		if err == nil {
+			fmt.Println(string(out))
+		}
+		return err
+	}
+	if fs.NArg() != 1 || *wasmPath == "" {
+		usage()
+	}
+	f, err := rulesfile.Load(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	out, err := xds.StaticFilter(f.Config(nil), xds.WasmOptions{Path: *wasmPath})
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
 	return nil
 }
 
