@@ -25,19 +25,23 @@
 //
 // # Cost of the pass-through path
 //
-// In Envoy's V8 every callback into the module and every host call costs
-// microseconds, so the pass-through path is counted in crossings: the
-// callbacks context_create, request_headers, response_headers and delete
-// (on_done and the others are not exported), one header read
-// (get_header_map_pairs, which calls back into the module to allocate), up
-// to two request header writes (traceparent when absent, x-async-trace-id)
-// and one response header write. make bench measures it against Envoy
-// without the filter and with an empty Wasm filter (the same callbacks
-// returning at once): on the 2-core bench machine the empty filter already
-// costs about 0.91× of Envoy's capacity, and what this filter does on top
-// of it (the header read and three writes) about 60 µs of Envoy CPU per
-// request. Replacing the two request writes with one set_header_map_pairs
-// call, and raising GOGC, were tried and measured no better.
+// Most requests never get here: Envoy's own matcher sends only the requests a
+// rule may make async, replays and routes that ask for it to this filter,
+// and tags the rest with its own header filters (controlplane/xds,
+// PassThroughFilter; docs/rules.md). What reaches the filter but passes
+// through (a request the superset took that no rule makes async after all)
+// is counted in crossings, since in Envoy's V8 every callback into the
+// module and every host call costs microseconds: the callbacks
+// context_create, request_headers, response_headers and delete (on_done and
+// the others are not exported), one header read (get_header_map_pairs, which
+// calls back into the module to allocate), up to two request header writes
+// (traceparent when absent, x-async-trace-id) and one response header
+// write. make bench measured that path at about 60 µs of Envoy CPU per
+// request over an empty Wasm filter, itself about 0.9× of Envoy's capacity
+// on the 2-core bench machine; the native chains cost a fraction of it
+// (bench/REPORT.md). Replacing the two request writes with one
+// set_header_map_pairs call, and raising GOGC, were tried and measured no
+// better.
 package main
 
 import (

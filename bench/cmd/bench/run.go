@@ -153,25 +153,31 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 		return nil, fmt.Errorf("baseline envoy: %w", err)
 	}
 	logf("== proxy paths")
-	get := func(url string) func(context.Context, int) error {
+	get := func(url string, hdrs ...string) func(context.Context, int) error {
 		return func(ctx context.Context, _ int) error {
-			_, err := request(ctx, "GET", url, "", http.StatusOK)
+			_, err := request(ctx, "GET", url, "", http.StatusOK, hdrs...)
 			return err
 		}
 	}
+	// The filter's pass-through is measured both ways a request can come:
+	// without a traceparent (the filter creates one) and with a valid one
+	// (kept), as most requests inside a traced mesh.
+	tp := []string{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 	paths := []struct {
 		name, envoy, url string
+		hdrs             []string
 	}{
-		{"envoy direct_response (ceiling)", "envoy-baseline", base + "/direct"},
-		{"envoy → service, no filter (baseline)", "envoy-baseline", base + "/fast"},
-		{"envoy + empty Wasm filter → service (floor)", "envoy-baseline", "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/fast"},
-		{"envoy + asyncmesh filter → service", "envoy", s.EnvoyURL + "/fast"},
+		{"envoy direct_response (ceiling)", "envoy-baseline", base + "/direct", nil},
+		{"envoy → service, no filter (baseline)", "envoy-baseline", base + "/fast", nil},
+		{"envoy + empty Wasm filter → service (floor)", "envoy-baseline", "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/fast", nil},
+		{"envoy + asyncmesh filter → service, traceparent created", "envoy", s.EnvoyURL + "/fast", nil},
+		{"envoy + asyncmesh filter → service, traceparent kept", "envoy", s.EnvoyURL + "/fast", tp},
 	}
 	var curves []Curve
 	var targets []costTarget
 	for _, p := range paths {
-		curves = append(curves, ladder(ctx, p.name, o.passRates, o.step, get(p.url)))
-		targets = append(targets, costTarget{pid: s.PID(p.envoy), do: get(p.url)})
+		curves = append(curves, ladder(ctx, p.name, o.passRates, o.step, get(p.url, p.hdrs...)))
+		targets = append(targets, costTarget{pid: s.PID(p.envoy), do: get(p.url, p.hdrs...)})
 	}
 	for i, us := range envoyCosts(ctx, targets, costRate, costFor, costRounds) {
 		curves[i].EnvoyCPUus = us
