@@ -72,3 +72,22 @@ func TestNativePassThroughContract(t *testing.T) {
 		}
 	}
 }
+
+// TestUntaggedRequests: a request the rules file's filter.untagged lists
+// (examples/rules.yaml: /headers/untagged) gets no trace headers, and the
+// caller's x-async-* headers are still removed.
+func TestUntaggedRequests(t *testing.T) {
+	resp, body := do(t, "GET", "/headers/untagged", "", "x-async-request-id", "forged", "x-custom", "kept")
+	var got struct{ Headers map[string]string }
+	if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%s: %s", resp.Status, body)
+	}
+	for k := range got.Headers {
+		if l := strings.ToLower(k); strings.HasPrefix(l, "x-async-") || l == "traceparent" {
+			t.Errorf("untagged request: the service saw %s", k)
+		}
+	}
+	if got.Headers["X-Custom"] != "kept" || resp.Header.Get("x-async-trace-id") != "" {
+		t.Errorf("service saw %v; the caller got x-async-trace-id %q", got.Headers, resp.Header.Get("x-async-trace-id"))
+	}
+}

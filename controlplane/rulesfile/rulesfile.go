@@ -61,12 +61,13 @@ type File struct {
 
 // FilterSettings are the Envoy-side settings of every sidecar.
 type FilterSettings struct {
-	CollectorCluster   string         `json:"collectorCluster"`
-	CollectorAuthority string         `json:"collectorAuthority"`
-	CollectorTimeout   rules.Duration `json:"collectorTimeout"`
-	StatusPrefix       string         `json:"statusPrefix"`
-	ReplaySecretEnv    string         `json:"replaySecretEnv"`
-	RouteAnnotations   bool           `json:"routeAnnotations"`
+	CollectorCluster   string           `json:"collectorCluster"`
+	CollectorAuthority string           `json:"collectorAuthority"`
+	CollectorTimeout   rules.Duration   `json:"collectorTimeout"`
+	StatusPrefix       string           `json:"statusPrefix"`
+	ReplaySecretEnv    string           `json:"replaySecretEnv"`
+	RouteAnnotations   bool             `json:"routeAnnotations"`
+	Untagged           []rules.Untagged `json:"untagged"`
 }
 
 // Secret says where the collector finds a secret: exactly one of env (an
@@ -394,7 +395,8 @@ func (f *File) Config(keep func(Rule) bool) *rules.Config {
 	c := &rules.Config{
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
 		CollectorTimeout: f.Filter.CollectorTimeout, StatusPrefix: f.Filter.StatusPrefix,
-		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Rules: []rules.Rule{},
+		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Untagged: f.Filter.Untagged,
+		Rules: []rules.Rule{},
 	}
 	for _, r := range f.Rules {
 		if keep == nil || keep(r) {

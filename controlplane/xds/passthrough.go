@@ -2,7 +2,9 @@ package xds
 
 import (
 	"fmt"
+	"regexp"
 	"regexp/syntax"
+	"strings"
 
 	xdscore "github.com/cncf/xds/go/xds/core/v3"
 	xmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
@@ -42,7 +44,10 @@ import (
 //     response;
 //   - "create", native: no valid traceparent: two %UNIQUE_ID% (UUID v4,
 //     Envoy's random generator) become the trace id and the parent id of a
-//     new sampled traceparent, then as "keep".
+//     new sampled traceparent, then as "keep";
+//   - "strip", native: a request the rules file's filter.untagged lists (and
+//     no rule may make async): only the caller's x-async-* headers are
+//     removed.
 //
 // The wire contract of a pass-through request is the same whichever side
 // serves it (e2e TestSyncPassThrough, TestNativePassThroughContract). CEL
@@ -55,6 +60,7 @@ const (
 	ChainWasm   = "wasm"
 	ChainKeep   = "keep"
 	ChainCreate = "create"
+	ChainStrip  = "strip"
 )
 
 // FilterTypeURL is the type of the ECDS resource FilterName: bootstraps
@@ -99,16 +105,21 @@ func PassThroughFilter(cfg *rules.Config, wasmFilter *anypb.Any) *matching.Exten
 		ChainWasm:   {TypedConfig: []*core.TypedExtensionConfig{{Name: "asyncmesh.wasm", TypedConfig: wasmFilter}}},
 		ChainKeep:   {TypedConfig: keepChain()},
 		ChainCreate: {TypedConfig: createChain()},
+		ChainStrip:  {TypedConfig: []*core.TypedExtensionConfig{ext("asyncmesh.strip", stripMutation())}},
 	}}
 	m := &xmatcher.Matcher{OnNoMatch: execute(ChainWasm)} // a rule may match any request
 	if p := wasmPredicate(cfg); p != nil {
+		ms := []*xmatcher.Matcher_MatcherList_FieldMatcher{{Predicate: p, OnMatch: execute(ChainWasm)}}
+		if u := untaggedPredicate(cfg.Untagged); u != nil {
+			ms = append(ms, &xmatcher.Matcher_MatcherList_FieldMatcher{Predicate: u, OnMatch: execute(ChainStrip)})
+		}
+		ms = append(ms,
+			&xmatcher.Matcher_MatcherList_FieldMatcher{Predicate: header("traceparent", regex(traceparentInvalid)), OnMatch: execute(ChainCreate)},
+			&xmatcher.Matcher_MatcherList_FieldMatcher{Predicate: header("traceparent", regex(traceparentValid)), OnMatch: execute(ChainKeep)},
+		)
 		m = &xmatcher.Matcher{
-			MatcherType: &xmatcher.Matcher_MatcherList_{MatcherList: &xmatcher.Matcher_MatcherList{Matchers: []*xmatcher.Matcher_MatcherList_FieldMatcher{
-				{Predicate: p, OnMatch: execute(ChainWasm)},
-				{Predicate: header("traceparent", regex(traceparentInvalid)), OnMatch: execute(ChainCreate)},
-				{Predicate: header("traceparent", regex(traceparentValid)), OnMatch: execute(ChainKeep)},
-			}}},
-			OnNoMatch: execute(ChainCreate),
+			MatcherType: &xmatcher.Matcher_MatcherList_{MatcherList: &xmatcher.Matcher_MatcherList{Matchers: ms}},
+			OnNoMatch:   execute(ChainCreate),
 		}
 	}
 	return &matching.ExtensionWithMatcher{ExtensionConfig: ext("asyncmesh.composite", comp), XdsMatcher: m}
@@ -162,6 +173,35 @@ func wasmPredicate(cfg *rules.Config) *xmatcher.Matcher_MatcherList_Predicate {
 		}
 	}
 	return anyPredicate(preds)
+}
+
+// untaggedPredicate matches the requests filter.untagged lists, or is nil.
+func untaggedPredicate(us []rules.Untagged) *xmatcher.Matcher_MatcherList_Predicate {
+	var ps []*xmatcher.Matcher_MatcherList_Predicate
+	for _, u := range us {
+		var and []*xmatcher.Matcher_MatcherList_Predicate
+		if u.Host != "" {
+			// :authority may carry a port; host names are case-insensitive.
+			host := regexp.QuoteMeta(strings.TrimPrefix(u.Host, "*."))
+			if strings.HasPrefix(u.Host, "*.") {
+				host = `[^:]+\.` + host
+			}
+			and = append(and, header(":authority", regex(`(?i)`+host+`(:[0-9]+)?`)))
+		}
+		if u.PathPrefix != "" {
+			and = append(and, header(":path", &xmatcher.StringMatcher{MatchPattern: &xmatcher.StringMatcher_Prefix{Prefix: u.PathPrefix}}))
+		}
+		if len(and) == 1 {
+			ps = append(ps, and[0])
+		} else {
+			ps = append(ps, &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_AndMatcher{
+				AndMatcher: &xmatcher.Matcher_MatcherList_Predicate_PredicateList{Predicate: and}}})
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return anyPredicate(ps)
 }
 
 // pathPrefixOf is a literal prefix of every :path the match accepts, or ""
@@ -242,12 +282,21 @@ func createChain() []*core.TypedExtensionConfig {
 	}
 }
 
+// stripMutation removes every caller-sent x-async-* header.
+func stripMutation() *headermutation.HeaderMutation {
+	return &headermutation.HeaderMutation{Mutations: &headermutation.Mutations{RequestMutations: []*mutation.HeaderMutation{stripAsync()}}}
+}
+
+func stripAsync() *mutation.HeaderMutation {
+	return &mutation.HeaderMutation{Action: &mutation.HeaderMutation_RemoveOnMatch_{RemoveOnMatch: &mutation.HeaderMutation_RemoveOnMatch{
+		KeyMatcher: &envoymatcher.StringMatcher{MatchPattern: &envoymatcher.StringMatcher_Prefix{Prefix: "x-async-"}}}}}
+}
+
 // tagMutation strips the caller's x-async-* headers, then sets
 // x-async-trace-id (and first, when given, traceparent) on the request and
 // the trace id on the response.
 func tagMutation(traceparent *mutation.HeaderMutation) *headermutation.HeaderMutation {
-	req := []*mutation.HeaderMutation{{Action: &mutation.HeaderMutation_RemoveOnMatch_{RemoveOnMatch: &mutation.HeaderMutation_RemoveOnMatch{
-		KeyMatcher: &envoymatcher.StringMatcher{MatchPattern: &envoymatcher.StringMatcher_Prefix{Prefix: "x-async-"}}}}}}
+	req := []*mutation.HeaderMutation{stripAsync()}
 	if traceparent != nil {
 		req = append(req, traceparent)
 	}

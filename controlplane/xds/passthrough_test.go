@@ -129,7 +129,9 @@ func FuzzTraceparentMatchers(f *testing.F) {
 }
 
 const passthroughRules = `
-filter: {collectorCluster: c}
+filter:
+  collectorCluster: c
+  untagged: [{pathPrefix: /healthz}, {host: "*.internal.example", pathPrefix: /metrics}, {pathPrefix: /slow/health}]
 rules:
   - {name: prefix, match: {pathPrefix: /slow}, mode: async, callback: {url: "http://cb.example/x"}}
   - {name: optin, match: {pathPrefix: /maybe, methods: [POST]}, mode: opt-in, callback: {url: "http://cb.example/x"}}
@@ -176,6 +178,10 @@ func TestPassThroughChains(t *testing.T) {
 		{"no rule, no traceparent", headers{":path": "/other", ":method": "GET"}, ChainCreate},
 		{"no rule, invalid traceparent", headers{":path": "/other", ":method": "GET", "traceparent": "00-" + strings.Repeat("0", 32) + "-00f067aa0ba902b7-01"}, ChainCreate},
 		{"route-named rule: per route only", headers{":path": "/reports", ":method": "GET"}, ChainCreate},
+		{"untagged path", headers{":path": "/healthz", ":method": "GET", "traceparent": valid}, ChainStrip},
+		{"untagged host and path", headers{":path": "/metrics", ":authority": "A.Internal.Example:9090", ":method": "GET"}, ChainStrip},
+		{"untagged path, other host", headers{":path": "/metrics", ":authority": "internal.example", ":method": "GET"}, ChainCreate},
+		{"a rule wins over untagged", headers{":path": "/slow/health", ":method": "GET"}, ChainWasm},
 	} {
 		if got := chainFor(t, m, tc.req); got != tc.want {
 			t.Errorf("%s: chain %q, want %q", tc.name, got, tc.want)
@@ -238,7 +244,7 @@ func TestPathPrefixOf(t *testing.T) {
 // The sidecar's routes that the matcher cannot judge, annotated ones and
 // those a rule names, send all of their requests to the Wasm filter.
 func TestSidecarRouteOverrides(t *testing.T) {
-	src := strings.Replace(passthroughRules, "filter: {collectorCluster: c}", "filter: {collectorCluster: c, routeAnnotations: true}", 1)
+	src := strings.Replace(passthroughRules, "  collectorCluster: c\n", "  collectorCluster: c\n  routeAnnotations: true\n", 1)
 	f, err := rulesfile.Parse("rules.yaml", []byte(src+`
 sidecar:
   listen: "127.0.0.1:10000"

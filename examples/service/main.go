@@ -3,7 +3,7 @@
 //
 //	ANY /slow?ms=2000        sleeps, then answers JSON echoing the body (also /maybe, /soft)
 //	GET      /fast           answers at once
-//	ANY      /headers        echoes the request headers it received
+//	ANY      /headers        echoes the request headers it received (also /headers/…)
 //	ANY /slow/raw/…          echoes the request exactly as it arrived: method, the raw
 //	                         request-target (RequestURI, never re-escaped), Host and the
 //	                         body's SHA-256 (also /maybe/raw/, /raw/)
@@ -44,13 +44,15 @@ func main() {
 		mux.HandleFunc(p, slow)
 	}
 	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, map[string]any{"fast": true}) })
-	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+	headers := func(w http.ResponseWriter, r *http.Request) {
 		hs := map[string]string{}
 		for k, v := range r.Header {
 			hs[http.CanonicalHeaderKey(k)] = v[0]
 		}
 		writeJSON(w, map[string]any{"headers": hs})
-	})
+	}
+	mux.HandleFunc("/headers", headers)
+	mux.HandleFunc("/headers/", headers)
 	// The raw echo shows the request-target byte for byte, so that a replay
 	// can be compared with a direct call of the same bytes.
 	raw := func(w http.ResponseWriter, r *http.Request) {

@@ -61,8 +61,14 @@ type Config struct {
 	// request-headers callback (PluginConfig.allow_on_headers_stop_iteration,
 	// Envoy 1.3x+): the filter then holds an async request's headers itself
 	// while it reads the body, and no buffer filter is needed after it.
-	HoldHeaders bool   `json:"holdHeaders,omitempty"`
-	Rules       []Rule `json:"rules"`
+	HoldHeaders bool `json:"holdHeaders,omitempty"`
+	// Untagged lists requests the mesh leaves untraced (health checks,
+	// metrics scrapes): Envoy only strips the caller's x-async-* headers from
+	// them, adding no traceparent nor x-async-trace-id. The control plane
+	// turns it into Envoy's matcher; a request some rule may make async is
+	// never untagged.
+	Untagged []Untagged `json:"untagged,omitempty"`
+	Rules    []Rule     `json:"rules"`
 	// Secrets declares where collectors find the secrets these rules
 	// reference: name → an environment variable or a file of the collector,
 	// never a value. The control plane fills it from the rules file's
@@ -92,6 +98,17 @@ type Rule struct {
 	OnCollectorDown string   `json:"onCollectorDown,omitempty"`
 	pathRegex       *regexp.Regexp
 }
+
+// Untagged selects requests to leave untraced: a path prefix, a host (exact
+// or "*.suffix", any port), or both.
+type Untagged struct {
+	Host       string `json:"host,omitempty"`
+	PathPrefix string `json:"pathPrefix,omitempty"`
+}
+
+// MaxUntagged bounds filter.untagged (each entry is a matcher Envoy tries
+// on every request that no rule may make async).
+const MaxUntagged = 100
 
 // Match selects requests. Empty fields match everything; all set fields must match.
 type Match struct {
@@ -198,6 +215,19 @@ func (c *Config) Validate() error {
 	}
 	if !strings.HasPrefix(c.StatusPrefix, "/") || strings.HasSuffix(c.StatusPrefix, "/") {
 		return fieldErr("statusPrefix", "%q must start with / and not end with /", c.StatusPrefix)
+	}
+	if len(c.Untagged) > MaxUntagged {
+		return fieldErr("untagged", "%d entries, at most %d", len(c.Untagged), MaxUntagged)
+	}
+	for i, u := range c.Untagged {
+		switch {
+		case u.Host == "" && u.PathPrefix == "":
+			return fieldErr(fmt.Sprintf("untagged[%d]", i), "want host, pathPrefix or both")
+		case u.PathPrefix != "" && !strings.HasPrefix(u.PathPrefix, "/"):
+			return fieldErr(fmt.Sprintf("untagged[%d].pathPrefix", i), "%q must start with /", u.PathPrefix)
+		case u.Host != "" && !validHostPattern(u.Host):
+			return fieldErr(fmt.Sprintf("untagged[%d].host", i), "%q: want a host name, or *.suffix", u.Host)
+		}
 	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
@@ -403,6 +433,21 @@ func (r *Rule) matches(req Request, path string) bool {
 	}
 	if r.pathRegex != nil && !r.pathRegex.MatchString(path) {
 		return false
+	}
+	return true
+}
+
+// validHostPattern reports whether p is a host name (letters, digits, -
+// and .), optionally behind "*." .
+func validHostPattern(p string) bool {
+	p = strings.TrimPrefix(p, "*.")
+	if p == "" || len(p) > 253 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
 	}
 	return true
 }

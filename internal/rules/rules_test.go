@@ -19,6 +19,10 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"bad duration", `{"collectorCluster":"c","collectorTimeout":"soon"}`, "collectorTimeout"},
 		{"wrong type", `{"collectorCluster":"c","rules":[{"name":"a","mode":"sync","bodyLimit":"big"}]}`, "bodyLimit"},
 		{"bad protocol", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x","protocol":"smtp"}}]}`, "callback.protocol"},
+		{"empty untagged", `{"collectorCluster":"c","untagged":[{}]}`, "untagged[0]: want host, pathPrefix or both"},
+		{"untagged path", `{"collectorCluster":"c","untagged":[{"pathPrefix":"healthz"}]}`, "untagged[0].pathPrefix"},
+		{"untagged host", `{"collectorCluster":"c","untagged":[{"pathPrefix":"/h"},{"host":"a b"}]}`, "untagged[1].host"},
+		{"untagged regex host", `{"collectorCluster":"c","untagged":[{"host":".*"}]}`, "untagged[0].host"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

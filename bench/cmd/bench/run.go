@@ -172,6 +172,7 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 		{"envoy + empty Wasm filter → service (floor)", "envoy-baseline", "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/fast", nil},
 		{"envoy + asyncmesh filter → service, traceparent created", "envoy", s.EnvoyURL + "/fast", nil},
 		{"envoy + asyncmesh filter → service, traceparent kept", "envoy", s.EnvoyURL + "/fast", tp},
+		{"envoy + asyncmesh filter → service, untagged (filter.untagged)", "envoy", s.EnvoyURL + "/healthz", nil},
 	}
 	var curves []Curve
 	var targets []costTarget
