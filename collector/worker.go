@@ -141,7 +141,12 @@ const claimSteps = 3
 func (c *Collector) claim(ctx context.Context, id string, to store.Status, d time.Duration, from ...store.Status) (*store.Record, error) {
 	r, err := c.move(ctx, id, store.Change{From: from, To: to, Claim: true, LeaseUntil: time.Now().Add(d)})
 	if until, ok := store.LeasedUntil(err); ok {
-		return nil, queue.RetryAfter(time.Until(until)+50*time.Millisecond, "leased by another worker")
+		// Rare (a duplicate message, or a redelivery after a crash or a
+		// broker restart), and the only trace of this message until the
+		// lease ends: the queue's delayed redelivery logs nothing.
+		wait := time.Until(until) + 50*time.Millisecond
+		c.log.Info("claim: record leased; this message waits for the lease", "id", id, "leased_until", until, "in", wait.Round(time.Millisecond).String())
+		return nil, queue.RetryAfter(wait, "leased by another worker")
 	}
 	return r, err
 }

@@ -34,6 +34,14 @@ export RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NOD
   RABBITMQ_CONFIG_FILE="$base/rabbitmq" ERL_EPMD_ADDRESS=127.0.0.1
 echo "[]." > "$base/enabled_plugins"
 echo "loopback_users = none" > "$base/rabbitmq.conf"
+# The delay buckets hand messages back by at-least-once dead-lettering, whose
+# worker retries a message it could not forward after this long (RabbitMQ's
+# default: 3 minutes). At boot it may forward a message that expired while
+# the node was down before the node has recovered its exchanges ("Cannot
+# forward any dead-letter messages ... does not exist" in the log): with the
+# default, that message then comes back 3 minutes late.
+echo "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]." > "$base/advanced.config"
+export RABBITMQ_ADVANCED_CONFIG_FILE="$base/advanced.config"
 nohup rabbitmq-server > "$base/server.out" 2>&1 &
 for _ in $(seq 1 120); do
   if rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then

@@ -95,6 +95,9 @@ func (q *Queue) handle(ctx context.Context, topic string, d amqp.Delivery, h que
 	m := queue.Message{Topic: topic, Key: d.MessageId, Body: d.Body, Deliveries: 1 + intHeader(d.Headers, hdrDeliveries) + intHeader(d.Headers, "x-delivery-count")}
 	m.TraceID, _ = d.Headers[hdrTraceID].(string)
 	log := q.log.With("topic", topic, "key", m.Key, "trace_id", m.TraceID)
+	if n := intHeader(d.Headers, "x-delivery-count"); n > 0 {
+		log.Info("rabbitmq: redelivered after its consumer was lost", "x_delivery_count", n, "deliveries", m.Deliveries)
+	}
 	if due := time.UnixMilli(int64(intHeader(d.Headers, hdrDue))); time.Until(due) > 20*time.Millisecond {
 		// Back early from a delay bucket: another round, without a run.
 		q.settle(log, d, q.republish(ctx, topic, d, m.Deliveries-1, time.Until(due)))
