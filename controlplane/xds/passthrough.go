@@ -149,7 +149,7 @@ func wasmPredicate(cfg *rules.Config) *xmatcher.Matcher_MatcherList_Predicate {
 		}
 		var and []*xmatcher.Matcher_MatcherList_Predicate
 		if p := pathPrefixOf(&r.Match); p != "" {
-			and = append(and, header(":path", &xmatcher.StringMatcher{MatchPattern: &xmatcher.StringMatcher_Prefix{Prefix: p}}))
+			and = append(and, header(":path", prefix(p)))
 		}
 		if len(r.Match.Methods) > 0 {
 			var ms []*xmatcher.Matcher_MatcherList_Predicate
@@ -162,15 +162,10 @@ func wasmPredicate(cfg *rules.Config) *xmatcher.Matcher_MatcherList_Predicate {
 			// Only with Prefer: respond-async (parsePrefer reads it case-insensitively).
 			and = append(and, header("prefer", regex(`(?i).*respond-async.*`)))
 		}
-		switch len(and) {
-		case 0:
+		if len(and) == 0 {
 			return nil // a rule that may match any request: everything enters the filter
-		case 1:
-			preds = append(preds, and[0])
-		default:
-			preds = append(preds, &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_AndMatcher{
-				AndMatcher: &xmatcher.Matcher_MatcherList_Predicate_PredicateList{Predicate: and}}})
 		}
+		preds = append(preds, allPredicate(and))
 	}
 	return anyPredicate(preds)
 }
@@ -189,14 +184,9 @@ func untaggedPredicate(us []rules.Untagged) *xmatcher.Matcher_MatcherList_Predic
 			and = append(and, header(":authority", regex(`(?i)`+host+`(:[0-9]+)?`)))
 		}
 		if u.PathPrefix != "" {
-			and = append(and, header(":path", &xmatcher.StringMatcher{MatchPattern: &xmatcher.StringMatcher_Prefix{Prefix: u.PathPrefix}}))
+			and = append(and, header(":path", prefix(u.PathPrefix)))
 		}
-		if len(and) == 1 {
-			ps = append(ps, and[0])
-		} else {
-			ps = append(ps, &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_AndMatcher{
-				AndMatcher: &xmatcher.Matcher_MatcherList_Predicate_PredicateList{Predicate: and}}})
-		}
+		ps = append(ps, allPredicate(and))
 	}
 	if len(ps) == 0 {
 		return nil
@@ -236,6 +226,18 @@ func anyPredicate(ps []*xmatcher.Matcher_MatcherList_Predicate) *xmatcher.Matche
 	}
 	return &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_OrMatcher{
 		OrMatcher: &xmatcher.Matcher_MatcherList_Predicate_PredicateList{Predicate: ps}}}
+}
+
+func allPredicate(ps []*xmatcher.Matcher_MatcherList_Predicate) *xmatcher.Matcher_MatcherList_Predicate {
+	if len(ps) == 1 {
+		return ps[0]
+	}
+	return &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_AndMatcher{
+		AndMatcher: &xmatcher.Matcher_MatcherList_Predicate_PredicateList{Predicate: ps}}}
+}
+
+func prefix(p string) *xmatcher.StringMatcher {
+	return &xmatcher.StringMatcher{MatchPattern: &xmatcher.StringMatcher_Prefix{Prefix: p}}
 }
 
 func header(name string, m *xmatcher.StringMatcher) *xmatcher.Matcher_MatcherList_Predicate {
