@@ -38,39 +38,16 @@ const (
 // sends the status prefix to the collector's API.
 func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, error) {
 	s := f.Sidecar
-	ecds := &core.ExtensionConfigSource{
-		ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
-			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
-			InitialFetchTimeout:   durationpb.New(10 * time.Second)},
-		TypeUrls: []string{FilterTypeURL},
-	}
-	manager := &hcm.HttpConnectionManager{
-		StatPrefix: "ingress",
-		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: RouteName,
+	lis, err := ingressListener(ListenerName, s.Listen,
+		&hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: RouteName,
 			ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
 				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}}}}},
-		HttpFilters: []*hcm.HttpFilter{
-			{Name: FilterName, ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: ecds}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(&router.Router{})}},
-		},
-	}
-	addr, err := socketAddress(s.Listen)
+		ecdsFilter())
 	if err != nil {
 		return nil, err
 	}
-	lis := &listener.Listener{
-		Name:    ListenerName,
-		Address: addr,
-		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
-			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: anyOf(manager)},
-		}}}},
-	}
 
-	prefix := f.Filter.StatusPrefix
-	if prefix == "" {
-		prefix = "/async"
-	}
-	routes := statusRoutes(prefix, StatusCluster(f.Filter.CollectorCluster))
+	routes := statusRoutes(statusPrefix(f), StatusCluster(f.Filter.CollectorCluster))
 	named := map[string]bool{} // routes a rule names
 	for _, r := range f.Rules {
 		if r.Match.Route != "" && r.Mode != rules.ModeSync {
@@ -82,17 +59,7 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 		if timeout == 0 {
 			timeout = 60 * time.Second
 		}
-		rt := &route.Route{
-			Name:  r.Name,
-			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: r.Prefix}},
-			Action: &route.Route_Route{Route: &route.RouteAction{
-				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: r.Cluster},
-				PrefixRewrite:    r.PrefixRewrite, Timeout: durationpb.New(timeout)}},
-		}
-		if len(r.Annotations) > 0 || named[r.Name] {
-			// Envoy's matcher cannot see the route: all of its requests go to the Wasm filter.
-			rt.TypedPerFilterConfig = map[string]*anypb.Any{FilterName: RouteOverride()}
-		}
+		rt := prefixRoute(r.Name, r.Prefix, r.Cluster, r.PrefixRewrite, timeout, len(r.Annotations) > 0 || named[r.Name])
 		if len(r.Annotations) > 0 {
 			fields := map[string]any{}
 			for k, v := range r.Annotations {
@@ -115,23 +82,98 @@ func sidecarResources(f *rulesfile.File) (map[resource.Type][]types.Resource, er
 		if err != nil {
 			return nil, err
 		}
-		clusters = append(clusters, staticCluster(c.Name, a))
 		if c.Name == f.Filter.CollectorCluster {
-			// The same collector, for the callers' reads: a cluster of its
-			// own with its own circuit breakers, so that readers (long-polls
-			// and event streams hold a request each) cannot starve intake.
-			st := staticCluster(StatusCluster(c.Name), a)
-			st.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
-				MaxConnections: wrapperspb.UInt32(StatusMaxRequests), MaxRequests: wrapperspb.UInt32(StatusMaxRequests),
-				MaxPendingRequests: wrapperspb.UInt32(StatusMaxPending)}}}
-			clusters = append(clusters, st)
+			for _, cl := range collectorClusters(c.Name, a) {
+				clusters = append(clusters, cl)
+			}
+			continue
 		}
+		clusters = append(clusters, staticCluster(c.Name, a))
 	}
 	return map[resource.Type][]types.Resource{
 		resource.ListenerType: {lis},
 		resource.RouteType:    {rc},
 		resource.ClusterType:  clusters,
 	}, nil
+}
+
+// ecdsFilter is the asyncmesh HTTP filter whose configuration comes from
+// the control plane over ADS (ECDS).
+func ecdsFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: FilterName, ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
+		ConfigSource: &core.ConfigSource{ResourceApiVersion: core.ApiVersion_V3,
+			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+			InitialFetchTimeout:   durationpb.New(10 * time.Second)},
+		TypeUrls: []string{FilterTypeURL},
+	}}}
+}
+
+// ingressListener is the sidecar's listener on listen: one connection
+// manager with routes, the asyncmesh filter and the router.
+func ingressListener(name, listen string, routes any, asyncmesh *hcm.HttpFilter) (*listener.Listener, error) {
+	manager := &hcm.HttpConnectionManager{
+		StatPrefix: "ingress",
+		HttpFilters: []*hcm.HttpFilter{
+			asyncmesh,
+			{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(&router.Router{})}},
+		},
+	}
+	switch r := routes.(type) {
+	case *hcm.HttpConnectionManager_Rds:
+		manager.RouteSpecifier = r
+	case *route.RouteConfiguration:
+		manager.RouteSpecifier = &hcm.HttpConnectionManager_RouteConfig{RouteConfig: r}
+	default:
+		return nil, fmt.Errorf("ingress listener: routes %T", routes)
+	}
+	addr, err := socketAddress(listen)
+	if err != nil {
+		return nil, err
+	}
+	return &listener.Listener{
+		Name:    name,
+		Address: addr,
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: anyOf(manager)},
+		}}}},
+	}, nil
+}
+
+// prefixRoute sends a path prefix to a cluster; override marks a route
+// Envoy's matcher cannot judge (annotated, or named by a rule): all of its
+// requests go to the Wasm filter.
+func prefixRoute(name, prefix, clusterName, rewrite string, timeout time.Duration, override bool) *route.Route {
+	rt := &route.Route{
+		Name:  name,
+		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix}},
+		Action: &route.Route_Route{Route: &route.RouteAction{
+			ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName},
+			PrefixRewrite:    rewrite, Timeout: durationpb.New(timeout)}},
+	}
+	if override {
+		rt.TypedPerFilterConfig = map[string]*anypb.Any{FilterName: RouteOverride()}
+	}
+	return rt
+}
+
+// collectorClusters are the collector's intake cluster and, on the same
+// address, its status cluster for the callers' reads: a cluster of its own
+// with its own circuit breakers, so that readers (long-polls and event
+// streams hold a request each) cannot starve intake.
+func collectorClusters(name string, a *core.Address) []*cluster.Cluster {
+	st := staticCluster(StatusCluster(name), a)
+	st.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+		MaxConnections: wrapperspb.UInt32(StatusMaxRequests), MaxRequests: wrapperspb.UInt32(StatusMaxRequests),
+		MaxPendingRequests: wrapperspb.UInt32(StatusMaxPending)}}}
+	return []*cluster.Cluster{staticCluster(name, a), st}
+}
+
+// statusPrefix is the file's status prefix, /async by default.
+func statusPrefix(f *rulesfile.File) string {
+	if f.Filter.StatusPrefix == "" {
+		return "/async"
+	}
+	return f.Filter.StatusPrefix
 }
 
 func staticCluster(name string, a *core.Address) *cluster.Cluster {

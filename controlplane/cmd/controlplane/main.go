@@ -6,6 +6,11 @@
 //	        print the asyncmesh entry of a static bootstrap's http_filters (JSON, which
 //	        YAML reads), rules embedded; -route-override prints the typed_per_filter_config
 //	        of a route a rule names or that carries annotations
+//	controlplane bootstrap -upstream 127.0.0.1:8080 [-listen 127.0.0.1:10000] [-collector 127.0.0.1:9901] [-admin 127.0.0.1:9902]
+//	        (-xds 127.0.0.1:18000 [-rules FILE] | -rules FILE -wasm /path/asyncmesh.wasm) [-node-id ID -node-cluster C]
+//	        print a complete Envoy bootstrap (JSON, which Envoy reads as YAML too) in front of one
+//	        service: the status routes, then everything to the service; the filter follows
+//	        the control plane over ECDS (-xds) or embeds the file's rules
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 //	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
 //	        [-node-grace 1m] [-max-nodes 10000]
@@ -30,6 +35,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 )
@@ -46,6 +53,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "filter":
 		err = filter(os.Args[2:])
+	case "bootstrap":
+		err = bootstrapCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -56,7 +65,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane bootstrap -upstream ADDR (-xds ADDR | -rules FILE -wasm PATH) (bootstrap -h: all flags) | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
 	os.Exit(2)
 }
 
@@ -94,6 +103,49 @@ func filter(args []string) error {
 		return err
 	}
 	out, err := xds.StaticFilter(f.Config(nil), xds.WasmOptions{Path: *wasmPath})
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
+	return nil
+}
+
+// bootstrapCmd prints an Envoy bootstrap for a sidecar in front of one
+// service (xds.BootstrapFor).
+func bootstrapCmd(args []string) error {
+	fs := flag.NewFlagSet("bootstrap", flag.ExitOnError)
+	var o xds.BootstrapOptions
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:10000", "host:port of Envoy's listener (where callers send requests)")
+	fs.StringVar(&o.Upstream, "upstream", "", "host:port of the service (required)")
+	fs.StringVar(&o.Collector, "collector", "127.0.0.1:9901", "host:port of the collector's API")
+	fs.StringVar(&o.Admin, "admin", "127.0.0.1:9902", "host:port of Envoy's admin interface")
+	fs.StringVar(&o.XDS, "xds", "", "host:port of the control plane: the filter follows it over ECDS")
+	rulesPath := fs.String("rules", "", "the rules file: embedded in the filter (with -wasm), or with -xds only read for filter.collectorCluster and statusPrefix")
+	fs.StringVar(&o.Wasm.Path, "wasm", "", "without -xds: path of asyncmesh.wasm on the Envoy's machine")
+	fs.StringVar(&o.NodeID, "node-id", "sidecar-1", "Envoy's node id (the control plane's rules targeting)")
+	fs.StringVar(&o.NodeCluster, "node-cluster", "default", "Envoy's node cluster")
+	_ = fs.Parse(args)
+	if fs.NArg() != 0 {
+		return fmt.Errorf("bootstrap: unexpected argument %q", fs.Arg(0))
+	}
+	if o.Upstream == "" {
+		return errors.New("-upstream: required")
+	}
+	if o.XDS == "" && (*rulesPath == "" || o.Wasm.Path == "") {
+		return errors.New("want -xds ADDR, or -rules FILE and -wasm PATH")
+	}
+	if *rulesPath != "" {
+		f, err := rulesfile.Load(*rulesPath)
+		if err != nil {
+			return err
+		}
+		o.Rules = f
+	}
+	b, err := xds.BootstrapFor(o)
+	if err != nil {
+		return err
+	}
+	out, err := protojson.MarshalOptions{Multiline: true}.Marshal(b)
 	if err != nil {
 		return err
 	}
