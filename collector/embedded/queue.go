@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -14,8 +15,16 @@ import (
 const (
 	// lease is how long a claimed message stays invisible; in-flight messages are
 	// re-leased every lease/3, so a crashed consumer's messages return within lease.
-	lease        = 30 * time.Second
+	lease = 30 * time.Second
+	// pollInterval is how long a consumer waits for a wakeup before it looks
+	// at the table again after a round that found nothing. Rounds that keep
+	// finding nothing double it up to idlePoll (see Consume).
 	pollInterval = 100 * time.Millisecond
+	// idlePoll is the longest wait of an idle consumer: it bounds the latency
+	// of a message published by another process on the same database file
+	// (this process's publishes wake its consumers at once, and delayed or
+	// leased messages are waited for until they are due).
+	idlePoll = 2 * time.Second
 	// claimGather is how long freed workers gather before a claim when most
 	// are busy (Consume).
 	claimGather = time.Millisecond
@@ -104,6 +113,28 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 	return out, err
 }
 
+// idlePoll is the longest wait of an idle consumer (see the constant).
+func (q *sqlQueue) idlePoll() time.Duration {
+	if q.pollMax > 0 {
+		return q.pollMax
+	}
+	return idlePoll
+}
+
+// nextDue is when the earliest message of topic becomes visible (now or
+// later: delayed, or leased to a consumer); false when the topic is empty.
+func (q *sqlQueue) nextDue(ctx context.Context, topic string) (time.Time, bool, error) {
+	q.dueReads.Add(1)
+	var due sql.NullInt64
+	if err := q.db().readRow(ctx, qNextDue, topic).Scan(&due); err != nil {
+		return time.Time{}, false, err
+	}
+	if !due.Valid {
+		return time.Time{}, false, nil
+	}
+	return time.Unix(0, due.Int64), true, nil
+}
+
 func (q *sqlQueue) ack(ctx context.Context, seq int64) error {
 	return q.db().tx(ctx, func(t wtx) error {
 		_, err := t.exec(qDeleteMessage, seq)
@@ -141,6 +172,17 @@ func (q *sqlQueue) extend(ctx context.Context, seqs []int64) error {
 	})
 }
 
+// Consume claims messages for free workers and runs them. Between claims
+// it sleeps until one of: a publish on topic from this process (Publish and
+// the store's outbox writes wake it); a handler finishing (a worker is free,
+// and a requeued message has a new due time); the due time of the earliest
+// delayed or leased message (nextDue); the next lease renewal of in-flight
+// messages; a poll, for messages that other processes sharing the database
+// file publish. The poll comes pollInterval after activity (under load a
+// wakeup comes first, and the loop runs as one that polls every
+// pollInterval) and doubles up to idlePoll while polls find nothing; a poll
+// reads the earliest due time and takes the writer only when a message is
+// due. An idle consumer thus makes one indexed read per idlePoll.
 func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h queue.Handler) error {
 	if workers < 1 {
 		workers = 1
@@ -160,9 +202,11 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 	for range workers {
 		free <- struct{}{}
 	}
-	ticker := time.NewTicker(pollInterval)
-	defer ticker.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	nextExtend := time.Now().Add(lease / 3)
+	poll := time.Duration(0) // the last poll's wait; 0 after activity
 	defer wg.Wait()
 	for {
 		// Claim as many messages as there are free workers. Under load,
@@ -177,6 +221,20 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 			case <-time.After(claimGather):
 			}
 			n = len(free)
+		}
+		// After a poll (not a wakeup), look before taking the writer: the
+		// earliest due time says whether a claim would find anything, and
+		// how long to sleep if not.
+		var due time.Time
+		known := false // due is the earliest due time (zero: the topic is empty)
+		if n > 0 && poll > 0 {
+			d, ok, err := q.nextDue(hctx, topic)
+			if err != nil {
+				slog.Warn("queue: reading the next due message", "topic", topic, "err", err)
+			} else if !ok || d.After(time.Now()) {
+				due, known = d, true
+				n = 0 // nothing is due
+			}
 		}
 		if n > 0 {
 			batch, err := q.claim(hctx, topic, n)
@@ -199,27 +257,51 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 					q.wake(topic)
 				}()
 			}
-			if len(batch) == n && n > 0 {
+			if len(batch) == n {
+				poll = 0
 				continue // there may be more
 			}
-		}
-		if time.Now().After(nextExtend) {
-			mu.Lock()
-			seqs := make([]int64, 0, len(inflight))
-			for s := range inflight {
-				seqs = append(seqs, s)
+			if len(batch) > 0 {
+				poll = 0
 			}
-			mu.Unlock()
-			if err := q.extend(hctx, seqs); err != nil {
-				slog.Warn("queue: extending leases", "topic", topic, "err", err)
+		}
+		mu.Lock()
+		busy := len(inflight) > 0
+		mu.Unlock()
+		if !time.Now().Before(nextExtend) {
+			if busy { // nothing to renew when nothing is in flight
+				mu.Lock()
+				seqs := make([]int64, 0, len(inflight))
+				for s := range inflight {
+					seqs = append(seqs, s)
+				}
+				mu.Unlock()
+				if err := q.extend(hctx, seqs); err != nil {
+					slog.Warn("queue: extending leases", "topic", topic, "err", err)
+				}
 			}
 			nextExtend = time.Now().Add(lease / 3)
 		}
+		wait := pollInterval
+		if poll > 0 {
+			poll = min(2*poll, q.idlePoll())
+			wait = poll
+		}
+		if known && !due.IsZero() {
+			wait = max(min(wait, time.Until(due)), claimGather)
+		}
+		if busy {
+			wait = max(min(wait, time.Until(nextExtend)), claimGather)
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-wakeup:
-		case <-ticker.C:
+			timer.Stop() // no stale tick follows (Go 1.23 timers)
+			poll = 0
+		case <-timer.C:
+			poll = max(poll, pollInterval) // doubled by the next wait
 		}
 	}
 }
