@@ -47,6 +47,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/delivery"
@@ -74,11 +75,16 @@ type Config struct {
 	Workers, DeliveryWorkers int
 	// RelayInterval is how often the outbox relay looks for unpublished
 	// records (default 1s); RelayAge is how old they must be (default 2s).
-	RelayInterval, RelayAge time.Duration
+	// Rounds that find nothing double the wait up to RelayIdle (default 1m);
+	// a publish that failed here brings the next round to RelayAge after it.
+	RelayInterval, RelayAge, RelayIdle time.Duration
 	// SweepInterval is how often the sweeper looks for records stuck in a
 	// non-terminal status (default 1m); SweepAge is how long a record must
 	// have been untouched, its lease expired, to count as stuck (default 15m).
-	SweepInterval, SweepAge time.Duration
+	// Once this collector has moved no record for SweepAge + SweepInterval,
+	// rounds that find nothing double the wait up to SweepIdle (default 10m,
+	// at most SweepAge).
+	SweepInterval, SweepAge, SweepIdle time.Duration
 	// PublishTimeout bounds intake's wait for the queue's confirm (default 2s).
 	PublishTimeout time.Duration
 	// Rules, when set, are the live rules from the control plane: the
@@ -132,6 +138,8 @@ type Collector struct {
 	stoppingOnce sync.Once
 	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
 	decided      *decisions    // ids intake accepted before the filter's deadline
+	relayWake    chan struct{} // a publish failed: the relay has work (wakeRelay)
+	lastMove     atomic.Int64  // when this collector last created or moved a record (Unix ns)
 }
 
 // New returns a collector over st and q.
@@ -161,8 +169,12 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)
+	defD(&cfg.RelayIdle, time.Minute)
+	cfg.RelayIdle = max(cfg.RelayIdle, cfg.RelayInterval)
 	defD(&cfg.SweepInterval, time.Minute)
 	defD(&cfg.SweepAge, 15*time.Minute)
+	defD(&cfg.SweepIdle, 10*time.Minute)
+	cfg.SweepIdle = max(min(cfg.SweepIdle, cfg.SweepAge), cfg.SweepInterval)
 	defD(&cfg.PublishTimeout, 2*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -171,7 +183,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if ob != nil && ob.Queue() != q {
 		ob = nil
 	}
-	return &Collector{
+	c := &Collector{
 		cfg: cfg, store: st, queue: q, outbox: ob, log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
@@ -180,11 +192,14 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		notify:   newNotifier(),
-		stopping: make(chan struct{}),
-		waiters:  make(chan struct{}, cfg.MaxWaiters),
-		decided:  newDecisions(),
-	}, nil
+		notify:    newNotifier(),
+		stopping:  make(chan struct{}),
+		waiters:   make(chan struct{}, cfg.MaxWaiters),
+		decided:   newDecisions(),
+		relayWake: make(chan struct{}, 1),
+	}
+	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
+	return c, nil
 }
 
 // Run consumes work and deliveries and runs the outbox relay until ctx ends,
@@ -236,6 +251,7 @@ func (c *Collector) move(ctx context.Context, id string, ch store.Change) (*stor
 }
 
 func (c *Collector) moved(r *store.Record, ch store.Change) {
+	c.lastMove.Store(time.Now().UnixNano())
 	c.obs.transitioned(r, ch) // before waking waiters, who may read the metrics
 	c.notify.broadcast(r.ID)
 }
@@ -273,8 +289,10 @@ func (c *Collector) accept(ctx context.Context, r *store.Record) error {
 		if err := c.store.Create(ctx, r); err != nil {
 			return err
 		}
+		c.lastMove.Store(time.Now().UnixNano())
 		if err := c.enqueue(ctx, r); err != nil {
 			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
+			c.wakeRelay()
 		} else {
 			r.Status = store.Queued
 		}
@@ -291,47 +309,84 @@ func (c *Collector) accept(ctx context.Context, r *store.Record) error {
 	if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
 		return err
 	}
+	c.lastMove.Store(time.Now().UnixNano())
 	c.obs.transitioned(r, queued)
 	return nil
 }
 
 // relay publishes records that intake persisted but could not publish (queue
 // down, no confirm, crash between the two), oldest first, at most 200 a round.
-// While the queue refuses, rounds back off from RelayInterval to 30s.
+//
+// It is a safety net, and idle most of the time (with an outbox, intake
+// never leaves a record persisted): rounds come every RelayInterval after
+// one that found records, and the wait doubles up to RelayIdle while rounds
+// find nothing. A publish that fails in this collector wakes it
+// (wakeRelay): the next round comes RelayAge later, when the record is old
+// enough to be found. While the queue refuses, rounds back off from
+// RelayInterval to 30s, and wakeups do not shorten that.
 func (c *Collector) relay(ctx context.Context) error {
 	wait := c.cfg.RelayInterval
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	next := time.Now().Add(wait)
+	failing := false
 	for {
-		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return nil
+		case <-c.relayWake:
+			if at := time.Now().Add(c.cfg.RelayAge); !failing && at.Before(next) {
+				t.Reset(time.Until(at))
+				next, wait = at, c.cfg.RelayInterval
+			}
+			continue
 		case <-t.C:
 		}
 		c.decided.prune(time.Now())
-		if err := c.relayRound(ctx); err != nil {
-			wait = min(2*wait, 30*time.Second)
-			if ctx.Err() == nil {
-				c.log.Warn("outbox relay: will retry", "in", wait, "err", err)
-			}
-			continue
+		n, err := c.relayRound(ctx)
+		wait = c.relayWait(wait, n, err)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("outbox relay: will retry", "in", wait, "err", err)
 		}
-		wait = c.cfg.RelayInterval
+		failing = err != nil
+		t.Reset(wait)
+		next = time.Now().Add(wait)
 	}
 }
 
-func (c *Collector) relayRound(ctx context.Context) error {
+// relayWait is the wait before the next relay round, after one that waited
+// wait and found n records (err: failed).
+func (c *Collector) relayWait(wait time.Duration, n int, err error) time.Duration {
+	switch {
+	case err != nil:
+		return min(2*wait, 30*time.Second)
+	case n > 0:
+		return c.cfg.RelayInterval
+	}
+	return min(2*wait, c.cfg.RelayIdle)
+}
+
+// wakeRelay tells the relay that a record was left persisted.
+func (c *Collector) wakeRelay() {
+	select {
+	case c.relayWake <- struct{}{}:
+	default:
+	}
+}
+
+// relayRound publishes what it finds and says how many it found.
+func (c *Collector) relayRound(ctx context.Context) (int, error) {
 	recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
 	if err != nil {
-		return fmt.Errorf("listing persisted records: %w", err)
+		return 0, fmt.Errorf("listing persisted records: %w", err)
 	}
 	for _, r := range recs {
 		if err := c.enqueue(ctx, r); err != nil {
-			return fmt.Errorf("publishing %s (trace %s): %w", r.ID, r.TraceID, err)
+			return len(recs), fmt.Errorf("publishing %s (trace %s): %w", r.ID, r.TraceID, err)
 		}
 		c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
 	}
-	return nil
+	return len(recs), nil
 }
 
 // sweep republishes the message of records stuck in a non-terminal status:
@@ -339,8 +394,17 @@ func (c *Collector) relayRound(ctx context.Context) error {
 // delivery limit, or dropped by an operator). It is the safety net behind
 // "no accepted request is lost"; handlers are idempotent, so a record that
 // was only slow gets a harmless duplicate.
+//
+// A record can only be found SweepAge after its last change, so rounds come
+// every SweepInterval until this collector has moved no record for SweepAge
+// + SweepInterval (every record it moved has been looked at once stuck,
+// and those a previous run left, from its start); then, while rounds find
+// nothing, the wait doubles up to SweepIdle, for records other collectors
+// on the same store leave stuck. SweepIdle ≤ SweepAge: a record moved while
+// the sweeper waits long is not due before the next round.
 func (c *Collector) sweep(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.SweepInterval)
+	wait := c.cfg.SweepInterval
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
@@ -348,12 +412,26 @@ func (c *Collector) sweep(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if n, err := c.sweepOnce(ctx, time.Now()); err != nil && ctx.Err() == nil {
+		now := time.Now()
+		n, err := c.sweepOnce(ctx, now)
+		if err != nil && ctx.Err() == nil {
 			c.log.Warn("sweeper: round failed", "err", err)
 		} else if n > 0 {
 			c.log.Warn("sweeper: republished stuck records", "count", n)
 		}
+		wait = c.sweepWait(wait, n, err, now, time.Unix(0, c.lastMove.Load()))
+		t.Reset(wait)
 	}
+}
+
+// sweepWait is the wait before the next sweep, after one at now that
+// waited wait and found n records (err: failed), when this collector last
+// created or moved a record at moved.
+func (c *Collector) sweepWait(wait time.Duration, n int, err error, now, moved time.Time) time.Duration {
+	if n > 0 || err != nil || now.Sub(moved) < c.cfg.SweepAge+c.cfg.SweepInterval {
+		return c.cfg.SweepInterval
+	}
+	return min(2*wait, c.cfg.SweepIdle)
 }
 
 // sweepOnce republishes, at most 200 per status, the records untouched since

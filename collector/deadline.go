@@ -110,8 +110,9 @@ func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.
 // answered in time, then kept until a worker claims the record (or a minute
 // after its deadline, for those another collector runs).
 type decisions struct {
-	mu sync.Mutex
-	m  map[string]*decision
+	mu     sync.Mutex
+	m      map[string]*decision
+	pruned time.Time // the last prune (pending prunes at most once a second)
 }
 
 type decision struct {
@@ -121,9 +122,15 @@ type decision struct {
 
 func newDecisions() *decisions { return &decisions{m: map[string]*decision{}} }
 
-// pending records that intake is about to write id.
+// pending records that intake is about to write id. It prunes the
+// decisions at most once a second: while intakes come in, as often as the
+// relay did when its rounds came every second (an idle relay's rounds are
+// far apart, and only prune what the last intakes left).
 func (d *decisions) pending(id string, deadline time.Time) {
 	d.mu.Lock()
+	if now := time.Now(); now.Sub(d.pruned) >= time.Second {
+		d.pruneLocked(now)
+	}
 	d.m[id] = &decision{deadline: deadline, done: make(chan struct{})}
 	d.mu.Unlock()
 }
@@ -171,6 +178,11 @@ func (d *decisions) forget(id string) {
 func (d *decisions) prune(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.pruneLocked(now)
+}
+
+func (d *decisions) pruneLocked(now time.Time) {
+	d.pruned = now
 	for id, x := range d.m {
 		if now.After(x.deadline.Add(time.Minute)) {
 			delete(d.m, id)
