@@ -11,7 +11,7 @@ wasm:
 	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -ldflags='-s -w' -o $(BIN)/asyncmesh.wasm ./filter
 
 build: wasm
-	$(GO) build -o $(BIN)/ ./collector/cmd/collector ./controlplane/cmd/controlplane ./examples/service ./examples/receiver ./examples/demo
+	$(GO) build -o $(BIN)/ ./cmd/asyncmesh ./collector/cmd/collector ./controlplane/cmd/controlplane ./examples/service ./examples/receiver ./examples/demo
 
 demo: build
 	$(BIN)/demo -envoy "$(ENVOY_BIN)" -bin $(BIN)
