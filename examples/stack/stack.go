@@ -7,14 +7,11 @@ package stack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	neturl "net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,6 +20,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 	"github.com/asyncmesh/asyncmesh/controlplane/xds"
+	"github.com/asyncmesh/asyncmesh/internal/procs"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
@@ -68,7 +66,7 @@ type Stack struct {
 	// metrics, reading any request): see OperatorGet.
 	AdminToken     string
 	collectorExtra []string // RestartCollector's flags
-	procs          map[string]*proc
+	procs          *procs.Group
 }
 
 // Start starts every process and waits until each answers.
@@ -80,7 +78,7 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 		}
 		*p = abs
 	}
-	s := &Stack{opt: opt, procs: map[string]*proc{},
+	s := &Stack{opt: opt, procs: &procs.Group{Dir: opt.WorkDir, Logs: opt.Logs},
 		ReplaySecret: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), WebhookSecret: webhook.NewSecret(),
 		AdminToken: "admin-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_")}
 	ports, err := FreePorts(8)
@@ -283,22 +281,17 @@ func (s *Stack) StopCollector(kill bool) error {
 	if kill {
 		sig = syscall.SIGKILL
 	}
-	return s.stop("collector", sig)
+	return s.procs.Stop("collector", sig)
 }
 
 // PID is the process id of a running process of the stack ("envoy",
 // "collector", "service", "receiver", ...), or 0.
-func (s *Stack) PID(name string) int {
-	if p, ok := s.procs[name]; ok {
-		return p.cmd.Process.Pid
-	}
-	return 0
-}
+func (s *Stack) PID(name string) int { return s.procs.PID(name) }
 
 // Spawn starts one more process with the stack (its output in
 // LogPath(name)); Close stops it with the others.
 func (s *Stack) Spawn(name, bin string, env []string, args ...string) error {
-	return s.spawn(name, bin, env, args...)
+	return s.procs.Spawn(name, bin, env, args...)
 }
 
 // DBPath is the collector's embedded database.
@@ -319,99 +312,20 @@ func (s *Stack) OperatorGet(ctx context.Context, path string) (*http.Response, e
 func (s *Stack) ServiceAddr() string { return addr(s.servicePort) }
 
 // LogPath is where a process's output goes.
-func (s *Stack) LogPath(name string) string { return filepath.Join(s.opt.WorkDir, name+".log") }
+func (s *Stack) LogPath(name string) string { return s.procs.LogPath(name) }
 
 func (s *Stack) spawn(name, bin string, env []string, args ...string) error {
-	f, err := os.OpenFile(s.LogPath(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var w io.Writer = f
-	if s.opt.Logs != nil {
-		w = io.MultiWriter(f, s.opt.Logs)
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("starting %s (%s): %w", name, bin, err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	s.procs[name] = p
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	return nil
-}
-
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func (s *Stack) stop(name string, sig syscall.Signal) error {
-	p, ok := s.procs[name]
-	if !ok {
-		return nil
-	}
-	delete(s.procs, name)
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(35 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("%s did not stop within 35s", name)
-	}
+	return s.procs.Spawn(name, bin, env, args...)
 }
 
 // Close stops every process.
 func (s *Stack) Close() {
-	for _, name := range []string{"envoy", "controlplane", "collector", "receiver", "service"} {
-		_ = s.stop(name, syscall.SIGTERM)
-	}
+	s.procs.StopAll("envoy", "controlplane", "collector", "receiver", "service")
 }
 
 // FreePorts returns n distinct free TCP ports on 127.0.0.1.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
+func FreePorts(n int) ([]int, error) { return procs.FreePorts(n) }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = errors.New(resp.Status)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", url, last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return procs.WaitHTTP(ctx, url, timeout)
 }
