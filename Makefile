@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm demo test unit e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short clean
+.PHONY: all build wasm images demo test unit e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short clean
 
 all: build
 
@@ -12,6 +12,14 @@ wasm:
 
 build: wasm
 	$(GO) build -o $(BIN)/ ./cmd/asyncmesh ./collector/cmd/collector ./controlplane/cmd/controlplane ./examples/service ./examples/receiver ./examples/demo
+
+# images writes the filter (Wasm image "compat" variant: one layer, plugin.wasm),
+# the collector and the control plane (static, linux/amd64, no base image, user
+# 65532) as OCI layouts and docker tarballs under build/images, without Docker;
+# SOURCE_DATE_EPOCH sets their time (1970 when unset): same inputs, same digests.
+images: wasm
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(BIN)/linux-amd64/ ./collector/cmd/collector ./controlplane/cmd/controlplane
+	$(GO) run ./deploy/cmd/images -wasm $(BIN)/asyncmesh.wasm -collector $(BIN)/linux-amd64/collector -controlplane $(BIN)/linux-amd64/controlplane -out $(BIN)/images
 
 demo: build
 	$(BIN)/demo -envoy "$(ENVOY_BIN)" -bin $(BIN)
