@@ -39,7 +39,8 @@ import (
 
 const (
 	// PluginFile is the one file of the filter image's layer, the name Istio
-	// and Envoy Gateway look for.
+	// and Envoy Gateway look for. Its tar name is exactly that, at the root
+	// without "./": some loaders compare the whole name, others its base.
 	PluginFile = "plugin.wasm"
 	// UID and GID of the non-root user the program images run as.
 	UID = 65532
