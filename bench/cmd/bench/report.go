@@ -110,8 +110,8 @@ func (r *Report) markdown() []byte {
 	w("load generator on the same cores as Envoy and the collector. Raw figures: `report.json`; the knee:")
 	w("`latency.png` (p50/p99 against offered rate). Ratios are to a baseline measured in this run.")
 	w("")
-	if len(r.Passthrough) == 6 {
-		ceil, base, empty, filt, kept, untagged := r.Passthrough[0], r.Passthrough[1], r.Passthrough[2], r.Passthrough[3], r.Passthrough[4], r.Passthrough[5]
+	if len(r.Passthrough) == 7 {
+		ceil, base, empty, filt, kept, untagged, before := r.Passthrough[0], r.Passthrough[1], r.Passthrough[2], r.Passthrough[3], r.Passthrough[4], r.Passthrough[5], r.Passthrough[6]
 		w("## Proxy paths")
 		w("")
 		w("Saturation is the highest achieved rate with < 1%% errors; Envoy CPU is its CPU time per request at a fixed %d/s (the paths take turns, %d rounds), and its ratio is the capacity the filter leaves (baseline cost ÷ path cost).", costRate, costRounds)
@@ -133,8 +133,8 @@ func (r *Report) markdown() []byte {
 		w("Target: untagged requests ≥ %.2f× Envoy without the filter: %.2f× by Envoy's CPU per request — %s (the baseline serves /fast, the untagged path /healthz, both answered at once by the same service).",
 			targetUntaggedRatio, bc/untagged.EnvoyCPUus, check(bc/untagged.EnvoyCPUus >= targetUntaggedRatio))
 		w("")
-		w("Envoy's own direct_response, %.0f/s, is the ceiling of this machine. An empty Wasm filter (callbacks that return at once) costs %.1f µs per request over no filter (%.2f×): the floor of any request that enters a Wasm VM. Pass-through requests do not: Envoy's matcher hands them to its own header filters (controlplane/xds PassThroughFilter), which cost %.1f µs (created) and %.1f µs (kept) over no filter.",
-			ceil.Saturation(), empty.EnvoyCPUus-bc, bc/empty.EnvoyCPUus, filt.EnvoyCPUus-bc, kept.EnvoyCPUus-bc)
+		w("Envoy's own direct_response, %.0f/s, is the ceiling of this machine. An empty Wasm filter (callbacks that return at once) costs %.1f µs per request over no filter (%.2f×): the floor of any request that enters a Wasm VM. Pass-through requests do not: Envoy's matcher hands them to its own header filters (controlplane/xds PassThroughFilter), which cost %.1f µs (created) and %.1f µs (kept) over no filter; the Wasm filter on every request, as before, costs %.1f µs (%.2f×).",
+			ceil.Saturation(), empty.EnvoyCPUus-bc, bc/empty.EnvoyCPUus, filt.EnvoyCPUus-bc, kept.EnvoyCPUus-bc, before.EnvoyCPUus-bc, bc/before.EnvoyCPUus)
 		w("")
 	}
 	var embedded *BackendReport

@@ -15,7 +15,13 @@ import (
 	"strings"
 	"time"
 
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+
 	"github.com/asyncmesh/asyncmesh/bench/load"
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 	"github.com/asyncmesh/asyncmesh/examples/stack"
 )
 
@@ -130,7 +136,11 @@ func startBackends(root string) (func(), error) {
 // binary and concurrency), against the sidecar's Envoy with the filter on a
 // pass-through route.
 func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([]Curve, error) {
-	ports, err := stack.FreePorts(3)
+	ports, err := stack.FreePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	wasmAll, err := wasmAllFilter(s, o.bin)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +150,8 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	}
 	_, servicePort, _ := net.SplitHostPort(s.ServiceAddr())
 	conf := strings.NewReplacer("${PORT}", strconv.Itoa(ports[0]), "${ADMIN_PORT}", strconv.Itoa(ports[1]),
-		"${WASM_PORT}", strconv.Itoa(ports[2]), "${EMPTY_WASM}", empty, "${SERVICE_PORT}", servicePort).Replace(baselineBootstrap)
+		"${WASM_PORT}", strconv.Itoa(ports[2]), "${EMPTY_WASM}", empty, "${SERVICE_PORT}", servicePort,
+		"${WASM_ALL_PORT}", strconv.Itoa(ports[3]), "${ASYNCMESH_WASM_ALL}", wasmAll).Replace(baselineBootstrap)
 	path := filepath.Join(work, "envoy-baseline.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -173,6 +184,7 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 		{"envoy + asyncmesh filter → service, traceparent created", "envoy", s.EnvoyURL + "/fast", nil},
 		{"envoy + asyncmesh filter → service, traceparent kept", "envoy", s.EnvoyURL + "/fast", tp},
 		{"envoy + asyncmesh filter → service, untagged (filter.untagged)", "envoy", s.EnvoyURL + "/healthz", nil},
+		{"envoy + asyncmesh Wasm filter on every request (before)", "envoy-baseline", "http://127.0.0.1:" + strconv.Itoa(ports[3]) + "/fast", nil},
 	}
 	var curves []Curve
 	var targets []costTarget
@@ -185,6 +197,25 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 		logf("  %-44s Envoy CPU %.1f µs per request at %d/s", paths[i].name, us, costRate)
 	}
 	return curves, nil
+}
+
+// wasmAllFilter is the asyncmesh Wasm filter with the stack's rules as an
+// http_filters entry of its own (JSON), without Envoy's matcher in front.
+func wasmAllFilter(s *stack.Stack, bin string) (string, error) {
+	f, err := rulesfile.Load(s.RulesPath())
+	if err != nil {
+		return "", err
+	}
+	w, err := xds.WasmFilter(f.Config(nil), xds.WasmOptions{Path: filepath.Join(bin, "asyncmesh.wasm")})
+	if err != nil {
+		return "", err
+	}
+	typed, err := anypb.New(w)
+	if err != nil {
+		return "", err
+	}
+	js, err := protojson.Marshal(&hcm.HttpFilter{Name: "asyncmesh", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: typed}})
+	return string(js), err
 }
 
 // Before a backend is measured it gets warmupFor of requests at warmupRate
