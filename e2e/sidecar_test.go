@@ -28,8 +28,14 @@ import (
 // async request through that address gets the 202, the service's answer
 // reaches the callback, and the Location reads the delivered record. The
 // secrets it generates are files of mode 0600 that it never prints.
-// SIGINT stops it cleanly.
+// SIGINT stops it cleanly. Twice: with a rules file, and with -async
+// /work and no file (the caller names its callback).
 func TestOneCommandSidecar(t *testing.T) {
+	t.Run("rules", func(t *testing.T) { oneCommandSidecar(t, false) })
+	t.Run("async", func(t *testing.T) { oneCommandSidecar(t, true) })
+}
+
+func oneCommandSidecar(t *testing.T, async bool) {
 	service := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "done:%s", b)
@@ -63,9 +69,12 @@ rules:
 		t.Fatal(err)
 	}
 	data := filepath.Join(dir, "data")
-	cmd := exec.Command(filepath.Join(os.Getenv("ASYNCMESH_BIN"), "asyncmesh"), "sidecar",
-		"-upstream", strings.TrimPrefix(service.URL, "http://"), "-rules", rules,
-		"-listen", "127.0.0.1:"+strconv.Itoa(ports[0]), "-data", data, "-envoy", os.Getenv("ENVOY_BIN"))
+	args := []string{"sidecar", "-upstream", strings.TrimPrefix(service.URL, "http://"), "-rules", rules,
+		"-listen", "127.0.0.1:" + strconv.Itoa(ports[0]), "-data", data, "-envoy", os.Getenv("ENVOY_BIN")}
+	if async {
+		args[3], args[4] = "-async", "/work"
+	}
+	cmd := exec.Command(filepath.Join(os.Getenv("ASYNCMESH_BIN"), "asyncmesh"), args...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
@@ -130,7 +139,11 @@ rules:
 		}
 	}
 
-	resp, err := http.Post(front+"/work/1", "text/plain", strings.NewReader("payload"))
+	req, _ := http.NewRequest(http.MethodPost, front+"/work/1", strings.NewReader("payload"))
+	if async {
+		req.Header.Set("x-async-callback", receiver.URL+"/cb")
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,13 @@
 // Command asyncmesh runs asyncmesh in front of a service with one command:
 //
-//	asyncmesh sidecar -upstream 127.0.0.1:8080 -rules rules.yaml [-listen 127.0.0.1:10000]
-//	        [-data DIR] [-envoy PATH] [-bin DIR] [-collector ADDR] [-node-id ID -node-cluster C]
+//	asyncmesh sidecar -upstream 127.0.0.1:8080 (-rules rules.yaml | -async /slow [-async /other])
+//	        [-listen 127.0.0.1:10000] [-data DIR] [-envoy PATH] [-bin DIR] [-collector ADDR]
+//	        [-node-id ID -node-cluster C]
+//
+// -async PREFIX, instead of a rules file, makes the requests under each
+// prefix async with a rules file the runner writes into the data directory:
+// callers name their callback (x-async-callback), on this machine only
+// (docs/rules.md has every other choice).
 //
 // It starts the control plane on the rules file (edits apply live), the
 // collector on the embedded store and queue in the data directory, and Envoy
@@ -31,6 +37,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,13 +62,21 @@ func main() {
 type options struct {
 	upstream, rules, listen, data, envoy, bin, collector string
 	nodeID, nodeCluster                                  string
+	async                                                []string
 }
 
 func sidecar(args []string, out io.Writer) error {
 	var o options
 	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
 	fs.StringVar(&o.upstream, "upstream", "", "host:port of your service (required)")
-	fs.StringVar(&o.rules, "rules", "rules.yaml", "the rules file (docs/rules.md); edits apply live")
+	fs.StringVar(&o.rules, "rules", "", "the rules file (docs/rules.md); edits apply live")
+	fs.Func("async", "instead of -rules: a path prefix whose requests become async, callers naming their callback on this machine (repeatable)", func(v string) error {
+		if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "\"'\n{}[]#\\") {
+			return fmt.Errorf("%q: want a path prefix such as /slow", v)
+		}
+		o.async = append(o.async, v)
+		return nil
+	})
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:10000", "host:port where callers send their requests (Envoy's listener)")
 	fs.StringVar(&o.data, "data", defaultDataDir(), "data directory: database, secrets, logs, generated bootstrap")
 	fs.StringVar(&o.envoy, "envoy", "", "the envoy binary (default: $ENVOY_BIN, scripts/install-envoy.sh's, or envoy on the PATH)")
@@ -78,6 +93,22 @@ func sidecar(args []string, out io.Writer) error {
 	}
 	if _, _, err := net.SplitHostPort(o.upstream); err != nil {
 		return fmt.Errorf("-upstream: %w", err)
+	}
+	if (o.rules == "") == (len(o.async) == 0) {
+		return errors.New("want -rules FILE or -async PREFIX (one or more), not both")
+	}
+	var err error
+	if o.data, err = filepath.Abs(o.data); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return err
+	}
+	if len(o.async) > 0 {
+		o.rules = filepath.Join(o.data, "rules.yaml")
+		if err := os.WriteFile(o.rules, []byte(asyncRules(o.async)), 0o600); err != nil {
+			return err
+		}
 	}
 	rulesPath, err := filepath.Abs(o.rules)
 	if err != nil {
@@ -97,9 +128,6 @@ func sidecar(args []string, out io.Writer) error {
 	}
 	envoy, err := findEnvoy(o.envoy, bin)
 	if err != nil {
-		return err
-	}
-	if o.data, err = filepath.Abs(o.data); err != nil {
 		return err
 	}
 	logs := filepath.Join(o.data, "logs")
@@ -186,6 +214,28 @@ Ctrl-C stops everything.
 	}
 }
 
+// asyncRules is the rules file of -async: each prefix async, the callback
+// named by the caller on this machine.
+func asyncRules(prefixes []string) string {
+	var b strings.Builder
+	b.WriteString(`# Written by asyncmesh sidecar -async (rewritten at each start; use -rules
+# with a file of your own for anything else: docs/rules.md).
+filter:
+  collectorCluster: asyncmesh_collector
+  replaySecretEnv: ASYNCMESH_REPLAY_SECRET
+rules:
+`)
+	for i, p := range prefixes {
+		fmt.Fprintf(&b, `  - name: async-%d
+    match: {pathPrefix: "%s"}
+    mode: async
+    # Callers name their callback with x-async-callback, on this machine only.
+    callback: {allowOverride: true, allowedHosts: ["127.0.0.1", "localhost"], allowNetworks: [127.0.0.0/8]}
+`, i+1, p)
+	}
+	return b.String()
+}
+
 func statusPrefix(f *rulesfile.File) string {
 	if f.Filter.StatusPrefix == "" {
 		return "/async"
@@ -269,5 +319,20 @@ func findEnvoy(flagged, bin string) (string, error) {
 	if p, err := exec.LookPath("envoy"); err == nil {
 		return p, nil
 	}
+	if script := filepath.Join(filepath.Dir(bin), "scripts", "install-envoy.sh"); fileExists(script) {
+		fmt.Fprintln(os.Stderr, "asyncmesh: installing Envoy with", script)
+		cmd := exec.Command(script)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", script, err)
+		}
+		return strings.TrimSpace(string(out)), nil
+	}
 	return "", errors.New("no envoy found: run scripts/install-envoy.sh, or give -envoy PATH or ENVOY_BIN")
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
