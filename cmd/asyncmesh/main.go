@@ -144,6 +144,11 @@ func sidecar(args []string, out io.Writer) error {
 		return err
 	}
 
+	l, err := net.Listen("tcp", o.listen) // a clear error now rather than Envoy's later
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	l.Close()
 	ports, err := procs.FreePorts(4)
 	if err != nil {
 		return err
@@ -172,6 +177,16 @@ func sidecar(args []string, out io.Writer) error {
 	g := &procs.Group{Dir: logs}
 	exits := g.Exits()
 	defer g.StopAll("envoy", "collector", "controlplane")
+	// One process ending on its own ends the run (and the others).
+	run, died := context.WithCancelCause(ctx)
+	defer died(nil)
+	go func() {
+		select {
+		case name := <-exits:
+			died(fmt.Errorf("%s exited (its log: %s); stopping the others", name, g.LogPath(name)))
+		case <-run.Done():
+		}
+	}()
 	listenURL, collectorURL := "http://"+o.listen, "http://"+collector
 	steps := []struct {
 		name, bin, health string
@@ -191,9 +206,12 @@ func sidecar(args []string, out io.Writer) error {
 		if err := g.Spawn(st.name, st.bin, st.env, st.args...); err != nil {
 			return err
 		}
-		if err := procs.WaitHTTP(ctx, st.health, 60*time.Second); err != nil {
+		if err := procs.WaitHTTP(run, st.health, 60*time.Second); err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if run.Err() != nil {
+				return context.Cause(run)
 			}
 			return fmt.Errorf("%s did not become ready (its log: %s): %w", st.name, g.LogPath(st.name), err)
 		}
@@ -205,13 +223,12 @@ func sidecar(args []string, out io.Writer) error {
   data and logs      %s
 Ctrl-C stops everything.
 `, o.upstream, rulesPath, listenURL, listenURL, statusPrefix(f), collectorURL, tokenPath, o.data)
-	select {
-	case <-ctx.Done():
+	<-run.Done()
+	if ctx.Err() != nil {
 		fmt.Fprintln(out, "asyncmesh: stopping")
 		return nil
-	case name := <-exits:
-		return fmt.Errorf("%s exited (its log: %s); stopping the others", name, g.LogPath(name))
 	}
+	return context.Cause(run)
 }
 
 // asyncRules is the rules file of -async: each prefix async, the callback
