@@ -195,3 +195,36 @@ rules:
 		t.Errorf("Envoy still answers after SIGINT")
 	}
 }
+
+// TestControlplaneBootstrapValidates: what controlplane bootstrap prints,
+// static (-rules -wasm) and ECDS (-xds), is a configuration the real Envoy
+// accepts (envoy --mode validate).
+func TestControlplaneBootstrapValidates(t *testing.T) {
+	bin, dir := os.Getenv("ASYNCMESH_BIN"), t.TempDir()
+	rules := filepath.Join(dir, "rules.yaml")
+	if err := os.WriteFile(rules, []byte(`
+filter: {collectorCluster: asyncmesh_collector, replaySecretEnv: ASYNCMESH_REPLAY_SECRET}
+rules:
+  - {name: work, match: {pathPrefix: /work}, mode: async, callback: {allowOverride: true, allowedHosts: ["127.0.0.1"]}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for mode, args := range map[string][]string{
+		"static": {"-rules", rules, "-wasm", filepath.Join(bin, "asyncmesh.wasm")},
+		"ecds":   {"-xds", "127.0.0.1:18000"},
+	} {
+		out, err := exec.Command(filepath.Join(bin, "controlplane"), append([]string{"bootstrap", "-upstream", "127.0.0.1:8080"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("%s: controlplane bootstrap: %v", mode, err)
+		}
+		boot := filepath.Join(dir, mode+".yaml")
+		if err := os.WriteFile(boot, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(os.Getenv("ENVOY_BIN"), "--mode", "validate", "-c", boot, "-l", "error")
+		cmd.Env = append(os.Environ(), "ASYNCMESH_REPLAY_SECRET="+strings.Repeat("s", 40))
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "OK") {
+			t.Errorf("%s: envoy --mode validate: %v\n%s", mode, err, out)
+		}
+	}
+}
