@@ -54,9 +54,13 @@ func (v *Recent) Get(id string) (*Record, Version, bool) {
 
 // Put remembers r as written at version ver. It keeps a shallow copy: the
 // caller may go on setting r's fields (a worker replaces the envelope with its
-// live-rule view), which must not reach the next write.
+// live-rule view), which must not reach the next write. A record in a
+// terminal status is forgotten instead: nothing moves it again but an
+// operator's replay, which can afford a read, and after a burst the cache
+// would otherwise hold its last recentMax records (and their bodies) for as
+// long as the collector stays idle.
 func (v *Recent) Put(r *Record, ver Version) {
-	if bodyLen(r) > recentBodyMax {
+	if bodyLen(r) > recentBodyMax || r.Status.Terminal() {
 		v.Drop(r.ID)
 		return
 	}
@@ -77,10 +81,15 @@ func (v *Recent) Put(r *Record, ver Version) {
 	}
 }
 
-// Drop forgets id.
+// Drop forgets id. The last one out lets the map and the eviction order go:
+// a map keeps its buckets when emptied, and an idle collector has nothing
+// cached once its records are done.
 func (v *Recent) Drop(id string) {
 	v.mu.Lock()
 	delete(v.m, id)
+	if len(v.m) == 0 && len(v.order) > 0 {
+		v.m, v.order = map[string]recentEntry{}, nil
+	}
 	v.mu.Unlock()
 }
 

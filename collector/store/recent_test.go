@@ -25,3 +25,17 @@ func TestRecentKeepsWhatWasWritten(t *testing.T) {
 		t.Fatal("Drop kept the record")
 	}
 }
+
+// TestRecentForgetsTerminalRecords: a record written delivered or dead is
+// not kept (after a burst, an idle collector held its last 4096 records).
+func TestRecentForgetsTerminalRecords(t *testing.T) {
+	c := NewRecent()
+	for _, st := range []Status{Delivering, Delivered, Dead} {
+		c.Put(&Record{ID: "a", Status: Delivering}, Version{Seq: 1})
+		c.Put(&Record{ID: "a", Status: st}, Version{Seq: 2})
+		_, _, ok := c.Get("a")
+		if want := !st.Terminal(); ok != want {
+			t.Errorf("after a write in %s: cached %v, want %v", st, ok, want)
+		}
+	}
+}
