@@ -30,7 +30,7 @@
 // a publish in this process wakes them, a delayed or leased message is due,
 // or a poll for other processes sharing the file comes (one indexed read,
 // every idlePoll once polls keep finding nothing); checkpoints follow
-// commits (Consume, checkpoints).
+// commits, and the WAL is truncated once writes stop (Consume, checkpoints).
 package embedded
 
 import (
@@ -73,8 +73,8 @@ type DB struct {
 
 	// What the database did, for the tests of its idle path: write
 	// operations (one per tx call), consumers' reads of the next due
-	// message, and checkpoints run.
-	writes, dueReads, checkpointsRun atomic.Int64
+	// message, checkpoints run, and WAL truncations.
+	writes, dueReads, checkpointsRun, walTruncated atomic.Int64
 }
 
 // writeOp is one caller's write, run by the writer goroutine.
@@ -302,6 +302,12 @@ const checkpointEvery = time.Second
 // threshold and hold every caller of that group commit for the copy and its
 // fsync — the slowest 0.1% of intakes. A checkpoint that could not copy
 // every frame (a reader still needed them) is tried again a period later.
+//
+// Under sustained load some reader always holds a snapshot, so the WAL never
+// restarts from its beginning and grows (1.4 GB after 20000 requests on
+// loopback, for an 86 MB database). So once a checkpoint has copied every
+// frame and a period has passed without a commit, the WAL is truncated
+// (truncateWAL).
 func (db *DB) checkpoints() {
 	defer db.wg.Done()
 	t := time.NewTimer(time.Hour)
@@ -315,7 +321,8 @@ func (db *DB) checkpoints() {
 		}
 		var busy, frames, copied int64
 		db.checkpointsRun.Add(1)
-		if err := db.cp.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
+		err := db.cp.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied)
+		if err != nil {
 			slog.Warn("embedded: checkpoint", "err", err)
 		} else if copied < frames {
 			db.dirty()
@@ -326,7 +333,35 @@ func (db *DB) checkpoints() {
 			return
 		case <-t.C:
 		}
+		if err == nil && frames > 0 && copied == frames && len(db.committed) == 0 {
+			db.truncateWAL()
+		}
 	}
+}
+
+// truncateWAL empties the WAL file, all of it copied and nothing written
+// since. A TRUNCATE checkpoint holds new writers while it waits for readers
+// to leave older snapshots: it waits 100 ms at most here, and, busy, is
+// left for the next quiet period.
+func (db *DB) truncateWAL() {
+	ctx := context.Background()
+	conn, err := db.cp.Conn(ctx)
+	if err != nil {
+		slog.Warn("embedded: truncating the WAL", "err", err)
+		return
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = 100"); err != nil {
+		slog.Warn("embedded: truncating the WAL", "err", err)
+		return
+	}
+	defer conn.ExecContext(ctx, "PRAGMA busy_timeout = 10000") // the DSN's
+	var busy, frames, copied int64
+	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &copied); err != nil {
+		slog.Warn("embedded: truncating the WAL", "err", err)
+		return
+	}
+	db.walTruncated.Add(1 - busy) // busy: 1, nothing done
 }
 
 // dirty tells checkpoints that the WAL has frames to copy.

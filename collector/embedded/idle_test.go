@@ -2,6 +2,9 @@ package embedded
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,5 +115,37 @@ func TestPublishWakesAnIdleConsumer(t *testing.T) {
 	}
 	if n := db.dueReads.Load() - reads; n > 6 {
 		t.Errorf("%d reads of the due time while a message waited 1.5 s, want at most 6", n)
+	}
+}
+
+// TestWALTruncatedWhenWritesStop: once writes stop and a checkpoint has
+// copied every frame, the WAL file is emptied (under sustained load it
+// never restarts: 1.4 GB after 20000 requests), and nothing is lost.
+func TestWALTruncatedWhenWritesStop(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "asyncmesh.db")
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	for i := range 200 {
+		if err := db.Queue().Publish(context.Background(), queue.Message{Topic: "t", Key: fmt.Sprint(i), Body: make([]byte, 1000)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fi, err := os.Stat(path + "-wal")
+		if err == nil && fi.Size() == 0 && db.walTruncated.Load() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL was not truncated 10 s after the last write (%d truncations, stat %v %v)", db.walTruncated.Load(), fi, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var n int
+	if err := db.readRow(context.Background(), `SELECT count(*) FROM queue WHERE topic = ?`, "t").Scan(&n); err != nil || n != 200 {
+		t.Fatalf("%d messages after the truncation (%v), want 200", n, err)
 	}
 }
