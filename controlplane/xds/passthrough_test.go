@@ -13,6 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -281,11 +282,11 @@ func TestStaticRouteOverrideDecodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var a matching.ExtensionWithMatcherPerRoute
-	var any = RouteOverride()
-	if err := protojson.Unmarshal(js, any); err != nil {
+	got := new(anypb.Any)
+	if err := protojson.Unmarshal(js, got); err != nil {
 		t.Fatal(err)
 	}
-	if err := any.UnmarshalTo(&a); err != nil || actionChain(t, a.XdsMatcher.OnNoMatch) != ChainWasm {
+	if err := got.UnmarshalTo(&a); err != nil || actionChain(t, a.XdsMatcher.OnNoMatch) != ChainWasm {
 		t.Fatalf("override %s: %v", js, err)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/procs"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 )
@@ -80,10 +81,11 @@ func run(bin string, idle, settle time.Duration, n, conc, body int) error {
 	go func() { _ = http.Serve(ln, mux) }()
 	local := "http://" + ln.Addr().String()
 
-	port, err := freePort()
+	ports, err := procs.FreePorts(1)
 	if err != nil {
 		return err
 	}
+	port := ports[0]
 	api := "http://127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(bin, "-listen", "127.0.0.1:"+strconv.Itoa(port), "-db", filepath.Join(dir, "asyncmesh.db"),
 		"-replay-url", local, "-api-url", api)
@@ -99,7 +101,7 @@ func run(bin string, idle, settle time.Duration, n, conc, body int) error {
 	}
 	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
 	pid := cmd.Process.Pid
-	if err := waitHealthy(api); err != nil {
+	if err := procs.WaitHTTP(context.Background(), api+"/healthz", 30*time.Second); err != nil {
 		return err
 	}
 	fmt.Printf("collector %s, pid %d, embedded default on loopback\n", bin, pid)
@@ -228,28 +230,4 @@ func status(pid int, fields ...string) ([]float64, error) {
 		}
 	}
 	return out, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitHealthy(api string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
-		if resp, err := http.Get(api + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("the collector did not answer /healthz within 30 s")
 }
