@@ -10,7 +10,15 @@
 //	        (-xds 127.0.0.1:18000 [-rules FILE] | -rules FILE -wasm /path/asyncmesh.wasm) [-node-id ID -node-cluster C]
 //	        print a complete Envoy bootstrap (JSON, which Envoy reads as YAML too) in front of one
 //	        service: the status routes, then everything to the service; the filter follows
-//	        the control plane over ECDS (-xds) or embeds the file's rules
+//	        the control plane over ECDS (-xds) or embeds the file's rules; -out FILE writes it
+//	        there instead (an init container without a shell)
+//	controlplane render (--istio -selector app=NAME [-collector 127.0.0.1:9901] [-port N] [-phase P] |
+//	        --envoy-gateway -target-kind Gateway|HTTPRoute -target-name NAME)
+//	        -image REGISTRY/REPO:TAG -name NAME [-namespace NS] [-sha256 HEX] [-pull-secret S] [-fail-open]
+//	        [-node-id ID -node-cluster C] rules.yaml
+//	        print the mesh's resources carrying the rules instead of serving them (Istio: the
+//	        WasmPlugin and the EnvoyFilter of the collector's clusters and status routes; Envoy
+//	        Gateway: the EnvoyExtensionPolicy), YAML for kubectl apply; docs/deploy.md
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 //	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
 //	        [-node-grace 1m] [-max-nodes 10000]
@@ -27,6 +35,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +64,8 @@ func main() {
 		err = filter(os.Args[2:])
 	case "bootstrap":
 		err = bootstrapCmd(os.Args[2:])
+	case "render":
+		err = render(os.Args[2:], os.Stdout)
 	default:
 		usage()
 	}
@@ -65,7 +76,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane bootstrap -upstream ADDR (-xds ADDR | -rules FILE -wasm PATH) (bootstrap -h: all flags) | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane bootstrap -upstream ADDR (-xds ADDR | -rules FILE -wasm PATH) (bootstrap -h: all flags) | controlplane render (--istio | --envoy-gateway) -image REF -name NAME FILE (render -h: all flags) | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
 	os.Exit(2)
 }
 
@@ -124,6 +135,7 @@ func bootstrapCmd(args []string) error {
 	fs.StringVar(&o.Wasm.Path, "wasm", "", "without -xds: path of asyncmesh.wasm on the Envoy's machine")
 	fs.StringVar(&o.NodeID, "node-id", "sidecar-1", "Envoy's node id (the control plane's rules targeting)")
 	fs.StringVar(&o.NodeCluster, "node-cluster", "default", "Envoy's node cluster")
+	outPath := fs.String("out", "", "write the bootstrap to this file instead of standard output")
 	_ = fs.Parse(args)
 	if fs.NArg() != 0 {
 		return fmt.Errorf("bootstrap: unexpected argument %q", fs.Arg(0))
@@ -149,8 +161,66 @@ func bootstrapCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *outPath != "" {
+		if err := os.WriteFile(*outPath, append(out, '\n'), 0o644); err != nil {
+			return fmt.Errorf("-out: %w", err)
+		}
+		return nil
+	}
 	fmt.Println(string(out))
 	return nil
+}
+
+// render prints the resources through which a mesh's own control plane
+// (istiod, Envoy Gateway) serves the rules: there this one serves no xDS.
+func render(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("render", flag.ExitOnError)
+	istio := fs.Bool("istio", false, "render Istio's WasmPlugin and EnvoyFilter")
+	eg := fs.Bool("envoy-gateway", false, "render Envoy Gateway's EnvoyExtensionPolicy")
+	var o xds.MeshOptions
+	fs.StringVar(&o.Image, "image", "", "the filter image (make images' filter), registry/repository:tag or @sha256:digest (required)")
+	fs.StringVar(&o.Name, "name", "asyncmesh", "name of the rendered resources")
+	fs.StringVar(&o.Namespace, "namespace", "", "namespace of the rendered resources (default: kubectl's)")
+	fs.StringVar(&o.SHA256, "sha256", "", "the image manifest's sha256 (hex), checked before the module runs")
+	fs.StringVar(&o.PullSecret, "pull-secret", "", "Secret with the registry's credentials")
+	fs.BoolVar(&o.FailOpen, "fail-open", false, "let requests through when the module cannot load (default: refuse them)")
+	fs.StringVar(&o.NodeID, "node-id", "", "render the rules of this node id (for files whose rules have nodes:)")
+	fs.StringVar(&o.NodeCluster, "node-cluster", "", "render the rules of this node cluster")
+	selector := fs.String("selector", "", "with --istio: labels of the workloads, key=value[,key=value] (required)")
+	fs.StringVar(&o.Phase, "phase", "", "with --istio: WasmPlugin phase (default UNSPECIFIED_PHASE: last, after authn and authz)")
+	fs.StringVar(&o.Collector, "collector", "127.0.0.1:9901", "with --istio: ip:port of the collector as the sidecar reaches it")
+	port := fs.Uint("port", 0, "with --istio: add the status routes to this inbound port's routes only (0: all)")
+	fs.StringVar(&o.TargetKind, "target-kind", "Gateway", "with --envoy-gateway: Gateway or HTTPRoute")
+	fs.StringVar(&o.TargetName, "target-name", "", "with --envoy-gateway: the target's name (required)")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 || *istio == *eg {
+		return errors.New("usage: controlplane render (--istio | --envoy-gateway) -image REF [flags] RULES_FILE (render -h: all flags)")
+	}
+	if *port > 65535 {
+		return fmt.Errorf("-port %d: not a port", *port)
+	}
+	o.Port = uint32(*port)
+	f, err := rulesfile.Load(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	var out []byte
+	if *istio {
+		if *selector == "" {
+			return errors.New("-selector: required with --istio (the workloads whose sidecars run the filter)")
+		}
+		if o.Selector, err = xds.ParseSelector(*selector); err != nil {
+			return fmt.Errorf("-selector: %w", err)
+		}
+		out, err = xds.Istio(f, o)
+	} else {
+		out, err = xds.EnvoyGateway(f, o)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
 }
 
 func serve(args []string) error {
