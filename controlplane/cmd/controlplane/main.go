@@ -44,6 +44,8 @@ import (
 	"syscall"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
@@ -157,6 +159,9 @@ func bootstrapCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := resolveXDSByDNS(b, o.XDS); err != nil {
+		return err
+	}
 	out, err := protojson.MarshalOptions{Multiline: true}.Marshal(b)
 	if err != nil {
 		return err
@@ -169,6 +174,32 @@ func bootstrapCmd(args []string) error {
 	}
 	fmt.Println(string(out))
 	return nil
+}
+
+// resolveXDSByDNS makes the bootstrap's xDS cluster STRICT_DNS when -xds
+// names a host rather than an IP address: in Kubernetes the control plane
+// is a Service, reached by its DNS name (its cluster IP is not known when
+// the manifests are written), and Envoy re-resolves it, so a Service
+// recreated with another IP is followed.
+func resolveXDSByDNS(b *bootstrapv3.Bootstrap, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("-xds: %w", err)
+	}
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == xds.XDSCluster {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+			c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
+			return b.Validate()
+		}
+	}
+	return fmt.Errorf("bootstrap: no cluster %s to resolve %s with", xds.XDSCluster, addr)
 }
 
 // render prints the resources through which a mesh's own control plane
