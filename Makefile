@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm images demo test unit e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short clean
+.PHONY: all build wasm images demo test unit deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short clean
 
 all: build
 
@@ -30,7 +30,13 @@ unit:
 e2e: build
 	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
-test: lint unit e2e chaos-short fuzz-short
+test: lint unit deploy-check e2e chaos-short fuzz-short
+
+# deploy-check renders the Helm chart and controlplane render's output and
+# decodes them strictly into Kubernetes', Istio's and Envoy Gateway's types
+# (deploy/k8s: a module of its own, which go test ./... from here skips).
+deploy-check:
+	cd deploy/k8s && $(GO) test -count=1 ./...
 
 # chaos: kill -9 the collector, restart RabbitMQ, stop Elasticsearch and stall
 # the receiver under load; fails on any lost or stuck request. The backends
@@ -57,6 +63,7 @@ bench-run:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy/k8s && $(GO) vet ./...
 	GOOS=wasip1 GOARCH=wasm $(GO) vet ./filter/...
 
 # fuzz runs every fuzz target of the repository (scripts/fuzz.sh finds each

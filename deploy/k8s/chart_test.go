@@ -1,0 +1,452 @@
+package k8s
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+)
+
+const (
+	chartDir    = "chart/asyncmesh"
+	releaseName = "am"
+	namespace   = "shop"
+)
+
+// variants are the chart's values files: the defaults and each ci/ file.
+var variants = []struct {
+	name, values, mode string
+}{
+	{"sidecar embedded (defaults)", "", "sidecar"},
+	{"sidecar rabbitmq+elasticsearch", "ci/backends-values.yaml", "sidecar"},
+	{"istio", "ci/istio-values.yaml", "istio"},
+	{"envoy-gateway", "ci/envoy-gateway-values.yaml", "envoy-gateway"},
+}
+
+func loadChart(t *testing.T) *chart.Chart {
+	t.Helper()
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("loading the chart: %v", err)
+	}
+	return ch
+}
+
+// renderChart renders the chart as helm install would (Helm's engine, in
+// strict mode: a missing value is an error), with a values file and then
+// overrides on top, and returns the documents of every template.
+func renderChart(ch *chart.Chart, valuesFile string, overrides map[string]any) (string, map[string]any, error) {
+	vals := map[string]any{}
+	if valuesFile != "" {
+		v, err := chartutil.ReadValuesFile(filepath.Join(chartDir, valuesFile))
+		if err != nil {
+			return "", nil, err
+		}
+		vals = v
+	}
+	vals = chartutil.CoalesceTables(overrides, vals)
+	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{Name: releaseName, Namespace: namespace, IsInstall: true, Revision: 1}, chartutil.DefaultCapabilities)
+	if err != nil {
+		return "", nil, fmt.Errorf("values: %w", err)
+	}
+	out, err := engine.Engine{Strict: true}.Render(ch, rv)
+	if err != nil {
+		return "", nil, err
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(out)) {
+		if strings.HasSuffix(name, ".yaml") {
+			fmt.Fprintf(&b, "---\n# %s\n%s\n", name, out[name])
+		}
+	}
+	merged, _ := rv["Values"].(chartutil.Values)
+	return b.String(), merged, nil
+}
+
+// TestChartVariants renders every values variant and checks each document
+// against its real type, then what the types cannot say.
+func TestChartVariants(t *testing.T) {
+	ch := loadChart(t)
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			src, vals, err := renderChart(ch, v.values, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := decodeStream(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kinds := map[string]int{}
+			for _, o := range objs {
+				kinds[o.kind]++
+			}
+			want := map[string]map[string]int{
+				"sidecar":       {"ConfigMap": 1, "Deployment": 2, "Service": 2}, // + the control plane's
+				"istio":         {"ConfigMap": 1, "Deployment": 1, "Service": 1},
+				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1}, // the collector's
+			}[v.mode]
+			if !maps.Equal(kinds, want) {
+				t.Fatalf("rendered %v, want %v", kinds, want)
+			}
+			rules := rulesOf(t, objs)
+			deployments := byKind[*appsv1.Deployment](objs)
+			for _, d := range deployments {
+				checkSelectors(t, d)
+				checkProbesReachable(t, d)
+				checkRulesMounts(t, d)
+			}
+			checkServices(t, byKind[*corev1.Service](objs), deployments)
+			collectorPod := podWith(t, deployments, "collector")
+			checkSecretSources(t, rules, collectorPod)
+			checkReplaySecret(t, rules, collectorPod, v.mode)
+			switch v.mode {
+			case "sidecar":
+				checkSidecarWiring(t, collectorPod, vals, objs)
+			case "istio":
+				if l := collectorPod.Labels["sidecar.istio.io/inject"]; l != "true" {
+					t.Errorf("istio mode: pod label sidecar.istio.io/inject=%q", l)
+				}
+			}
+		})
+	}
+}
+
+// rulesOf parses the rules ConfigMap as the control plane and collector do.
+func rulesOf(t *testing.T, objs []object) *rulesfile.File {
+	t.Helper()
+	for _, cm := range byKind[*corev1.ConfigMap](objs) {
+		if cm.Name == releaseName+"-rules" {
+			f, err := rulesfile.Parse(cm.Name+"/rules.yaml", []byte(cm.Data["rules.yaml"]))
+			if err != nil {
+				t.Fatalf("the chart's rules: %v", err)
+			}
+			return f
+		}
+	}
+	t.Fatal("no rules ConfigMap")
+	return nil
+}
+
+func checkSelectors(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	for k, v := range d.Spec.Selector.MatchLabels {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("Deployment %s: selector %s=%s does not select its own pods (%v)", d.Name, k, v, d.Spec.Template.Labels)
+		}
+	}
+}
+
+// checkServices: every Service selects some Deployment's pods, on a port
+// one of their containers names.
+func checkServices(t *testing.T, svcs []*corev1.Service, ds []*appsv1.Deployment) {
+	t.Helper()
+	for _, s := range svcs {
+		var pod *corev1.PodTemplateSpec
+		for _, d := range ds {
+			if selects(s.Spec.Selector, d.Spec.Template.Labels) {
+				pod = &d.Spec.Template
+			}
+		}
+		if pod == nil {
+			t.Errorf("Service %s selects no rendered pods", s.Name)
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			if _, ok := containerPort(pod.Spec, p.TargetPort); !ok {
+				t.Errorf("Service %s: targetPort %s is no container's port", s.Name, p.TargetPort.String())
+			}
+		}
+	}
+}
+
+func selects(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// containerPort resolves a named or numbered port of the pod's containers.
+func containerPort(pod corev1.PodSpec, p intstr.IntOrString) (int32, bool) {
+	for _, c := range pod.Containers {
+		for _, cp := range c.Ports {
+			if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+				return cp.ContainerPort, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// asyncmeshContainers are the containers the chart adds to a pod.
+var asyncmeshContainers = map[string]bool{"collector": true, "envoy": true, "controlplane": true}
+
+// checkProbesReachable: the kubelet probes the pod's address, so every
+// probe of an asyncmesh container must name a port some process binds on
+// 0.0.0.0 (a flag -x=0.0.0.0:PORT of the pod's containers or init
+// containers), not on loopback, where the probe would always fail.
+func checkProbesReachable(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	spec := d.Spec.Template.Spec
+	bound := map[int32]string{}
+	for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+		for _, a := range c.Args {
+			_, val, ok := strings.Cut(a, "=")
+			if !ok {
+				continue
+			}
+			host, port, err := net.SplitHostPort(val)
+			if err != nil {
+				continue
+			}
+			n, err := strconv.Atoi(port)
+			if err != nil {
+				continue
+			}
+			if _, seen := bound[int32(n)]; !seen || host == "0.0.0.0" {
+				bound[int32(n)] = host
+			}
+		}
+	}
+	probed := 0
+	for _, c := range spec.Containers {
+		for _, pr := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
+			if pr == nil || !asyncmeshContainers[c.Name] {
+				continue // the service's own probes are its own business
+			}
+			var p intstr.IntOrString
+			switch {
+			case pr.HTTPGet != nil:
+				p = pr.HTTPGet.Port
+			case pr.TCPSocket != nil:
+				p = pr.TCPSocket.Port
+			default:
+				t.Errorf("%s/%s: a probe that is neither httpGet nor tcpSocket", d.Name, c.Name)
+				continue
+			}
+			n, ok := containerPort(spec, p)
+			if !ok {
+				t.Errorf("%s/%s: probe port %s is no container's port", d.Name, c.Name, p.String())
+				continue
+			}
+			if host := bound[n]; host != "0.0.0.0" {
+				t.Errorf("%s/%s: probe port %d is bound on %q, not 0.0.0.0: the kubelet cannot reach it", d.Name, c.Name, n, host)
+			}
+			probed++
+		}
+	}
+	if probed == 0 {
+		t.Errorf("Deployment %s: no asyncmesh container has a probe", d.Name)
+	}
+}
+
+// checkRulesMounts: the rules ConfigMap is mounted as a directory. A
+// subPath mount is never updated by the kubelet, so the control plane's
+// live reload would silently stop.
+func checkRulesMounts(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	spec := d.Spec.Template.Spec
+	for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+		for _, m := range c.VolumeMounts {
+			if m.Name == "rules" && m.SubPath != "" {
+				t.Errorf("%s/%s mounts the rules with subPath %q", d.Name, c.Name, m.SubPath)
+			}
+		}
+	}
+}
+
+func podWith(t *testing.T, ds []*appsv1.Deployment, container string) *corev1.PodTemplateSpec {
+	t.Helper()
+	for _, d := range ds {
+		if _, ok := findContainer(d.Spec.Template.Spec.Containers, container); ok {
+			return &d.Spec.Template
+		}
+	}
+	t.Fatalf("no Deployment runs a %s container", container)
+	return nil
+}
+
+func findContainer(cs []corev1.Container, name string) (corev1.Container, bool) {
+	i := slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == name })
+	if i < 0 {
+		return corev1.Container{}, false
+	}
+	return cs[i], true
+}
+
+func envFromSecret(c corev1.Container, name string) (*corev1.SecretKeySelector, bool) {
+	for _, e := range c.Env {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			return e.ValueFrom.SecretKeyRef, true
+		}
+	}
+	return nil, false
+}
+
+// checkSecretSources: every secret the rules declare is where the
+// collector will look: an env: declaration is an environment variable of
+// the collector from a Secret; a file: declaration is a file of a Secret
+// volume mounted (as a directory, so rotations reach it) in the collector.
+func checkSecretSources(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateSpec) {
+	t.Helper()
+	collector, _ := findContainer(pod.Spec.Containers, "collector")
+	secretVolumes := map[string]bool{}
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil {
+			secretVolumes[v.Name] = true
+		}
+	}
+	for name, s := range f.Secrets {
+		switch {
+		case s.Env != "":
+			if _, ok := envFromSecret(collector, s.Env); !ok {
+				t.Errorf("secret %q: the collector has no %s from a Secret", name, s.Env)
+			}
+		case s.File != "":
+			ok := false
+			for _, m := range collector.VolumeMounts {
+				if secretVolumes[m.Name] && m.SubPath == "" && strings.HasPrefix(s.File, m.MountPath+"/") && !strings.Contains(strings.TrimPrefix(s.File, m.MountPath+"/"), "/") {
+					ok = true
+				}
+			}
+			if !ok {
+				t.Errorf("secret %q: %s is not a key of a Secret mounted in the collector", name, s.File)
+			}
+		}
+	}
+}
+
+// checkReplaySecret: the filter (Envoy's, or Istio's proxy's environment)
+// and the collector read the replay secret from the same Secret key, under
+// the names the rules and the collector's flag say.
+func checkReplaySecret(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateSpec, mode string) {
+	t.Helper()
+	env := f.Filter.ReplaySecretEnv
+	if env == "" {
+		t.Fatal("the chart's rules set no filter.replaySecretEnv: no replay could ever pass")
+	}
+	collector, _ := findContainer(pod.Spec.Containers, "collector")
+	if !slices.Contains(collector.Args, "-replay-secret-env="+env) {
+		t.Errorf("collector args %v: want -replay-secret-env=%s", collector.Args, env)
+	}
+	fromCollector, ok := envFromSecret(collector, env)
+	if !ok {
+		t.Fatalf("collector: no %s from a Secret", env)
+	}
+	proxy := map[string]string{"sidecar": "envoy", "istio": "istio-proxy"}[mode]
+	if proxy == "" {
+		return // envoy-gateway: the gateway's Envoy is configured outside the chart (docs/deploy.md)
+	}
+	c, ok := findContainer(pod.Spec.Containers, proxy)
+	if !ok {
+		t.Fatalf("no %s container beside the collector", proxy)
+	}
+	fromProxy, ok := envFromSecret(c, env)
+	if !ok || *fromProxy != *fromCollector {
+		t.Errorf("%s: %s from %v, the collector's from %v", proxy, env, fromProxy, fromCollector)
+	}
+}
+
+// checkSidecarWiring: in plain sidecar mode the bootstrap and the collector
+// follow the control plane's Service, the control plane tells Envoy the
+// filter's path where the pod mounts it, and the collector replays through
+// Envoy's listener.
+func checkSidecarWiring(t *testing.T, pod *corev1.PodTemplateSpec, vals map[string]any, objs []object) {
+	t.Helper()
+	var cp *appsv1.Deployment
+	for _, d := range byKind[*appsv1.Deployment](objs) {
+		if d.Name == releaseName+"-controlplane" {
+			cp = d
+		}
+	}
+	if cp == nil {
+		t.Fatal("no control plane Deployment")
+	}
+	cpc := cp.Spec.Template.Spec.Containers[0]
+	xdsAddr := fmt.Sprintf("%s-controlplane:%d", releaseName, cpc.Ports[0].ContainerPort)
+	collector, _ := findContainer(pod.Spec.Containers, "collector")
+	envoy, _ := findContainer(pod.Spec.Containers, "envoy")
+	boot, ok := findContainer(pod.Spec.InitContainers, "bootstrap")
+	if !ok {
+		t.Fatal("no bootstrap init container")
+	}
+	for _, c := range []corev1.Container{collector, boot} {
+		if !slices.Contains(c.Args, "-xds="+xdsAddr) {
+			t.Errorf("%s args %v: want -xds=%s", c.Name, c.Args, xdsAddr)
+		}
+	}
+	wasm := argValue(cpc.Args, "-wasm")
+	mounted := false
+	for _, m := range envoy.VolumeMounts {
+		if m.Name == "filter" && wasm == m.MountPath+"/plugin.wasm" {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Errorf("the control plane serves -wasm=%s, which no filter volume mount of Envoy holds (%v)", wasm, envoy.VolumeMounts)
+	}
+	if i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "filter" }); i < 0 || pod.Spec.Volumes[i].Image == nil {
+		t.Error("no filter image volume")
+	}
+	listen := argValue(boot.Args, "-listen")
+	_, port, _ := net.SplitHostPort(listen)
+	if got, want := argValue(collector.Args, "-replay-url"), "http://127.0.0.1:"+port; got != want {
+		t.Errorf("collector -replay-url=%s, want %s (Envoy's listener, whose filter checks replays)", got, want)
+	}
+	if got, want := argValue(boot.Args, "-collector"), argValue(collector.Args, "-listen"); got != want {
+		t.Errorf("Envoy's collector cluster is %s, the collector listens on %s", got, want)
+	}
+	_ = vals
+}
+
+func argValue(args []string, flag string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestChartRefusesValues: values that would fail at run time fail the
+// install, with a message saying why.
+func TestChartRefusesValues(t *testing.T) {
+	ch := loadChart(t)
+	for _, tc := range []struct {
+		name      string
+		overrides map[string]any
+		want      string
+	}{
+		{"replicas on the embedded store", map[string]any{"app": map[string]any{"replicas": 2}}, "needs the shared backends"},
+		{"unknown mode", map[string]any{"mode": "linkerd"}, `mode "linkerd"`},
+		{"unknown store", map[string]any{"backends": map[string]any{"store": "postgres"}}, `backends.store "postgres"`},
+		{"envoy-gateway without replay URL", map[string]any{"mode": "envoy-gateway"}, "envoyGateway.replayURL is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := renderChart(ch, "", tc.overrides)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
