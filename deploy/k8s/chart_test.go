@@ -16,6 +16,7 @@ import (
 	"helm.sh/helm/v3/pkg/engine"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
@@ -83,7 +84,7 @@ func TestChartVariants(t *testing.T) {
 	ch := loadChart(t)
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			src, vals, err := renderChart(ch, v.values, nil)
+			src, _, err := renderChart(ch, v.values, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +97,7 @@ func TestChartVariants(t *testing.T) {
 				kinds[o.kind]++
 			}
 			want := map[string]map[string]int{
-				"sidecar":       {"ConfigMap": 1, "Deployment": 2, "Service": 2}, // + the control plane's
+				"sidecar":       {"ConfigMap": 1, "Deployment": 2, "Service": 2, "NetworkPolicy": 1}, // + the control plane's
 				"istio":         {"ConfigMap": 1, "Deployment": 1, "Service": 1},
 				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1}, // the collector's
 			}[v.mode]
@@ -116,7 +117,8 @@ func TestChartVariants(t *testing.T) {
 			checkReplaySecret(t, rules, collectorPod, v.mode)
 			switch v.mode {
 			case "sidecar":
-				checkSidecarWiring(t, collectorPod, vals, objs)
+				checkSidecarWiring(t, collectorPod, objs)
+				checkXDSPolicy(t, objs, collectorPod)
 			case "istio":
 				if l := collectorPod.Labels["sidecar.istio.io/inject"]; l != "true" {
 					t.Errorf("istio mode: pod label sidecar.istio.io/inject=%q", l)
@@ -371,7 +373,7 @@ func checkReplaySecret(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateS
 // follow the control plane's Service, the control plane tells Envoy the
 // filter's path where the pod mounts it, and the collector replays through
 // Envoy's listener.
-func checkSidecarWiring(t *testing.T, pod *corev1.PodTemplateSpec, vals map[string]any, objs []object) {
+func checkSidecarWiring(t *testing.T, pod *corev1.PodTemplateSpec, objs []object) {
 	t.Helper()
 	var cp *appsv1.Deployment
 	for _, d := range byKind[*appsv1.Deployment](objs) {
@@ -416,7 +418,44 @@ func checkSidecarWiring(t *testing.T, pod *corev1.PodTemplateSpec, vals map[stri
 	if got, want := argValue(boot.Args, "-collector"), argValue(collector.Args, "-listen"); got != want {
 		t.Errorf("Envoy's collector cluster is %s, the collector listens on %s", got, want)
 	}
-	_ = vals
+}
+
+// checkXDSPolicy: the NetworkPolicy in front of the control plane admits
+// the pods that ask it for rules (the service's: its Envoy and collector)
+// on the xDS port, and selects the control plane's pods.
+func checkXDSPolicy(t *testing.T, objs []object, clients *corev1.PodTemplateSpec) {
+	t.Helper()
+	pols := byKind[*networkingv1.NetworkPolicy](objs)
+	if len(pols) != 1 {
+		t.Fatalf("%d NetworkPolicies", len(pols))
+	}
+	p := pols[0]
+	var cp *appsv1.Deployment
+	for _, d := range byKind[*appsv1.Deployment](objs) {
+		if selects(p.Spec.PodSelector.MatchLabels, d.Spec.Template.Labels) {
+			cp = d
+		}
+	}
+	if cp == nil || cp.Name != releaseName+"-controlplane" {
+		t.Fatalf("the NetworkPolicy selects %v, not the control plane", cp)
+	}
+	xdsPort := intstr.FromString(cp.Spec.Template.Spec.Containers[0].Ports[0].Name)
+	admitted := false
+	for _, rule := range p.Spec.Ingress {
+		for _, from := range rule.From {
+			if from.PodSelector == nil || !selects(from.PodSelector.MatchLabels, clients.Labels) {
+				continue
+			}
+			for _, port := range rule.Ports {
+				if port.Port != nil && *port.Port == xdsPort {
+					admitted = true
+				}
+			}
+		}
+	}
+	if !admitted {
+		t.Errorf("the NetworkPolicy does not admit the service's pods %v to %s", clients.Labels, xdsPort.String())
+	}
 }
 
 func argValue(args []string, flag string) string {

@@ -16,6 +16,7 @@ import (
 	istionet "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
@@ -31,10 +32,11 @@ type object struct {
 // decoders maps apiVersion/kind to a constructor of the real type. A kind
 // not listed is an error: the chart and render emit nothing unvalidated.
 var decoders = map[string]func() any{
-	"v1/ConfigMap":       func() any { return new(corev1.ConfigMap) },
-	"v1/Service":         func() any { return new(corev1.Service) },
-	"v1/Secret":          func() any { return new(corev1.Secret) },
-	"apps/v1/Deployment": func() any { return new(appsv1.Deployment) },
+	"v1/ConfigMap":                                        func() any { return new(corev1.ConfigMap) },
+	"v1/Service":                                          func() any { return new(corev1.Service) },
+	"v1/Secret":                                           func() any { return new(corev1.Secret) },
+	"apps/v1/Deployment":                                  func() any { return new(appsv1.Deployment) },
+	"networking.k8s.io/v1/NetworkPolicy":                  func() any { return new(networkingv1.NetworkPolicy) },
 	"extensions.istio.io/v1alpha1/WasmPlugin":             func() any { return new(istioext.WasmPlugin) },
 	"networking.istio.io/v1alpha3/EnvoyFilter":            func() any { return new(istionet.EnvoyFilter) },
 	"gateway.envoyproxy.io/v1alpha1/EnvoyExtensionPolicy": func() any { return new(egv1a1.EnvoyExtensionPolicy) },
