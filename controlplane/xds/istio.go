@@ -160,8 +160,9 @@ type MeshOptions struct {
 	// it: an IP address (a STATIC cluster), 127.0.0.1:9901 for the collector
 	// container of the pod.
 	Collector string
-	// Port limits the status routes to the inbound routes of this port (the
-	// service's); 0: every inbound route configuration of the workload.
+	// Port limits the filter and the status routes to the inbound traffic
+	// of this port (the port the service listens on in its pod); 0: every
+	// inbound port of the workload.
 	Port uint32
 
 	// Envoy Gateway only: the policy's target (a Gateway or an HTTPRoute).
@@ -207,6 +208,16 @@ type wasmPluginSpec struct {
 	Type            string            `yaml:"type"`
 	PluginConfig    map[string]any    `yaml:"pluginConfig"`
 	VMConfig        *istioVMConfig    `yaml:"vmConfig,omitempty"`
+	Match           []trafficSelector `yaml:"match"`
+}
+
+type trafficSelector struct {
+	Mode  string         `yaml:"mode"`
+	Ports []portSelector `yaml:"ports,omitempty"`
+}
+
+type portSelector struct {
+	Number uint32 `yaml:"number"`
 }
 
 type workloadSelector struct {
@@ -357,6 +368,14 @@ func Istio(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 		Selector: &workloadSelector{MatchLabels: o.Selector},
 		URL:      url, SHA256: o.SHA256, ImagePullPolicy: "IfNotPresent", ImagePullSecret: o.PullSecret,
 		PluginName: FilterName, Phase: phase, FailStrategy: fail, Type: "HTTP", PluginConfig: pc,
+		// Inbound only: Istio's default, CLIENT_AND_SERVER, would also put
+		// the filter on the workload's outbound calls, making its own calls
+		// async and spending the signature of a replay the collector sends
+		// out through this sidecar before the receiving one checks it.
+		Match: []trafficSelector{{Mode: "SERVER"}},
+	}
+	if o.Port != 0 {
+		plugin.Match[0].Ports = []portSelector{{Number: o.Port}}
 	}
 	if cfg.ReplaySecretEnv != "" {
 		// The istio-proxy container's variable (docs/deploy.md: the pod

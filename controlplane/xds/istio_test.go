@@ -186,6 +186,9 @@ func TestIstioEnvoyFilterPatches(t *testing.T) {
 	if len(docs) != 2 || docs[0]["kind"] != "WasmPlugin" || docs[1]["kind"] != "EnvoyFilter" {
 		t.Fatalf("want a WasmPlugin and an EnvoyFilter, got\n%s", out)
 	}
+	if m := dig(t, docs[0], "spec", "match"); !reflect.DeepEqual(m, []any{map[string]any{"mode": "SERVER", "ports": []any{map[string]any{"number": 8080}}}}) {
+		t.Errorf("match %v: want the inbound traffic of port 8080 only", m)
+	}
 	if u := dig(t, docs[0], "spec", "url"); u != "oci://registry.example/f:1" {
 		t.Errorf("url %v: the oci:// prefix must appear once", u)
 	}

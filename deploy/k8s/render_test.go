@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istioapinet "istio.io/api/networking/v1alpha3"
+	istiotype "istio.io/api/type/v1beta1"
 	istioext "istio.io/client-go/pkg/apis/extensions/v1alpha1"
 	istionet "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -102,6 +103,12 @@ func TestRenderedIstio(t *testing.T) {
 	}
 	if !selects(filters[0].Spec.GetWorkloadSelector().GetLabels(), pod.Labels) {
 		t.Errorf("EnvoyFilter selector does not select the chart's pods")
+	}
+	// Inbound only, on the service's port: on the outbound side the filter
+	// would make the workload's own calls async and spend replays early.
+	if m := wp.Spec.GetMatch(); len(m) != 1 || m[0].GetMode() != istiotype.WorkloadMode_SERVER ||
+		len(m[0].GetPorts()) != 1 || m[0].GetPorts()[0].GetNumber() != chartPort(t, vals, "app.port") {
+		t.Errorf("WasmPlugin match %v: want SERVER on the service's port", m)
 	}
 	js, err := protojson.Marshal(wp.Spec.GetPluginConfig())
 	if err != nil {
