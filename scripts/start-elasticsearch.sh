@@ -4,6 +4,9 @@
 # loopback port with a small heap and the machine's JDK 17, and prints its URL.
 # Elasticsearch refuses to run as root, so as root it runs as user "asyncmesh-es".
 # Idempotent: a node already running from this checkout is reused.
+# ASYNCMESH_ES_HOST (an address to listen on instead of 127.0.0.1) and
+# ASYNCMESH_ES_DIR (a state directory instead of .tools/es-state) run a node
+# of its own elsewhere: in a network namespace (e2e TestTopology).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=${ES_VERSION:-8.19.7}
@@ -15,10 +18,11 @@ if [ ! -d "$home" ]; then
   [ -f "$zip" ] || mvn -q dependency:get -Dartifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$version:zip" >&2
   (cd "$tools" && unzip -q "$zip")
 fi
-state="$tools/es-state"
+state=${ASYNCMESH_ES_DIR:-$tools/es-state}
+host=${ASYNCMESH_ES_HOST:-127.0.0.1}
 mkdir -p "$state"
-if [ -f "$state/port" ] && curl -fsS "http://127.0.0.1:$(cat "$state/port")/_cluster/health" >/dev/null 2>&1; then
-  echo "http://127.0.0.1:$(cat "$state/port")"
+if [ -f "$state/port" ] && curl -fsS "http://$host:$(cat "$state/port")/_cluster/health" >/dev/null 2>&1; then
+  echo "http://$host:$(cat "$state/port")"
   exit 0
 fi
 java_home=${ES_JAVA_HOME:-}
@@ -28,7 +32,7 @@ if [ -z "$java_home" ]; then
   done
 fi
 # A restarted node keeps its port (and so its URL) when the port is still free.
-free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[2],int(sys.argv[1]))); print(s.getsockname()[1])' "$1" "$host" 2>/dev/null; }
 port=$( { [ -f "$state/port" ] && free_port "$(cat "$state/port")"; } || free_port 0)
 echo "$port" > "$state/port"
 mkdir -p "$state/data" "$state/logs"
@@ -40,13 +44,13 @@ if [ "$(id -u)" = 0 ]; then
   run=(runuser -u asyncmesh-es --)
 fi
 nohup "${run[@]}" env ES_JAVA_HOME="$java_home" ES_JAVA_OPTS="-Xms512m -Xmx512m" \
-  "$home/bin/elasticsearch" -E discovery.type=single-node -E network.host=127.0.0.1 \
+  "$home/bin/elasticsearch" -E discovery.type=single-node -E network.host="$host" \
   -E http.port="$port" -E transport.port=0 -E path.data="$state/data" -E path.logs="$state/logs" \
   -E cluster.name=asyncmesh -E action.destructive_requires_name=false -E xpack.security.enabled=false \
   > "$state/server.out" 2>&1 &
 for _ in $(seq 1 180); do
-  if curl -fsS "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then
-    echo "http://127.0.0.1:$port"
+  if curl -fsS "http://$host:$port/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then
+    echo "http://$host:$port"
     exit 0
   fi
   sleep 1

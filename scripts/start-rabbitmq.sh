@@ -2,9 +2,13 @@
 # Installs RabbitMQ (Debian's rabbitmq-server) if missing, starts a private node on
 # a free loopback port with its data under .tools/rabbitmq, and prints its AMQP URL.
 # Idempotent: a node already running from this checkout is reused.
+# ASYNCMESH_RABBITMQ_HOST (an address to listen on instead of 127.0.0.1) and
+# ASYNCMESH_RABBITMQ_DIR (a data directory instead of .tools/rabbitmq) run a
+# node of its own elsewhere: in a network namespace (e2e TestTopology).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-base="$root/.tools/rabbitmq"
+base=${ASYNCMESH_RABBITMQ_DIR:-$root/.tools/rabbitmq}
+host=${ASYNCMESH_RABBITMQ_HOST:-127.0.0.1}
 # One node per checkout: its name is derived from the checkout path.
 node="asyncmesh-$(printf %s "$root" | md5sum | cut -c1-8)@localhost"
 mkdir -p "$base"
@@ -19,16 +23,16 @@ PATH=/usr/lib/rabbitmq/bin:$PATH
 if [ -f "$base/port" ]; then
   port=$(cat "$base/port")
   if RABBITMQ_NODENAME="$node" rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
-    echo "amqp://guest:guest@127.0.0.1:$port/"
+    echo "amqp://guest:guest@$host:$port/"
     exit 0
   fi
 fi
 # A restarted node keeps its port (and so its URL) when the port is still free.
-free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null; }
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[2],int(sys.argv[1]))); print(s.getsockname()[1])' "$1" "$host" 2>/dev/null; }
 port=$( { [ -f "$base/port" ] && free_port "$(cat "$base/port")"; } || free_port 0)
 dist=$(free_port 0)
 echo "$port" > "$base/port"
-export RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
+export RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS="$host" RABBITMQ_NODE_PORT="$port" \
   RABBITMQ_DIST_PORT="$dist" RABBITMQ_MNESIA_BASE="$base/mnesia" RABBITMQ_LOG_BASE="$base/log" \
   RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" RABBITMQ_PID_FILE="$base/pid" \
   RABBITMQ_CONFIG_FILE="$base/rabbitmq" ERL_EPMD_ADDRESS=127.0.0.1
@@ -43,9 +47,16 @@ echo "loopback_users = none" > "$base/rabbitmq.conf"
 echo "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]." > "$base/advanced.config"
 export RABBITMQ_ADVANCED_CONFIG_FILE="$base/advanced.config"
 nohup rabbitmq-server > "$base/server.out" 2>&1 &
+# check_port_connectivity connects through the node's host name (localhost),
+# where a node listening on another address does not answer: such a node is
+# ready once its listener runs.
+ready() {
+  if [ "$host" = 127.0.0.1 ]; then rabbitmq-diagnostics -q check_port_connectivity
+  else rabbitmq-diagnostics -q check_port_listener "$port"; fi
+}
 for _ in $(seq 1 120); do
-  if rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
-    echo "amqp://guest:guest@127.0.0.1:$port/"
+  if ready >/dev/null 2>&1; then
+    echo "amqp://guest:guest@$host:$port/"
     exit 0
   fi
   sleep 1
