@@ -407,8 +407,10 @@ func checkSidecarWiring(t *testing.T, pod *corev1.PodTemplateSpec, objs []object
 	if !mounted {
 		t.Errorf("the control plane serves -wasm=%s, which no filter volume mount of Envoy holds (%v)", wasm, envoy.VolumeMounts)
 	}
-	if i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "filter" }); i < 0 || pod.Spec.Volumes[i].Image == nil {
-		t.Error("no filter image volume")
+	if i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "filter" }); i < 0 {
+		t.Error("no filter volume")
+	} else if v := pod.Spec.Volumes[i]; v.Image == nil && v.PersistentVolumeClaim == nil {
+		t.Errorf("filter volume %+v: want the filter image (default) or the claim of ci/backends-values.yaml", v.VolumeSource)
 	}
 	listen := argValue(boot.Args, "-listen")
 	_, port, _ := net.SplitHostPort(listen)
