@@ -99,7 +99,7 @@ func TestChartVariants(t *testing.T) {
 			want := map[string]map[string]int{
 				"sidecar":       {"ConfigMap": 1, "Deployment": 2, "Service": 2, "NetworkPolicy": 1}, // + the control plane's
 				"istio":         {"ConfigMap": 1, "Deployment": 1, "Service": 1},
-				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1}, // the collector's
+				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1}, // the collector's
 			}[v.mode]
 			if !maps.Equal(kinds, want) {
 				t.Fatalf("rendered %v, want %v", kinds, want)
@@ -119,6 +119,8 @@ func TestChartVariants(t *testing.T) {
 			case "sidecar":
 				checkSidecarWiring(t, collectorPod, objs)
 				checkXDSPolicy(t, objs, collectorPod)
+			case "envoy-gateway":
+				checkIntakePolicy(t, objs, collectorPod)
 			case "istio":
 				if l := collectorPod.Labels["sidecar.istio.io/inject"]; l != "true" {
 					t.Errorf("istio mode: pod label sidecar.istio.io/inject=%q", l)
@@ -457,6 +459,42 @@ func checkXDSPolicy(t *testing.T, objs []object, clients *corev1.PodTemplateSpec
 	}
 	if !admitted {
 		t.Errorf("the NetworkPolicy does not admit the service's pods %v to %s", clients.Labels, xdsPort.String())
+	}
+}
+
+// checkIntakePolicy: in envoy-gateway mode the collector's intake is on
+// the network, so a NetworkPolicy selects the collector's pods and admits
+// its API port only from selected peers (never from anywhere), while the
+// operator port stays reachable for probes.
+func checkIntakePolicy(t *testing.T, objs []object, collector *corev1.PodTemplateSpec) {
+	t.Helper()
+	var pol *networkingv1.NetworkPolicy
+	for _, p := range byKind[*networkingv1.NetworkPolicy](objs) {
+		if selects(p.Spec.PodSelector.MatchLabels, collector.Labels) {
+			pol = p
+		}
+	}
+	if pol == nil {
+		t.Fatal("no NetworkPolicy selects the collector's pods")
+	}
+	api, operator := intstr.FromString("collector"), intstr.FromString("operator")
+	apiAdmitted, operatorOpen := false, false
+	for _, rule := range pol.Spec.Ingress {
+		for _, port := range rule.Ports {
+			switch {
+			case port.Port == nil:
+				t.Errorf("an ingress rule without ports opens every port, the intake's included")
+			case *port.Port == api && len(rule.From) == 0:
+				t.Errorf("the collector's API is admitted from anywhere")
+			case *port.Port == api:
+				apiAdmitted = true
+			case *port.Port == operator && len(rule.From) == 0:
+				operatorOpen = true
+			}
+		}
+	}
+	if !apiAdmitted || !operatorOpen {
+		t.Errorf("API admitted from the gateway: %v, operator port open for probes: %v", apiAdmitted, operatorOpen)
 	}
 }
 
