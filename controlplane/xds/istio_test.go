@@ -162,8 +162,8 @@ func TestMeshPluginConfigIsWasmFilters(t *testing.T) {
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("rendered plugin configuration differs from xDS's:\n got %+v\nwant %+v", got, want)
 			}
-			if n := len(got.Rules); n != map[string]int{"": 2, "billing": 2}[tc.cluster] {
-				t.Errorf("%d rules rendered", n)
+			if len(got.Rules) != 2 {
+				t.Fatalf("%d rules rendered, want both (the billing one applies to the billing cluster, or has no nodes:)", len(got.Rules))
 			}
 			if got.Rules[0].BodyLimit != 4096 || got.ReplaySecretEnv != "ASYNCMESH_REPLAY_SECRET" || len(got.Secrets) != 1 {
 				t.Errorf("rendered configuration lost values: %+v", got)
