@@ -135,10 +135,12 @@ func TestMeshPluginConfigIsWasmFilters(t *testing.T) {
 		name, cluster string
 		render        func(*rulesfile.File, MeshOptions) ([]byte, error)
 		configPath    []any
+		rules         int
 	}{
-		{"istio all", "", Istio, []any{"spec", "pluginConfig"}},
-		{"istio billing", "billing", Istio, []any{"spec", "pluginConfig"}},
-		{"envoy gateway billing", "billing", EnvoyGateway, []any{"spec", "wasm", 0, "config"}},
+		{"istio all", "", Istio, []any{"spec", "pluginConfig"}, 2},
+		{"istio billing", "billing", Istio, []any{"spec", "pluginConfig"}, 2},
+		{"istio reports", "reports", Istio, []any{"spec", "pluginConfig"}, 1},
+		{"envoy gateway billing", "billing", EnvoyGateway, []any{"spec", "wasm", 0, "config"}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := MeshOptions{Name: "asyncmesh", Image: "registry.example/asyncmesh/filter:dev", Selector: map[string]string{"app": "orders"},
@@ -162,8 +164,8 @@ func TestMeshPluginConfigIsWasmFilters(t *testing.T) {
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("rendered plugin configuration differs from xDS's:\n got %+v\nwant %+v", got, want)
 			}
-			if len(got.Rules) != 2 {
-				t.Fatalf("%d rules rendered, want both (the billing one applies to the billing cluster, or has no nodes:)", len(got.Rules))
+			if len(got.Rules) != tc.rules {
+				t.Fatalf("%d rules rendered, want %d (the billing rule is the billing cluster's only)", len(got.Rules), tc.rules)
 			}
 			if got.Rules[0].BodyLimit != 4096 || got.ReplaySecretEnv != "ASYNCMESH_REPLAY_SECRET" || len(got.Secrets) != 1 {
 				t.Errorf("rendered configuration lost values: %+v", got)
