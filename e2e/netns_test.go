@@ -95,6 +95,7 @@ func (f *fabric) addHost(role, ip string) *netHost {
 	h.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: h.dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second,
 	}}
+	f.t.Cleanup(h.client.CloseIdleConnections)
 	return h
 }
 
