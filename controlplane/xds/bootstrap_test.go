@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -82,6 +83,13 @@ sidecar:
 				t.Fatal(err)
 			}
 			sr := boot["static_resources"].(map[string]any)
+
+			// The allocator hands free heap back as in generated bootstraps.
+			var release bootstrap.MemoryAllocatorManager
+			decode(t, boot["memory_allocator_manager"], &release)
+			if !proto.Equal(&release, MemoryRelease()) {
+				t.Errorf("memory_allocator_manager: %s has %v, generated %v", name, &release, MemoryRelease())
+			}
 			filter := sr["listeners"].([]any)[0].(map[string]any)["filter_chains"].([]any)[0].(map[string]any)["filters"].([]any)[0].(map[string]any)
 			manager := filter["typed_config"].(map[string]any)
 			routes := manager["route_config"].(map[string]any)["virtual_hosts"].([]any)[0].(map[string]any)["routes"].([]any)

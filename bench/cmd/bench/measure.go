@@ -35,6 +35,18 @@ type Curve struct {
 	// saturation (proxy paths only): the cost of the path, steadier than
 	// saturation on a machine whose cores the load generator shares.
 	EnvoyCPUus float64 `json:"envoyCpuMicrosPerRequest,omitempty"`
+	// CostP99ms is the p99 at that rate (the median of its rounds').
+	CostP99ms float64 `json:"p99msAtCostRate,omitempty"`
+}
+
+// at is the point measured at an offered rate (the zero Point if none).
+func (c Curve) at(rate float64) Point {
+	for _, p := range c.Points {
+		if p.Offered == rate {
+			return p
+		}
+	}
+	return Point{}
 }
 
 // Saturation is the highest achieved rate with under 1% errors.
@@ -102,27 +114,37 @@ type costTarget struct {
 	do  func(ctx context.Context, seq int) error
 }
 
-// envoyCosts returns, for each target, the CPU time its Envoy spent per
-// successful request, in microseconds, at rate. The targets take turns in
-// rounds of d/rounds each, so that whatever else the shared cores do during
-// the measurement falls on every path alike rather than on whichever ran
-// at the wrong moment.
-func envoyCosts(ctx context.Context, targets []costTarget, rate float64, d time.Duration, rounds int) []float64 {
+// cost is what envoyCosts measured of one target.
+type cost struct {
+	cpuUS float64 // Envoy's CPU time per successful request, µs
+	p99ms float64 // the median of the rounds' p99 latencies
+}
+
+// envoyCosts measures each target at rate: its Envoy's CPU time per
+// successful request, and its p99. The targets take turns in rounds of
+// d/rounds each, so that whatever else the shared cores do during the
+// measurement falls on every path alike rather than on whichever ran at the
+// wrong moment; for the same reason the p99 is the median of the rounds'.
+func envoyCosts(ctx context.Context, targets []costTarget, rate float64, d time.Duration, rounds int) []cost {
 	cpu := make([]float64, len(targets))
 	ok := make([]int, len(targets))
+	p99s := make([][]float64, len(targets))
 	for range rounds {
 		for i, t := range targets {
 			cpu0 := cpuSeconds(t.pid)
 			r := load.Run(ctx, load.Params{Rate: rate, Duration: d / time.Duration(rounds), Grace: 5 * time.Second}, t.do)
 			cpu[i] += cpuSeconds(t.pid) - cpu0
 			ok[i] += r.OK
+			p99s[i] = append(p99s[i], ms(r.Percentile(99)))
 		}
 	}
-	out := make([]float64, len(targets))
+	out := make([]cost, len(targets))
 	for i := range targets {
 		if ok[i] > 0 {
-			out[i] = cpu[i] / float64(ok[i]) * 1e6
+			out[i].cpuUS = cpu[i] / float64(ok[i]) * 1e6
 		}
+		slices.Sort(p99s[i])
+		out[i].p99ms = p99s[i][len(p99s[i])/2]
 	}
 	return out
 }

@@ -27,7 +27,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,59 +174,21 @@ func burst(api, callback string, n, conc, size int) int {
 
 // window measures pid over d.
 func window(pid int, d time.Duration) (string, error) {
-	cpu0, err := cpuTime(pid)
+	cpu0, err := procs.CPUTime(pid)
 	if err != nil {
 		return "", err
 	}
 	t0 := time.Now()
 	time.Sleep(d)
-	cpu1, err := cpuTime(pid)
+	cpu1, err := procs.CPUTime(pid)
 	if err != nil {
 		return "", err
 	}
 	wall := time.Since(t0)
-	mem, err := status(pid, "VmRSS", "RssAnon", "RssFile")
+	mem, err := procs.Status(pid, "VmRSS", "RssAnon", "RssFile")
 	if err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("CPU %.1f ms (%.3f%% of a core), VmRSS %.1f MB (RssAnon %.1f MB, RssFile %.1f MB)",
 		float64(cpu1-cpu0)/1e6, float64(cpu1-cpu0)/float64(wall)*100, mem[0]/1024, mem[1]/1024, mem[2]/1024), nil
-}
-
-// cpuTime is the run time of pid's threads, in nanoseconds.
-func cpuTime(pid int) (int64, error) {
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	if err != nil || len(tasks) == 0 {
-		return 0, fmt.Errorf("no threads of pid %d: %v", pid, err)
-	}
-	var sum int64
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue // a thread that ended
-		}
-		f := strings.Fields(string(b))
-		if len(f) > 0 {
-			v, _ := strconv.ParseInt(f[0], 10, 64)
-			sum += v
-		}
-	}
-	return sum, nil
-}
-
-// status reads kB fields of /proc/PID/status.
-func status(pid int, fields ...string) ([]float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]float64, len(fields))
-	for _, line := range strings.Split(string(b), "\n") {
-		for i, f := range fields {
-			if v, ok := strings.CutPrefix(line, f+":"); ok {
-				out[i], _ = strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			}
-		}
-	}
-	return out, nil
 }
