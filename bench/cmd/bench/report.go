@@ -41,8 +41,9 @@ type BackendReport struct {
 	Pipeline     Delivery           `json:"pipeline"` // intake, execution and callback at once
 	Delivery     Delivery           `json:"delivery"` // callbacks of an executed backlog
 	Usage        map[string][]Usage `json:"usage"`    // by phase
-	// IntakeEnvoyCPUus is Envoy's CPU time per intake at intakeCostRate.
+	// IntakeEnvoyCPUus is Envoy's CPU time per intake at IntakeCostRate.
 	IntakeEnvoyCPUus float64 `json:"intakeEnvoyCpuMicros,omitempty"`
+	IntakeCostRate   float64 `json:"intakeCostRate,omitempty"`
 	// CollectorIdle is the collector with nothing to do: fresh, after load.
 	CollectorIdle []CollectorIdle `json:"collectorIdle,omitempty"`
 	Backlog       *Backlog        `json:"backlog,omitempty"`
@@ -220,7 +221,7 @@ func (r *Report) markdown() []byte {
 		ladderTable(w, br.Intake)
 		w("")
 		if br.IntakeEnvoyCPUus > 0 {
-			line := fmt.Sprintf("Envoy's CPU per intake at %d/s: %.1f µs", intakeCostRate, br.IntakeEnvoyCPUus)
+			line := fmt.Sprintf("Envoy's CPU per intake at %.0f/s: %.1f µs", br.IntakeCostRate, br.IntakeEnvoyCPUus)
 			if len(r.Passthrough) > 1 {
 				line += fmt.Sprintf(" (%.1f× a request proxied without the filter, %.1f µs)", br.IntakeEnvoyCPUus/r.Passthrough[1].EnvoyCPUus, r.Passthrough[1].EnvoyCPUus)
 			}
