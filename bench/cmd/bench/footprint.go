@@ -118,6 +118,10 @@ type CollectorIdle struct {
 	When       string  `json:"when"`
 	CPUPercent float64 `json:"cpuPercentOfACore"`
 	RSSMB      float64 `json:"rssMB"`
+	// AnonMB is its own memory (RssAnon), FileMB the mapped pages of its
+	// executable and files (RssFile: the same in every collector).
+	AnonMB float64 `json:"anonMB"`
+	FileMB float64 `json:"fileMB"`
 }
 
 // collectorIdle measures pid, idle, over d.
@@ -137,11 +141,11 @@ func collectorIdle(ctx context.Context, when string, pid int, d time.Duration) (
 	if err != nil {
 		return c, err
 	}
-	st, err := procs.Status(pid, "VmRSS")
+	st, err := procs.Status(pid, "VmRSS", "RssAnon", "RssFile")
 	if err != nil {
 		return c, err
 	}
-	c.CPUPercent, c.RSSMB = float64(cpu1-cpu0)/float64(time.Since(t0))*100, st[0]/1024
-	logf("  collector %s: %.3f%% of a core, RSS %.1f MB", when, c.CPUPercent, c.RSSMB)
+	c.CPUPercent, c.RSSMB, c.AnonMB, c.FileMB = float64(cpu1-cpu0)/float64(time.Since(t0))*100, st[0]/1024, st[1]/1024, st[2]/1024
+	logf("  collector %s: %.3f%% of a core, RSS %.1f MB (anon %.1f, file %.1f)", when, c.CPUPercent, c.RSSMB, c.AnonMB, c.FileMB)
 	return c, nil
 }

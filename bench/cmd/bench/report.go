@@ -278,8 +278,8 @@ func (r *Report) markdown() []byte {
 			w("")
 		}
 		for _, c := range br.CollectorIdle {
-			w("The collector idle, %s: %.3f%% of a core over %v, RSS %.1f MB (targets ≤ %.1f%% — %s; ≤ %d MB — %s).",
-				c.When, c.CPUPercent, idleFor, c.RSSMB, targetCollectorIdleCPU, check(c.CPUPercent <= targetCollectorIdleCPU), targetCollectorIdleMB, check(c.RSSMB <= targetCollectorIdleMB))
+			w("The collector idle, %s: %.3f%% of a core over %v, RSS %.1f MB: %.1f MB its own, %.1f MB mapped files, mostly its executable (targets ≤ %.1f%% — %s; ≤ %d MB — %s).",
+				c.When, c.CPUPercent, idleFor, c.RSSMB, c.AnonMB, c.FileMB, targetCollectorIdleCPU, check(c.CPUPercent <= targetCollectorIdleCPU), targetCollectorIdleMB, check(c.RSSMB <= targetCollectorIdleMB))
 			w("")
 		}
 		w("")
