@@ -214,10 +214,14 @@ func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([
 	}
 
 	// Footprint: the sidecar's Envoy after all of the above, against a plain
-	// Envoy (no Wasm runtime loaded) after load of its own, each given a few
-	// release intervals to hand free heap back.
+	// Envoy (no Wasm runtime loaded) after the same ladder and cost load
+	// (what an Envoy keeps after load depends on the connections and
+	// requests in flight at its peak), each given a few release intervals to
+	// hand free heap back.
 	logf("-- Envoy footprint (after load, --concurrency 2)")
-	load.Run(ctx, load.Params{Rate: costRate, Duration: costFor, Grace: 5 * time.Second}, get("http://127.0.0.1:"+strconv.Itoa(ports[4])+"/fast"))
+	plain := get("http://127.0.0.1:" + strconv.Itoa(ports[4]) + "/fast")
+	ladder(ctx, "plain Envoy (load for its footprint)", o.passRates, o.step, plain)
+	load.Run(ctx, load.Params{Rate: costRate, Duration: costFor, Grace: 5 * time.Second}, plain)
 	time.Sleep(3 * time.Second)
 	var fps []EnvoyFootprint
 	for _, e := range []struct{ name, proc, admin string }{
