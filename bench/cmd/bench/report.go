@@ -171,8 +171,12 @@ func (r *Report) markdown() []byte {
 		}
 		w("")
 		extra := with.RSSMB - plain.RSSMB
-		w("Target: Envoy with the filter ≤ plain Envoy + %d MB RSS: +%.1f MB — %s. Of the difference, %.1f MB is heap the V8 runtime allocated for the module (%.1f MB more thread caches), %.1f MB V8's machine code for it, and %.1f MB the linear memories of its %d VMs (the Go runtime and heap of each worker's, the main thread's and the configuration's VM); see filter's package doc for what would move it.",
-			targetEnvoyExtraMB, extra, check(extra <= targetEnvoyExtraMB), with.HeapAllocatedMB-plain.HeapAllocatedMB, with.ThreadCachesMB-plain.ThreadCachesMB, with.JITCodeMB, with.WasmMemoriesMB, with.WasmVMs)
+		heap := func(f EnvoyFootprint) float64 { return f.HeapAllocatedMB + f.HeapFreeMB + f.ThreadCachesMB }
+		other := (with.AnonMB - heap(with) - with.JITCodeMB - with.WasmMemoriesMB) - (plain.AnonMB - heap(plain))
+		w("Target: Envoy with the filter ≤ plain Envoy + %d MB RSS: +%.1f MB — %s. The difference: %+.1f MB allocated heap (V8's data for the module; the rest of Envoy allocates alike), %+.1f MB free heap that the allocator keeps (free pages inside partly used huge pages, which `memory_allocator_manager` cannot release), %+.1f MB allocator thread caches, %.1f MB V8's machine code for the module, %.1f MB the linear memories of its %d VMs (the Go runtime and heap of each worker's, the main thread's and the configuration's VM), %+.1f MB other anonymous memory (V8's own pages: isolates, code metadata) and %+.1f MB more of the executable's pages (V8's code). The filter's package doc says what would move it.",
+			targetEnvoyExtraMB, extra, check(extra <= targetEnvoyExtraMB),
+			with.HeapAllocatedMB-plain.HeapAllocatedMB, with.HeapFreeMB-plain.HeapFreeMB, with.ThreadCachesMB-plain.ThreadCachesMB,
+			with.JITCodeMB, with.WasmMemoriesMB, with.WasmVMs, other, (with.RSSMB-with.AnonMB)-(plain.RSSMB-plain.AnonMB))
 		w("")
 	}
 	var embedded *BackendReport

@@ -272,7 +272,7 @@ const (
 // p99 the filter adds).
 const (
 	costRate   = 1000
-	costFor    = 12 * time.Second
+	costFor    = 30 * time.Second
 	costRounds = 6
 )
 
