@@ -10,8 +10,12 @@ import (
 	"strconv"
 	"strings"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"gopkg.in/yaml.v3"
 
@@ -21,24 +25,39 @@ import (
 
 // Meshes that serve the filter themselves.
 //
-// Where istiod (WasmPlugin) or Envoy Gateway (EnvoyExtensionPolicy) already
-// serves the proxies' filters over ECDS, the control plane does not serve
-// xDS: it renders its rules into those resources (controlplane render), and
-// the mesh delivers them. Both APIs configure the Wasm plugin alone, so what
-// the proxies run differs from what FilterConfig serves in two ways:
+// Where istiod or Envoy Gateway already serve the proxies' configuration,
+// the control plane does not serve xDS: it renders its rules into those
+// meshes' resources (controlplane render), and the mesh delivers them. Two
+// variants:
 //
-//   - no native pass-through (PassThroughFilter): every request enters the
-//     VM, at the cost make bench measures for the Wasm path;
-//   - no allow_on_headers_stop_iteration (neither API has the field), so the
-//     plugin's configuration says holdHeaders: false. With it true, Envoy
-//     would turn the filter's StopIteration into StopAllIteration and the
-//     body would never reach it: every async request with a body would hang.
-//     False is the filter's own fallback (filter/stream.go), which leaves the
-//     holding of the headers to a buffer filter after it; these meshes have
-//     none, which docs/deploy.md lists as not covered.
+//   - the whole filter (the default): the http_filters entry FilterConfig
+//     serves plain sidecars over ECDS (the ExtensionWithMatcher, its native
+//     chains, the Wasm filter with allow_on_headers_stop_iteration and
+//     holdHeaders), put before the router of the proxy's listener by the
+//     mesh's patch API: an Istio EnvoyFilter (HTTP_FILTER INSERT_BEFORE
+//     envoy.filters.http.router), an Envoy Gateway EnvoyPatchPolicy (a JSON
+//     patch adding it before the router). The module is a local file, the
+//     filter image mounted into the proxy's container (the chart does it),
+//     exactly as in plain sidecar mode. Routes a rule names get the same
+//     RouteOverride as served routes (an HTTP_ROUTE MERGE, a JSON patch).
+//     The price: the rules travel in the listener, so every new render is a
+//     listener update (LDS) rather than an ECDS update.
+//   - the mesh's Wasm API (MeshOptions.WasmAPI): Istio's WasmPlugin, Envoy
+//     Gateway's EnvoyExtensionPolicy. Neither API has
+//     allow_on_headers_stop_iteration, so the plugin's configuration says
+//     holdHeaders: false (true would turn the filter's StopIteration into
+//     StopAllIteration and hang every async request with a body), and
+//     neither has a matcher: every request enters the VM, and for an async
+//     request or a replay with a body the headers reach the service before
+//     the filter decides (docs/deploy.md says so).
+//
+// In both, the collector's clusters and the callers' status routes, which
+// the plain sidecar's bootstrap has, are patched in from the same builders
+// (collectorClusters, statusRoutes).
 //
 // Everything else, the JSON of the rules included, is WasmFilter's, so the
-// two cannot drift (TestMeshPluginConfigIsWasmFilters).
+// variants cannot drift from what xDS serves (TestMeshPluginConfigIsWasmFilters,
+// TestMeshFilterIsServedFilter).
 
 // MeshPluginConfig returns the plugin configuration of a mesh's Wasm API
 // (WasmPlugin.spec.pluginConfig, EnvoyExtensionPolicy.spec.wasm[].config):
@@ -131,6 +150,23 @@ func protoTree(m proto.Message) (map[string]any, error) {
 type MeshOptions struct {
 	// Name and Namespace of the rendered resources.
 	Name, Namespace string
+	// NodeID and NodeCluster select the rules of one kind of node, as the
+	// control plane does for a sidecar by its Envoy node; both empty: every
+	// rule, which is refused if some rule is limited by nodes:.
+	NodeID, NodeCluster string
+
+	// WasmAPI renders the mesh's own Wasm API (Istio's WasmPlugin, Envoy
+	// Gateway's EnvoyExtensionPolicy) instead of the whole filter: the mesh
+	// fetches the image itself, but the filter cannot hold headers and every
+	// request enters the VM (see above).
+	WasmAPI bool
+	// WasmPath is the module's path in the proxy's container, where the
+	// chart mounts the filter image (the whole-filter variant; default
+	// DefaultMeshWasmPath).
+	WasmPath string
+
+	// With WasmAPI only: the image, its digest and pull secret, and what
+	// happens when the module cannot be loaded.
 	// Image is the filter image (make images' "filter"), as a registry
 	// reference: registry/repository:tag or @sha256:digest. An oci:// prefix
 	// is added for Istio, taken away for Envoy Gateway.
@@ -140,32 +176,44 @@ type MeshOptions struct {
 	SHA256 string
 	// PullSecret names a Secret of the namespace holding registry credentials.
 	PullSecret string
-	// NodeID and NodeCluster select the rules of one kind of node, as the
-	// control plane does for a sidecar by its Envoy node; both empty: every
-	// rule, which is refused if some rule is limited by nodes:.
-	NodeID, NodeCluster string
+	// FailOpen lets requests through when the module cannot be fetched or
+	// loaded; default fail closed, since without the filter a caller's
+	// x-async-replay and x-async-* headers reach the service. (The whole
+	// filter is always fail closed, as xDS serves it: a module Envoy cannot
+	// load makes it refuse the listener update.)
+	FailOpen bool
+
+	// Collector is host:port of the collector's API as the proxy reaches
+	// it. Istio: an IP address (a STATIC cluster), 127.0.0.1:9901 for the
+	// collector container of the pod. Envoy Gateway (required): the
+	// collector's Service, e.g. am-collector.shop.svc:9901 (a name makes a
+	// STRICT_DNS cluster, which follows the Service).
+	Collector string
 
 	// Istio only.
 	// Selector are the labels of the workloads whose sidecars run the filter.
 	Selector map[string]string
 	// Phase is the WasmPlugin phase (default UNSPECIFIED_PHASE: at the end of
 	// the chain, after Istio's authentication and authorization, so a
-	// request is accepted for later only once it may run at all).
+	// request is accepted for later only once it may run at all). The whole
+	// filter goes to the same place: right before the router.
 	Phase string
-	// FailOpen lets requests through when the module cannot be fetched or
-	// loaded (FAIL_OPEN); default FAIL_CLOSE, since without the filter a
-	// caller's x-async-replay and x-async-* headers reach the service.
-	FailOpen bool
-	// Collector is host:port of the collector's API as the sidecar reaches
-	// it: an IP address (a STATIC cluster), 127.0.0.1:9901 for the collector
-	// container of the pod.
-	Collector string
 	// Port limits the filter and the status routes to the inbound traffic
 	// of this port (the port the service listens on in its pod); 0: every
 	// inbound port of the workload.
 	Port uint32
 
-	// Envoy Gateway only: the policy's target (a Gateway or an HTTPRoute).
+	// Envoy Gateway only.
+	// Gateway is the Gateway whose Envoy gets the collector's clusters, the
+	// status routes and the filter (the EnvoyPatchPolicy's target, which must
+	// be in Namespace); default TargetName when TargetKind is Gateway.
+	Gateway string
+	// Listeners are the names of the Gateway's HTTP(S) listeners to patch
+	// (default "http"): Envoy Gateway names the xDS listener and its route
+	// configuration NAMESPACE/GATEWAY/LISTENER.
+	Listeners []string
+	// TargetKind and TargetName: the EnvoyExtensionPolicy's target (a
+	// Gateway or an HTTPRoute), with WasmAPI.
 	TargetKind, TargetName string
 }
 
@@ -177,7 +225,25 @@ const (
 	GatewayAPIGroup            = "gateway.networking.k8s.io"
 	defaultIstioPhase          = "UNSPECIFIED_PHASE"
 	istioEnvoyFilterNameSuffix = "-collector"
+	// DefaultMeshWasmPath is where the chart mounts the filter image into the
+	// proxy (istio-proxy, the gateway's Envoy), as into plain sidecar mode's
+	// Envoy.
+	DefaultMeshWasmPath = "/etc/asyncmesh/filter/plugin.wasm"
+	// RouterFilter is the HTTP filter the whole filter is put before.
+	RouterFilter = "envoy.filters.http.router"
+	// Envoy Gateway's JSON patch types.
+	egListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	egRouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	egClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	// EGRouterPath selects the router in every http_filters list of a
+	// listener; a JSON patch "add" at an array element inserts before it.
+	EGRouterPath = "..http_filters[?(@.name=='" + RouterFilter + "')]"
+	// EGVirtualHostsPath selects every virtual host of a route configuration.
+	EGVirtualHostsPath = "$.virtual_hosts[*]"
 )
+
+// EGRoutePath selects the routes named name in a route configuration.
+func EGRoutePath(name string) string { return "..routes[?(@.name=='" + name + "')]" }
 
 // The resources, as small local structs: the root module does not depend
 // on Kubernetes' or the meshes' Go types. deploy/k8s decodes what these
@@ -250,11 +316,39 @@ type envoyConfigPatch struct {
 
 type envoyPatchMatch struct {
 	Context            string            `yaml:"context"`
+	Listener           *listenerMatch    `yaml:"listener,omitempty"`
 	RouteConfiguration *routeConfigMatch `yaml:"routeConfiguration,omitempty"`
 }
 
+type listenerMatch struct {
+	PortNumber  uint32           `yaml:"portNumber,omitempty"`
+	FilterChain filterChainMatch `yaml:"filterChain"`
+}
+
+type filterChainMatch struct {
+	Filter filterMatch `yaml:"filter"`
+}
+
+type filterMatch struct {
+	Name      string          `yaml:"name"`
+	SubFilter *subFilterMatch `yaml:"subFilter,omitempty"`
+}
+
+type subFilterMatch struct {
+	Name string `yaml:"name"`
+}
+
 type routeConfigMatch struct {
-	PortNumber uint32 `yaml:"portNumber,omitempty"`
+	PortNumber uint32      `yaml:"portNumber,omitempty"`
+	Vhost      *vhostMatch `yaml:"vhost,omitempty"`
+}
+
+type vhostMatch struct {
+	Route routeNameMatch `yaml:"route"`
+}
+
+type routeNameMatch struct {
+	Name string `yaml:"name"`
 }
 
 type envoyPatchAction struct {
@@ -301,6 +395,27 @@ type egEnv struct {
 	HostKeys []string `yaml:"hostKeys"`
 }
 
+type patchPolicySpec struct {
+	TargetRef   policyTargetRef `yaml:"targetRef"`
+	Type        string          `yaml:"type"`
+	JSONPatches []egJSONPatch   `yaml:"jsonPatches"`
+}
+
+type egJSONPatch struct {
+	Type      string      `yaml:"type"`
+	Name      string      `yaml:"name"`
+	Operation egOperation `yaml:"operation"`
+}
+
+// egOperation is one JSON patch operation. Path is a pointer because Envoy
+// Gateway tells "add a whole resource" (path: "") from "no path" (nil).
+type egOperation struct {
+	Op       string  `yaml:"op"`
+	JSONPath string  `yaml:"jsonPath,omitempty"`
+	Path     *string `yaml:"path,omitempty"`
+	Value    any     `yaml:"value"`
+}
+
 // meshConfig is the rules configuration of the nodes o selects.
 func meshConfig(f *rulesfile.File, o MeshOptions) (*rules.Config, error) {
 	if o.NodeID != "" || o.NodeCluster != "" {
@@ -319,38 +434,120 @@ func (o MeshOptions) check() error {
 	if o.Name == "" {
 		errs = append(errs, errors.New("a name is required"))
 	}
-	if o.Image == "" || strings.ContainsAny(o.Image, " \t\n") {
-		errs = append(errs, fmt.Errorf("image %q: want registry/repository:tag or @sha256:digest", o.Image))
-	}
-	if o.SHA256 != "" && (len(o.SHA256) != 64 || strings.Trim(o.SHA256, "0123456789abcdef") != "") {
-		errs = append(errs, fmt.Errorf("sha256 %q: want 64 lower-case hex digits", o.SHA256))
+	if o.WasmAPI {
+		if o.Image == "" || strings.ContainsAny(o.Image, " \t\n") {
+			errs = append(errs, fmt.Errorf("image %q: want registry/repository:tag or @sha256:digest", o.Image))
+		}
+		if o.SHA256 != "" && (len(o.SHA256) != 64 || strings.Trim(o.SHA256, "0123456789abcdef") != "") {
+			errs = append(errs, fmt.Errorf("sha256 %q: want 64 lower-case hex digits", o.SHA256))
+		}
+		if o.WasmPath != "" {
+			errs = append(errs, errors.New("a module path is for the whole filter; with the mesh's Wasm API the mesh fetches the image"))
+		}
+	} else {
+		// Refused rather than ignored: whoever passes an image expects it to
+		// be what runs, but the whole filter loads the mounted module.
+		if o.Image != "" || o.SHA256 != "" || o.PullSecret != "" || o.FailOpen || o.Phase != "" {
+			errs = append(errs, errors.New("image, sha256, pull secret, fail-open and phase are for the mesh's Wasm API (-wasm-api); "+
+				"the whole filter loads the module the chart mounts (-wasm) and fails closed"))
+		}
+		if o.WasmPath != "" && !strings.HasPrefix(o.WasmPath, "/") {
+			errs = append(errs, fmt.Errorf("module path %q: want an absolute path in the proxy's container", o.WasmPath))
+		}
 	}
 	return errors.Join(errs...)
 }
 
-// Istio returns the YAML documents of Istio mode: the WasmPlugin that
-// loads the filter image into the selected sidecars with the rules as its
-// pluginConfig, and the EnvoyFilter that gives those sidecars what the
-// filter calls by name and the bootstrap of plain sidecar mode has: the
-// collector's intake and status clusters (the same clusters
-// sidecarResources serves) and the callers' status routes (statusRoutes),
-// first in every inbound route configuration (of o.Port).
+func (o MeshOptions) wasmPath() string {
+	if o.WasmPath == "" {
+		return DefaultMeshWasmPath
+	}
+	return o.WasmPath
+}
+
+// meshFilter is the http_filters entry of the whole-filter variant: the
+// filter FilterConfig serves plain sidecars over ECDS, its module read
+// from the file the chart mounts into the proxy, in Envoy's JSON as a tree.
+func meshFilter(cfg *rules.Config, o MeshOptions) (map[string]any, error) {
+	ext, err := FilterConfig(cfg, WasmOptions{Path: o.wasmPath()})
+	if err != nil {
+		return nil, err
+	}
+	return protoTree(&hcm.HttpFilter{Name: FilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: ext.TypedConfig}})
+}
+
+// overriddenRoutes are the route names some rule of cfg that may make
+// requests async names (match.route), sorted: as in sidecarResources,
+// Envoy's matcher cannot judge those routes, so they carry RouteOverride.
+func overriddenRoutes(cfg *rules.Config) []string {
+	var names []string
+	for _, r := range cfg.Rules {
+		if r.Match.Route != "" && r.Mode != rules.ModeSync {
+			names = append(names, r.Match.Route)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// routeOverrideTree is RouteOverride in Envoy's JSON, the value of a
+// route's typed_per_filter_config under the filter's name.
+func routeOverrideTree() (map[string]any, error) { return protoTree(RouteOverride()) }
+
+// Istio returns the YAML documents of Istio mode: the filter, either the
+// whole filter in an EnvoyFilter (default) or a WasmPlugin (o.WasmAPI), and
+// the EnvoyFilter that gives the selected sidecars what the filter calls
+// by name and the bootstrap of plain sidecar mode has: the collector's
+// intake and status clusters (the same clusters sidecarResources serves)
+// and the callers' status routes (statusRoutes), first in every inbound
+// route configuration (of o.Port).
 func Istio(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	if err := o.check(); err != nil {
 		return nil, fmt.Errorf("render --istio: %w", err)
 	}
 	if len(o.Selector) == 0 {
-		// A WasmPlugin without a selector applies to every workload of its
-		// namespace (of the mesh, in the root namespace): never by accident.
+		// A WasmPlugin or EnvoyFilter without a selector applies to every
+		// workload of its namespace (of the mesh, in the root namespace):
+		// never by accident.
 		return nil, errors.New("render --istio: a workload selector is required (-selector app=NAME)")
 	}
 	cfg, err := meshConfig(f, o)
 	if err != nil {
 		return nil, fmt.Errorf("render --istio: %w", err)
 	}
-	pc, err := MeshPluginConfig(cfg)
+	var filterDoc resourceDoc
+	if o.WasmAPI {
+		plugin, err := istioWasmPlugin(cfg, o)
+		if err != nil {
+			return nil, fmt.Errorf("render --istio: %w", err)
+		}
+		filterDoc = resourceDoc{APIVersion: IstioWasmAPIVersion, Kind: "WasmPlugin",
+			Metadata: objectMeta{Name: o.Name, Namespace: o.Namespace}, Spec: plugin}
+	} else {
+		patches, err := istioFilterPatches(cfg, o)
+		if err != nil {
+			return nil, fmt.Errorf("render --istio: %w", err)
+		}
+		filterDoc = resourceDoc{APIVersion: IstioNetworkingAPIVersion, Kind: "EnvoyFilter",
+			Metadata: objectMeta{Name: o.Name, Namespace: o.Namespace},
+			Spec:     envoyFilterSpec{WorkloadSelector: &envoyFilterSelector{Labels: o.Selector}, ConfigPatches: patches}}
+	}
+	patches, err := istioPatches(f, o)
 	if err != nil {
 		return nil, fmt.Errorf("render --istio: %w", err)
+	}
+	return marshalDocs(filterDoc,
+		resourceDoc{APIVersion: IstioNetworkingAPIVersion, Kind: "EnvoyFilter",
+			Metadata: objectMeta{Name: o.Name + istioEnvoyFilterNameSuffix, Namespace: o.Namespace},
+			Spec:     envoyFilterSpec{WorkloadSelector: &envoyFilterSelector{Labels: o.Selector}, ConfigPatches: patches}},
+	)
+}
+
+// istioWasmPlugin is the WasmPlugin of the -wasm-api variant.
+func istioWasmPlugin(cfg *rules.Config, o MeshOptions) (*wasmPluginSpec, error) {
+	pc, err := MeshPluginConfig(cfg)
+	if err != nil {
+		return nil, err
 	}
 	phase := o.Phase
 	if phase == "" {
@@ -364,7 +561,7 @@ func Istio(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	if !strings.HasPrefix(url, "oci://") {
 		url = "oci://" + url
 	}
-	plugin := wasmPluginSpec{
+	plugin := &wasmPluginSpec{
 		Selector: &workloadSelector{MatchLabels: o.Selector},
 		URL:      url, SHA256: o.SHA256, ImagePullPolicy: "IfNotPresent", ImagePullSecret: o.PullSecret,
 		PluginName: FilterName, Phase: phase, FailStrategy: fail, Type: "HTTP", PluginConfig: pc,
@@ -382,17 +579,40 @@ func Istio(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 		// sets it from a Secret), as host_env_keys in WasmFilter.
 		plugin.VMConfig = &istioVMConfig{Env: []istioEnvVar{{Name: cfg.ReplaySecretEnv, ValueFrom: "HOST"}}}
 	}
-	patches, err := istioPatches(f, o)
+	return plugin, nil
+}
+
+// istioFilterPatches are the patches of the whole-filter EnvoyFilter: the
+// filter right before the router of the inbound connection managers (of
+// o.Port; SIDECAR_INBOUND only, for the reason the WasmPlugin's match is
+// SERVER), then RouteOverride merged into each inbound route a rule names.
+func istioFilterPatches(cfg *rules.Config, o MeshOptions) ([]envoyConfigPatch, error) {
+	filter, err := meshFilter(cfg, o)
 	if err != nil {
-		return nil, fmt.Errorf("render --istio: %w", err)
+		return nil, err
 	}
-	return marshalDocs(
-		resourceDoc{APIVersion: IstioWasmAPIVersion, Kind: "WasmPlugin",
-			Metadata: objectMeta{Name: o.Name, Namespace: o.Namespace}, Spec: plugin},
-		resourceDoc{APIVersion: IstioNetworkingAPIVersion, Kind: "EnvoyFilter",
-			Metadata: objectMeta{Name: o.Name + istioEnvoyFilterNameSuffix, Namespace: o.Namespace},
-			Spec:     envoyFilterSpec{WorkloadSelector: &envoyFilterSelector{Labels: o.Selector}, ConfigPatches: patches}},
-	)
+	patches := []envoyConfigPatch{{ApplyTo: "HTTP_FILTER",
+		Match: envoyPatchMatch{Context: "SIDECAR_INBOUND", Listener: &listenerMatch{PortNumber: o.Port,
+			FilterChain: filterChainMatch{Filter: filterMatch{Name: "envoy.filters.network.http_connection_manager",
+				SubFilter: &subFilterMatch{Name: RouterFilter}}}}},
+		Patch: envoyPatchAction{Operation: "INSERT_BEFORE", Value: filter}}}
+	names := overriddenRoutes(cfg)
+	if len(names) == 0 {
+		return patches, nil
+	}
+	// A route carrying only the override: MERGE adds it to the route's
+	// typed_per_filter_config, keeping the other filters' entries.
+	override, err := protoTree(&route.Route{TypedPerFilterConfig: map[string]*anypb.Any{FilterName: RouteOverride()}})
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		patches = append(patches, envoyConfigPatch{ApplyTo: "HTTP_ROUTE",
+			Match: envoyPatchMatch{Context: "SIDECAR_INBOUND", RouteConfiguration: &routeConfigMatch{PortNumber: o.Port,
+				Vhost: &vhostMatch{Route: routeNameMatch{Name: name}}}},
+			Patch: envoyPatchAction{Operation: "MERGE", Value: override}})
+	}
+	return patches, nil
 }
 
 // istioPatches are the EnvoyFilter's patches: the collector's clusters,
@@ -440,23 +660,54 @@ func istioPatches(f *rulesfile.File, o MeshOptions) ([]envoyConfigPatch, error) 
 	return patches, nil
 }
 
-// EnvoyGateway returns the YAML of Envoy Gateway mode: the
-// EnvoyExtensionPolicy that attaches the filter image, with the rules as
-// its config, to a Gateway or an HTTPRoute. The collector's clusters and
-// status routes are not rendered (docs/deploy.md, not covered yet).
+// EnvoyGateway returns the YAML of Envoy Gateway mode: an EnvoyPatchPolicy
+// on the Gateway that adds the collector's clusters, the status routes
+// first in every virtual host of the listeners' route configurations and,
+// by default, the whole filter before the router of those listeners; with
+// o.WasmAPI the filter comes instead from an EnvoyExtensionPolicy, printed
+// first. Envoy Gateway applies EnvoyPatchPolicies only with
+// extensionApis.enableEnvoyPatchPolicy in its configuration (docs/deploy.md).
 func EnvoyGateway(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	if err := o.check(); err != nil {
 		return nil, fmt.Errorf("render --envoy-gateway: %w", err)
 	}
-	if o.TargetKind != "Gateway" && o.TargetKind != "HTTPRoute" {
-		return nil, fmt.Errorf("render --envoy-gateway: target kind %q: want Gateway or HTTPRoute", o.TargetKind)
+	if o.Gateway == "" && o.TargetKind == "Gateway" {
+		o.Gateway = o.TargetName
 	}
-	if o.TargetName == "" {
-		return nil, errors.New("render --envoy-gateway: a target name is required (-target-name)")
+	var errs []error
+	if o.Gateway == "" {
+		errs = append(errs, errors.New("a Gateway is required (-gateway): its Envoy gets the collector's clusters and the status routes"))
+	}
+	if o.Namespace == "" {
+		errs = append(errs, errors.New("the Gateway's namespace is required (-namespace): Envoy Gateway's resource names contain it"))
+	}
+	if o.WasmAPI {
+		if o.TargetKind != "Gateway" && o.TargetKind != "HTTPRoute" {
+			errs = append(errs, fmt.Errorf("target kind %q: want Gateway or HTTPRoute", o.TargetKind))
+		}
+		if o.TargetName == "" {
+			errs = append(errs, errors.New("a target name is required (-target-name)"))
+		}
+	} else if o.TargetKind == "HTTPRoute" {
+		errs = append(errs, errors.New("an HTTPRoute target needs -wasm-api: the whole filter goes into the Gateway's listeners"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("render --envoy-gateway: %w", err)
 	}
 	cfg, err := meshConfig(f, o)
 	if err != nil {
 		return nil, fmt.Errorf("render --envoy-gateway: %w", err)
+	}
+	patches, err := egPatches(f, cfg, o)
+	if err != nil {
+		return nil, fmt.Errorf("render --envoy-gateway: %w", err)
+	}
+	policy := resourceDoc{APIVersion: EnvoyGatewayAPIVersion, Kind: "EnvoyPatchPolicy",
+		Metadata: objectMeta{Name: o.Name, Namespace: o.Namespace},
+		Spec: patchPolicySpec{TargetRef: policyTargetRef{Group: GatewayAPIGroup, Kind: "Gateway", Name: o.Gateway},
+			Type: "JSONPatch", JSONPatches: patches}}
+	if !o.WasmAPI {
+		return marshalDocs(policy)
 	}
 	pc, err := MeshPluginConfig(cfg)
 	if err != nil {
@@ -473,7 +724,94 @@ func EnvoyGateway(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	return marshalDocs(resourceDoc{APIVersion: EnvoyGatewayAPIVersion, Kind: "EnvoyExtensionPolicy",
 		Metadata: objectMeta{Name: o.Name, Namespace: o.Namespace},
 		Spec: extensionPolicySpec{TargetRefs: []policyTargetRef{{Group: GatewayAPIGroup, Kind: o.TargetKind, Name: o.TargetName}},
-			Wasm: []egWasm{w}}})
+			Wasm: []egWasm{w}}}, policy)
+}
+
+// egPatches are the EnvoyPatchPolicy's JSON patches, applied in order:
+//
+//  1. the collector's intake and status clusters, added whole (path "");
+//  2. per listener, unless WasmAPI: the whole filter, added at the
+//     router's place in each http_filters list, which RFC 6902 "add" at
+//     an array element makes an insertion before it;
+//  3. per listener, the status routes, inserted at 0, 1, 2 of every
+//     virtual host's routes, so that they come first in statusRoutes' order;
+//  4. per listener, unless WasmAPI: RouteOverride under the filter's name
+//     in each route a rule names (Envoy Gateway creates the missing
+//     typed_per_filter_config map: it applies "add" with
+//     EnsurePathExistsOnAdd).
+func egPatches(f *rulesfile.File, cfg *rules.Config, o MeshOptions) ([]egJSONPatch, error) {
+	if f.Filter.CollectorCluster == "" {
+		return nil, errors.New("the rules file sets no filter.collectorCluster")
+	}
+	host, _, err := net.SplitHostPort(o.Collector)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("collector %q: want the collector Service's host:port (-collector am-collector.%s.svc:9901)", o.Collector, o.Namespace)
+	}
+	a, err := socketAddress(o.Collector)
+	if err != nil {
+		return nil, err
+	}
+	var patches []egJSONPatch
+	whole := ""
+	for _, c := range collectorClusters(f.Filter.CollectorCluster, a) {
+		if net.ParseIP(host) == nil {
+			// A Service name: resolved, and re-resolved, by Envoy.
+			c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
+			c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
+		}
+		v, err := protoTree(c)
+		if err != nil {
+			return nil, err
+		}
+		patches = append(patches, egJSONPatch{Type: egClusterType, Name: c.Name,
+			Operation: egOperation{Op: "add", Path: &whole, Value: v}})
+	}
+	listeners := o.Listeners
+	if len(listeners) == 0 {
+		listeners = []string{"http"}
+	}
+	var filter, override map[string]any
+	var named []string
+	if !o.WasmAPI {
+		if filter, err = meshFilter(cfg, o); err != nil {
+			return nil, err
+		}
+		named = overriddenRoutes(cfg)
+		for _, n := range named {
+			if strings.ContainsAny(n, `'\`) {
+				return nil, fmt.Errorf("route %q: a quote or backslash cannot be matched in a JSONPath filter", n)
+			}
+		}
+		if override, err = routeOverrideTree(); err != nil {
+			return nil, err
+		}
+	}
+	routes := statusRoutes(statusPrefix(f), StatusCluster(f.Filter.CollectorCluster))
+	for _, l := range listeners {
+		if l == "" || strings.Contains(l, "/") {
+			return nil, fmt.Errorf("listener %q: want the name of one of the Gateway's listeners", l)
+		}
+		name := o.Namespace + "/" + o.Gateway + "/" + l
+		if filter != nil {
+			patches = append(patches, egJSONPatch{Type: egListenerType, Name: name,
+				Operation: egOperation{Op: "add", JSONPath: EGRouterPath, Value: filter}})
+		}
+		for i, r := range routes {
+			v, err := protoTree(r)
+			if err != nil {
+				return nil, err
+			}
+			path := "routes/" + strconv.Itoa(i)
+			patches = append(patches, egJSONPatch{Type: egRouteType, Name: name,
+				Operation: egOperation{Op: "add", JSONPath: EGVirtualHostsPath, Path: &path, Value: v}})
+		}
+		for _, n := range named {
+			path := "typed_per_filter_config/" + FilterName
+			patches = append(patches, egJSONPatch{Type: egRouteType, Name: name,
+				Operation: egOperation{Op: "add", JSONPath: EGRoutePath(n), Path: &path, Value: override}})
+		}
+	}
+	return patches, nil
 }
 
 // marshalDocs prints docs as one YAML stream, maps with sorted keys (yaml.v3

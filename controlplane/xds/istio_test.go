@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -11,8 +12,13 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matching "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	composite "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/composite/v3"
+	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"gopkg.in/yaml.v3"
 
@@ -143,8 +149,11 @@ func TestMeshPluginConfigIsWasmFilters(t *testing.T) {
 		{"envoy gateway billing", "billing", EnvoyGateway, []any{"spec", "wasm", 0, "config"}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o := MeshOptions{Name: "asyncmesh", Image: "registry.example/asyncmesh/filter:dev", Selector: map[string]string{"app": "orders"},
-				TargetKind: "Gateway", TargetName: "eg", NodeCluster: tc.cluster}
+			o := MeshOptions{Name: "asyncmesh", Namespace: "shop", WasmAPI: true, Image: "registry.example/asyncmesh/filter:dev",
+				Selector: map[string]string{"app": "orders"}, TargetKind: "Gateway", TargetName: "eg", NodeCluster: tc.cluster}
+			if tc.configPath[1] == "wasm" { // Envoy Gateway's
+				o.Collector = egCollector
+			}
 			src := f
 			if tc.cluster == "" {
 				// Without a node, rules limited by nodes: are refused
@@ -174,12 +183,13 @@ func TestMeshPluginConfigIsWasmFilters(t *testing.T) {
 	}
 }
 
-// The EnvoyFilter's patches are the clusters and status routes of plain
-// sidecar mode, in Envoy's JSON that decodes strictly into Envoy's types,
-// and the INSERT_FIRST routes end up in statusRoutes' order.
+// The collector EnvoyFilter's patches are the clusters and status routes
+// of plain sidecar mode, in Envoy's JSON that decodes strictly into
+// Envoy's types, and the INSERT_FIRST routes end up in statusRoutes'
+// order; the WasmPlugin of -wasm-api runs inbound only, on the port.
 func TestIstioEnvoyFilterPatches(t *testing.T) {
 	f := parseMeshRules(t, meshRules)
-	out, err := Istio(f, MeshOptions{Name: "am", Namespace: "shop", Image: "oci://registry.example/f:1",
+	out, err := Istio(f, MeshOptions{Name: "am", Namespace: "shop", WasmAPI: true, Image: "oci://registry.example/f:1",
 		Selector: map[string]string{"app": "orders"}, NodeCluster: "billing", Port: 8080})
 	if err != nil {
 		t.Fatal(err)
@@ -252,8 +262,14 @@ func msgs[M proto.Message](l []M) []proto.Message {
 
 func TestMeshRenderRefuses(t *testing.T) {
 	f := parseMeshRules(t, meshRules)
-	ok := MeshOptions{Name: "am", Image: "registry.example/f:1", Selector: map[string]string{"app": "a"},
-		NodeCluster: "billing", TargetKind: "HTTPRoute", TargetName: "r"}
+	// ok renders with Istio, and with Envoy Gateway once gw has set the
+	// collector's Service (an Istio collector must be an IP), in both
+	// variants (wasmAPI).
+	ok := MeshOptions{Name: "am", Namespace: "shop", Selector: map[string]string{"app": "a"}, NodeCluster: "billing", Gateway: "eg"}
+	gw := func(o *MeshOptions) { o.Collector = "am-collector.shop.svc:9901" }
+	wasmAPI := func(o *MeshOptions) {
+		o.WasmAPI, o.Image, o.TargetKind, o.TargetName = true, "registry.example/f:1", "HTTPRoute", "r"
+	}
 	for _, tc := range []struct {
 		name   string
 		render func(*rulesfile.File, MeshOptions) ([]byte, error)
@@ -262,12 +278,21 @@ func TestMeshRenderRefuses(t *testing.T) {
 	}{
 		{"istio without selector", Istio, func(o *MeshOptions) { o.Selector = nil }, "selector is required"},
 		{"nodes-limited rules without a node", Istio, func(o *MeshOptions) { o.NodeCluster = "" }, `rule "billing" is limited by nodes`},
-		{"no image", Istio, func(o *MeshOptions) { o.Image = "" }, "image"},
-		{"bad sha256", Istio, func(o *MeshOptions) { o.SHA256 = "ABC" }, "sha256"},
-		{"collector by name", Istio, func(o *MeshOptions) { o.Collector = "collector:9901" }, "want ip:port"},
-		{"no name", EnvoyGateway, func(o *MeshOptions) { o.Name = "" }, "name is required"},
-		{"bad target kind", EnvoyGateway, func(o *MeshOptions) { o.TargetKind = "Service" }, "want Gateway or HTTPRoute"},
-		{"no target", EnvoyGateway, func(o *MeshOptions) { o.TargetName = "" }, "target name is required"},
+		{"no image", Istio, func(o *MeshOptions) { wasmAPI(o); o.Image = "" }, "image"},
+		{"bad sha256", Istio, func(o *MeshOptions) { wasmAPI(o); o.SHA256 = "ABC" }, "sha256"},
+		{"image for the whole filter", Istio, func(o *MeshOptions) { o.Image = "registry.example/f:1" }, "are for the mesh's Wasm API"},
+		{"fail-open for the whole filter", EnvoyGateway, func(o *MeshOptions) { gw(o); o.FailOpen = true }, "are for the mesh's Wasm API"},
+		{"module path with the Wasm API", Istio, func(o *MeshOptions) { wasmAPI(o); o.WasmPath = "/x.wasm" }, "module path is for the whole filter"},
+		{"relative module path", Istio, func(o *MeshOptions) { o.WasmPath = "plugin.wasm" }, "want an absolute path"},
+		{"istio collector by name", Istio, func(o *MeshOptions) { o.Collector = "collector:9901" }, "want ip:port"},
+		{"no name", EnvoyGateway, func(o *MeshOptions) { gw(o); o.Name = "" }, "name is required"},
+		{"bad target kind", EnvoyGateway, func(o *MeshOptions) { gw(o); wasmAPI(o); o.TargetKind = "Service" }, "want Gateway or HTTPRoute"},
+		{"no target", EnvoyGateway, func(o *MeshOptions) { gw(o); wasmAPI(o); o.TargetName = "" }, "target name is required"},
+		{"HTTPRoute target for the whole filter", EnvoyGateway, func(o *MeshOptions) { gw(o); o.TargetKind = "HTTPRoute" }, "needs -wasm-api"},
+		{"no gateway", EnvoyGateway, func(o *MeshOptions) { gw(o); o.Gateway = "" }, "a Gateway is required"},
+		{"no namespace", EnvoyGateway, func(o *MeshOptions) { gw(o); o.Namespace = "" }, "namespace is required"},
+		{"no collector", EnvoyGateway, func(o *MeshOptions) {}, "want the collector Service's host:port"},
+		{"listener by xDS name", EnvoyGateway, func(o *MeshOptions) { gw(o); o.Listeners = []string{"shop/eg/http"} }, "want the name of one of the Gateway's listeners"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := ok
@@ -278,9 +303,16 @@ func TestMeshRenderRefuses(t *testing.T) {
 			}
 		})
 	}
-	// The unchanged options render, so each refusal above is its change's.
-	for _, r := range []func(*rulesfile.File, MeshOptions) ([]byte, error){Istio, EnvoyGateway} {
-		if _, err := r(f, ok); err != nil {
+	// The unchanged options render, in both variants, so each refusal above
+	// is its change's.
+	withAPI := ok
+	wasmAPI(&withAPI)
+	for _, o := range []MeshOptions{ok, withAPI} {
+		if _, err := Istio(f, o); err != nil {
+			t.Fatal(err)
+		}
+		gw(&o)
+		if _, err := EnvoyGateway(f, o); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -301,5 +333,280 @@ func TestParseSelector(t *testing.T) {
 		if (err != nil) != (tc.want == nil) || (err == nil && !reflect.DeepEqual(got, tc.want)) {
 			t.Errorf("ParseSelector(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// routedRules adds to meshRules a rule that names a route, which the whole
+// filter's variants must mark with RouteOverride, and a sync rule naming
+// another, which they must not.
+const routedRules = meshRules + `
+  - name: exports
+    match: {route: exports}
+    mode: async
+    callback: {url: "https://hooks.example/exports"}
+  - name: health
+    match: {route: health}
+    mode: sync
+`
+
+// wholeFilterOptions render the default variant of both meshes (Envoy
+// Gateway's with Collector: egCollector).
+var wholeFilterOptions = MeshOptions{Name: "am", Namespace: "shop", Selector: map[string]string{"app": "orders"}, Port: 8080,
+	Gateway: "eg", Listeners: []string{"http", "https"}}
+
+const egCollector = "am-collector.shop.svc:9901"
+
+// protoJSON is m in Envoy's JSON as a generic tree: two messages are the
+// same configuration when their trees are equal, whatever the byte
+// encoding of the Any values inside them.
+func protoJSON(t *testing.T, m proto.Message) any {
+	t.Helper()
+	js, err := protojson.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(js, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// decodeValue decodes a rendered patch value strictly (unknown fields and
+// unregistered Any types are errors) into m.
+func decodeValue(t *testing.T, v any, m proto.Message) {
+	t.Helper()
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(jsonOf(t, v), m); err != nil {
+		t.Fatalf("%T: %v\n%s", m, err, jsonOf(t, v))
+	}
+}
+
+// The whole filter a mesh's patch carries is, once read back from the YAML
+// as the mesh reads it, exactly the ECDS resource the control plane serves
+// a plain sidecar of the same node (the ExtensionWithMatcher, its native
+// chains, the Wasm filter holding headers), loaded from the mounted module.
+func TestMeshFilterIsServedFilter(t *testing.T) {
+	f := parseMeshRules(t, routedRules)
+	for _, tc := range []struct {
+		name, cluster, wasm, collector string
+		render                         func(*rulesfile.File, MeshOptions) ([]byte, error)
+		value                          func(t *testing.T, docs []map[string]any) any
+	}{
+		{"istio billing", "billing", "", "", Istio, func(t *testing.T, docs []map[string]any) any {
+			return dig(t, docs[0], "spec", "configPatches", 0, "patch", "value")
+		}},
+		{"istio reports, own path", "reports", "/opt/wasm/asyncmesh.wasm", "", Istio, func(t *testing.T, docs []map[string]any) any {
+			return dig(t, docs[0], "spec", "configPatches", 0, "patch", "value")
+		}},
+		{"envoy gateway billing", "billing", "", egCollector, EnvoyGateway, func(t *testing.T, docs []map[string]any) any {
+			for _, p := range dig(t, docs[0], "spec", "jsonPatches").([]any) {
+				if dig(t, p, "type") == egListenerType {
+					return dig(t, p, "operation", "value")
+				}
+			}
+			t.Fatal("no listener patch")
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := wholeFilterOptions
+			o.NodeCluster, o.WasmPath, o.Collector = tc.cluster, tc.wasm, tc.collector
+			out, err := tc.render(f, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got hcm.HttpFilter
+			decodeValue(t, tc.value(t, yamlDocs(t, out)), &got)
+			if err := got.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			path := tc.wasm
+			if path == "" {
+				path = DefaultMeshWasmPath
+			}
+			served, err := FilterConfig(f.ForNode("", tc.cluster), WasmOptions{Path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &hcm.HttpFilter{Name: FilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: served.TypedConfig}}
+			if g, w := protoJSON(t, &got), protoJSON(t, want); !reflect.DeepEqual(g, w) {
+				t.Fatalf("the mesh's filter differs from the served one:\n got %s\nwant %s", jsonOf(t, g), jsonOf(t, w))
+			}
+			// What equality implies, said once more where it matters: the
+			// Wasm filter inside may stop iteration and says so to the module.
+			var ewm matching.ExtensionWithMatcher
+			if err := got.GetTypedConfig().UnmarshalTo(&ewm); err != nil {
+				t.Fatal(err)
+			}
+			var comp composite.Composite
+			if err := ewm.GetExtensionConfig().GetTypedConfig().UnmarshalTo(&comp); err != nil {
+				t.Fatal(err)
+			}
+			var wf wasmfilter.Wasm
+			if err := comp.GetNamedFilterChains()[ChainWasm].GetTypedConfig()[0].GetTypedConfig().UnmarshalTo(&wf); err != nil {
+				t.Fatal(err)
+			}
+			var cfg wrapperspb.StringValue
+			if err := wf.GetConfig().GetConfiguration().UnmarshalTo(&cfg); err != nil {
+				t.Fatal(err)
+			}
+			if !wf.GetConfig().GetAllowOnHeadersStopIteration().GetValue() || !strictConfig(t, []byte(cfg.Value)).HoldHeaders {
+				t.Error("the Wasm filter cannot hold headers")
+			}
+			if p := wf.GetConfig().GetVmConfig().GetCode().GetLocal().GetFilename(); p != path {
+				t.Errorf("module %q, want the mounted %q", p, path)
+			}
+		})
+	}
+}
+
+// The whole-filter EnvoyFilter puts the filter right before the router of
+// the inbound connection managers of the port, and merges RouteOverride
+// into the routes an async rule names (not a sync one's).
+func TestIstioFilterPatches(t *testing.T) {
+	f := parseMeshRules(t, routedRules)
+	o := wholeFilterOptions
+	o.NodeCluster = "billing"
+	out, err := Istio(f, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := yamlDocs(t, out)
+	if len(docs) != 2 || docs[0]["kind"] != "EnvoyFilter" || dig(t, docs[0], "metadata", "name") != "am" ||
+		docs[1]["kind"] != "EnvoyFilter" || dig(t, docs[1], "metadata", "name") != "am-collector" {
+		t.Fatalf("want the filter's and the collector's EnvoyFilters, got\n%s", out)
+	}
+	if sel := dig(t, docs[0], "spec", "workloadSelector", "labels"); !reflect.DeepEqual(sel, map[string]any{"app": "orders"}) {
+		t.Errorf("workloadSelector %v", sel)
+	}
+	patches := dig(t, docs[0], "spec", "configPatches").([]any)
+	if len(patches) != 2 {
+		t.Fatalf("%d patches, want the filter and one route override (exports)", len(patches))
+	}
+	wantFilterMatch := map[string]any{"context": "SIDECAR_INBOUND", "listener": map[string]any{"portNumber": 8080,
+		"filterChain": map[string]any{"filter": map[string]any{"name": "envoy.filters.network.http_connection_manager",
+			"subFilter": map[string]any{"name": RouterFilter}}}}}
+	if p := patches[0]; dig(t, p, "applyTo") != "HTTP_FILTER" || dig(t, p, "patch", "operation") != "INSERT_BEFORE" ||
+		!reflect.DeepEqual(dig(t, p, "match"), wantFilterMatch) {
+		t.Errorf("filter patch %v: want HTTP_FILTER INSERT_BEFORE the router, inbound on 8080", p)
+	}
+	wantRouteMatch := map[string]any{"context": "SIDECAR_INBOUND", "routeConfiguration": map[string]any{"portNumber": 8080,
+		"vhost": map[string]any{"route": map[string]any{"name": "exports"}}}}
+	p := patches[1]
+	if dig(t, p, "applyTo") != "HTTP_ROUTE" || dig(t, p, "patch", "operation") != "MERGE" || !reflect.DeepEqual(dig(t, p, "match"), wantRouteMatch) {
+		t.Errorf("route patch %v: want an HTTP_ROUTE MERGE into the inbound route exports", p)
+	}
+	var r route.Route
+	decodeValue(t, dig(t, p, "patch", "value"), &r)
+	want := &route.Route{TypedPerFilterConfig: map[string]*anypb.Any{FilterName: RouteOverride()}}
+	if g, w := protoJSON(t, &r), protoJSON(t, want); !reflect.DeepEqual(g, w) {
+		t.Errorf("route override %s, want %s", jsonOf(t, g), jsonOf(t, w))
+	}
+}
+
+// The EnvoyPatchPolicy targets the Gateway and, in order: adds the
+// collector's clusters whole (resolving the Service's name), the filter at
+// the router's place of each listener, the status routes at 0, 1, 2 of
+// every virtual host, and RouteOverride to the named route; with
+// -wasm-api only the clusters and routes, after the EnvoyExtensionPolicy.
+func TestEnvoyGatewayPatchPolicy(t *testing.T) {
+	f := parseMeshRules(t, routedRules)
+	a, err := socketAddress(egCollector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantClusters := collectorClusters("asyncmesh_collector", a)
+	for _, c := range wantClusters {
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
+		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
+	}
+	wantRoutes := statusRoutes("/jobs", StatusCluster("asyncmesh_collector"))
+	for _, wasmAPI := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wasmAPI=%v", wasmAPI), func(t *testing.T) {
+			o := wholeFilterOptions
+			o.NodeCluster, o.Collector = "billing", egCollector
+			if wasmAPI {
+				o.WasmAPI, o.Image, o.TargetKind, o.TargetName = true, "registry.example/f:1", "HTTPRoute", "orders"
+			}
+			out, err := EnvoyGateway(f, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			docs := yamlDocs(t, out)
+			if wasmAPI {
+				if len(docs) != 2 || docs[0]["kind"] != "EnvoyExtensionPolicy" {
+					t.Fatalf("want the EnvoyExtensionPolicy first, got\n%s", out)
+				}
+				docs = docs[1:]
+			}
+			if len(docs) != 1 || docs[0]["kind"] != "EnvoyPatchPolicy" {
+				t.Fatalf("want one EnvoyPatchPolicy, got\n%s", out)
+			}
+			if ref := dig(t, docs[0], "spec", "targetRef"); !reflect.DeepEqual(ref, map[string]any{"group": GatewayAPIGroup, "kind": "Gateway", "name": "eg"}) {
+				t.Errorf("targetRef %v", ref)
+			}
+			if typ := dig(t, docs[0], "spec", "type"); typ != "JSONPatch" {
+				t.Errorf("type %v", typ)
+			}
+			type step struct{ typ, name, jsonPath, path string }
+			var want []step
+			for _, c := range wantClusters {
+				want = append(want, step{egClusterType, c.Name, "", ""})
+			}
+			for _, l := range []string{"shop/eg/http", "shop/eg/https"} {
+				if !wasmAPI {
+					want = append(want, step{egListenerType, l, EGRouterPath, "<nil>"})
+				}
+				for i := range wantRoutes {
+					want = append(want, step{egRouteType, l, EGVirtualHostsPath, fmt.Sprintf("routes/%d", i)})
+				}
+				if !wasmAPI {
+					want = append(want, step{egRouteType, l, "..routes[?(@.name=='exports')]", "typed_per_filter_config/asyncmesh"})
+				}
+			}
+			patches := dig(t, docs[0], "spec", "jsonPatches").([]any)
+			if len(patches) != len(want) {
+				t.Fatalf("%d patches, want %d", len(patches), len(want))
+			}
+			var gotClusters []*cluster.Cluster
+			var gotRoutes []*route.Route
+			for i, p := range patches {
+				op := dig(t, p, "operation").(map[string]any)
+				path := "<nil>"
+				if v, ok := op["path"]; ok {
+					path = v.(string)
+				}
+				jsonPath, _ := op["jsonPath"].(string)
+				if got := (step{dig(t, p, "type").(string), dig(t, p, "name").(string), jsonPath, path}); got != want[i] || op["op"] != "add" {
+					t.Fatalf("patch %d: %+v %v, want %+v add", i, got, op["op"], want[i])
+				}
+				switch {
+				case want[i].typ == egClusterType:
+					c := new(cluster.Cluster)
+					decodeValue(t, op["value"], c)
+					gotClusters = append(gotClusters, c)
+				case want[i].typ == egRouteType && strings.HasPrefix(want[i].path, "routes/") && want[i].name == "shop/eg/http":
+					r := new(route.Route)
+					decodeValue(t, op["value"], r)
+					gotRoutes = append(gotRoutes, r)
+				case want[i].typ == egRouteType && strings.HasPrefix(want[i].path, "typed_per_filter_config/"):
+					var a anypb.Any
+					decodeValue(t, op["value"], &a)
+					if g, w := protoJSON(t, &a), protoJSON(t, RouteOverride()); !reflect.DeepEqual(g, w) {
+						t.Errorf("patch %d: override %s, want %s", i, jsonOf(t, g), jsonOf(t, w))
+					}
+				}
+			}
+			for i := range wantClusters {
+				if !proto.Equal(gotClusters[i], wantClusters[i]) {
+					t.Errorf("cluster %d:\n got %v\nwant %v", i, gotClusters[i], wantClusters[i])
+				}
+			}
+			for i := range wantRoutes {
+				if !proto.Equal(gotRoutes[i], wantRoutes[i]) {
+					t.Errorf("route %d:\n got %v\nwant %v", i, gotRoutes[i], wantRoutes[i])
+				}
+			}
+		})
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 )
 
 const (
@@ -35,7 +38,9 @@ var variants = []struct {
 	{"sidecar embedded (defaults)", "", "sidecar"},
 	{"sidecar rabbitmq+elasticsearch", "ci/backends-values.yaml", "sidecar"},
 	{"istio", "ci/istio-values.yaml", "istio"},
+	{"istio wasm api", "ci/istio-wasm-api-values.yaml", "istio"},
 	{"envoy-gateway", "ci/envoy-gateway-values.yaml", "envoy-gateway"},
+	{"envoy-gateway wasm api", "ci/envoy-gateway-wasm-api-values.yaml", "envoy-gateway"},
 }
 
 func loadChart(t *testing.T) *chart.Chart {
@@ -84,7 +89,7 @@ func TestChartVariants(t *testing.T) {
 	ch := loadChart(t)
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			src, _, err := renderChart(ch, v.values, nil)
+			src, vals, err := renderChart(ch, v.values, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,7 +104,7 @@ func TestChartVariants(t *testing.T) {
 			want := map[string]map[string]int{
 				"sidecar":       {"ConfigMap": 1, "Deployment": 2, "Service": 2, "NetworkPolicy": 1}, // + the control plane's
 				"istio":         {"ConfigMap": 1, "Deployment": 1, "Service": 1},
-				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1}, // the collector's
+				"envoy-gateway": {"ConfigMap": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1, "EnvoyProxy": 1}, // the collector's, the gateway's Envoy
 			}[v.mode]
 			if !maps.Equal(kinds, want) {
 				t.Fatalf("rendered %v, want %v", kinds, want)
@@ -114,7 +119,7 @@ func TestChartVariants(t *testing.T) {
 			checkServices(t, byKind[*corev1.Service](objs), deployments)
 			collectorPod := podWith(t, deployments, "collector")
 			checkSecretSources(t, rules, collectorPod)
-			checkReplaySecret(t, rules, collectorPod, v.mode)
+			checkReplaySecret(t, rules, collectorPod, objs, v.mode)
 			switch v.mode {
 			case "sidecar":
 				checkSidecarWiring(t, collectorPod, objs)
@@ -125,6 +130,9 @@ func TestChartVariants(t *testing.T) {
 				if l := collectorPod.Labels["sidecar.istio.io/inject"]; l != "true" {
 					t.Errorf("istio mode: pod label sidecar.istio.io/inject=%q", l)
 				}
+			}
+			if v.mode != "sidecar" {
+				checkMeshModule(t, objs, v.mode, chartValue(t, vals, "meshWasmAPI") == true)
 			}
 		})
 	}
@@ -299,7 +307,11 @@ func findContainer(cs []corev1.Container, name string) (corev1.Container, bool) 
 }
 
 func envFromSecret(c corev1.Container, name string) (*corev1.SecretKeySelector, bool) {
-	for _, e := range c.Env {
+	return envFromSecretVars(c.Env, name)
+}
+
+func envFromSecretVars(vars []corev1.EnvVar, name string) (*corev1.SecretKeySelector, bool) {
+	for _, e := range vars {
 		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 			return e.ValueFrom.SecretKeyRef, true
 		}
@@ -340,10 +352,12 @@ func checkSecretSources(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplate
 	}
 }
 
-// checkReplaySecret: the filter (Envoy's, or Istio's proxy's environment)
-// and the collector read the replay secret from the same Secret key, under
-// the names the rules and the collector's flag say.
-func checkReplaySecret(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateSpec, mode string) {
+// checkReplaySecret: the filter (Envoy's, Istio's proxy's or the gateway's
+// Envoy's environment) and the collector read the replay secret from the
+// same Secret key, under the names the rules and the collector's flag say.
+// (The gateway's Envoy reads the Secret of that name in its own namespace:
+// docs/deploy.md says to create it there.)
+func checkReplaySecret(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateSpec, objs []object, mode string) {
 	t.Helper()
 	env := f.Filter.ReplaySecretEnv
 	if env == "" {
@@ -357,10 +371,14 @@ func checkReplaySecret(t *testing.T, f *rulesfile.File, pod *corev1.PodTemplateS
 	if !ok {
 		t.Fatalf("collector: no %s from a Secret", env)
 	}
-	proxy := map[string]string{"sidecar": "envoy", "istio": "istio-proxy"}[mode]
-	if proxy == "" {
-		return // envoy-gateway: the gateway's Envoy is configured outside the chart (docs/deploy.md)
+	if mode == "envoy-gateway" {
+		c := gatewayEnvoy(t, objs).Container
+		if fromProxy, ok := envFromSecretVars(c.Env, env); !ok || *fromProxy != *fromCollector {
+			t.Errorf("EnvoyProxy: %s from %v, the collector's from %v", env, fromProxy, fromCollector)
+		}
+		return
 	}
+	proxy := map[string]string{"sidecar": "envoy", "istio": "istio-proxy"}[mode]
 	c, ok := findContainer(pod.Spec.Containers, proxy)
 	if !ok {
 		t.Fatalf("no %s container beside the collector", proxy)
@@ -495,6 +513,86 @@ func checkIntakePolicy(t *testing.T, objs []object, collector *corev1.PodTemplat
 	}
 	if !apiAdmitted || !operatorOpen {
 		t.Errorf("API admitted from the gateway: %v, operator port open for probes: %v", apiAdmitted, operatorOpen)
+	}
+}
+
+// gatewayEnvoy is the chart's EnvoyProxy's Deployment settings: the
+// gateway's Envoy container and pod as Envoy Gateway will run them.
+func gatewayEnvoy(t *testing.T, objs []object) *egv1a1.KubernetesDeploymentSpec {
+	t.Helper()
+	eps := byKind[*egv1a1.EnvoyProxy](objs)
+	if len(eps) != 1 {
+		t.Fatalf("%d EnvoyProxies, want the chart's one", len(eps))
+	}
+	ep := eps[0]
+	if ep.Name != releaseName+"-proxy" || ep.Spec.Provider == nil || ep.Spec.Provider.Type != egv1a1.EnvoyProxyProviderTypeKubernetes ||
+		ep.Spec.Provider.Kubernetes == nil || ep.Spec.Provider.Kubernetes.EnvoyDeployment == nil ||
+		ep.Spec.Provider.Kubernetes.EnvoyDeployment.Container == nil {
+		t.Fatalf("EnvoyProxy %s sets no Kubernetes Envoy Deployment's container", ep.Name)
+	}
+	// Merged into the GatewayClass's: a replacement would drop whatever the
+	// cluster's operators set there.
+	if ep.Spec.MergeType == nil || *ep.Spec.MergeType != egv1a1.StrategicMerge {
+		t.Errorf("EnvoyProxy mergeType %v: want StrategicMerge", ep.Spec.MergeType)
+	}
+	return ep.Spec.Provider.Kubernetes.EnvoyDeployment
+}
+
+// meshModule is where, in istio and envoy-gateway modes, the chart mounts
+// the filter's module into the proxy's container: the mount, and the pod
+// volume it mounts (nil, nil: nothing mounted).
+func meshModule(t *testing.T, objs []object, mode string) (*corev1.VolumeMount, *corev1.Volume) {
+	t.Helper()
+	var mounts []corev1.VolumeMount
+	var volumes []corev1.Volume
+	switch mode {
+	case "istio":
+		pod := podWith(t, byKind[*appsv1.Deployment](objs), "istio-proxy")
+		proxy, _ := findContainer(pod.Spec.Containers, "istio-proxy")
+		mounts, volumes = proxy.VolumeMounts, pod.Spec.Volumes
+	case "envoy-gateway":
+		d := gatewayEnvoy(t, objs)
+		mounts = d.Container.VolumeMounts
+		if d.Pod != nil {
+			volumes = d.Pod.Volumes
+		}
+	default:
+		t.Fatalf("mode %s", mode)
+	}
+	if len(mounts) == 0 {
+		return nil, nil
+	}
+	if len(mounts) != 1 {
+		t.Fatalf("%s: %d mounts in the proxy, want the filter's only", mode, len(mounts))
+	}
+	m := mounts[0]
+	i := slices.IndexFunc(volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+	if i < 0 {
+		t.Fatalf("%s: the proxy mounts %s, which is no volume of its pod", mode, m.Name)
+	}
+	return &m, &volumes[i]
+}
+
+// checkMeshModule: with the whole filter, the proxy has the filter image
+// mounted read-only where controlplane render tells Envoy the module is;
+// with the mesh's Wasm API (which fetches the image) nothing is mounted.
+func checkMeshModule(t *testing.T, objs []object, mode string, wasmAPI bool) {
+	t.Helper()
+	m, v := meshModule(t, objs, mode)
+	if wasmAPI {
+		if m != nil {
+			t.Errorf("%s with the mesh's Wasm API: the proxy still mounts %s", mode, m.Name)
+		}
+		return
+	}
+	if m == nil {
+		t.Fatalf("%s: the proxy mounts no filter module", mode)
+	}
+	if m.MountPath != path.Dir(xds.DefaultMeshWasmPath) || !m.ReadOnly {
+		t.Errorf("%s: filter mounted at %s (read-only %v), render's module is %s", mode, m.MountPath, m.ReadOnly, xds.DefaultMeshWasmPath)
+	}
+	if v.Image == nil || v.Image.Reference == "" {
+		t.Errorf("%s: filter volume %+v: want the filter image", mode, v.VolumeSource)
 	}
 }
 

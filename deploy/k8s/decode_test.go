@@ -10,8 +10,12 @@ import (
 	"strings"
 
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	istioext "istio.io/client-go/pkg/apis/extensions/v1alpha1"
 	istionet "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -21,6 +25,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/asyncmesh/asyncmesh/controlplane/xds"
 )
 
 // object is one decoded manifest.
@@ -40,6 +46,45 @@ var decoders = map[string]func() any{
 	"extensions.istio.io/v1alpha1/WasmPlugin":             func() any { return new(istioext.WasmPlugin) },
 	"networking.istio.io/v1alpha3/EnvoyFilter":            func() any { return new(istionet.EnvoyFilter) },
 	"gateway.envoyproxy.io/v1alpha1/EnvoyExtensionPolicy": func() any { return new(egv1a1.EnvoyExtensionPolicy) },
+	"gateway.envoyproxy.io/v1alpha1/EnvoyPatchPolicy":     func() any { return new(egv1a1.EnvoyPatchPolicy) },
+	"gateway.envoyproxy.io/v1alpha1/EnvoyProxy":           func() any { return new(egv1a1.EnvoyProxy) },
+}
+
+// patchValue decodes the value of one of an EnvoyPatchPolicy's JSON patches
+// strictly (protojson: unknown fields and unregistered Any types are
+// errors) into the Envoy type the patch puts at its place: the Kubernetes
+// types hold the value as raw JSON and check nothing in it. The places are
+// those controlplane render uses; any other is an error, so a new kind of
+// patch cannot go unvalidated.
+func patchValue(p egv1a1.EnvoyJSONPatchConfig) (proto.Message, error) {
+	op := p.Operation
+	if op.Op != "add" || op.Value == nil {
+		return nil, fmt.Errorf("patch %s %s: op %q: want add with a value", p.Type, p.Name, op.Op)
+	}
+	path, jsonPath := "", ""
+	if op.Path != nil {
+		path = *op.Path
+	}
+	if op.JSONPath != nil {
+		jsonPath = *op.JSONPath
+	}
+	var m proto.Message
+	switch {
+	case p.Type == egv1a1.ClusterEnvoyResourceType && op.Path != nil && path == "" && jsonPath == "":
+		m = new(cluster.Cluster) // a whole resource
+	case p.Type == egv1a1.ListenerEnvoyResourceType && op.Path == nil && jsonPath == xds.EGRouterPath:
+		m = new(hcm.HttpFilter) // an http_filters entry, before the router
+	case p.Type == egv1a1.RouteConfigurationEnvoyResourceType && jsonPath == xds.EGVirtualHostsPath && strings.HasPrefix(path, "routes/"):
+		m = new(route.Route) // a route of every virtual host
+	case p.Type == egv1a1.RouteConfigurationEnvoyResourceType && path == "typed_per_filter_config/"+xds.FilterName:
+		m = new(anypb.Any) // a named route's override
+	default:
+		return nil, fmt.Errorf("patch %s %s: no Envoy type known at jsonPath %q, path %q", p.Type, p.Name, jsonPath, path)
+	}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(op.Value.Raw, m); err != nil {
+		return nil, fmt.Errorf("patch %s %s: value is no %T: %w", p.Type, p.Name, m, err)
+	}
+	return m, nil
 }
 
 // decodeStream splits a YAML stream into documents and decodes each one

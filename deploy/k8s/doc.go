@@ -9,9 +9,13 @@
 // client-go objects with their proto specs read by protojson (which refuses
 // unknown fields, unlike the lenient UnmarshalJSON Istio generates), and
 // Envoy Gateway's api/v1alpha1. They also render controlplane render's
-// output for the chart's rules and decode it the same way, and check what
-// the types cannot: that probes reach a port bound outside loopback, that
-// every secret the rules declare has a source in the pod, that the rules
-// ConfigMap is mounted so that edits reach the control plane. docs/deploy.md
-// says how to use all of it.
+// output for the chart's rules and decode it the same way, the patch values
+// those types leave untyped (EnvoyFilter, EnvoyPatchPolicy) into Envoy's
+// own types, apply the EnvoyPatchPolicy as Envoy Gateway would
+// (egpatch_test.go), and check what the types cannot: that probes reach a
+// port bound outside loopback, that every secret the rules declare has a
+// source in the pod, that the rules ConfigMap is mounted so that edits
+// reach the control plane, that the module the rendered filter loads is
+// where the chart mounts the filter image. docs/deploy.md says how to use
+// all of it.
 package k8s

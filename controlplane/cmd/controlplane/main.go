@@ -12,13 +12,17 @@
 //	        service: the status routes, then everything to the service; the filter follows
 //	        the control plane over ECDS (-xds) or embeds the file's rules; -out FILE writes it
 //	        there instead (an init container without a shell)
-//	controlplane render (--istio -selector app=NAME [-collector 127.0.0.1:9901] [-port N] [-phase P] |
-//	        --envoy-gateway -target-kind Gateway|HTTPRoute -target-name NAME)
-//	        -image REGISTRY/REPO:TAG -name NAME [-namespace NS] [-sha256 HEX] [-pull-secret S] [-fail-open]
-//	        [-node-id ID -node-cluster C] rules.yaml
-//	        print the mesh's resources carrying the rules instead of serving them (Istio: the
-//	        WasmPlugin and the EnvoyFilter of the collector's clusters and status routes; Envoy
-//	        Gateway: the EnvoyExtensionPolicy), YAML for kubectl apply; docs/deploy.md
+//	controlplane render (--istio -selector app=NAME [-port N] [-collector 127.0.0.1:9901] |
+//	        --envoy-gateway -namespace NS -gateway NAME -collector SVC:PORT [-listener http[,https]])
+//	        [-wasm /etc/asyncmesh/filter/plugin.wasm | -wasm-api -image REGISTRY/REPO:TAG [-sha256 HEX]
+//	        [-pull-secret S] [-fail-open] [-phase P] [-target-kind Gateway|HTTPRoute -target-name NAME]]
+//	        [-name NAME] [-namespace NS] [-node-id ID -node-cluster C] rules.yaml
+//	        print the mesh's resources carrying the rules instead of serving them, YAML for
+//	        kubectl apply: the whole filter as xDS serves it (Istio: an EnvoyFilter before the
+//	        router; Envoy Gateway: a JSON patch of an EnvoyPatchPolicy), or with -wasm-api the
+//	        mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy); and the collector's clusters and
+//	        the status routes (Istio: a second EnvoyFilter; Envoy Gateway: the same
+//	        EnvoyPatchPolicy); docs/deploy.md
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 //	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
 //	        [-node-grace 1m] [-max-nodes 10000]
@@ -42,6 +46,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -79,7 +84,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane bootstrap -upstream ADDR (-xds ADDR | -rules FILE -wasm PATH) (bootstrap -h: all flags) | controlplane render (--istio | --envoy-gateway) -image REF -name NAME FILE (render -h: all flags) | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
+	fmt.Fprintln(os.Stderr, "usage: controlplane validate FILE | controlplane filter -wasm PATH [-route-override] FILE | controlplane bootstrap -upstream ADDR (-xds ADDR | -rules FILE -wasm PATH) (bootstrap -h: all flags) | controlplane render (--istio | --envoy-gateway) [flags] FILE (render -h: all flags) | controlplane serve -rules FILE -wasm PATH [-listen ADDR] [-metrics ADDR] [-tls-cert PEM -tls-key PEM [-client-ca PEM]] (serve -h: all flags)")
 	os.Exit(2)
 }
 
@@ -207,31 +212,39 @@ func resolveXDSByDNS(b *bootstrapv3.Bootstrap, addr string) error {
 // (istiod, Envoy Gateway) serves the rules: there this one serves no xDS.
 func render(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("render", flag.ExitOnError)
-	istio := fs.Bool("istio", false, "render Istio's WasmPlugin and EnvoyFilter")
-	eg := fs.Bool("envoy-gateway", false, "render Envoy Gateway's EnvoyExtensionPolicy")
+	istio := fs.Bool("istio", false, "render Istio's EnvoyFilters (or with -wasm-api the WasmPlugin)")
+	eg := fs.Bool("envoy-gateway", false, "render Envoy Gateway's EnvoyPatchPolicy (and with -wasm-api the EnvoyExtensionPolicy)")
 	var o xds.MeshOptions
-	fs.StringVar(&o.Image, "image", "", "the filter image (make images' filter), registry/repository:tag or @sha256:digest (required)")
 	fs.StringVar(&o.Name, "name", "asyncmesh", "name of the rendered resources")
-	fs.StringVar(&o.Namespace, "namespace", "", "namespace of the rendered resources (default: kubectl's)")
-	fs.StringVar(&o.SHA256, "sha256", "", "the image manifest's sha256 (hex), checked before the module runs")
-	fs.StringVar(&o.PullSecret, "pull-secret", "", "Secret with the registry's credentials")
-	fs.BoolVar(&o.FailOpen, "fail-open", false, "let requests through when the module cannot load (default: refuse them)")
+	fs.StringVar(&o.Namespace, "namespace", "", "namespace of the rendered resources (default: kubectl's; required with --envoy-gateway)")
 	fs.StringVar(&o.NodeID, "node-id", "", "render the rules of this node id (for files whose rules have nodes:)")
 	fs.StringVar(&o.NodeCluster, "node-cluster", "", "render the rules of this node cluster")
+	fs.StringVar(&o.WasmPath, "wasm", "", "path of the module in the proxy's container, where the chart mounts the filter image (default "+xds.DefaultMeshWasmPath+")")
+	fs.BoolVar(&o.WasmAPI, "wasm-api", false, "use the mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy) instead of the whole filter: the mesh fetches -image, but the filter cannot hold headers (async requests with bodies reach the service before it decides) and every request enters the VM")
+	fs.StringVar(&o.Image, "image", "", "with -wasm-api: the filter image (make images' filter), registry/repository:tag or @sha256:digest (required)")
+	fs.StringVar(&o.SHA256, "sha256", "", "with -wasm-api: the image manifest's sha256 (hex), checked before the module runs")
+	fs.StringVar(&o.PullSecret, "pull-secret", "", "with -wasm-api: Secret with the registry's credentials")
+	fs.BoolVar(&o.FailOpen, "fail-open", false, "with -wasm-api: let requests through when the module cannot load (default: refuse them)")
+	collector := fs.String("collector", "", "host:port of the collector's API as the proxy reaches it (--istio: an IP, default 127.0.0.1:9901; --envoy-gateway: the collector's Service, required, e.g. am-collector.shop.svc:9901)")
 	selector := fs.String("selector", "", "with --istio: labels of the workloads, key=value[,key=value] (required)")
-	fs.StringVar(&o.Phase, "phase", "", "with --istio: WasmPlugin phase (default UNSPECIFIED_PHASE: last, after authn and authz)")
-	fs.StringVar(&o.Collector, "collector", "127.0.0.1:9901", "with --istio: ip:port of the collector as the sidecar reaches it")
-	port := fs.Uint("port", 0, "with --istio: add the status routes to this inbound port's routes only (0: all)")
-	fs.StringVar(&o.TargetKind, "target-kind", "Gateway", "with --envoy-gateway: Gateway or HTTPRoute")
-	fs.StringVar(&o.TargetName, "target-name", "", "with --envoy-gateway: the target's name (required)")
+	fs.StringVar(&o.Phase, "phase", "", "with --istio -wasm-api: WasmPlugin phase (default UNSPECIFIED_PHASE: last, after authn and authz)")
+	port := fs.Uint("port", 0, "with --istio: the inbound port (the service's container port) whose traffic gets the filter and the status routes (0: all)")
+	fs.StringVar(&o.Gateway, "gateway", "", "with --envoy-gateway: the Gateway whose Envoy gets the collector's clusters, the status routes and the filter (default: -target-name when -target-kind is Gateway)")
+	listeners := fs.String("listener", "http", "with --envoy-gateway: the Gateway's listener names to patch, comma-separated")
+	fs.StringVar(&o.TargetKind, "target-kind", "Gateway", "with --envoy-gateway -wasm-api: the EnvoyExtensionPolicy's target, Gateway or HTTPRoute")
+	fs.StringVar(&o.TargetName, "target-name", "", "with --envoy-gateway: the target's name (the Gateway, or with -wasm-api an HTTPRoute)")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 || *istio == *eg {
-		return errors.New("usage: controlplane render (--istio | --envoy-gateway) -image REF [flags] RULES_FILE (render -h: all flags)")
+		return errors.New("usage: controlplane render (--istio | --envoy-gateway) [flags] RULES_FILE (render -h: all flags)")
 	}
 	if *port > 65535 {
 		return fmt.Errorf("-port %d: not a port", *port)
 	}
 	o.Port = uint32(*port)
+	o.Collector = *collector
+	for l := range strings.SplitSeq(*listeners, ",") {
+		o.Listeners = append(o.Listeners, strings.TrimSpace(l))
+	}
 	f, err := rulesfile.Load(fs.Arg(0))
 	if err != nil {
 		return err
@@ -246,6 +259,11 @@ func render(args []string, stdout io.Writer) error {
 		}
 		out, err = xds.Istio(f, o)
 	} else {
+		if o.Collector == "" {
+			// No default: the gateway reaches the collector's Service, whose
+			// name depends on the Helm release.
+			return errors.New("-collector: required with --envoy-gateway (the collector's Service, e.g. am-collector.shop.svc:9901)")
+		}
 		out, err = xds.EnvoyGateway(f, o)
 	}
 	if err != nil {

@@ -2,6 +2,7 @@
 {{- define "asyncmesh.controlplane" -}}{{ .Release.Name }}-controlplane{{- end }}
 {{- define "asyncmesh.rules" -}}{{ .Release.Name }}-rules{{- end }}
 {{- define "asyncmesh.collector" -}}{{ .Release.Name }}-collector{{- end }}
+{{- define "asyncmesh.envoyProxy" -}}{{ .Release.Name }}-proxy{{- end }}
 
 {{- define "asyncmesh.labels" -}}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -146,5 +147,23 @@ the gateway's Envoy calls it over the network.
 {{- range .Values.collector.secretFiles }}
 - name: secret-{{ . }}
   secret: {secretName: {{ . }}}
+{{- end }}
+{{- end }}
+
+{{/*
+The filter's module as a pod volume named by the second argument: the filter
+image (Kubernetes' ImageVolume), or filterVolume's source where the cluster
+lacks image volumes. Every proxy mounts it at /etc/asyncmesh/filter, where
+the control plane (sidecar) and controlplane render (istio, envoy-gateway)
+say plugin.wasm is.
+*/}}
+{{- define "asyncmesh.filterVolume" -}}
+{{- $v := (index . 0).Values -}}
+{{- $name := index . 1 -}}
+{{- if $v.filterVolume }}
+- {{ merge (dict "name" $name) $v.filterVolume | toJson }}
+{{- else }}
+- name: {{ $name }}
+  image: {reference: {{ include "asyncmesh.image" $v.images.filter }}, pullPolicy: {{ $v.images.filter.pullPolicy }}}
 {{- end }}
 {{- end }}
