@@ -2,6 +2,7 @@ package xds
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,8 +11,13 @@ import (
 	"strconv"
 	"strings"
 
+	xdscore "github.com/cncf/xds/go/xds/core/v3"
+	xmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matching "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	matcheraction "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
+	buffer "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -47,9 +53,11 @@ import (
 //     allow_on_headers_stop_iteration, so the plugin's configuration says
 //     holdHeaders: false (true would turn the filter's StopIteration into
 //     StopAllIteration and hang every async request with a body), and
-//     neither has a matcher: every request enters the VM, and for an async
-//     request or a replay with a body the headers reach the service before
-//     the filter decides (docs/deploy.md says so).
+//     neither has a matcher: every request enters the VM. So that the
+//     headers of an async request or a replay with a body do not reach the
+//     service before the filter decides, the patch API adds Envoy's buffer
+//     filter after it, for the requests the filter may make async only
+//     (meshBufferFilter).
 //
 // In both, the collector's clusters and the callers' status routes, which
 // the plain sidecar's bootstrap has, are patched in from the same builders
@@ -490,9 +498,72 @@ func overriddenRoutes(cfg *rules.Config) []string {
 	return slices.Compact(names)
 }
 
-// routeOverrideTree is RouteOverride in Envoy's JSON, the value of a
-// route's typed_per_filter_config under the filter's name.
-func routeOverrideTree() (map[string]any, error) { return protoTree(RouteOverride()) }
+// BufferFilterName names the -wasm-api variants' buffer filter in
+// http_filters (and in a route's typed_per_filter_config).
+const BufferFilterName = "asyncmesh.buffer"
+
+// meshBufferFilter is the http_filters entry the -wasm-api variants put
+// right before the router, after the mesh's Wasm filter. Without
+// allow_on_headers_stop_iteration the filter lets a request's headers go on
+// while it reads the body (holdHeaders: false, filter/stream.go); Envoy's
+// buffer filter after it holds them back from the router until the body is
+// complete, by which time the filter has answered an async request itself
+// or refused a replay whose body does not match. It sits behind the
+// matcher of the whole filter's wasm chain (wasmPredicate): every other
+// request skips it, so a large body on a synchronous route is neither
+// buffered nor refused with a 413. Its limit is the largest bodyLimit of
+// the async rules, the largest body the filter accepts (a replay's body is
+// an accepted body). A rule that may match any request makes it buffer
+// every request, as the filter then may make any request async.
+func meshBufferFilter(cfg *rules.Config) (map[string]any, error) {
+	var limit int64
+	for _, r := range cfg.Rules {
+		if r.Mode == rules.ModeSync {
+			continue
+		}
+		limit = max(limit, cmp.Or(r.BodyLimit, rules.DefaultBodyLimit))
+	}
+	if limit == 0 { // no async rule: only replays, of no rule's body
+		limit = rules.DefaultBodyLimit
+	}
+	buf := ext("envoy.filters.http.buffer", &buffer.Buffer{MaxRequestBytes: wrapperspb.UInt32(uint32(limit))})
+	f := &hcm.HttpFilter{Name: BufferFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: buf.TypedConfig}}
+	if p := wasmPredicate(cfg); p != nil {
+		skip := &xmatcher.Matcher{MatcherType: &xmatcher.Matcher_MatcherList_{MatcherList: &xmatcher.Matcher_MatcherList{
+			Matchers: []*xmatcher.Matcher_MatcherList_FieldMatcher{{
+				Predicate: &xmatcher.Matcher_MatcherList_Predicate{MatchType: &xmatcher.Matcher_MatcherList_Predicate_NotMatcher{NotMatcher: p}},
+				OnMatch: &xmatcher.Matcher_OnMatch{OnMatch: &xmatcher.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{
+					Name: "skip", TypedConfig: anyOf(&matcheraction.SkipFilter{})}}},
+			}}}}}
+		f.ConfigType = &hcm.HttpFilter_TypedConfig{TypedConfig: anyOf(&matching.ExtensionWithMatcher{ExtensionConfig: buf, XdsMatcher: skip})}
+	}
+	return protoTree(f)
+}
+
+// BufferRouteOverride is the buffer filter's typed_per_filter_config on a
+// route a rule names: a matcher that matches nothing, so no request of the
+// route skips the buffer (the Wasm filter may make any of them async).
+func BufferRouteOverride() *anypb.Any {
+	return anyOf(&matching.ExtensionWithMatcherPerRoute{XdsMatcher: &xmatcher.Matcher{}})
+}
+
+// inboundFilter is what one variant puts before the router: the filter
+// (the whole filter, or the -wasm-api variants' buffer), its name, and the
+// typed_per_filter_config of the routes a rule names.
+type inboundFilter struct {
+	name     string
+	value    map[string]any
+	override *anypb.Any
+}
+
+func meshInboundFilter(cfg *rules.Config, o MeshOptions) (inboundFilter, error) {
+	if o.WasmAPI {
+		v, err := meshBufferFilter(cfg)
+		return inboundFilter{BufferFilterName, v, BufferRouteOverride()}, err
+	}
+	v, err := meshFilter(cfg, o)
+	return inboundFilter{FilterName, v, RouteOverride()}, err
+}
 
 // Istio returns the YAML documents of Istio mode: the filter, either the
 // whole filter in an EnvoyFilter (default) or a WasmPlugin (o.WasmAPI), and
@@ -535,6 +606,14 @@ func Istio(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	patches, err := istioPatches(f, o)
 	if err != nil {
 		return nil, fmt.Errorf("render --istio: %w", err)
+	}
+	if o.WasmAPI {
+		// The buffer that holds headers for the WasmPlugin (meshBufferFilter).
+		bp, err := istioFilterPatches(cfg, o)
+		if err != nil {
+			return nil, fmt.Errorf("render --istio: %w", err)
+		}
+		patches = append(patches, bp...)
 	}
 	return marshalDocs(filterDoc,
 		resourceDoc{APIVersion: IstioNetworkingAPIVersion, Kind: "EnvoyFilter",
@@ -582,15 +661,17 @@ func istioWasmPlugin(cfg *rules.Config, o MeshOptions) (*wasmPluginSpec, error) 
 	return plugin, nil
 }
 
-// istioFilterPatches are the patches of the whole-filter EnvoyFilter: the
-// filter right before the router of the inbound connection managers (of
-// o.Port; SIDECAR_INBOUND only, for the reason the WasmPlugin's match is
-// SERVER), then RouteOverride merged into each inbound route a rule names.
+// istioFilterPatches put meshInboundFilter, the whole filter (or with
+// o.WasmAPI the buffer), right before the router of the inbound connection
+// managers (of o.Port; SIDECAR_INBOUND only, for the reason the
+// WasmPlugin's match is SERVER), then merge its route override into each
+// inbound route a rule names.
 func istioFilterPatches(cfg *rules.Config, o MeshOptions) ([]envoyConfigPatch, error) {
-	filter, err := meshFilter(cfg, o)
+	in, err := meshInboundFilter(cfg, o)
 	if err != nil {
 		return nil, err
 	}
+	filter := in.value
 	patches := []envoyConfigPatch{{ApplyTo: "HTTP_FILTER",
 		Match: envoyPatchMatch{Context: "SIDECAR_INBOUND", Listener: &listenerMatch{PortNumber: o.Port,
 			FilterChain: filterChainMatch{Filter: filterMatch{Name: "envoy.filters.network.http_connection_manager",
@@ -602,7 +683,7 @@ func istioFilterPatches(cfg *rules.Config, o MeshOptions) ([]envoyConfigPatch, e
 	}
 	// A route carrying only the override: MERGE adds it to the route's
 	// typed_per_filter_config, keeping the other filters' entries.
-	override, err := protoTree(&route.Route{TypedPerFilterConfig: map[string]*anypb.Any{FilterName: RouteOverride()}})
+	override, err := protoTree(&route.Route{TypedPerFilterConfig: map[string]*anypb.Any{in.name: in.override}})
 	if err != nil {
 		return nil, err
 	}
@@ -665,7 +746,7 @@ func istioPatches(f *rulesfile.File, o MeshOptions) ([]envoyConfigPatch, error) 
 // first in every virtual host of the listeners' route configurations and,
 // by default, the whole filter before the router of those listeners; with
 // o.WasmAPI the filter comes instead from an EnvoyExtensionPolicy, printed
-// first. Envoy Gateway applies EnvoyPatchPolicies only with
+// first, and the patch adds the buffer that holds headers for it. Envoy Gateway applies EnvoyPatchPolicies only with
 // extensionApis.enableEnvoyPatchPolicy in its configuration (docs/deploy.md).
 func EnvoyGateway(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 	if err := o.check(); err != nil {
@@ -730,15 +811,16 @@ func EnvoyGateway(f *rulesfile.File, o MeshOptions) ([]byte, error) {
 // egPatches are the EnvoyPatchPolicy's JSON patches, applied in order:
 //
 //  1. the collector's intake and status clusters, added whole (path "");
-//  2. per listener, unless WasmAPI: the whole filter, added at the
-//     router's place in each http_filters list, which RFC 6902 "add" at
-//     an array element makes an insertion before it;
+//  2. per listener, meshInboundFilter (the whole filter, or with WasmAPI
+//     the buffer that holds headers for the EnvoyExtensionPolicy's Wasm
+//     filter), added at the router's place in each http_filters list,
+//     which RFC 6902 "add" at an array element makes an insertion before
+//     it: after Envoy Gateway's own filters, its Wasm filters included;
 //  3. per listener, the status routes, inserted at 0, 1, 2 of every
 //     virtual host's routes, so that they come first in statusRoutes' order;
-//  4. per listener, unless WasmAPI: RouteOverride under the filter's name
-//     in each route a rule names (Envoy Gateway creates the missing
-//     typed_per_filter_config map: it applies "add" with
-//     EnsurePathExistsOnAdd).
+//  4. per listener, that filter's route override in each route a rule
+//     names (Envoy Gateway creates the missing typed_per_filter_config
+//     map: it applies "add" with EnsurePathExistsOnAdd).
 func egPatches(f *rulesfile.File, cfg *rules.Config, o MeshOptions) ([]egJSONPatch, error) {
 	if f.Filter.CollectorCluster == "" {
 		return nil, errors.New("the rules file sets no filter.collectorCluster")
@@ -770,21 +852,19 @@ func egPatches(f *rulesfile.File, cfg *rules.Config, o MeshOptions) ([]egJSONPat
 	if len(listeners) == 0 {
 		listeners = []string{"http"}
 	}
-	var filter, override map[string]any
-	var named []string
-	if !o.WasmAPI {
-		if filter, err = meshFilter(cfg, o); err != nil {
-			return nil, err
+	in, err := meshInboundFilter(cfg, o)
+	if err != nil {
+		return nil, err
+	}
+	named := overriddenRoutes(cfg)
+	for _, n := range named {
+		if strings.ContainsAny(n, `'\`) {
+			return nil, fmt.Errorf("route %q: a quote or backslash cannot be matched in a JSONPath filter", n)
 		}
-		named = overriddenRoutes(cfg)
-		for _, n := range named {
-			if strings.ContainsAny(n, `'\`) {
-				return nil, fmt.Errorf("route %q: a quote or backslash cannot be matched in a JSONPath filter", n)
-			}
-		}
-		if override, err = routeOverrideTree(); err != nil {
-			return nil, err
-		}
+	}
+	override, err := protoTree(in.override)
+	if err != nil {
+		return nil, err
 	}
 	routes := statusRoutes(statusPrefix(f), StatusCluster(f.Filter.CollectorCluster))
 	for _, l := range listeners {
@@ -792,10 +872,8 @@ func egPatches(f *rulesfile.File, cfg *rules.Config, o MeshOptions) ([]egJSONPat
 			return nil, fmt.Errorf("listener %q: want the name of one of the Gateway's listeners", l)
 		}
 		name := o.Namespace + "/" + o.Gateway + "/" + l
-		if filter != nil {
-			patches = append(patches, egJSONPatch{Type: egListenerType, Name: name,
-				Operation: egOperation{Op: "add", JSONPath: EGRouterPath, Value: filter}})
-		}
+		patches = append(patches, egJSONPatch{Type: egListenerType, Name: name,
+			Operation: egOperation{Op: "add", JSONPath: EGRouterPath, Value: in.value}})
 		for i, r := range routes {
 			v, err := protoTree(r)
 			if err != nil {
@@ -806,7 +884,7 @@ func egPatches(f *rulesfile.File, cfg *rules.Config, o MeshOptions) ([]egJSONPat
 				Operation: egOperation{Op: "add", JSONPath: EGVirtualHostsPath, Path: &path, Value: v}})
 		}
 		for _, n := range named {
-			path := "typed_per_filter_config/" + FilterName
+			path := "typed_per_filter_config/" + in.name
 			patches = append(patches, egJSONPatch{Type: egRouteType, Name: name,
 				Operation: egOperation{Op: "add", JSONPath: EGRoutePath(n), Path: &path, Value: override}})
 		}

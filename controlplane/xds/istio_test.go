@@ -13,6 +13,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matching "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	matcheraction "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
+	buffer "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	composite "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/composite/v3"
 	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -215,6 +217,7 @@ func TestIstioEnvoyFilterPatches(t *testing.T) {
 	wantRoutes := statusRoutes("/jobs", StatusCluster("asyncmesh_collector"))
 	var gotClusters []*cluster.Cluster
 	var gotRoutes []*route.Route // as Istio applies them: each INSERT_FIRST before the others
+	buffered := 0
 	for i, p := range dig(t, docs[1], "spec", "configPatches").([]any) {
 		value := jsonOf(t, dig(t, p, "patch", "value"))
 		strict := protojson.UnmarshalOptions{DiscardUnknown: false}
@@ -234,9 +237,21 @@ func TestIstioEnvoyFilterPatches(t *testing.T) {
 				t.Fatalf("patch %d: %v", i, err)
 			}
 			gotRoutes = append([]*route.Route{r}, gotRoutes...)
+		case "HTTP_FILTER": // the buffer of the WasmPlugin (TestMeshBufferFilter)
+			var hf hcm.HttpFilter
+			decodeValue(t, dig(t, p, "patch", "value"), &hf)
+			if hf.GetName() != BufferFilterName || dig(t, p, "patch", "operation") != "INSERT_BEFORE" ||
+				dig(t, p, "match", "listener", "filterChain", "filter", "subFilter", "name") != RouterFilter ||
+				dig(t, p, "match", "listener", "portNumber") != 8080 {
+				t.Errorf("patch %d: want the buffer before the router of port 8080, got %v", i, p)
+			}
+			buffered++
 		default:
 			t.Fatalf("patch %d applies to %v", i, applyTo)
 		}
+	}
+	if buffered != 1 {
+		t.Errorf("%d buffer filters, want one after the WasmPlugin", buffered)
 	}
 	equal := func(what string, got, want []proto.Message) {
 		if len(got) != len(want) {
@@ -553,16 +568,18 @@ func TestEnvoyGatewayPatchPolicy(t *testing.T) {
 			for _, c := range wantClusters {
 				want = append(want, step{egClusterType, c.Name, "", ""})
 			}
+			// The whole filter, or the buffer of the EnvoyExtensionPolicy's
+			// Wasm filter, with their route overrides.
+			filterName, override := FilterName, RouteOverride()
+			if wasmAPI {
+				filterName, override = BufferFilterName, BufferRouteOverride()
+			}
 			for _, l := range []string{"shop/eg/http", "shop/eg/https"} {
-				if !wasmAPI {
-					want = append(want, step{egListenerType, l, EGRouterPath, "<nil>"})
-				}
+				want = append(want, step{egListenerType, l, EGRouterPath, "<nil>"})
 				for i := range wantRoutes {
 					want = append(want, step{egRouteType, l, EGVirtualHostsPath, fmt.Sprintf("routes/%d", i)})
 				}
-				if !wasmAPI {
-					want = append(want, step{egRouteType, l, "..routes[?(@.name=='exports')]", "typed_per_filter_config/asyncmesh"})
-				}
+				want = append(want, step{egRouteType, l, "..routes[?(@.name=='exports')]", "typed_per_filter_config/" + filterName})
 			}
 			patches := dig(t, docs[0], "spec", "jsonPatches").([]any)
 			if len(patches) != len(want) {
@@ -589,10 +606,16 @@ func TestEnvoyGatewayPatchPolicy(t *testing.T) {
 					r := new(route.Route)
 					decodeValue(t, op["value"], r)
 					gotRoutes = append(gotRoutes, r)
+				case want[i].typ == egListenerType:
+					var hf hcm.HttpFilter
+					decodeValue(t, op["value"], &hf)
+					if hf.GetName() != filterName {
+						t.Errorf("patch %d: filter %s, want %s", i, hf.GetName(), filterName)
+					}
 				case want[i].typ == egRouteType && strings.HasPrefix(want[i].path, "typed_per_filter_config/"):
 					var a anypb.Any
 					decodeValue(t, op["value"], &a)
-					if g, w := protoJSON(t, &a), protoJSON(t, RouteOverride()); !reflect.DeepEqual(g, w) {
+					if g, w := protoJSON(t, &a), protoJSON(t, override); !reflect.DeepEqual(g, w) {
 						t.Errorf("patch %d: override %s, want %s", i, jsonOf(t, g), jsonOf(t, w))
 					}
 				}
@@ -608,5 +631,87 @@ func TestEnvoyGatewayPatchPolicy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The buffer of the -wasm-api variants holds exactly the requests the
+// whole filter would send to its wasm chain: it is skipped when the served
+// filter's wasm predicate does not match, buffers up to the largest
+// bodyLimit of the async rules, and buffers everything when a rule may match
+// any request; the routes a rule names get a matcher that skips nothing.
+func TestMeshBufferFilter(t *testing.T) {
+	for _, tc := range []struct {
+		name, rules string
+		limit       uint32
+		matched     bool // behind a matcher (else every request is buffered)
+	}{
+		{"path rules", routedRules, rules.DefaultBodyLimit, true}, // exports has the default limit, above report's 4096
+		{"small limits", meshRules, 4096, true},                   // billing is another node's
+		{"a rule for every request", `
+filter: {collectorCluster: c}
+rules:
+  - {name: all, match: {}, mode: async, bodyLimit: 2048, callback: {url: "https://hooks.example/cb"}}
+`, 2048, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := parseMeshRules(t, tc.rules).ForNode("", "reports")
+			tree, err := meshBufferFilter(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hf hcm.HttpFilter
+			decodeValue(t, tree, &hf)
+			if err := hf.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			var buf buffer.Buffer
+			var ewm matching.ExtensionWithMatcher
+			if tc.matched {
+				if err := hf.GetTypedConfig().UnmarshalTo(&ewm); err != nil {
+					t.Fatalf("want the buffer behind a matcher: %v", err)
+				}
+				if err := ewm.GetExtensionConfig().GetTypedConfig().UnmarshalTo(&buf); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := hf.GetTypedConfig().UnmarshalTo(&buf); err != nil {
+				t.Fatalf("want a plain buffer: %v", err)
+			}
+			if got := buf.GetMaxRequestBytes().GetValue(); got != tc.limit {
+				t.Errorf("max_request_bytes %d, want %d", got, tc.limit)
+			}
+			if !tc.matched {
+				return
+			}
+			served, err := FilterConfig(cfg, wasmOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pass matching.ExtensionWithMatcher
+			if err := served.GetTypedConfig().UnmarshalTo(&pass); err != nil {
+				t.Fatal(err)
+			}
+			toWasm := pass.GetXdsMatcher().GetMatcherList().GetMatchers()[0]
+			if toWasm.GetOnMatch().GetAction().GetName() != ChainWasm {
+				t.Fatalf("the served filter's first matcher leads to %s", toWasm.GetOnMatch().GetAction().GetName())
+			}
+			ms := ewm.GetXdsMatcher().GetMatcherList().GetMatchers()
+			if len(ms) != 1 || ewm.GetXdsMatcher().GetOnNoMatch() != nil {
+				t.Fatalf("buffer matcher %v: want one skip rule, no default", ewm.GetXdsMatcher())
+			}
+			var skip matcheraction.SkipFilter
+			if err := ms[0].GetOnMatch().GetAction().GetTypedConfig().UnmarshalTo(&skip); err != nil {
+				t.Errorf("the buffer's action is no SkipFilter: %v", err)
+			}
+			if g, w := protoJSON(t, ms[0].GetPredicate().GetNotMatcher()), protoJSON(t, toWasm.GetPredicate()); !reflect.DeepEqual(g, w) {
+				t.Errorf("the buffer is skipped unless %s, the wasm chain is taken when %s", jsonOf(t, g), jsonOf(t, w))
+			}
+		})
+	}
+	var o matching.ExtensionWithMatcherPerRoute
+	if err := BufferRouteOverride().UnmarshalTo(&o); err != nil {
+		t.Fatal(err)
+	}
+	if m := o.GetXdsMatcher(); m == nil || m.GetMatcherType() != nil || m.GetOnNoMatch() != nil {
+		t.Errorf("route override matcher %v: want one that matches nothing, so nothing skips the buffer", m)
 	}
 }

@@ -73,10 +73,11 @@ func patchValue(p egv1a1.EnvoyJSONPatchConfig) (proto.Message, error) {
 	case p.Type == egv1a1.ClusterEnvoyResourceType && op.Path != nil && path == "" && jsonPath == "":
 		m = new(cluster.Cluster) // a whole resource
 	case p.Type == egv1a1.ListenerEnvoyResourceType && op.Path == nil && jsonPath == xds.EGRouterPath:
-		m = new(hcm.HttpFilter) // an http_filters entry, before the router
+		m = new(hcm.HttpFilter) // an http_filters entry (the filter, or the buffer), before the router
 	case p.Type == egv1a1.RouteConfigurationEnvoyResourceType && jsonPath == xds.EGVirtualHostsPath && strings.HasPrefix(path, "routes/"):
 		m = new(route.Route) // a route of every virtual host
-	case p.Type == egv1a1.RouteConfigurationEnvoyResourceType && path == "typed_per_filter_config/"+xds.FilterName:
+	case p.Type == egv1a1.RouteConfigurationEnvoyResourceType &&
+		(path == "typed_per_filter_config/"+xds.FilterName || path == "typed_per_filter_config/"+xds.BufferFilterName):
 		m = new(anypb.Any) // a named route's override
 	default:
 		return nil, fmt.Errorf("patch %s %s: no Envoy type known at jsonPath %q, path %q", p.Type, p.Name, jsonPath, path)

@@ -187,8 +187,34 @@ func TestEnvoyGatewayPatchesApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := xds.EnvoyGateway(f, xds.MeshOptions{Name: "asyncmesh", Namespace: namespace, Gateway: "shop",
-		Collector: collectorService(t, chartObjs)})
+	served, err := xds.FilterConfig(f.Config(nil), xds.WasmOptions{Path: xds.DefaultMeshWasmPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		wasmAPI  bool
+		filter   string     // before the router
+		want     *anypb.Any // its typed_config (nil: only its name is checked here, TestMeshBufferFilter checks the rest)
+		override *anypb.Any
+	}{
+		{false, xds.FilterName, served.GetTypedConfig(), xds.RouteOverride()},
+		{true, xds.BufferFilterName, nil, xds.BufferRouteOverride()},
+	} {
+		t.Run(fmt.Sprintf("wasmAPI=%v", tc.wasmAPI), func(t *testing.T) {
+			applyRendered(t, f, chartObjs, tc.wasmAPI, tc.filter, tc.want, tc.override)
+		})
+	}
+}
+
+// applyRendered applies one render's EnvoyPatchPolicy and checks the result
+// (TestEnvoyGatewayPatchesApply).
+func applyRendered(t *testing.T, f *rulesfile.File, chartObjs []object, wasmAPI bool, filter string, want, override *anypb.Any) {
+	t.Helper()
+	o := xds.MeshOptions{Name: "asyncmesh", Namespace: namespace, Gateway: "shop", Collector: collectorService(t, chartObjs)}
+	if wasmAPI {
+		o.WasmAPI, o.Image, o.TargetKind, o.TargetName = true, filterImage, "Gateway", "shop"
+	}
+	out, err := xds.EnvoyGateway(f, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +222,11 @@ func TestEnvoyGatewayPatchesApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := byKind[*egv1a1.EnvoyPatchPolicy](objs)[0]
+	policies := byKind[*egv1a1.EnvoyPatchPolicy](objs)
+	if len(policies) != 1 {
+		t.Fatalf("%d EnvoyPatchPolicies", len(policies))
+	}
+	policy := policies[0]
 
 	const name = namespace + "/shop/http"
 	resources := map[egv1a1.EnvoyResourceType]proto.Message{
@@ -241,10 +271,6 @@ func TestEnvoyGatewayPatchesApply(t *testing.T) {
 		!slices.Equal(names, []string{f.Filter.CollectorCluster, xds.StatusCluster(f.Filter.CollectorCluster)}) {
 		t.Errorf("clusters added: %v", names)
 	}
-	served, err := xds.FilterConfig(f.Config(nil), xds.WasmOptions{Path: xds.DefaultMeshWasmPath})
-	if err != nil {
-		t.Fatal(err)
-	}
 	lis := resources[egv1a1.ListenerEnvoyResourceType].(*listener.Listener)
 	for _, fc := range append(lis.GetFilterChains(), lis.GetDefaultFilterChain()) {
 		var m hcm.HttpConnectionManager
@@ -255,11 +281,11 @@ func TestEnvoyGatewayPatchesApply(t *testing.T) {
 		for _, hf := range m.GetHttpFilters() {
 			got = append(got, hf.GetName())
 		}
-		if want := []string{"envoy.filters.http.header_mutation", xds.FilterName, xds.RouterFilter}; !slices.Equal(got, want) {
-			t.Errorf("chain %s: http filters %v, want %v", fc.GetName(), got, want)
+		if names := []string{"envoy.filters.http.header_mutation", filter, xds.RouterFilter}; !slices.Equal(got, names) {
+			t.Errorf("chain %s: http filters %v, want %v", fc.GetName(), got, names)
 			continue
 		}
-		if !sameJSON(t, m.GetHttpFilters()[1].GetTypedConfig(), served.GetTypedConfig()) {
+		if want != nil && !sameJSON(t, m.GetHttpFilters()[1].GetTypedConfig(), want) {
 			t.Errorf("chain %s: the filter is not the one xDS serves", fc.GetName())
 		}
 	}
@@ -271,7 +297,7 @@ func TestEnvoyGatewayPatchesApply(t *testing.T) {
 			if r.GetName() != "exports" {
 				continue
 			}
-			if o := r.GetTypedPerFilterConfig()[xds.FilterName]; o == nil || !sameJSON(t, o, xds.RouteOverride()) {
+			if o := r.GetTypedPerFilterConfig()[filter]; o == nil || !sameJSON(t, o, override) {
 				t.Errorf("%s: route exports has no override", vh.GetName())
 			}
 			if vh.GetName() == name+"/*" && r.GetTypedPerFilterConfig()["envoy.filters.http.header_mutation"] == nil {

@@ -142,7 +142,7 @@ func TestRenderedIstio(t *testing.T) {
 			} else {
 				checkIstioFilter(t, filters[0], f, chartObjs, port)
 			}
-			checkIstioCollectorPatches(t, filters[len(filters)-1], argValue(collector.Args, "-listen"))
+			checkIstioCollectorPatches(t, filters[len(filters)-1], argValue(collector.Args, "-listen"), tc.wasmAPI)
 		})
 	}
 }
@@ -252,11 +252,11 @@ func checkWasmPlugin(t *testing.T, wp *istioext.WasmPlugin, f *rulesfile.File, p
 }
 
 // checkIstioCollectorPatches: the collector EnvoyFilter's patches are
-// valid clusters and routes, the clusters going where the collector
-// listens.
-func checkIstioCollectorPatches(t *testing.T, ef *istionet.EnvoyFilter, listen string) {
+// valid clusters, routes and, with the WasmPlugin, the buffer filter that
+// holds headers for it; the clusters go where the collector listens.
+func checkIstioCollectorPatches(t *testing.T, ef *istionet.EnvoyFilter, listen string, wasmAPI bool) {
 	t.Helper()
-	clusters := 0
+	clusters, buffers := 0, 0
 	for i, p := range ef.Spec.GetConfigPatches() {
 		js, err := protojson.Marshal(p.GetPatch().GetValue())
 		if err != nil {
@@ -268,6 +268,9 @@ func checkIstioCollectorPatches(t *testing.T, ef *istionet.EnvoyFilter, listen s
 			m = new(cluster.Cluster)
 		case istioapinet.EnvoyFilter_HTTP_ROUTE:
 			m = new(route.Route)
+		case istioapinet.EnvoyFilter_HTTP_FILTER: // with the WasmPlugin: the buffer
+			m = new(hcm.HttpFilter)
+			buffers++
 		default:
 			t.Fatalf("patch %d applies to %v", i, p.GetApplyTo())
 		}
@@ -286,6 +289,9 @@ func checkIstioCollectorPatches(t *testing.T, ef *istionet.EnvoyFilter, listen s
 	}
 	if clusters != 2 {
 		t.Errorf("%d cluster patches, want the collector's intake and status clusters", clusters)
+	}
+	if want := map[bool]int{false: 0, true: 1}[wasmAPI]; buffers != want {
+		t.Errorf("%d buffer filters, want %d", buffers, want)
 	}
 }
 
@@ -363,14 +369,17 @@ func TestRenderedEnvoyGateway(t *testing.T) {
 						t.Errorf("cluster %s: %s %v, want the collector Service %s, STRICT_DNS", m.GetName(), got, m.GetType(), collector)
 					}
 				case *hcm.HttpFilter:
-					checkWholeFilter(t, m, f, chartObjs, "envoy-gateway")
+					if tc.wasmAPI {
+						if m.GetName() != xds.BufferFilterName {
+							t.Errorf("listener patch adds %s, want the buffer after the EnvoyExtensionPolicy's filter", m.GetName())
+						}
+					} else {
+						checkWholeFilter(t, m, f, chartObjs, "envoy-gateway")
+					}
 				}
 				count[fmt.Sprintf("%T", m)]++
 			}
 			want := map[string]int{"*clusterv3.Cluster": 2, "*routev3.Route": 3, "*http_connection_managerv3.HttpFilter": 1}
-			if tc.wasmAPI {
-				delete(want, "*http_connection_managerv3.HttpFilter")
-			}
 			if !maps.Equal(count, want) {
 				t.Errorf("patches %v, want %v", count, want)
 			}
