@@ -20,9 +20,9 @@
 //	        print the mesh's resources carrying the rules instead of serving them, YAML for
 //	        kubectl apply: the whole filter as xDS serves it (Istio: an EnvoyFilter before the
 //	        router; Envoy Gateway: a JSON patch of an EnvoyPatchPolicy), or with -wasm-api the
-//	        mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy); and the collector's clusters and
-//	        the status routes (Istio: a second EnvoyFilter; Envoy Gateway: the same
-//	        EnvoyPatchPolicy); docs/deploy.md
+//	        mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy) and a buffer filter after it; and
+//	        the collector's clusters and the status routes (Istio: a second EnvoyFilter; Envoy
+//	        Gateway: the same EnvoyPatchPolicy); docs/deploy.md
 //	controlplane serve -rules rules.yaml -wasm /path/asyncmesh.wasm [-listen 127.0.0.1:18000] [-metrics 127.0.0.1:18001]
 //	        [-tls-cert server.pem -tls-key server-key.pem [-client-ca mesh-ca.pem [-trust-domain cluster.local]]]
 //	        [-node-grace 1m] [-max-nodes 10000]
@@ -220,7 +220,7 @@ func render(args []string, stdout io.Writer) error {
 	fs.StringVar(&o.NodeID, "node-id", "", "render the rules of this node id (for files whose rules have nodes:)")
 	fs.StringVar(&o.NodeCluster, "node-cluster", "", "render the rules of this node cluster")
 	fs.StringVar(&o.WasmPath, "wasm", "", "path of the module in the proxy's container, where the chart mounts the filter image (default "+xds.DefaultMeshWasmPath+")")
-	fs.BoolVar(&o.WasmAPI, "wasm-api", false, "use the mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy) instead of the whole filter: the mesh fetches -image, but the filter cannot hold headers (async requests with bodies reach the service before it decides) and every request enters the VM")
+	fs.BoolVar(&o.WasmAPI, "wasm-api", false, "use the mesh's Wasm API (WasmPlugin, EnvoyExtensionPolicy) instead of the whole filter: the mesh fetches -image, but every request enters the VM and a buffer filter after it holds the headers of the requests it may make async, bodies whole")
 	fs.StringVar(&o.Image, "image", "", "with -wasm-api: the filter image (make images' filter), registry/repository:tag or @sha256:digest (required)")
 	fs.StringVar(&o.SHA256, "sha256", "", "with -wasm-api: the image manifest's sha256 (hex), checked before the module runs")
 	fs.StringVar(&o.PullSecret, "pull-secret", "", "with -wasm-api: Secret with the registry's credentials")
