@@ -3,9 +3,9 @@
 // receiver) on loopback, drives it with the open-loop generator of
 // bench/load, and writes report.json, REPORT.md and latency.png. Every
 // figure is shown with its ratio to a baseline measured in the same run:
-// Envoy without the filter for the proxy paths, the embedded backend for
-// RabbitMQ + Elasticsearch. All traffic goes to 127.0.0.1 and every phase is
-// bounded in time.
+// Envoy without the filter for the proxy paths and for Envoy's memory, the
+// embedded backend for RabbitMQ + Elasticsearch. All traffic goes to
+// 127.0.0.1 and every phase is bounded in time.
 package main
 
 import (

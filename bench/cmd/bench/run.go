@@ -138,7 +138,8 @@ func startBackends(root string) (func(), error) {
 // passthrough measures the proxy paths: Envoy's direct_response, Envoy
 // without the filter and with an empty Wasm filter (a second Envoy, same
 // binary and concurrency), against the sidecar's Envoy with the filter on a
-// pass-through route.
+// pass-through route; then the sidecar Envoy's memory against a third, plain
+// Envoy (no Wasm runtime at all).
 func passthrough(ctx context.Context, o options, s *stack.Stack, work string) ([]Curve, []EnvoyFootprint, error) {
 	ports, err := stack.FreePorts(6)
 	if err != nil {
