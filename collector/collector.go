@@ -2,7 +2,7 @@
 // the Wasm filter), the worker that replays accepted requests through Envoy to the
 // real service, delivery of callbacks, the outbox relay, and the read API.
 //
-// Lifecycle decisions (beyond DESIGN.md):
+// Lifecycle decisions (beyond docs/architecture.md):
 //   - "completed" means the service answered (any HTTP status, which the callback
 //     carries); "failed" means no answer: timeout, or unreachable after retries.
 //   - The work and delivery handlers are idempotent by request id: each reads the

@@ -15,7 +15,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 )
 
-// Headers of the wire contract (DESIGN.md).
+// Headers of the wire contract (docs/architecture.md).
 const (
 	hdrTraceID          = "x-async-trace-id"
 	hdrRequestID        = "x-async-request-id"

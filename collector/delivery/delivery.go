@@ -7,7 +7,7 @@
 // webhook-signature headers (gRPC metadata, AMQP headers) over the exact bytes
 // it delivers, plus x-async-trace-id and x-async-request-id.
 //
-// Policy (DESIGN.md), the same for every protocol: delivered (2xx, gRPC OK, a
+// Policy (docs/architecture.md), the same for every protocol: delivered (2xx, gRPC OK, a
 // broker confirm of a routed message); gone, stop (410, gRPC NOT_FOUND);
 // throttled, honouring Retry-After up to the rule's maxBackoff (429 and 503,
 // gRPC UNAVAILABLE and RESOURCE_EXHAUSTED with a retry-after trailer); anything

@@ -3,8 +3,8 @@
 // list. Delivery is at least once; consumers are idempotent by request id and the
 // store's compare-and-set.
 //
-// Implementations: collector/embedded (SQLite, the default) and, later, RabbitMQ.
-// Every implementation must pass queuetest.Run.
+// Implementations: collector/embedded (SQLite, the default) and
+// collector/rabbitmq (RabbitMQ). Every implementation must pass queuetest.Run.
 package queue
 
 import (

@@ -1,9 +1,11 @@
 // Package store defines the system of record of asyncmesh: one Record per
-// accepted request, moved through the status lifecycle of DESIGN.md by
-// compare-and-set transitions that keep a timestamped history.
+// accepted request, moved through the status lifecycle of
+// docs/architecture.md by compare-and-set transitions that keep a
+// timestamped history.
 //
-// Implementations: collector/embedded (SQLite, the default) and, later,
-// Elasticsearch. Every implementation must pass storetest.Run.
+// Implementations: collector/embedded (SQLite, the default) and
+// collector/elastic (Elasticsearch). Every implementation must pass
+// storetest.Run.
 package store
 
 import (

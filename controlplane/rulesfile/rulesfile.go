@@ -5,7 +5,7 @@
 // naming file:line:column and the field. Every field is documented in
 // docs/rules.md.
 //
-// Decisions not in DESIGN.md:
+// Decisions not in docs/architecture.md:
 //   - Secrets are declared once, under secrets:, by name with their source (an
 //     environment variable or a file on the collector's machine); a rule's
 //     callback.secretRef must name a declared secret. The control plane never

@@ -3,7 +3,7 @@
 // filter. The filter decodes it from its plugin configuration (JSON) on every
 // configure, so it is standard-library only and its Match is allocation-free.
 //
-// Decisions not spelled out in DESIGN.md:
+// Decisions not spelled out in docs/architecture.md:
 //   - Rules are tried in file order; the first that matches wins. A request no rule
 //     matches passes through (mode sync) with only its trace headers added.
 //   - Until the control plane distributes rules to collectors, the filter copies the

@@ -21,7 +21,7 @@ type Stage struct {
 	P99ms float64 `json:"p99ms"`
 }
 
-// stageOrder is the lifecycle of a request that succeeds (DESIGN.md).
+// stageOrder is the lifecycle of a request that succeeds (docs/architecture.md).
 var stageOrder = []string{"persisted", "queued", "processing", "completed", "delivering", "delivered"}
 
 // statusAt is one entry of a record's history.
