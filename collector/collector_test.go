@@ -64,6 +64,9 @@ type env struct {
 	stop     func()
 	tune     func(*Config)                 // applied by start, when set
 	wrap     func(store.Store) store.Store // wraps the store, when set
+	// wrapQueue wraps the queue, when set; a wrapped queue is not the
+	// store's own, so intake writes no outbox.
+	wrapQueue func(queue.Queue) queue.Queue
 
 	failing atomic.Bool // the receiver answers 500
 	secrets testSecrets
@@ -124,7 +127,11 @@ func (e *env) start() {
 	if e.wrap != nil {
 		st = e.wrap(st)
 	}
-	c, err := New(cfg, st, db.Queue())
+	var q queue.Queue = db.Queue()
+	if e.wrapQueue != nil {
+		q = e.wrapQueue(q)
+	}
+	c, err := New(cfg, st, q)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -439,45 +446,28 @@ func (q *refusingQueue) Publish(ctx context.Context, m queue.Message) error {
 // durable) but leaves it persisted; the outbox relay publishes it once the
 // queue confirms again, and it is delivered once.
 func TestUnconfirmedPublishStaysPersisted(t *testing.T) {
-	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	e := newEnv(t)
 	e.stop()
-	q := &refusingQueue{Queue: db.Queue()}
+	q := &refusingQueue{}
 	q.refuse.Store(true)
-	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{},
-		RelayInterval: 50 * time.Millisecond, RelayAge: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}, db.Store(), q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httptest.NewServer(c.Handler())
-	defer api.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	e.tune = func(c *Config) { c.RelayInterval, c.RelayAge = 50*time.Millisecond, 10*time.Millisecond }
+	e.wrapQueue = func(inner queue.Queue) queue.Queue { q.Queue = inner; return q }
+	e.start()
+	ctx := context.Background()
 
 	en := e.envelope("/work", nil)
-	data, _ := json.Marshal(en)
-	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp := e.intake(en)
 	if resp.StatusCode != 201 || resp.Header.Get("x-async-status") != "persisted" {
 		t.Fatalf("intake with the queue refusing: %d %s", resp.StatusCode, resp.Header.Get("x-async-status"))
 	}
 	time.Sleep(300 * time.Millisecond) // relay rounds fail and back off
-	if r, _ := db.Store().Get(ctx, en.ID); r.Status != store.Persisted {
+	if r, _ := e.c.store.Get(ctx, en.ID); r.Status != store.Persisted {
 		t.Fatalf("status %s while nothing was confirmed", r.Status)
 	}
 	q.refuse.Store(false)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r, _ := db.Store().Get(ctx, en.ID)
+		r, _ := e.c.store.Get(ctx, en.ID)
 		if r.Status == store.Delivered {
 			break
 		}

@@ -1,19 +1,12 @@
 package collector
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"log/slog"
-	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/asyncmesh/asyncmesh/collector/embedded"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 )
@@ -123,36 +116,17 @@ func TestIdleCollectorBacksOff(t *testing.T) {
 func TestFailedPublishWakesTheRelay(t *testing.T) {
 	e := newEnv(t)
 	e.stop()
-	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var refused atomic.Int64
-	q := &flakyQueue{Queue: db.Queue(), refuse: &refused} // not the store's own queue: no outbox
-	c, err := New(Config{ReplayURL: e.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{},
-		RelayInterval: time.Hour, RelayAge: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}, db.Store(), q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httptest.NewServer(c.Handler())
-	defer api.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	e.tune = func(c *Config) { c.RelayInterval, c.RelayAge = time.Hour, 50*time.Millisecond }
+	e.wrapQueue = func(q queue.Queue) queue.Queue { return &flakyQueue{Queue: q, refuse: &refused} }
+	e.start()
 
 	en := e.envelope("/work", nil)
-	data, _ := json.Marshal(en)
-	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp := e.intake(en)
 	if resp.StatusCode != 201 || resp.Header.Get("x-async-status") != string(store.Persisted) || refused.Load() != 1 {
 		t.Fatalf("intake with the first publish refused: %d %s (%d refused)", resp.StatusCode, resp.Header.Get("x-async-status"), refused.Load())
 	}
-	got, err := c.await(ctx, en.ID, 10*time.Second, store.Status.Terminal)
+	got, err := e.c.await(context.Background(), en.ID, 10*time.Second, store.Status.Terminal)
 	if err != nil || got.Status != store.Delivered {
 		t.Fatalf("a record whose publish failed ended %v (%v): the relay was not woken", got.Status, err)
 	}
