@@ -15,6 +15,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/bench/load"
 	"github.com/asyncmesh/asyncmesh/examples/stack"
+	"github.com/asyncmesh/asyncmesh/internal/procs"
 )
 
 // Point is one open-loop run at one offered rate.
@@ -411,17 +412,11 @@ func cpuSecondsOf(path string) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
-// rssMB is a process's resident set size in MB.
+// rssMB is a process's resident set size in MB (0 if it is gone).
 func rssMB(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	st, err := procs.Status(pid, "VmRSS")
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return st[0] / 1024
 }
