@@ -66,6 +66,11 @@ type Identity struct {
 // ParseIdentity parses a SPIFFE ID naming a node (see Identity); trustDomain,
 // when not empty, is the only one accepted.
 func ParseIdentity(spiffeID, trustDomain string) (Identity, error) {
+	// An empty fragment ("…#") leaves no trace in url.URL: refused here,
+	// so that an accepted ID has one spelling.
+	if strings.Contains(spiffeID, "#") {
+		return Identity{}, fmt.Errorf("SPIFFE ID %q: has parts a SPIFFE ID cannot have (user, query or fragment)", spiffeID)
+	}
 	u, err := url.Parse(spiffeID)
 	if err != nil {
 		return Identity{}, fmt.Errorf("SPIFFE ID %q: %w", spiffeID, err)
