@@ -107,14 +107,6 @@ type Config struct {
 	Logger           *slog.Logger
 }
 
-// outbox is a store that publishes on its own queue in the same commit as a
-// write (see the package doc).
-type outbox interface {
-	Queue() queue.Queue
-	CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error
-	TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error)
-}
-
 // RuleSource gives the current rule of a name (collector/xdsrules).
 type RuleSource interface {
 	Rule(name string) (*rules.Rule, bool)
@@ -125,7 +117,7 @@ type Collector struct {
 	cfg    Config
 	store  store.Store
 	queue  queue.Queue
-	outbox outbox // nil unless the store publishes on queue
+	outbox store.Outbox // nil unless the store publishes on queue
 	sender *delivery.Sender
 	nodes  *external.Client
 	obs    *metrics
@@ -136,10 +128,11 @@ type Collector struct {
 	// so that the API server can shut down.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
-	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
-	decided      *decisions    // ids intake accepted before the filter's deadline
-	relayWake    chan struct{} // a publish failed: the relay has work (wakeRelay)
-	lastMove     atomic.Int64  // when this collector last created or moved a record (Unix ns)
+	waiters      chan struct{}  // a place per long-poll or event stream (MaxWaiters)
+	decided      *decisions     // ids intake accepted before the filter's deadline
+	relayWake    chan struct{}  // a publish failed: the relay has work (wakeRelay)
+	lastMove     atomic.Int64   // when this collector last created or moved a record (Unix ns)
+	marking      sync.WaitGroup // intake's Enqueue writes after the answer (accept)
 }
 
 // New returns a collector over st and q.
@@ -179,12 +172,8 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	ob, _ := st.(outbox)
-	if ob != nil && ob.Queue() != q {
-		ob = nil
-	}
 	c := &Collector{
-		cfg: cfg, store: st, queue: q, outbox: ob, log: cfg.Logger,
+		cfg: cfg, store: st, queue: q, outbox: store.OutboxFor(st, q), log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
 		obs:    newMetrics(),
@@ -232,6 +221,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
+	c.marking.Wait()
 	c.sender.Close()
 	close(errs)
 	var all []error
@@ -256,50 +246,63 @@ func (c *Collector) moved(r *store.Record, ch store.Change) {
 	c.notify.broadcast(r.ID)
 }
 
-// finish applies ch, the end of a record's processing, and publishes its
-// delivery: in one commit with an outbox. A conflict publishes all the same —
-// whoever moved the record may have crashed before publishing, and the
-// delivery handler is idempotent.
-func (c *Collector) finish(ctx context.Context, r *store.Record, ch store.Change) error {
+// advance applies ch to record r and publishes the message its events say
+// follows (Change.Next): in one commit with an outbox, else after the write
+// (the sweeper republishes a record whose publish was lost). It returns
+// the record as written; a conflict is returned as it is, with nothing
+// published: whoever moved the record published its message.
+func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Change) (*store.Record, error) {
+	topic := ch.Next()
+	if topic == "" {
+		return c.move(ctx, r.ID, ch)
+	}
 	if c.outbox != nil {
-		m, err := c.message(queue.TopicDelivery, r)
+		m, err := c.message(topic, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		got, err := c.outbox.TransitionPublish(ctx, r.ID, ch, &m)
 		if err == nil {
 			c.moved(got, ch)
-			return nil
 		}
-		if !store.IsConflict(err) {
-			return err
-		}
-	} else if _, err := c.move(ctx, r.ID, ch); err != nil && !store.IsConflict(err) {
-		return err
+		return got, err
 	}
-	return c.publish(ctx, queue.TopicDelivery, r)
+	got, err := c.move(ctx, r.ID, ch)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.publish(ctx, topic, got); err != nil {
+		c.log.Warn("publishing failed; the sweeper will republish", "id", r.ID, "trace_id", r.TraceID, "topic", topic, "status", got.Status, "err", err)
+	}
+	return got, nil
 }
 
 // accept persists a new record and publishes its work message. With an
-// outbox both happen in one commit and r is queued; otherwise r is created,
-// then published and marked queued, and a failed publish leaves it persisted
-// for the relay (logged, not returned: r is durable).
+// outbox both happen in one commit and r is created queued. Otherwise r is
+// created persisted and published, and the answer does not wait for the
+// Enqueue write that follows (queued tells the relay that the message is
+// out): a failed publish leaves r persisted for the relay (logged, not
+// returned: r is durable).
 func (c *Collector) accept(ctx context.Context, r *store.Record) error {
 	if c.outbox == nil {
 		if err := c.store.Create(ctx, r); err != nil {
 			return err
 		}
 		c.lastMove.Store(time.Now().UnixNano())
-		if err := c.enqueue(ctx, r); err != nil {
+		if err := c.publish(ctx, queue.TopicWork, r); err != nil {
 			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
 			c.wakeRelay()
-		} else {
-			r.Status = store.Queued
+			return nil
 		}
+		c.marking.Add(1)
+		go func() {
+			defer c.marking.Done()
+			c.markQueued(context.WithoutCancel(ctx), r)
+		}()
 		return nil
 	}
-	queued := store.Change{From: []store.Status{store.Persisted}, To: store.Queued, At: r.CreatedAt}
-	if err := queued.Apply(r); err != nil {
+	enqueue := store.Change{Event: store.Enqueue, At: r.CreatedAt}
+	if err := enqueue.Apply(r); err != nil {
 		return err
 	}
 	m, err := c.message(queue.TopicWork, r)
@@ -310,8 +313,19 @@ func (c *Collector) accept(ctx context.Context, r *store.Record) error {
 		return err
 	}
 	c.lastMove.Store(time.Now().UnixNano())
-	c.obs.transitioned(r, queued)
+	c.obs.transitioned(r, enqueue)
 	return nil
+}
+
+// markQueued records that r's work message is out (persisted → queued). A
+// conflict means a worker got there first; a failure leaves r for the
+// relay, which publishes it again (a duplicate the handlers skip).
+func (c *Collector) markQueued(ctx context.Context, r *store.Record) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := c.move(ctx, r.ID, store.Change{Event: store.Enqueue}); err != nil && !store.IsConflict(err) {
+		c.log.Warn("intake: marking a published record queued failed; the relay will publish it again", "id", r.ID, "trace_id", r.TraceID, "err", err)
+	}
 }
 
 // relay publishes records that intake persisted but could not publish (queue
@@ -376,14 +390,15 @@ func (c *Collector) wakeRelay() {
 
 // relayRound publishes what it finds and says how many it found.
 func (c *Collector) relayRound(ctx context.Context) (int, error) {
-	recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
+	recs, err := c.store.Stale(ctx, store.Persisted, c.store.Now().Add(-c.cfg.RelayAge), 200)
 	if err != nil {
 		return 0, fmt.Errorf("listing persisted records: %w", err)
 	}
 	for _, r := range recs {
-		if err := c.enqueue(ctx, r); err != nil {
+		if err := c.publish(ctx, queue.TopicWork, r); err != nil {
 			return len(recs), fmt.Errorf("publishing %s (trace %s): %w", r.ID, r.TraceID, err)
 		}
+		c.markQueued(ctx, r)
 		c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
 	}
 	return len(recs), nil
@@ -413,7 +428,7 @@ func (c *Collector) sweep(ctx context.Context) error {
 		case <-t.C:
 		}
 		now := time.Now()
-		n, err := c.sweepOnce(ctx, now)
+		n, err := c.sweepOnce(ctx, c.store.Now())
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("sweeper: round failed", "err", err)
 		} else if n > 0 {
@@ -435,7 +450,9 @@ func (c *Collector) sweepWait(wait time.Duration, n int, err error, now, moved t
 }
 
 // sweepOnce republishes, at most 200 per status, the records untouched since
-// now-SweepAge whose lease has expired.
+// now-SweepAge (the store's clock) whose lease has expired. A queued record
+// is stuck only once its rule's timeout has passed on top: its worker holds
+// the work message, not a lease, while it executes.
 func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 	topics := map[store.Status]string{
 		store.Queued: queue.TopicWork, store.Processing: queue.TopicWork,
@@ -451,6 +468,9 @@ func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 			if now.Before(r.LeaseUntil) {
 				continue // a worker holds it, or its next delivery attempt is scheduled
 			}
+			if st == store.Queued && r.Envelope != nil && now.Before(r.UpdatedAt.Add(c.cfg.SweepAge+c.applyRules(r.Envelope).Timeout.D())) {
+				continue // it may be executing
+			}
 			if err := c.publish(ctx, topics[st], r); err != nil {
 				return n, fmt.Errorf("republishing %s: %w", r.ID, err)
 			}
@@ -459,17 +479,6 @@ func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// enqueue publishes the work message of a persisted record and marks it queued.
-func (c *Collector) enqueue(ctx context.Context, r *store.Record) error {
-	if err := c.publish(ctx, queue.TopicWork, r); err != nil {
-		return err
-	}
-	if _, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
-		return err // the worker moves it to queued if this write is lost
-	}
-	return nil
 }
 
 // notifier wakes long-polls when a record changes.

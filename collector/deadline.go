@@ -53,8 +53,7 @@ func late(deadline, now time.Time) bool {
 func (c *Collector) abandon(ctx context.Context, r *store.Record) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted, store.Queued}, To: store.Dead,
-		Note: AbandonedNote, Error: AbandonedNote})
+	_, err := c.move(ctx, r.ID, store.Change{Event: store.Abandon, Detail: AbandonedNote, Error: AbandonedNote})
 	return err
 }
 
