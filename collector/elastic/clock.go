@@ -11,9 +11,9 @@ import (
 // process's: changes are stamped and leases measured by it, so that
 // collectors whose clocks disagree (a host 30 s off) neither steal a lease
 // nor let one run over. The store learns the offset between the two by
-// asking Elasticsearch for its time — an ingest pipeline simulation that
-// stamps _ingest.timestamp, which needs no index and writes nothing — and
-// takes the middle of the round trip as the moment it was read. It measures
+// asking Elasticsearch for its time — the timestamp of the answering
+// node's stats, which any distribution has (a minimal one has no ingest
+// processors or scripts) and which writes nothing — and takes the middle of the round trip as the moment it was read. It measures
 // on Open (the best of a few tries) and again every clockEvery.
 //
 // The nodes of a cluster are assumed to agree with each other (NTP, as
@@ -53,34 +53,26 @@ func (s *Store) measureClock(ctx context.Context) error {
 	return nil
 }
 
-// readClock reads Elasticsearch's time once: the offset from this
+// readClock reads Elasticsearch's time once — the timestamp of the node
+// stats of the node that answers — and returns its offset from this
 // process's clock and the round trip it was read over.
 func (s *Store) readClock(ctx context.Context) (offset, rtt time.Duration, err error) {
-	body := map[string]any{
-		"pipeline": map[string]any{"processors": []any{
-			map[string]any{"set": map[string]any{"field": "t", "value": "{{_ingest.timestamp}}"}}}},
-		"docs": []any{map[string]any{"_source": map[string]any{}}},
-	}
 	var res struct {
-		Docs []struct {
-			Doc struct {
-				Source struct {
-					T string `json:"t"`
-				} `json:"_source"`
-			} `json:"doc"`
-		} `json:"docs"`
+		Nodes map[string]struct {
+			Timestamp int64 `json:"timestamp"`
+		} `json:"nodes"`
 	}
 	t0 := s.cfg.Clock()
-	if err := s.call(ctx, http.MethodPost, "/_ingest/pipeline/_simulate", body, &res); err != nil {
+	if err := s.call(ctx, http.MethodGet, "/_nodes/_local/stats/os?filter_path=nodes.*.timestamp", nil, &res); err != nil {
 		return 0, 0, err
 	}
 	t1 := s.cfg.Clock()
-	if len(res.Docs) != 1 {
-		return 0, 0, fmt.Errorf("simulate answered %d documents", len(res.Docs))
+	if len(res.Nodes) != 1 {
+		return 0, 0, fmt.Errorf("node stats named %d nodes, want the local one", len(res.Nodes))
 	}
-	server, err := time.Parse(time.RFC3339Nano, res.Docs[0].Doc.Source.T)
-	if err != nil {
-		return 0, 0, fmt.Errorf("parsing _ingest.timestamp: %w", err)
+	var server time.Time
+	for _, n := range res.Nodes {
+		server = time.UnixMilli(n.Timestamp)
 	}
 	rtt = t1.Sub(t0)
 	return server.Sub(t0.Add(rtt / 2)), rtt, nil
