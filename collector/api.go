@@ -159,7 +159,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		c.decided.pending(rec.ID, deadline)
 		defer c.decided.decide(rec.ID) // after an abandon, too: its worker then finds it dead
 	}
-	err = c.accept(ctx, rec)
+	owed, err := c.accept(ctx, rec)
 	if err == nil && late(deadline, time.Now()) {
 		// Persisted, but the answer would come too late: the caller is told
 		// it failed, so it must never run (deadline.go).
@@ -210,6 +210,20 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
+	}
+	if owed {
+		// The message is out; the store says so once markQueued has run:
+		// before a Prefer: wait (which may outlast the relay's age), after
+		// the answer otherwise.
+		rec.Status = store.Queued
+		if env.Wait > 0 {
+			c.markQueued(ctx, rec)
+		} else {
+			defer func() {
+				_ = http.NewResponseController(w).Flush() // the answer first
+				c.markQueued(ctx, rec)
+			}()
+		}
 	}
 	log.Info("intake: accepted", "status", rec.Status)
 	if wait := env.Wait.D(); wait > 0 && !rec.Status.HasResult() {

@@ -132,7 +132,6 @@ type Collector struct {
 	decided      *decisions     // ids intake accepted before the filter's deadline
 	relayWake    chan struct{}  // a publish failed: the relay has work (wakeRelay)
 	lastMove     atomic.Int64   // when this collector last created or moved a record (Unix ns)
-	marking      sync.WaitGroup // intake's Enqueue writes after the answer (accept)
 }
 
 // New returns a collector over st and q.
@@ -221,7 +220,6 @@ func (c *Collector) Run(ctx context.Context) error {
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
-	c.marking.Wait()
 	c.sender.Close()
 	close(errs)
 	var all []error
@@ -279,49 +277,46 @@ func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Chang
 
 // accept persists a new record and publishes its work message. With an
 // outbox both happen in one commit and r is created queued. Otherwise r is
-// created persisted and published, and the answer does not wait for the
-// Enqueue write that follows (queued tells the relay that the message is
-// out): a failed publish leaves r persisted for the relay (logged, not
-// returned: r is durable).
-func (c *Collector) accept(ctx context.Context, r *store.Record) error {
+// created persisted, then published; owed then says that the Enqueue write
+// (queued: the message is out, which tells the relay to leave r alone) is
+// still to be made, by markQueued — intake makes it after its answer, which
+// need not wait for it. A failed publish leaves r persisted for the relay
+// (logged, not returned: r is durable).
+func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err error) {
 	if c.outbox == nil {
 		if err := c.store.Create(ctx, r); err != nil {
-			return err
+			return false, err
 		}
 		c.lastMove.Store(time.Now().UnixNano())
 		if err := c.publish(ctx, queue.TopicWork, r); err != nil {
 			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
 			c.wakeRelay()
-			return nil
+			return false, nil
 		}
-		c.marking.Add(1)
-		go func() {
-			defer c.marking.Done()
-			c.markQueued(context.WithoutCancel(ctx), r)
-		}()
-		return nil
+		return true, nil
 	}
 	enqueue := store.Change{Event: store.Enqueue, At: r.CreatedAt}
 	if err := enqueue.Apply(r); err != nil {
-		return err
+		return false, err
 	}
 	m, err := c.message(queue.TopicWork, r)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
-		return err
+		return false, err
 	}
 	c.lastMove.Store(time.Now().UnixNano())
 	c.obs.transitioned(r, enqueue)
-	return nil
+	return false, nil
 }
 
 // markQueued records that r's work message is out (persisted → queued). A
 // conflict means a worker got there first; a failure leaves r for the
-// relay, which publishes it again (a duplicate the handlers skip).
+// relay, which publishes it again (a duplicate the handlers skip). It runs
+// apart from ctx's cancellation: the filter may hang up once answered.
 func (c *Collector) markQueued(ctx context.Context, r *store.Record) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.PublishTimeout)
 	defer cancel()
 	if _, err := c.move(ctx, r.ID, store.Change{Event: store.Enqueue}); err != nil && !store.IsConflict(err) {
 		c.log.Warn("intake: marking a published record queued failed; the relay will publish it again", "id", r.ID, "trace_id", r.TraceID, "err", err)

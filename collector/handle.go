@@ -199,7 +199,6 @@ func (c *Collector) finishRun(ctx context.Context, r *store.Record, ch store.Cha
 	case err != nil:
 		return err
 	case got.Status == store.Delivering:
-		got.Envelope = r.Envelope
 		return c.deliver(ctx, got)
 	}
 	return nil
