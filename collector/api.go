@@ -157,7 +157,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	rec := store.NewRecord(env, start)
 	if !deadline.IsZero() {
 		c.decided.pending(rec.ID, deadline)
-		defer c.decided.decide(rec.ID) // after an abandon, too: its worker then finds it dead
+		defer c.decided.decide(rec.ID, false) // unless accepted first: refused, or abandoned
 	}
 	owed, err := c.accept(ctx, rec)
 	if err == nil && late(deadline, time.Now()) {
@@ -173,7 +173,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err == nil && !deadline.IsZero() {
-		c.decided.decide(rec.ID) // now, not at return: Prefer: wait needs a worker to run it
+		c.decided.decide(rec.ID, true) // now, not at return: Prefer: wait needs a worker to run it
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {
@@ -207,6 +207,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "deadline_passed", "the request was abandoned at its first intake")
 			return
 		}
+		c.decided.decide(rec.ID, true) // the first intake's: its work message runs
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))

@@ -128,10 +128,10 @@ type Collector struct {
 	// so that the API server can shut down.
 	stopping     chan struct{}
 	stoppingOnce sync.Once
-	waiters      chan struct{}  // a place per long-poll or event stream (MaxWaiters)
-	decided      *decisions     // ids intake accepted before the filter's deadline
-	relayWake    chan struct{}  // a publish failed: the relay has work (wakeRelay)
-	lastMove     atomic.Int64   // when this collector last created or moved a record (Unix ns)
+	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
+	decided      *decisions    // ids intake accepted before the filter's deadline
+	relayWake    chan struct{} // a publish failed: the relay has work (wakeRelay)
+	lastMove     atomic.Int64  // when this collector last created or moved a record (Unix ns)
 }
 
 // New returns a collector over st and q.
@@ -275,40 +275,73 @@ func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Chang
 	return got, nil
 }
 
-// accept persists a new record and publishes its work message. With an
-// outbox both happen in one commit and r is created queued. Otherwise r is
-// created persisted, then published; owed then says that the Enqueue write
-// (queued: the message is out, which tells the relay to leave r alone) is
-// still to be made, by markQueued — intake makes it after its answer, which
-// need not wait for it. A failed publish leaves r persisted for the relay
-// (logged, not returned: r is durable).
+// accept persists a new record and publishes its work message, in one of
+// three ways:
+//   - with an outbox, both in one commit: r is created queued;
+//   - otherwise, when the filter set a deadline, the message first — kept
+//     for this collector's workers until the deadline has passed
+//     (Message.Local), when others may run it (deadline.go) — then r,
+//     created queued: one write. The message may reach a worker before r
+//     exists: the worker waits for intake's decision, and drops a message
+//     whose record intake did not create. A publish that fails falls back
+//     to the last way, for the relay;
+//   - otherwise r is created persisted, then published; owed then says that
+//     the Enqueue write (queued: the message is out, so the relay leaves r
+//     alone) is still to be made, by markQueued, which intake makes after
+//     its answer. A failed publish leaves r persisted for the relay (logged,
+//     not returned: r is durable).
 func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err error) {
-	if c.outbox == nil {
-		if err := c.store.Create(ctx, r); err != nil {
-			return false, err
-		}
-		c.lastMove.Store(time.Now().UnixNano())
-		if err := c.publish(ctx, queue.TopicWork, r); err != nil {
-			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
-			c.wakeRelay()
-			return false, nil
-		}
-		return true, nil
-	}
-	enqueue := store.Change{Event: store.Enqueue, At: r.CreatedAt}
-	if err := enqueue.Apply(r); err != nil {
-		return false, err
-	}
 	m, err := c.message(queue.TopicWork, r)
 	if err != nil {
 		return false, err
 	}
-	if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
-		return false, err
+	deadline := r.Envelope.DeadlineTime()
+	enqueue := store.Change{Event: store.Enqueue, At: r.CreatedAt}
+	switch {
+	case c.outbox != nil:
+		if err := enqueue.Apply(r); err != nil {
+			return false, err
+		}
+		if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
+			return false, err
+		}
+	case !deadline.IsZero():
+		m.Local = time.Until(deadline.Add(workerGrace))
+		if err := c.send(ctx, m); err != nil {
+			c.log.Warn("intake: publish failed; the record is created persisted, for the outbox relay", "id", r.ID, "trace_id", r.TraceID, "err", err)
+			return c.acceptPersisted(ctx, r, false)
+		}
+		if err := enqueue.Apply(r); err != nil {
+			return false, err
+		}
+		if err := c.store.Create(ctx, r); err != nil {
+			return false, err
+		}
+	default:
+		return c.acceptPersisted(ctx, r, true)
 	}
 	c.lastMove.Store(time.Now().UnixNano())
 	c.obs.transitioned(r, enqueue)
 	return false, nil
+}
+
+// acceptPersisted creates r persisted and, with publish, publishes it (see
+// accept).
+func (c *Collector) acceptPersisted(ctx context.Context, r *store.Record, publish bool) (owed bool, err error) {
+	if err := c.store.Create(ctx, r); err != nil {
+		return false, err
+	}
+	c.lastMove.Store(time.Now().UnixNano())
+	if !publish {
+		c.wakeRelay()
+		return false, nil
+	}
+	if err := c.publish(ctx, queue.TopicWork, r); err != nil {
+		c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
+		c.wakeRelay()
+		return false, nil
+	}
+	return true, nil
 }
 
 // markQueued records that r's work message is out (persisted → queued). A

@@ -51,7 +51,7 @@ import (
 func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	id := m.Key
 	deadline, ok := messageDeadline(m)
-	if !ok { // a message without its envelope (large, or older)
+	if !ok { // a message from before messages named their deadline
 		r, err := c.store.Get(ctx, id)
 		if err != nil {
 			return claimFailed(err, m)
@@ -60,11 +60,23 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	}
 	// Not before intake has told the filter it was accepted (deadline.go),
 	// and read after that: intake may have abandoned it meanwhile.
-	if ok, wait := c.runnable(ctx, id, deadline, time.Now()); !ok {
+	switch v, wait := c.runnable(ctx, id, deadline, time.Now()); v {
+	case waitForIt:
 		return queue.RetryAfter(wait, "intake has not answered the filter yet")
+	case dropIt:
+		c.decided.forget(id)
+		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
+		return nil
 	}
 	defer c.decided.forget(id)
 	r, err := c.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) && !deadline.IsZero() {
+		// Published before its record (accept), and its intake has decided
+		// (another collector's, by the deadline): it created none, and the
+		// caller was told the request failed.
+		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
+		return nil
+	}
 	if err != nil {
 		return claimFailed(err, m)
 	}
@@ -249,18 +261,28 @@ func claimFailed(err error, m queue.Message) error {
 	return err
 }
 
-// messageDeadline is the intake deadline of the request a work message
-// carries, and whether it carries its envelope.
+// messageDeadline is the filter's deadline of the request a work message
+// carries, and whether the message says (zero: the filter set none).
 func messageDeadline(m queue.Message) (time.Time, bool) {
 	var msg struct {
-		Envelope *struct { // what the wait needs: decoding the body is not
+		Deadline *int64 `json:"deadline"`
+		Envelope *struct {
 			Deadline int64 `json:"deadline"`
 		} `json:"envelope"`
 	}
-	if json.Unmarshal(m.Body, &msg) != nil || msg.Envelope == nil {
+	if json.Unmarshal(m.Body, &msg) != nil {
 		return time.Time{}, false
 	}
-	return (&envelope.Envelope{Deadline: msg.Envelope.Deadline}).DeadlineTime(), true
+	var ms int64
+	switch {
+	case msg.Deadline != nil:
+		ms = *msg.Deadline
+	case msg.Envelope != nil:
+		ms = msg.Envelope.Deadline
+	default:
+		return time.Time{}, false
+	}
+	return (&envelope.Envelope{Deadline: ms}).DeadlineTime(), true
 }
 
 // deliver makes one callback attempt of record r, leased to this worker in

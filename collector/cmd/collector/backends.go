@@ -29,6 +29,7 @@ type options struct {
 	esReplicas, esFlushers       int
 	esLinger, esRetention        time.Duration
 	amqpEnv, amqpPrefix          string
+	amqpInstance                 string
 	amqpPrefetch                 int
 
 	xdsAddr, nodeID, nodeCluster string
@@ -59,6 +60,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.esRetention, "es-retention", 30*24*time.Hour, "delete daily indices older than this (0 keeps everything)")
 	fs.StringVar(&o.amqpEnv, "amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
 	fs.StringVar(&o.amqpPrefix, "amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
+	fs.StringVar(&o.amqpInstance, "amqp-instance", "", "name of this collector among those sharing -amqp-prefix (a pod's name): the work messages of its intakes wait in a queue of its own until the filter's deadline has passed, then go to all (default: -node-id, else the host name)")
 	fs.IntVar(&o.amqpPrefetch, "amqp-prefetch", 0, "unacked messages per consumer (0: its number of workers)")
 	fs.StringVar(&o.xdsAddr, "xds", "", "control plane xDS address (host:port): follow its rules live (empty: the rules travel in each envelope)")
 	fs.StringVar(&o.nodeID, "node-id", "", "with -xds: the Envoy node id of this collector's sidecar")
@@ -128,8 +130,17 @@ func openBackends(ctx context.Context, o options, log *slog.Logger) (*backends, 
 		if err != nil {
 			return fail(err)
 		}
+		instance := o.amqpInstance
+		if instance == "" {
+			instance = o.nodeID
+		}
+		if instance == "" {
+			if instance, err = os.Hostname(); err != nil {
+				return fail(fmt.Errorf("-amqp-instance: not set, and the host name is unknown: %w", err))
+			}
+		}
 		rq, err := rabbitmq.Open(octx, rabbitmq.Config{URL: url, Prefix: o.amqpPrefix, Prefetch: o.amqpPrefetch,
-			Topics: []string{queue.TopicWork, queue.TopicDelivery}, Logger: log})
+			Topics: []string{queue.TopicWork, queue.TopicDelivery}, Instance: instance, Logger: log})
 		if err != nil {
 			return fail(fmt.Errorf("-queue rabbitmq: %w", err))
 		}
