@@ -115,7 +115,7 @@ type Config struct {
 	// name): it gets a local queue per topic for the messages published
 	// with Message.Local. Empty: none, and Local is ignored.
 	Instance string
-	Logger                     *slog.Logger
+	Logger   *slog.Logger
 }
 
 // Delay buckets (milliseconds), one TTL queue per topic each.
@@ -341,8 +341,10 @@ func (q *Queue) delayQueue(t string, ms int64) string {
 	return q.cfg.Prefix + "." + t + ".delay." + strconv.FormatInt(ms, 10)
 }
 func delayKey(t string, ms int64) string { return t + "." + strconv.FormatInt(ms, 10) }
-func (q *Queue) localQueue(t string) string { return q.cfg.Prefix + "." + t + ".local." + q.cfg.Instance }
-func (q *Queue) localKey(t string) string   { return t + ".local." + q.cfg.Instance }
+func (q *Queue) localQueue(t string) string {
+	return q.cfg.Prefix + "." + t + ".local." + q.cfg.Instance
+}
+func (q *Queue) localKey(t string) string { return t + ".local." + q.cfg.Instance }
 
 // localExpires is how long a local queue lives without a consumer.
 const localExpires = time.Hour
