@@ -68,7 +68,10 @@ type Config struct {
 	// Secrets resolves callback secret references.
 	Secrets delivery.Secrets
 	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 64:
-	// executions load the service, callbacks mostly wait on receivers). A
+	// executions load the service, callbacks mostly wait on receivers):
+	// Workers requests execute at once, and DeliveryWorkers callbacks are
+	// in flight at once, first attempts (made by the worker that executed
+	// the request) and retries alike. A
 	// negative Workers makes a collector that does not execute, a negative
 	// DeliveryWorkers one that does not deliver: another one, on the same
 	// store and queue, does.
@@ -130,8 +133,11 @@ type Collector struct {
 	stoppingOnce sync.Once
 	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
 	decided      *decisions    // ids intake accepted before the filter's deadline
-	relayWake    chan struct{} // a publish failed: the relay has work (wakeRelay)
-	lastMove     atomic.Int64  // when this collector last created or moved a record (Unix ns)
+	// execSlots and deliverySlots hold a place per execution (Workers) and
+	// per callback attempt in flight (DeliveryWorkers).
+	execSlots, deliverySlots chan struct{}
+	relayWake                chan struct{} // a publish failed: the relay has work (wakeRelay)
+	lastMove                 atomic.Int64  // when this collector last created or moved a record (Unix ns)
 }
 
 // New returns a collector over st and q.
@@ -184,6 +190,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		stopping:  make(chan struct{}),
 		waiters:   make(chan struct{}, cfg.MaxWaiters),
 		decided:   newDecisions(),
+		execSlots: make(chan struct{}, max(cfg.Workers, 1)), deliverySlots: make(chan struct{}, max(cfg.DeliveryWorkers, 1)),
 		relayWake: make(chan struct{}, 1),
 	}
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
@@ -206,8 +213,12 @@ func (c *Collector) Run(ctx context.Context) error {
 		}()
 	}
 	if c.cfg.Workers > 0 {
+		// A work message is held through its execution and its first
+		// callback, each within its own bound (execSlots, deliverySlots):
+		// enough handlers for both at once.
+		handlers := c.cfg.Workers + max(c.cfg.DeliveryWorkers, 0)
 		run("work consumer", func(ctx context.Context) error {
-			return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
+			return c.queue.Consume(ctx, queue.TopicWork, handlers, c.handleWork)
 		})
 	}
 	if c.cfg.DeliveryWorkers > 0 {

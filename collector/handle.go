@@ -130,19 +130,16 @@ func (c *Collector) drive(ctx context.Context, m queue.Message, r *store.Record)
 				}
 				return queue.RetryAfter(time.Second, "this collector does not deliver")
 			}
-			var got *store.Record
-			if got, err = c.claim(ctx, r, store.Change{Event: store.StartDelivery, Lease: c.deliveryLease()}); err == nil {
-				return c.deliver(ctx, got)
-			}
+			err = c.claimAndDeliver(ctx, r, store.StartDelivery)
 		case store.Delivering:
 			// The next attempt, or a redelivery after a crash mid-attempt; a
 			// duplicate message waits for the lease instead of calling back twice.
-			var got *store.Record
-			if got, err = c.claim(ctx, r, store.Change{Event: store.Reclaim, Lease: c.deliveryLease()}); err == nil {
-				return c.deliver(ctx, got)
-			}
+			err = c.claimAndDeliver(ctx, r, store.Reclaim)
 		default:
 			return nil // delivered or dead
+		}
+		if err == nil {
+			return nil
 		}
 		now, ok := conflictStatus(err)
 		if !ok {
@@ -179,7 +176,12 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 	if m.Deliveries > 1 {
 		log.Info("worker: running a redelivered request", "deliveries", m.Deliveries)
 	}
+	release, err := acquire(ctx, c.execSlots)
+	if err != nil {
+		return err
+	}
 	resp, err := c.execute(ctx, r)
+	release()
 	ch := store.Change{Event: store.Complete, Response: resp}
 	if err != nil {
 		span.RecordError(err)
@@ -201,6 +203,12 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 // means a duplicate of the message wrote it first: nothing to do.
 func (c *Collector) finishRun(ctx context.Context, r *store.Record, ch store.Change) error {
 	if c.cfg.DeliveryWorkers >= 0 {
+		// The place for the attempt first: the lease runs from the write.
+		release, err := acquire(ctx, c.deliverySlots)
+		if err != nil {
+			return err
+		}
+		defer release()
 		ch.Then, ch.Lease = store.StartDelivery, c.deliveryLease()
 	}
 	got, err := c.advance(ctx, r, ch)
@@ -214,6 +222,22 @@ func (c *Collector) finishRun(ctx context.Context, r *store.Record, ch store.Cha
 		return c.deliver(ctx, got)
 	}
 	return nil
+}
+
+// claimAndDeliver claims record r for an attempt by event (StartDelivery
+// or Reclaim) and makes it, within the bound of callbacks in flight (taken
+// before the claim: the lease runs from it).
+func (c *Collector) claimAndDeliver(ctx context.Context, r *store.Record, event store.Event) error {
+	release, err := acquire(ctx, c.deliverySlots)
+	if err != nil {
+		return err
+	}
+	defer release()
+	got, err := c.claim(ctx, r, store.Change{Event: event, Lease: c.deliveryLease()})
+	if err != nil {
+		return err
+	}
+	return c.deliver(ctx, got)
 }
 
 // deliveryLease is how long an attempt leases its record.
@@ -332,4 +356,15 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	}
 	log.Info("delivery: finished", "status", ch.Event.To(), "attempts", attempts, "code", res.Attempt.StatusCode)
 	return nil
+}
+
+// acquire takes a place in slots, waiting for one until ctx ends, and
+// returns its release.
+func acquire(ctx context.Context, slots chan struct{}) (func(), error) {
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
