@@ -145,21 +145,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("elasticsearch: %w", err)
 	}
 	s := &Store{cfg: cfg, es: es, tr: tr, versions: store.NewRecent(), log: cfg.Logger.With("store", "elasticsearch")}
-	if err := s.putTemplates(ctx); err != nil {
-		tr.CloseIdleConnections()
-		return nil, err
-	}
-	if err := s.checkMappings(ctx); err != nil {
-		tr.CloseIdleConnections()
-		return nil, err
-	}
-	if err := s.putMappings(ctx); err != nil {
-		tr.CloseIdleConnections()
-		return nil, err
-	}
-	if err := s.measureClock(ctx); err != nil {
-		tr.CloseIdleConnections()
-		return nil, err
+	// Templates, then existing indices checked against them and brought up
+	// to them, then the clock (clock.go).
+	for _, step := range []func(context.Context) error{s.putTemplates, s.checkMappings, s.putMappings, s.measureClock} {
+		if err := step(ctx); err != nil {
+			tr.CloseIdleConnections()
+			return nil, err
+		}
 	}
 	bctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
