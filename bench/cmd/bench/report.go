@@ -28,7 +28,7 @@ type Report struct {
 // Elasticsearch writes of one request: before its 202, and over its life.
 const (
 	esWritesIntake = 1
-	esWritesLife   = 4
+	esWritesLife   = 3
 )
 
 // BackendReport is what was measured on one backend.
@@ -215,7 +215,7 @@ func (r *Report) markdown() []byte {
 				w("| %d | %.0f | %.2f | %.2f |", p.Size, p.DocsPerSecond, p.CPUmsPerDoc, p.CPUmsPerBulk)
 			}
 			w("")
-			w("A request is written %d time before its 202 (created) and %d times in all (marked queued once its work message is confirmed, which the 202 does not wait for; then its result with the start of its delivery, in one write; then delivered); the collector groups concurrent writes into one bulk. On the embedded store, intake's write carries the work message (queued at once) and a request is written 3 times.", esWritesIntake, esWritesLife)
+			w("A request is written %d time before its 202 (created queued, once RabbitMQ confirmed its work message) and %d times in all (then its result with the start of its delivery, in one write; then delivered), as on the embedded store, whose first write carries the work message; the collector groups concurrent writes into one bulk. The first write makes the 202 true; the second records the result once (a compare-and-set: a duplicate execution loses it and sends no callback) and leases the first attempt to the worker that made it; the third ends the lifecycle.", esWritesIntake, esWritesLife)
 			w("")
 		}
 		sat := br.Intake.Saturation()
