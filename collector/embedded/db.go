@@ -209,7 +209,8 @@ const (
 	qNextDue          = `SELECT MIN(visible_at) FROM queue WHERE topic = ?`
 )
 
-var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages}
+var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
+	qExpireRecords, qExpireDeadLetters} // retention.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.
