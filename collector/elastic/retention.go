@@ -118,6 +118,12 @@ func (s *Store) writeBlocked(ctx context.Context) (map[string]bool, error) {
 // index bx): the whole of both when nothing in ix is to be kept, else
 // record by record. blocked says ix is read-only already.
 func (s *Store) expireDay(ctx context.Context, ix, bx string, before time.Time, blocked bool) (int, error) {
+	// Counts and searches see what the last refresh made visible: refresh
+	// first, so that the pass decides on every write acknowledged before it
+	// started (a write since is guarded by the block or by if_seq_no).
+	if err := s.refresh(ctx, ix); err != nil {
+		return 0, err
+	}
 	keep, all, err := s.countDay(ctx, ix, before)
 	if err != nil {
 		return 0, err
@@ -129,8 +135,8 @@ func (s *Store) expireDay(ctx context.Context, ix, bx string, before time.Time, 
 		blocked = true
 		// Every write acknowledged before the block is searchable after this
 		// refresh: the count that follows decides on the records as they are.
-		if err := s.call(ctx, http.MethodPost, "/"+ix+"/_refresh", nil, nil); err != nil {
-			return 0, fmt.Errorf("refreshing %s: %w", ix, err)
+		if err := s.refresh(ctx, ix); err != nil {
+			return 0, err
 		}
 		if keep, all, err = s.countDay(ctx, ix, before); err != nil {
 			return 0, err
@@ -149,6 +155,13 @@ func (s *Store) expireDay(ctx context.Context, ix, bx string, before time.Time, 
 		}
 	}
 	return s.expireRecords(ctx, ix, bx, before)
+}
+
+func (s *Store) refresh(ctx context.Context, ix string) error {
+	if err := s.call(ctx, http.MethodPost, "/"+ix+"/_refresh", nil, nil); err != nil {
+		return fmt.Errorf("refreshing %s: %w", ix, err)
+	}
+	return nil
 }
 
 // countDay counts the records of ix to keep, and all of them.
