@@ -36,8 +36,10 @@ import (
 //     sequence number it was found with (a record changed since is kept),
 //     then its body chunks.
 //
-// In steady state every request ends within its day's retention, so a pass
-// deletes one index a day and reads nothing else.
+// In steady state every request of a day is finished long before the day
+// is past the retention, so a pass deletes one index a day; only a day kept
+// for a record that is not finished is read (refreshed, counted, searched)
+// again at every pass.
 
 // expireBatch bounds the records deleted by one bulk request.
 const expireBatch = 500
