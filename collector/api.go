@@ -157,9 +157,9 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	rec := store.NewRecord(env, start)
 	if !deadline.IsZero() {
 		c.decided.pending(rec.ID, deadline)
-		defer c.decided.decide(rec.ID) // after an abandon, too: its worker then finds it dead
+		defer c.decided.decide(rec.ID, false) // unless accepted first: refused, or abandoned
 	}
-	err = c.accept(ctx, rec)
+	owed, err := c.accept(ctx, rec)
 	if err == nil && late(deadline, time.Now()) {
 		// Persisted, but the answer would come too late: the caller is told
 		// it failed, so it must never run (deadline.go).
@@ -173,7 +173,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err == nil && !deadline.IsZero() {
-		c.decided.decide(rec.ID) // now, not at return: Prefer: wait needs a worker to run it
+		c.decided.decide(rec.ID, true) // now, not at return: Prefer: wait needs a worker to run it
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {
@@ -207,9 +207,24 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "deadline_passed", "the request was abandoned at its first intake")
 			return
 		}
+		c.decided.decide(rec.ID, true) // the first intake's: its work message runs
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
+	}
+	if owed {
+		// The message is out; the store says so once markQueued has run:
+		// before a Prefer: wait (which may outlast the relay's age), after
+		// the answer otherwise.
+		rec.Status = store.Queued
+		if env.Wait > 0 {
+			c.markQueued(ctx, rec)
+		} else {
+			defer func() {
+				_ = http.NewResponseController(w).Flush() // the answer first
+				c.markQueued(ctx, rec)
+			}()
+		}
 	}
 	log.Info("intake: accepted", "status", rec.Status)
 	if wait := env.Wait.D(); wait > 0 && !rec.Status.HasResult() {

@@ -68,7 +68,10 @@ type Config struct {
 	// Secrets resolves callback secret references.
 	Secrets delivery.Secrets
 	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 64:
-	// executions load the service, callbacks mostly wait on receivers). A
+	// executions load the service, callbacks mostly wait on receivers):
+	// Workers requests execute at once, and DeliveryWorkers callbacks are
+	// in flight at once, first attempts (made by the worker that executed
+	// the request) and retries alike. A
 	// negative Workers makes a collector that does not execute, a negative
 	// DeliveryWorkers one that does not deliver: another one, on the same
 	// store and queue, does.
@@ -107,14 +110,6 @@ type Config struct {
 	Logger           *slog.Logger
 }
 
-// outbox is a store that publishes on its own queue in the same commit as a
-// write (see the package doc).
-type outbox interface {
-	Queue() queue.Queue
-	CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error
-	TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error)
-}
-
 // RuleSource gives the current rule of a name (collector/xdsrules).
 type RuleSource interface {
 	Rule(name string) (*rules.Rule, bool)
@@ -125,7 +120,7 @@ type Collector struct {
 	cfg    Config
 	store  store.Store
 	queue  queue.Queue
-	outbox outbox // nil unless the store publishes on queue
+	outbox store.Outbox // nil unless the store publishes on queue
 	sender *delivery.Sender
 	nodes  *external.Client
 	obs    *metrics
@@ -138,8 +133,11 @@ type Collector struct {
 	stoppingOnce sync.Once
 	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
 	decided      *decisions    // ids intake accepted before the filter's deadline
-	relayWake    chan struct{} // a publish failed: the relay has work (wakeRelay)
-	lastMove     atomic.Int64  // when this collector last created or moved a record (Unix ns)
+	// execSlots and deliverySlots hold a place per execution (Workers) and
+	// per callback attempt in flight (DeliveryWorkers).
+	execSlots, deliverySlots chan struct{}
+	relayWake                chan struct{} // a publish failed: the relay has work (wakeRelay)
+	lastMove                 atomic.Int64  // when this collector last created or moved a record (Unix ns)
 }
 
 // New returns a collector over st and q.
@@ -179,12 +177,8 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	ob, _ := st.(outbox)
-	if ob != nil && ob.Queue() != q {
-		ob = nil
-	}
 	c := &Collector{
-		cfg: cfg, store: st, queue: q, outbox: ob, log: cfg.Logger,
+		cfg: cfg, store: st, queue: q, outbox: store.OutboxFor(st, q), log: cfg.Logger,
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
 		obs:    newMetrics(),
@@ -196,6 +190,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		stopping:  make(chan struct{}),
 		waiters:   make(chan struct{}, cfg.MaxWaiters),
 		decided:   newDecisions(),
+		execSlots: make(chan struct{}, max(cfg.Workers, 1)), deliverySlots: make(chan struct{}, max(cfg.DeliveryWorkers, 1)),
 		relayWake: make(chan struct{}, 1),
 	}
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
@@ -218,8 +213,12 @@ func (c *Collector) Run(ctx context.Context) error {
 		}()
 	}
 	if c.cfg.Workers > 0 {
+		// A work message is held through its execution and its first
+		// callback, each within its own bound (execSlots, deliverySlots):
+		// enough handlers for both at once.
+		handlers := c.cfg.Workers + max(c.cfg.DeliveryWorkers, 0)
 		run("work consumer", func(ctx context.Context) error {
-			return c.queue.Consume(ctx, queue.TopicWork, c.cfg.Workers, c.handleWork)
+			return c.queue.Consume(ctx, queue.TopicWork, handlers, c.handleWork)
 		})
 	}
 	if c.cfg.DeliveryWorkers > 0 {
@@ -256,62 +255,116 @@ func (c *Collector) moved(r *store.Record, ch store.Change) {
 	c.notify.broadcast(r.ID)
 }
 
-// finish applies ch, the end of a record's processing, and publishes its
-// delivery: in one commit with an outbox. A conflict publishes all the same —
-// whoever moved the record may have crashed before publishing, and the
-// delivery handler is idempotent.
-func (c *Collector) finish(ctx context.Context, r *store.Record, ch store.Change) error {
+// advance applies ch to record r and publishes the message its events say
+// follows (Change.Next): in one commit with an outbox, else after the write
+// (the sweeper republishes a record whose publish was lost). It returns
+// the record as written; a conflict is returned as it is, with nothing
+// published: whoever moved the record published its message.
+func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Change) (*store.Record, error) {
+	topic := ch.Next()
+	if topic == "" {
+		return c.move(ctx, r.ID, ch)
+	}
 	if c.outbox != nil {
-		m, err := c.message(queue.TopicDelivery, r)
+		m, err := c.message(topic, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		got, err := c.outbox.TransitionPublish(ctx, r.ID, ch, &m)
 		if err == nil {
 			c.moved(got, ch)
-			return nil
 		}
-		if !store.IsConflict(err) {
-			return err
-		}
-	} else if _, err := c.move(ctx, r.ID, ch); err != nil && !store.IsConflict(err) {
-		return err
+		return got, err
 	}
-	return c.publish(ctx, queue.TopicDelivery, r)
+	got, err := c.move(ctx, r.ID, ch)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.publish(ctx, topic, got); err != nil {
+		c.log.Warn("publishing failed; the sweeper will republish", "id", r.ID, "trace_id", r.TraceID, "topic", topic, "status", got.Status, "err", err)
+	}
+	return got, nil
 }
 
-// accept persists a new record and publishes its work message. With an
-// outbox both happen in one commit and r is queued; otherwise r is created,
-// then published and marked queued, and a failed publish leaves it persisted
-// for the relay (logged, not returned: r is durable).
-func (c *Collector) accept(ctx context.Context, r *store.Record) error {
-	if c.outbox == nil {
-		if err := c.store.Create(ctx, r); err != nil {
-			return err
-		}
-		c.lastMove.Store(time.Now().UnixNano())
-		if err := c.enqueue(ctx, r); err != nil {
-			c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
-			c.wakeRelay()
-		} else {
-			r.Status = store.Queued
-		}
-		return nil
-	}
-	queued := store.Change{From: []store.Status{store.Persisted}, To: store.Queued, At: r.CreatedAt}
-	if err := queued.Apply(r); err != nil {
-		return err
-	}
+// accept persists a new record and publishes its work message, in one of
+// three ways:
+//   - with an outbox, both in one commit: r is created queued;
+//   - otherwise, when the filter set a deadline, the message first — kept
+//     for this collector's workers until the deadline has passed
+//     (Message.Local), when others may run it (deadline.go) — then r,
+//     created queued: one write. The message may reach a worker before r
+//     exists: the worker waits for intake's decision, and drops a message
+//     whose record intake did not create. A publish that fails falls back
+//     to the last way, for the relay;
+//   - otherwise r is created persisted, then published; owed then says that
+//     the Enqueue write (queued: the message is out, so the relay leaves r
+//     alone) is still to be made, by markQueued, which intake makes after
+//     its answer. A failed publish leaves r persisted for the relay (logged,
+//     not returned: r is durable).
+func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err error) {
 	m, err := c.message(queue.TopicWork, r)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
-		return err
+	deadline := r.Envelope.DeadlineTime()
+	enqueue := store.Change{Event: store.Enqueue, At: r.CreatedAt}
+	switch {
+	case c.outbox != nil:
+		if err := enqueue.Apply(r); err != nil {
+			return false, err
+		}
+		if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
+			return false, err
+		}
+	case !deadline.IsZero():
+		m.Local = time.Until(deadline.Add(workerGrace))
+		if err := c.send(ctx, m); err != nil {
+			c.log.Warn("intake: publish failed; the record is created persisted, for the outbox relay", "id", r.ID, "trace_id", r.TraceID, "err", err)
+			return c.acceptPersisted(ctx, r, false)
+		}
+		if err := enqueue.Apply(r); err != nil {
+			return false, err
+		}
+		if err := c.store.Create(ctx, r); err != nil {
+			return false, err
+		}
+	default:
+		return c.acceptPersisted(ctx, r, true)
 	}
 	c.lastMove.Store(time.Now().UnixNano())
-	c.obs.transitioned(r, queued)
-	return nil
+	c.obs.transitioned(r, enqueue)
+	return false, nil
+}
+
+// acceptPersisted creates r persisted and, with publish, publishes it (see
+// accept).
+func (c *Collector) acceptPersisted(ctx context.Context, r *store.Record, publish bool) (owed bool, err error) {
+	if err := c.store.Create(ctx, r); err != nil {
+		return false, err
+	}
+	c.lastMove.Store(time.Now().UnixNano())
+	if !publish {
+		c.wakeRelay()
+		return false, nil
+	}
+	if err := c.publish(ctx, queue.TopicWork, r); err != nil {
+		c.log.Warn("intake: publish failed; the outbox relay will publish it", "id", r.ID, "trace_id", r.TraceID, "err", err)
+		c.wakeRelay()
+		return false, nil
+	}
+	return true, nil
+}
+
+// markQueued records that r's work message is out (persisted → queued). A
+// conflict means a worker got there first; a failure leaves r for the
+// relay, which publishes it again (a duplicate the handlers skip). It runs
+// apart from ctx's cancellation: the filter may hang up once answered.
+func (c *Collector) markQueued(ctx context.Context, r *store.Record) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := c.move(ctx, r.ID, store.Change{Event: store.Enqueue}); err != nil && !store.IsConflict(err) {
+		c.log.Warn("intake: marking a published record queued failed; the relay will publish it again", "id", r.ID, "trace_id", r.TraceID, "err", err)
+	}
 }
 
 // relay publishes records that intake persisted but could not publish (queue
@@ -376,14 +429,15 @@ func (c *Collector) wakeRelay() {
 
 // relayRound publishes what it finds and says how many it found.
 func (c *Collector) relayRound(ctx context.Context) (int, error) {
-	recs, err := c.store.Stale(ctx, store.Persisted, time.Now().Add(-c.cfg.RelayAge), 200)
+	recs, err := c.store.Stale(ctx, store.Persisted, c.store.Now().Add(-c.cfg.RelayAge), 200)
 	if err != nil {
 		return 0, fmt.Errorf("listing persisted records: %w", err)
 	}
 	for _, r := range recs {
-		if err := c.enqueue(ctx, r); err != nil {
+		if err := c.publish(ctx, queue.TopicWork, r); err != nil {
 			return len(recs), fmt.Errorf("publishing %s (trace %s): %w", r.ID, r.TraceID, err)
 		}
+		c.markQueued(ctx, r)
 		c.log.Info("outbox relay: published", "id", r.ID, "trace_id", r.TraceID)
 	}
 	return len(recs), nil
@@ -413,7 +467,7 @@ func (c *Collector) sweep(ctx context.Context) error {
 		case <-t.C:
 		}
 		now := time.Now()
-		n, err := c.sweepOnce(ctx, now)
+		n, err := c.sweepOnce(ctx, c.store.Now())
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("sweeper: round failed", "err", err)
 		} else if n > 0 {
@@ -435,7 +489,9 @@ func (c *Collector) sweepWait(wait time.Duration, n int, err error, now, moved t
 }
 
 // sweepOnce republishes, at most 200 per status, the records untouched since
-// now-SweepAge whose lease has expired.
+// now-SweepAge (the store's clock) whose lease has expired. A queued record
+// is stuck only once its rule's timeout has passed on top: its worker holds
+// the work message, not a lease, while it executes.
 func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 	topics := map[store.Status]string{
 		store.Queued: queue.TopicWork, store.Processing: queue.TopicWork,
@@ -451,6 +507,9 @@ func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 			if now.Before(r.LeaseUntil) {
 				continue // a worker holds it, or its next delivery attempt is scheduled
 			}
+			if st == store.Queued && r.Envelope != nil && now.Before(r.UpdatedAt.Add(c.cfg.SweepAge+c.applyRules(r.Envelope).Timeout.D())) {
+				continue // it may be executing
+			}
 			if err := c.publish(ctx, topics[st], r); err != nil {
 				return n, fmt.Errorf("republishing %s: %w", r.ID, err)
 			}
@@ -459,17 +518,6 @@ func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// enqueue publishes the work message of a persisted record and marks it queued.
-func (c *Collector) enqueue(ctx context.Context, r *store.Record) error {
-	if err := c.publish(ctx, queue.TopicWork, r); err != nil {
-		return err
-	}
-	if _, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil && !store.IsConflict(err) {
-		return err // the worker moves it to queued if this write is lost
-	}
-	return nil
 }
 
 // notifier wakes long-polls when a record changes.

@@ -53,8 +53,7 @@ func late(deadline, now time.Time) bool {
 func (c *Collector) abandon(ctx context.Context, r *store.Record) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := c.move(ctx, r.ID, store.Change{From: []store.Status{store.Persisted, store.Queued}, To: store.Dead,
-		Note: AbandonedNote, Error: AbandonedNote})
+	_, err := c.move(ctx, r.ID, store.Change{Event: store.Abandon, Detail: AbandonedNote, Error: AbandonedNote})
 	return err
 }
 
@@ -90,19 +89,33 @@ func mayHaveCommitted(err error) bool {
 	return !errors.Is(err, store.ErrUnavailable)
 }
 
-// runnable reports whether a worker may claim record id, whose intake
-// deadline is deadline, now; when not, how long to wait. A record this
-// collector's intake is still deciding (its message can be consumed
-// between the commit and the decision) is waited for here, in process.
-func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.Time) (bool, time.Duration) {
+// verdict is what a worker may do with a work message now (runnable).
+type verdict int
+
+const (
+	runIt     verdict = iota // read the record and act by its status
+	waitForIt                // intake has not decided yet: come back later
+	dropIt                   // this collector's intake refused it: nothing to run
+)
+
+// runnable says whether a worker may run record id, whose intake deadline
+// is deadline, now; when it must wait, for how long. A record this
+// collector's intake is still deciding (its message can be consumed before
+// the decision, even before the record exists) is waited for here, in
+// process.
+func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.Time) (verdict, time.Duration) {
 	until := deadline.Add(workerGrace)
 	if deadline.IsZero() || !now.Before(until) {
-		return true, 0
+		return runIt, 0
 	}
-	if c.decided.wait(ctx, id, until) {
-		return true, 0 // accepted in time, or abandoned (the claim then finds it dead)
+	decided, accepted := c.decided.wait(ctx, id, until)
+	switch {
+	case decided && accepted:
+		return runIt, 0
+	case decided:
+		return dropIt, 0 // refused or abandoned: the caller was told it failed
 	}
-	return false, until.Sub(now)
+	return waitForIt, until.Sub(now)
 }
 
 // decisions are intake's decisions on the records this collector takes in:
@@ -118,6 +131,7 @@ type decisions struct {
 type decision struct {
 	deadline time.Time
 	done     chan struct{} // closed once decided
+	accepted bool          // set before done is closed
 }
 
 func newDecisions() *decisions { return &decisions{m: map[string]*decision{}} }
@@ -135,37 +149,39 @@ func (d *decisions) pending(id string, deadline time.Time) {
 	d.mu.Unlock()
 }
 
-// decide ends the pending decision on id.
-func (d *decisions) decide(id string) {
+// decide ends the pending decision on id: whether intake told the filter
+// that it accepted the request. The first decision stands.
+func (d *decisions) decide(id string, accepted bool) {
 	d.mu.Lock()
 	if x, ok := d.m[id]; ok {
 		select {
 		case <-x.done:
 		default:
+			x.accepted = accepted
 			close(x.done)
 		}
 	}
 	d.mu.Unlock()
 }
 
-// wait reports whether this collector's intake has decided on id, waiting
-// for a pending decision until until.
-func (d *decisions) wait(ctx context.Context, id string, until time.Time) bool {
+// wait reports whether this collector's intake has decided on id, and
+// how, waiting for a pending decision until until.
+func (d *decisions) wait(ctx context.Context, id string, until time.Time) (decided, accepted bool) {
 	d.mu.Lock()
 	x, ok := d.m[id]
 	d.mu.Unlock()
 	if !ok {
-		return false
+		return false, false
 	}
 	t := time.NewTimer(time.Until(until))
 	defer t.Stop()
 	select {
 	case <-x.done:
-		return true
+		return true, x.accepted
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return false
+	return false, false
 }
 
 func (d *decisions) forget(id string) {

@@ -92,26 +92,30 @@ func TestRunnable(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	c.decided.pending("mine", now.Add(time.Second))
-	c.decided.decide("mine")
+	c.decided.decide("mine", true)
+	c.decided.decide("mine", false) // the first decision stands
+	c.decided.pending("refused", now.Add(time.Second))
+	c.decided.decide("refused", false)
 	c.decided.pending("deciding", now.Add(300*time.Millisecond))
-	go func() { time.Sleep(50 * time.Millisecond); c.decided.decide("deciding") }()
+	go func() { time.Sleep(50 * time.Millisecond); c.decided.decide("deciding", true) }()
 	c.decided.pending("stuck", time.Now().Add(-workerGrace+100*time.Millisecond))
 	for _, tc := range []struct {
 		name     string
 		id       string
 		deadline time.Time
-		want     bool
+		want     verdict
 	}{
-		{"no deadline (an older filter)", "x", time.Time{}, true},
-		{"decided by this collector's intake", "mine", now.Add(time.Second), true},
-		{"intake deciding: waited for in process", "deciding", now.Add(300 * time.Millisecond), true},
-		{"intake never decides before the grace ends", "stuck", time.Now().Add(-workerGrace + 100*time.Millisecond), false},
-		{"another collector's, deadline ahead", "other", now.Add(time.Second), false},
-		{"another collector's, within the grace", "other", now.Add(-workerGrace / 2), false},
-		{"another collector's, past the grace", "other", now.Add(-workerGrace), true},
+		{"no deadline (an older filter)", "x", time.Time{}, runIt},
+		{"accepted by this collector's intake", "mine", now.Add(time.Second), runIt},
+		{"refused by this collector's intake", "refused", now.Add(time.Second), dropIt},
+		{"intake deciding: waited for in process", "deciding", now.Add(300 * time.Millisecond), runIt},
+		{"intake never decides before the grace ends", "stuck", time.Now().Add(-workerGrace + 100*time.Millisecond), waitForIt},
+		{"another collector's, deadline ahead", "other", now.Add(time.Second), waitForIt},
+		{"another collector's, within the grace", "other", now.Add(-workerGrace / 2), waitForIt},
+		{"another collector's, past the grace", "other", now.Add(-workerGrace), runIt},
 	} {
 		got, wait := c.runnable(ctx, tc.id, tc.deadline, time.Now())
-		if got != tc.want || (!got && tc.id == "other" && wait <= 0) {
+		if got != tc.want || (got == waitForIt && tc.id == "other" && wait <= 0) {
 			t.Errorf("%s: runnable = %v (wait %v), want %v", tc.name, got, wait, tc.want)
 		}
 	}

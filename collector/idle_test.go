@@ -53,16 +53,16 @@ func (s *countingStore) Ping(ctx context.Context) error {
 	return s.Store.Ping(ctx)
 }
 
-func (s *countingStore) Queue() queue.Queue { return s.Store.(outbox).Queue() }
+func (s *countingStore) Queue() queue.Queue { return s.Store.(store.Outbox).Queue() }
 
 func (s *countingStore) CreatePublish(ctx context.Context, r *store.Record, m *queue.Message) error {
 	s.other.Add(1)
-	return s.Store.(outbox).CreatePublish(ctx, r, m)
+	return s.Store.(store.Outbox).CreatePublish(ctx, r, m)
 }
 
 func (s *countingStore) TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error) {
 	s.other.Add(1)
-	return s.Store.(outbox).TransitionPublish(ctx, id, c, m)
+	return s.Store.(store.Outbox).TransitionPublish(ctx, id, c, m)
 }
 
 // TestIdleCollectorBacksOff: an idle collector on the embedded default

@@ -18,19 +18,27 @@ const inlineEnvelopeMax = 64 << 10
 // record from the store, the source of truth; the body makes a message
 // self-describing for operators and other consumers of the queue.
 type taskMessage struct {
-	ID        string          `json:"id"`
-	TraceID   string          `json:"traceId"`
-	StatusURL string          `json:"statusUrl"`
-	Envelope  json.RawMessage `json:"envelope,omitempty"`
+	ID        string `json:"id"`
+	TraceID   string `json:"traceId"`
+	StatusURL string `json:"statusUrl"`
+	// Deadline is the filter's deadline of a work message's request (Unix
+	// ms), also when the envelope is too large to come along: a worker may
+	// get the message before its record exists (accept).
+	Deadline int64           `json:"deadline,omitempty"`
+	Envelope json.RawMessage `json:"envelope,omitempty"`
 }
 
-// publish sends the work or delivery message of r and waits for the queue's
-// confirm, at most PublishTimeout.
+// publish sends the work or delivery message of r (see send).
 func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) error {
 	m, err := c.message(topic, r)
 	if err != nil {
 		return err
 	}
+	return c.send(ctx, m)
+}
+
+// send publishes m and waits for the queue's confirm, at most PublishTimeout.
+func (c *Collector) send(ctx context.Context, m queue.Message) error {
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
 	defer cancel()
 	return c.queue.Publish(pctx, m)
@@ -40,6 +48,7 @@ func (c *Collector) publish(ctx context.Context, topic string, r *store.Record) 
 func (c *Collector) message(topic string, r *store.Record) (queue.Message, error) {
 	msg := taskMessage{ID: r.ID, TraceID: r.TraceID, StatusURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + r.ID}
 	if topic == queue.TopicWork && r.Envelope != nil {
+		msg.Deadline = r.Envelope.Deadline
 		if env, err := json.Marshal(r.Envelope); err == nil && len(env) <= inlineEnvelopeMax {
 			msg.Envelope = env
 		}

@@ -15,54 +15,51 @@ import (
 )
 
 // External processing nodes (collector/external has the protocol):
-//   - A record whose rule targets an external node is claimed as usual
-//     (queued → processing), then the task is sent to the node. Once the node
-//     takes it, the history gets a processing entry noted NodeNote and the
-//     record is leased until the node's deadline (target.timeout); the work
-//     message comes back at the deadline.
+//   - A record whose rule targets an external node is claimed in the store
+//     (queued → processing, leased), then the task is sent to the node. Once
+//     the node takes it, the history gets a hand-off entry (store.HandOff,
+//     detail: the node) and the record is leased until the node's deadline
+//     (target.timeout); the work message comes back at the deadline.
 //   - POST /v1/requests/{id}/complete moves processing → completed (or failed
 //     with the node's error) and publishes the delivery. It is idempotent: a
 //     second completion of a finished record answers 200 with its status.
 //   - A work message that finds the deadline passed fails the record with the
-//     reason; a crash between sending and noting sends the task again (nodes
-//     dedupe by id, as callers do by webhook-id).
+//     reason; a crash between sending and the hand-off sends the task again
+//     (nodes dedupe by id, as callers do by webhook-id).
 
-// NodeNote marks the hand-off to an external node in a record's history.
-const NodeNote = "sent to external node"
-
-// dispatchExternal runs the external step of a claimed processing record.
-func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m queue.Message) error {
+// dispatchExternal runs the external step of record r, in processing (its
+// envelope with the live rule applied): it sends the task, waits for the
+// node's deadline, or fails the record once it has passed.
+func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *store.Record) error {
 	t := r.Envelope.Target
 	id := r.ID
 	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule, "node", t.Endpoint)
-	var sentAt time.Time
-	for _, h := range r.History {
-		if h.Status == store.Processing && strings.HasPrefix(h.Note, NodeNote) {
-			sentAt = h.At
-		}
-	}
-	deadline := sentAt.Add(t.Timeout.D())
-	if !sentAt.IsZero() {
-		if left := time.Until(deadline); left > 0 {
-			// Early (a duplicate message): wait for the deadline with the node.
-			if _, err := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}, LeaseUntil: deadline}); err != nil && !store.IsConflict(err) {
-				return err
-			}
-			return queue.RetryAfter(left+time.Second, "waiting for the external node")
+	if sentAt := r.Last(store.HandOff); !sentAt.IsZero() {
+		// On the store's clock, as the hand-off's time and lease are.
+		if left := sentAt.Add(t.Timeout.D()).Sub(c.store.Now()); left > 0 {
+			return queue.RetryAfter(left+time.Second, "waiting for the external node") // early: a duplicate message
 		}
 		log.Warn("external: no completion before the deadline", "timeout", t.Timeout.D())
-		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed,
+		return c.finishRun(ctx, r, store.Change{Event: store.Fail,
 			Error: fmt.Sprintf("external node %s did not complete within %s", t.Endpoint, t.Timeout.D())})
 	}
+	if r.LeaseUntil.IsZero() || !c.store.Now().Before(r.LeaseUntil) {
+		// Not claimed by this message (a worker crashed before the hand-off,
+		// or released it to retry): take it over.
+		got, err := c.claim(ctx, r, store.Change{Event: store.Resume, Lease: t.Timeout.D() + leaseMargin})
+		if err != nil {
+			return claimFailed(err, m)
+		}
+		got.Envelope, r = r.Envelope, got
+	}
 	if c.cfg.APIURL == "" {
-		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed,
+		return c.finishRun(ctx, r, store.Change{Event: store.Fail,
 			Error: "the collector has no -api-url: an external node could not complete the request"})
 	}
 	e := r.Envelope
-	now := time.Now()
 	task := external.Task{ID: id, TraceID: r.TraceID, TraceParent: e.TraceParent, Rule: r.Rule,
 		CompleteURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + id + "/complete",
-		Deadline:    now.Add(t.Timeout.D()).UTC(),
+		Deadline:    time.Now().Add(t.Timeout.D()).UTC(),
 		Request:     external.TaskRequest{Method: e.Method, Authority: e.Authority, Path: e.Path, Headers: e.Headers, Body: e.Body}}
 	if err := c.nodes.Dispatch(ctx, t, task); err != nil {
 		// Permanent: the node refused the task, or the SSRF guard refused
@@ -71,14 +68,14 @@ func (c *Collector) dispatchExternal(ctx context.Context, r *store.Record, m que
 		var perm *external.PermanentError
 		if !errors.As(err, &perm) && m.Deliveries < replayAttempts {
 			log.Warn("external: sending the task failed, will retry", "err", err, "deliveries", m.Deliveries)
-			if _, rerr := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}}); rerr != nil && !store.IsConflict(rerr) {
+			if _, rerr := c.move(ctx, id, store.Change{Event: store.Release}); rerr != nil && !store.IsConflict(rerr) {
 				log.Warn("external: releasing lease", "err", rerr)
 			}
 			return err
 		}
-		return c.finish(ctx, r, store.Change{From: []store.Status{store.Processing}, To: store.Failed, Error: err.Error()})
+		return c.finishRun(ctx, r, store.Change{Event: store.Fail, Error: err.Error()})
 	}
-	_, err := c.move(ctx, id, store.Change{From: []store.Status{store.Processing}, Note: NodeNote + " " + t.Endpoint, At: now, LeaseUntil: task.Deadline})
+	_, err := c.move(ctx, id, store.Change{Event: store.HandOff, Detail: t.Endpoint, Lease: t.Timeout.D()})
 	if store.IsConflict(err) {
 		return nil // the node completed it already
 	}
@@ -135,9 +132,13 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_completion", err.Error())
 		return
 	}
-	ch := store.Change{From: []store.Status{store.Processing}, To: store.Completed}
+	if rec.Status == store.Persisted || rec.Status == store.Queued {
+		writeError(w, http.StatusConflict, "not_processing", fmt.Sprintf("request %s is %s, not processing", id, rec.Status))
+		return
+	}
+	ch := store.Change{Event: store.Complete}
 	if cp.Error != "" {
-		ch.To, ch.Error = store.Failed, "external node: "+cp.Error
+		ch = store.Change{Event: store.Fail, Error: "external node: " + cp.Error}
 	} else {
 		resp := &store.Response{Status: cp.Status, Body: cp.BodyBytes()}
 		for k, v := range cp.Headers {
@@ -145,7 +146,7 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		}
 		ch.Response = resp
 	}
-	got, err := c.move(r.Context(), id, ch)
+	got, err := c.advance(r.Context(), rec, ch)
 	var conflict *store.ConflictError
 	switch {
 	case errors.As(err, &conflict) && conflict.Current.HasResult():
@@ -159,8 +160,5 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("external: completed", "status", got.Status)
-	if err := c.publish(r.Context(), queue.TopicDelivery, got); err != nil {
-		log.Warn("external: publishing the delivery failed; the sweeper will", "err", err)
-	}
 	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": string(got.Status)})
 }

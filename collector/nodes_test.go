@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/external"
+	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
@@ -244,7 +245,7 @@ func TestExternalNodeTimesOut(t *testing.T) {
 	if !strings.Contains(string(e.payloadOf(en.ID)), `"status":"failed"`) {
 		t.Fatalf("callback %s", e.payloadOf(en.ID))
 	}
-	if !strings.Contains(historyNotes(rec), NodeNote) {
+	if !strings.Contains(historyEvents(rec), string(store.HandOff)) {
 		t.Fatalf("no hand-off in the history %v", rec["history"])
 	}
 }
@@ -269,10 +270,10 @@ func (e *env) payloadOf(id string) []byte {
 	return e.payloads[id]
 }
 
-func historyNotes(rec map[string]any) string {
+func historyEvents(rec map[string]any) string {
 	var b strings.Builder
 	for _, h := range rec["history"].([]any) {
-		if n, ok := h.(map[string]any)["note"].(string); ok {
+		if n, ok := h.(map[string]any)["event"].(string); ok {
 			b.WriteString(n + ";")
 		}
 	}

@@ -69,12 +69,13 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// transitioned counts a change that reached r's status.
+// transitioned counts the statuses a change moved r to.
 func (m *metrics) transitioned(r *store.Record, ch store.Change) {
-	if ch.To == "" {
-		return
+	for _, e := range ch.Events() {
+		if e.Moves() {
+			m.transitions.WithLabelValues(r.Rule, string(e.To())).Inc()
+		}
 	}
-	m.transitions.WithLabelValues(r.Rule, string(r.Status)).Inc()
 	if r.Status == store.Delivered {
 		m.endToEnd.WithLabelValues(r.Rule).Observe(r.UpdatedAt.Sub(r.CreatedAt).Seconds())
 	}

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 
 	"github.com/asyncmesh/asyncmesh/internal/strict"
@@ -22,7 +21,7 @@ import (
 //
 // Decisions:
 //   - Replay is the one move back in the lifecycle: delivered | dead →
-//     delivering, recorded in the history with the note ReplayNote. The
+//     delivering, recorded in the history as the event store.Replay. The
 //     request is not run again; its stored result is delivered with the live
 //     rule's callback, under the same webhook-id (receivers that already
 //     processed it dedupe), with a fresh attempt budget (the rule's
@@ -33,17 +32,9 @@ import (
 //     changes records is open by default (the /async/ prefix that Envoy
 //     exposes to callers reaches this API).
 
-// ReplayNote marks a replay in a record's history.
-const ReplayNote = "replay requested"
-
 // attemptsSinceReplay counts r's delivery attempts since its last replay.
 func attemptsSinceReplay(r *store.Record) int {
-	var since time.Time
-	for _, h := range r.History {
-		if h.Status == store.Delivering && h.Note == ReplayNote {
-			since = h.At
-		}
-	}
+	since := r.Last(store.Replay)
 	n := 0
 	for _, a := range r.Attempts {
 		if !a.At.Before(since) {
@@ -70,16 +61,14 @@ func (c *Collector) authorized(w http.ResponseWriter, r *http.Request) bool {
 // errNotReplayable is a record not (yet) in a terminal status.
 var errNotReplayable = errors.New("only delivered or dead requests are replayed")
 
-// replayDelivery moves record id back to delivering and publishes its delivery.
-func (c *Collector) replayDelivery(ctx context.Context, id string) (*store.Record, error) {
-	r, err := c.move(ctx, id, store.Change{From: []store.Status{store.Delivered, store.Dead}, To: store.Delivering, Note: ReplayNote})
+// replayDelivery moves record rec (as read) back to delivering and
+// publishes its delivery.
+func (c *Collector) replayDelivery(ctx context.Context, rec *store.Record) (*store.Record, error) {
+	r, err := c.advance(ctx, rec, store.Change{Event: store.Replay})
 	if err != nil {
 		return nil, err
 	}
-	c.log.Info("replay: requested", "id", id, "trace_id", r.TraceID, "rule", r.Rule)
-	if err := c.publish(ctx, queue.TopicDelivery, r); err != nil {
-		c.log.Warn("replay: publish failed; the sweeper will republish it", "id", id, "err", err)
-	}
+	c.log.Info("replay: requested", "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule)
 	return r, nil
 }
 
@@ -88,7 +77,10 @@ func (c *Collector) replayOne(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	rec, err := c.replayDelivery(r.Context(), id)
+	rec, err := store.Peek(r.Context(), c.store, id)
+	if err == nil {
+		rec, err = c.replayDelivery(r.Context(), rec)
+	}
 	var conflict *store.ConflictError
 	switch {
 	case err == nil:
@@ -155,7 +147,7 @@ func (c *Collector) replayMany(w http.ResponseWriter, r *http.Request) {
 		Next     string   `json:"next,omitempty"`
 	}{Replayed: []string{}, Skipped: []string{}, Next: page.Next}
 	for _, rec := range page.Records {
-		_, err := c.replayDelivery(r.Context(), rec.ID)
+		_, err := c.replayDelivery(r.Context(), rec)
 		switch {
 		case err == nil:
 			out.Replayed = append(out.Replayed, rec.ID)

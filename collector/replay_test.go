@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
 )
 
 const adminToken = "test-admin-token"
@@ -60,7 +62,7 @@ func TestReplayOne(t *testing.T) {
 	}
 	hist := rec["history"].([]any)
 	last := hist[len(hist)-2].(map[string]any)
-	if last["status"] != "delivering" || last["note"] != ReplayNote {
+	if last["status"] != "delivering" || last["event"] != string(store.Replay) {
 		t.Fatalf("history %v", hist)
 	}
 	e.mu.Lock()

@@ -226,7 +226,7 @@ func TestAsyncLifecycle(t *testing.T) {
 	for _, h := range r.History {
 		hist = append(hist, h.Status)
 	}
-	if got := strings.Join(hist, " → "); got != "persisted → queued → processing → completed → delivering → delivered" {
+	if got := strings.Join(hist, " → "); got != "persisted → queued → completed → delivering → delivered" {
 		t.Fatalf("history %s", got)
 	}
 	if len(r.Attempts) != 1 || r.Attempts[0].StatusCode != 204 {

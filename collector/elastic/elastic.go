@@ -70,6 +70,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/elastic/go-elasticsearch/v8"
@@ -99,6 +100,9 @@ type Config struct {
 	// (make bench measures both), so under concurrency fewer, larger bulks
 	// leave it more CPU; a lone write is never held back.
 	Linger time.Duration
+	// Clock is this process's clock (default time.Now; tests skew it). The
+	// store's own clock is Elasticsearch's (clock.go).
+	Clock  func() time.Time
 	Logger *slog.Logger
 }
 
@@ -112,8 +116,10 @@ type Store struct {
 	read  *reader
 	// versions caches what this store last wrote (store.Recent).
 	versions *store.Recent
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
+	// offset is Elasticsearch's clock minus this process's (ns; clock.go).
+	offset atomic.Int64
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // Open connects, puts the index templates, checks existing indices against
@@ -134,6 +140,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second}
 	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: []string{cfg.URL}, MaxRetries: 1, Transport: tr})
 	if err != nil {
@@ -148,18 +157,27 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		tr.CloseIdleConnections()
 		return nil, err
 	}
+	if err := s.putMappings(ctx); err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
+	if err := s.measureClock(ctx); err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
 	bctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.batch = newBatcher(s, cfg.Flushers, cfg.Linger)
 	s.read = newReader(s, cfg.Flushers)
-	s.wg.Add(2 * cfg.Flushers)
+	s.wg.Add(2*cfg.Flushers + 1)
+	go func() { defer s.wg.Done(); s.keepClock(bctx) }()
 	for range cfg.Flushers {
 		go func() { defer s.wg.Done(); s.batch.run(bctx) }()
 		go func() { defer s.wg.Done(); s.read.run(bctx) }()
 	}
 	if cfg.Retention > 0 {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); store.Retain(bctx, s, cfg.Retention, store.RetentionInterval, s.log) }()
+		go func() { defer s.wg.Done(); store.Retain(bctx, s, s.Now, cfg.Retention, store.RetentionInterval, s.log) }()
 	}
 	return s, nil
 }
@@ -259,7 +277,7 @@ var requestsMapping = map[string]any{
 		"createdAt": date, "updatedAt": date, "leaseUntil": date,
 		"envelope": unindexed, "response": unindexed, "bodies": unindexed,
 		"history": map[string]any{"properties": map[string]any{
-			"status": keyword, "at": date, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
+			"status": keyword, "at": date, "event": keyword, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
 		"attempts": map[string]any{"properties": map[string]any{
 			"at": date, "statusCode": map[string]any{"type": "integer"}, "latency": map[string]any{"type": "long"},
 			"error": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
@@ -291,6 +309,16 @@ func (s *Store) putTemplates(ctx context.Context) error {
 		if err := s.call(ctx, http.MethodPut, "/_index_template/"+name, body, nil); err != nil {
 			return fmt.Errorf("elasticsearch: putting index template %s: %w", name, err)
 		}
+	}
+	return nil
+}
+
+// putMappings brings existing daily indices up to the template: fields
+// added since they were created (history.event) are added to them, which
+// Elasticsearch allows on a strict mapping.
+func (s *Store) putMappings(ctx context.Context) error {
+	if err := s.call(ctx, http.MethodPut, "/"+s.requestsPattern()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", requestsMapping, nil); err != nil {
+		return fmt.Errorf("elasticsearch: updating the mappings of existing indices: %w", err)
 	}
 	return nil
 }

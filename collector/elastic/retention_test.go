@@ -11,7 +11,7 @@ import (
 // TestRetentionByDay: a pass looks only at days over before the cutoff;
 // deletes a day whole (with its bodies) when all its records are expired,
 // and only the expired records (and their chunks) of a day that holds one
-// to keep; deletes bodies of a day without records; and lifts a write block
+// to keep (not terminal, or terminal since the cutoff); deletes bodies of a day without records; and lifts a write block
 // that a pass stopped half-way left behind.
 func TestRetentionByDay(t *testing.T) {
 	p := prefix()
@@ -32,6 +32,7 @@ func TestRetentionByDay(t *testing.T) {
 	}
 	// The 5th keeps a stuck record; the 8th holds only an expired one.
 	put("-requests-2026.11.05/_doc/stuck?refresh=true", `{"id":"stuck","status":"processing","updatedAt":"2026-11-05T10:00:00Z"}`)
+	put("-requests-2026.11.05/_doc/young?refresh=true", `{"id":"young","status":"delivered","updatedAt":"2026-11-22T10:00:00Z"}`) // terminal after the cutoff
 	put("-requests-2026.11.05/_doc/old?refresh=true", `{"id":"old","status":"delivered","updatedAt":"2026-11-06T10:00:00Z","bodies":{"response":1}}`)
 	put("-bodies-2026.11.05/_doc/old.response.0?refresh=true", `{"data":"eA=="}`)
 	put("-requests-2026.11.08/_doc/dead?refresh=true", `{"id":"dead","status":"dead","updatedAt":"2026-11-08T10:00:00Z"}`)
@@ -63,7 +64,7 @@ func TestRetentionByDay(t *testing.T) {
 			t.Errorf("left %v, want %v", left, want)
 		}
 	}
-	for path, found := range map[string]bool{"-requests-2026.11.05/_doc/stuck": true, "-requests-2026.11.05/_doc/old": false, "-bodies-2026.11.05/_doc/old.response.0": false} {
+	for path, found := range map[string]bool{"-requests-2026.11.05/_doc/stuck": true, "-requests-2026.11.05/_doc/young": true, "-requests-2026.11.05/_doc/old": false, "-bodies-2026.11.05/_doc/old.response.0": false} {
 		err := s.call(ctx, http.MethodGet, "/"+p+path, nil, nil)
 		if found && err != nil || !found && statusOf(err) != http.StatusNotFound {
 			t.Errorf("GET %s: %v, want found=%v", path, err, found)

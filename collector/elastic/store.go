@@ -214,9 +214,7 @@ const maxCASRetries = 20
 
 // Transition applies c with optimistic concurrency (if_seq_no/if_primary_term).
 func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*store.Record, error) {
-	if c.At.IsZero() {
-		c.At = time.Now().UTC() // one time for every retry of this change
-	}
+	c.At = s.Now() // one time for every retry of this change
 	for i := range maxCASRetries {
 		r, ver, cached := s.versions.Get(id)
 		seq, term := ver.Seq, ver.Term
@@ -234,23 +232,23 @@ func (s *Store) Transition(ctx context.Context, id string, c store.Change) (*sto
 		}
 		data, err := s.encodeDoc(ctx, r)
 		if err != nil {
-			return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, err)
+			return nil, fmt.Errorf("applying %s to record %s: %w", c.Event, id, err)
 		}
 		ix, _ := s.index("requests", id)
 		res := s.batch.do(ctx, &op{action: "index", index: ix, id: id, ifSeqNo: seq, ifPrimTerm: term, doc: data})
 		switch {
 		case res.err != nil:
-			return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, res.err)
+			return nil, fmt.Errorf("applying %s to record %s: %w", c.Event, id, res.err)
 		case res.status == http.StatusConflict:
 			s.versions.Drop(id)
 			continue // changed since the read: apply again to the new version
 		case res.status/100 != 2:
-			return nil, fmt.Errorf("moving record %s to %s: %d %s: %s", id, c.To, res.status, res.errType, res.reason)
+			return nil, fmt.Errorf("applying %s to record %s: %d %s: %s", c.Event, id, res.status, res.errType, res.reason)
 		}
 		s.remember(r, res)
 		return r, nil
 	}
-	return nil, fmt.Errorf("moving record %s to %s: still conflicting after %d re-reads", id, c.To, maxCASRetries)
+	return nil, fmt.Errorf("applying %s to record %s: still conflicting after %d re-reads", c.Event, id, maxCASRetries)
 }
 
 // remember caches r as written by res (a write without a primary term cannot

@@ -56,14 +56,14 @@ func TestStaleCacheRereads(t *testing.T) {
 	if err := a.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Transition(ctx, "r1", store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil {
+	if _, err := b.Transition(ctx, "r1", store.Change{Event: store.Enqueue}); err != nil {
 		t.Fatal(err)
 	}
 	// a still caches the persisted record: the change must see queued.
-	if _, err := a.Transition(ctx, "r1", store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); !store.IsConflict(err) {
+	if _, err := a.Transition(ctx, "r1", store.Change{Event: store.Enqueue}); !store.IsConflict(err) {
 		t.Fatalf("a moved a record that b had moved already: %v", err)
 	}
-	got, err := a.Transition(ctx, "r1", store.Change{From: []store.Status{store.Queued}, To: store.Processing})
+	got, err := a.Transition(ctx, "r1", store.Change{Event: store.Claim})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestSearchDoesNotLoadBodies(t *testing.T) {
 		if err := s.Create(ctx, r); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Completed, Response: &store.Response{Status: 200, Body: body}}); err != nil {
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Complete, Response: &store.Response{Status: 200, Body: body}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -115,7 +115,8 @@ func (db *DB) startRetention(retention, every time.Duration) {
 	go func() {
 		defer db.wg.Done()
 		defer cancel()
-		store.Retain(ctx, db.Store().(store.Expirer), retention, every, slog.Default().With("store", "embedded"))
+		s := db.Store()
+		store.Retain(ctx, s.(store.Expirer), s.Now, retention, every, slog.Default().With("store", "embedded"))
 	}()
 	go func() { // Close stops the job: it waits on db.wg
 		defer db.wg.Done()

@@ -12,9 +12,9 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/store/storetest"
 )
 
-// terminalRecords creates n records that became delivered at at, with a
-// body of size bytes each, and returns their ids.
-func terminalRecords(t testing.TB, s store.Store, n, size int, at time.Time) []string {
+// terminalRecords creates n records with a body of size bytes each and
+// makes them terminal (dead: abandoned, one write) now; it returns their ids.
+func terminalRecords(t testing.TB, s store.Store, n, size int) []string {
 	t.Helper()
 	ctx := context.Background()
 	body := bytes.Repeat([]byte("x"), size)
@@ -22,11 +22,11 @@ func terminalRecords(t testing.TB, s store.Store, n, size int, at time.Time) []s
 	for i := range ids {
 		e := storetest.NewEnvelope("r", "")
 		e.Body = body
-		r := store.NewRecord(e, at)
+		r := store.NewRecord(e, s.Now())
 		if err := s.Create(ctx, r); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Delivered, At: at}); err != nil {
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Abandon}); err != nil {
 			t.Fatal(err)
 		}
 		ids[i] = r.ID
@@ -34,52 +34,83 @@ func terminalRecords(t testing.TB, s store.Store, n, size int, at time.Time) []s
 	return ids
 }
 
-// TestRetentionJob: the job deletes what expired, in batches (600 records
-// take three), and the dead letters of the same age; an idle database's
-// passes take no write; Close stops the job (goleak in TestMain checks
-// that no goroutine is left).
+// waitGone waits until record id is deleted.
+func waitGone(t *testing.T, s store.Store, id string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := s.Get(context.Background(), id); errors.Is(err, store.ErrNotFound) {
+			return
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record %s still there after 10 s", id)
+		}
+	}
+}
+
+// TestRetentionJob: the job's first pass deletes what expired, in batches
+// (600 records take three writes), with the dead letters of the same age,
+// and keeps what became terminal within the retention.
 func TestRetentionJob(t *testing.T) {
 	db := open(t)
 	s := db.Store()
 	ctx := context.Background()
-	old := terminalRecords(t, s, 600, 10, time.Now().Add(-2*time.Hour))
-	young := terminalRecords(t, s, 1, 10, time.Now())
+	old := terminalRecords(t, s, 600, 10)
 	if err := db.tx(ctx, func(tx wtx) error {
-		_, err := tx.exec(qInsertDeadLetter, "work", "k", []byte("m"), 50, "poison", time.Now().Add(-2*time.Hour).UnixNano())
+		_, err := tx.exec(qInsertDeadLetter, "work", "k", []byte("m"), 50, "poison", time.Now().Add(-time.Hour).UnixNano())
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(time.Second)
+	young := terminalRecords(t, s, 1, 10)
 	writes := db.writes.Load()
-	db.startRetention(time.Hour, 20*time.Millisecond)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := s.Get(ctx, old[len(old)-1]); errors.Is(err, store.ErrNotFound) {
+	db.startRetention(500*time.Millisecond, time.Hour) // one pass, now: old is 1 s old, young just made
+	waitGone(t, s, old[len(old)-1])
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if dl, err := db.Queue().DeadLetters(ctx, "work", 10); err != nil {
+			t.Fatal(err)
+		} else if len(dl) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("expired records still there 10 s after the job started")
+			t.Fatal("a dead letter an hour old is still there 10 s after the pass started")
 		}
 	}
-	time.Sleep(100 * time.Millisecond) // the pass ends with the dead letters
 	for _, id := range old {
 		if _, err := s.Get(ctx, id); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("record %s terminal 2 h ago, retention 1 h: %v", id, err)
+			t.Fatalf("record %s terminal for 1 s, retention 0.5 s: %v", id, err)
 		}
 	}
 	if _, err := s.Get(ctx, young[0]); err != nil {
 		t.Fatalf("a record terminal just now was expired: %v", err)
 	}
-	if dl, err := db.Queue().DeadLetters(ctx, "work", 10); err != nil || len(dl) != 0 {
-		t.Fatalf("%d dead letters 2 h old left (%v)", len(dl), err)
-	}
 	// 600 records: batches of 256, 256 and 88; one for the dead letter.
 	if n := db.writes.Load() - writes; n != 4 {
 		t.Errorf("the pass took %d write operations, want 4", n)
 	}
-	writes = db.writes.Load()
-	time.Sleep(200 * time.Millisecond) // about ten idle passes
-	if n := db.writes.Load() - writes; n != 0 {
-		t.Errorf("passes with nothing to delete took %d write operations, want 0", n)
+}
+
+// TestRetentionIdle: passes that find nothing take no write (no commit, no
+// checkpoint: an idle collector stays idle); the same job then expires a
+// record once its retention is over.
+func TestRetentionIdle(t *testing.T) {
+	db := open(t)
+	db.startRetention(200*time.Millisecond, 20*time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // about 15 passes
+	if n := db.writes.Load(); n != 0 {
+		t.Errorf("passes over an empty database took %d write operations, want 0", n)
+	}
+	id := terminalRecords(t, db.Store(), 1, 10)[0]
+	writes := db.writes.Load()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := db.Store().Get(context.Background(), id); err != nil {
+		t.Fatalf("a record terminal for 0.1 s, retention 0.2 s: %v", err)
+	}
+	waitGone(t, db.Store(), id)
+	if n := db.writes.Load() - writes; n != 1 {
+		t.Errorf("expiring one record took %d write operations, want 1", n)
 	}
 }
 
@@ -90,8 +121,8 @@ func TestRetentionStopsOnClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	terminalRecords(t, db.Store(), 300, 10, time.Now().Add(-2*time.Hour))
-	db.startRetention(time.Hour, time.Millisecond)
+	terminalRecords(t, db.Store(), 300, 10)
+	db.startRetention(time.Nanosecond, time.Millisecond)
 	done := make(chan error, 1)
 	go func() { done <- db.Close() }()
 	select {
@@ -127,14 +158,15 @@ func TestExpiredPagesAreReused(t *testing.T) {
 		return count, free
 	}
 	var steady int64
+	var cutoff time.Time // after the previous round's records became terminal
 	for round := range rounds {
-		at := time.Unix(int64(round)*3600, 0) // round r became terminal at hour r
-		terminalRecords(t, db.Store(), n, size, at)
+		terminalRecords(t, db.Store(), n, size)
 		before, _ := pages()
-		deleted, err := s.Expire(ctx, at) // everything before this round
+		deleted, err := s.Expire(ctx, cutoff) // the previous round's records
 		if err != nil {
 			t.Fatal(err)
 		}
+		cutoff = db.Store().Now()
 		_, free := pages()
 		t.Logf("round %d: %d records of %d KiB written, %d expired: %d pages (%.1f MiB), %d of them free after the pass",
 			round, n, size>>10, deleted, before, float64(before*4096)/(1<<20), free)

@@ -26,6 +26,10 @@ func (s *sqlStore) Ping(ctx context.Context) error { return s.db().Ping(ctx) }
 // Close is a no-op: the DB is closed by its owner.
 func (s *sqlStore) Close() error { return nil }
 
+// Now is this host's clock: every collector on a database file runs on the
+// host that has the file.
+func (s *sqlStore) Now() time.Time { return time.Now().UTC() }
+
 func (s *sqlStore) Create(ctx context.Context, r *store.Record) error {
 	return s.CreatePublish(ctx, r, nil)
 }
@@ -74,9 +78,7 @@ var errStale = errors.New("record changed since it was read")
 // conditioned on the version that was read. Decoding and encoding JSON in the
 // writer made it the collector's bottleneck: it is one goroutine.
 func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Change, m *queue.Message) (*store.Record, error) {
-	if c.At.IsZero() {
-		c.At = time.Now().UTC() // one time for every retry of this change
-	}
+	c.At = s.Now() // one time for every retry of this change
 	for i := range maxCASRetries {
 		r, ver, cached := s.recent.Get(id)
 		if !cached || i > 0 {
@@ -110,13 +112,13 @@ func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Cha
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("moving record %s to %s: %w", id, c.To, err)
+			return nil, fmt.Errorf("applying %s to record %s: %w", c.Event, id, err)
 		}
 		s.recent.Put(r, store.Version{Seq: ver.Seq + 1})
 		s.wakeFor(m)
 		return r, nil
 	}
-	return nil, fmt.Errorf("moving record %s to %s: still conflicting after %d re-reads", id, c.To, maxCASRetries)
+	return nil, fmt.Errorf("applying %s to record %s: still conflicting after %d re-reads", c.Event, id, maxCASRetries)
 }
 
 // read reads a record and its version from the read pool.

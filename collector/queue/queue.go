@@ -28,6 +28,13 @@ type Message struct {
 	// Deliveries counts deliveries of this message, this one included (set on
 	// delivery; ignored by Publish).
 	Deliveries int
+	// Local, on Publish, keeps the message for this process's own consumers
+	// for up to that long; past it any consumer of the topic may take it.
+	// Intake publishes a request's work message so: the collector that took
+	// the request in knows at once whether it told the filter "accepted",
+	// while another must wait for the filter's deadline (deadline.go). A
+	// queue that one process consumes (embedded) delivers it as any other.
+	Local time.Duration
 }
 
 // Handler processes one message. nil acks it; an error from RetryAfter requeues

@@ -60,11 +60,36 @@ func (q *Queue) consumeOnce(ctx context.Context, topic string, workers int, h qu
 	if err := ch.Qos(prefetch, 0, false); err != nil {
 		return fmt.Errorf("setting prefetch: %w", err)
 	}
-	tag := fmt.Sprintf("%s-%s-%d", q.cfg.Prefix, topic, consumerSeq.Add(1))
-	deliveries, err := ch.Consume(q.mainQueue(topic), tag, false, false, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("consuming %s: %w", q.mainQueue(topic), err)
+	queues := []string{q.mainQueue(topic)}
+	if q.cfg.Instance != "" {
+		queues = append(queues, q.localQueue(topic))
 	}
+	// One channel, one prefetch window, for the shared queue and the local
+	// one: the workers take from both as messages come.
+	deliveries := make(chan amqp.Delivery)
+	stop := make(chan struct{}) // a return before the workers start: feeders give up
+	defer close(stop)
+	var tags []string
+	var feeders sync.WaitGroup
+	for _, name := range queues {
+		tag := fmt.Sprintf("%s-%s-%d", q.cfg.Prefix, topic, consumerSeq.Add(1))
+		ds, err := ch.Consume(name, tag, false, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("consuming %s: %w", name, err)
+		}
+		tags = append(tags, tag)
+		feeders.Add(1)
+		go func() {
+			defer feeders.Done()
+			for d := range ds {
+				select {
+				case deliveries <- d:
+				case <-stop: // unacked: the broker takes it back with the channel
+				}
+			}
+		}()
+	}
+	go func() { feeders.Wait(); close(deliveries) }()
 	hctx := context.WithoutCancel(ctx) // handlers finish what they started
 	var wg sync.WaitGroup
 	for range workers {
@@ -83,7 +108,9 @@ func (q *Queue) consumeOnce(ctx context.Context, topic string, workers int, h qu
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	select {
 	case <-ctx.Done():
-		_ = ch.Cancel(tag, false) // no new deliveries; the channel of deliveries closes
+		for _, tag := range tags {
+			_ = ch.Cancel(tag, false) // no new deliveries; the channels of deliveries close
+		}
 	case <-closed:
 	}
 	wg.Wait()

@@ -22,7 +22,11 @@ func (q *Queue) Publish(ctx context.Context, m queue.Message) error {
 		Headers:      amqp.Table{hdrTraceID: m.TraceID},
 		Body:         m.Body,
 	}
-	if err := q.publish(ctx, m.Topic, q.exchange(), m.Topic, msg); err != nil {
+	key := m.Topic
+	if m.Local > 0 && q.cfg.Instance != "" {
+		key, msg.Expiration = q.localKey(m.Topic), strconv.FormatInt(max(m.Local.Milliseconds(), 1), 10)
+	}
+	if err := q.publish(ctx, m.Topic, q.exchange(), key, msg); err != nil {
 		return fmt.Errorf("publishing %s/%s: %w", m.Topic, m.Key, err)
 	}
 	return nil

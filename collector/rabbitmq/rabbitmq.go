@@ -20,6 +20,17 @@
 //	(P.T.delay.N) ◀──N── [P.delay] direct ◀── consumer: RetryAfter(d)
 //	 quorum, x-message-ttl=N
 //
+// With Config.Instance I, a local queue per topic takes the messages
+// published with Message.Local, and I's consumers of T read it beside P.T:
+//
+//	publish, Local ──▶ [P] ──T.local.I──▶ (P.T.local.I) quorum ──▶ I's consumers
+//	                                          │ per-message TTL = Local expired
+//	                                          ▼ (dead-lettered at least once)
+//	                                     [P] ──T──▶ (P.T): any consumer
+//
+// A local queue whose instance is gone expires after localExpires unused;
+// its messages have moved on long before (their TTL is seconds).
+//
 // Every queue is a durable quorum queue. Dead-lettering out of them is
 // at-least-once (x-dead-letter-strategy=at-least-once, x-overflow=
 // reject-publish), so a message is never dropped between two queues.
@@ -100,7 +111,11 @@ type Config struct {
 	DeliveryLimit int
 	// ReconnectMin and ReconnectMax bound the reconnect backoff (100ms, 10s).
 	ReconnectMin, ReconnectMax time.Duration
-	Logger                     *slog.Logger
+	// Instance names this process among those that share the prefix (a pod's
+	// name): it gets a local queue per topic for the messages published
+	// with Message.Local. Empty: none, and Local is ignored.
+	Instance string
+	Logger   *slog.Logger
 }
 
 // Delay buckets (milliseconds), one TTL queue per topic each.
@@ -326,6 +341,13 @@ func (q *Queue) delayQueue(t string, ms int64) string {
 	return q.cfg.Prefix + "." + t + ".delay." + strconv.FormatInt(ms, 10)
 }
 func delayKey(t string, ms int64) string { return t + "." + strconv.FormatInt(ms, 10) }
+func (q *Queue) localQueue(t string) string {
+	return q.cfg.Prefix + "." + t + ".local." + q.cfg.Instance
+}
+func (q *Queue) localKey(t string) string { return t + ".local." + q.cfg.Instance }
+
+// localExpires is how long a local queue lives without a consumer.
+const localExpires = time.Hour
 
 // declare declares the exchanges and topic t's queues on a fresh channel.
 func (q *Queue) declare(conn *amqp.Connection, t string) error {
@@ -359,6 +381,12 @@ func (q *Queue) declare(conn *amqp.Connection, t string) error {
 		{q.deadQueue(t), q.deadExchange(), t, quorum(nil)},
 	}
 	ds[0].args["x-delivery-limit"] = int64(q.cfg.DeliveryLimit)
+	if q.cfg.Instance != "" {
+		a := quorum(atLeastOnce(q.exchange(), t))
+		a["x-delivery-limit"] = int64(q.cfg.DeliveryLimit)
+		a["x-expires"] = localExpires.Milliseconds()
+		ds = append(ds, decl{q.localQueue(t), q.exchange(), q.localKey(t), a})
+	}
 	for _, ms := range buckets {
 		a := quorum(atLeastOnce(q.exchange(), t))
 		a["x-message-ttl"] = ms
@@ -438,6 +466,9 @@ func (q *Queue) Teardown(ctx context.Context) error {
 	var errs []error
 	for _, t := range topics {
 		names := []string{q.mainQueue(t), q.deadQueue(t)}
+		if q.cfg.Instance != "" {
+			names = append(names, q.localQueue(t))
+		}
 		for _, ms := range buckets {
 			names = append(names, q.delayQueue(t, ms))
 		}

@@ -21,15 +21,20 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // open returns a queue with a fresh prefix on the broker named by
 // ASYNCMESH_TEST_AMQP_URL, torn down at the end of the test.
 func open(t *testing.T) *Queue {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return openAs(t, "asyncmesh-test-"+hex.EncodeToString(b), "")
+}
+
+// openAs opens a queue on prefix as instance (none: "").
+func openAs(t *testing.T, prefix, instance string) *Queue {
 	url := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
 	if url == "" {
 		t.Skip("ASYNCMESH_TEST_AMQP_URL is not set (scripts/start-rabbitmq.sh prints one)")
 	}
-	b := make([]byte, 4)
-	rand.Read(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	q, err := Open(ctx, Config{URL: url, Prefix: "asyncmesh-test-" + hex.EncodeToString(b),
+	q, err := Open(ctx, Config{URL: url, Prefix: prefix, Instance: instance,
 		Logger: slog.New(slog.DiscardHandler), ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +115,60 @@ func TestDelayBucketsAndDue(t *testing.T) {
 	cancel()
 	if d := at[1].Sub(at[0]); d < 1250*time.Millisecond || d > 3*time.Second {
 		t.Fatalf("redelivered after %v, want about 1.3s", d)
+	}
+}
+
+// TestLocalMessagesWaitForTheirInstance: two collectors share a prefix. A
+// message published Local by a goes to a's own consumer at once; while a
+// does not consume, b gets it only once Local has passed.
+func TestLocalMessagesWaitForTheirInstance(t *testing.T) {
+	b := make([]byte, 4)
+	rand.Read(b)
+	prefix := "asyncmesh-test-" + hex.EncodeToString(b)
+	a, other := openAs(t, prefix, "a"), openAs(t, prefix, "b")
+	ctx := context.Background()
+	got := make(chan string, 4)
+	consume := func(q *Queue, name string) context.CancelFunc {
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = q.Consume(cctx, "w", 2, func(_ context.Context, m queue.Message) error {
+				got <- name + ":" + m.Key
+				return nil
+			})
+		}()
+		return func() { cancel(); <-done }
+	}
+	stopB := consume(other, "b")
+	defer stopB()
+	time.Sleep(200 * time.Millisecond) // b is consuming (and so is no one on a's local queue)
+	start := time.Now()
+	if err := a.Publish(ctx, queue.Message{Topic: "w", Key: "k1", Local: 1500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m != "b:k1" || time.Since(start) < 1400*time.Millisecond {
+			t.Fatalf("got %s after %v, want b:k1 after about 1.5s", m, time.Since(start))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a local message whose instance does not consume never reached the others")
+	}
+	stopA := consume(a, "a")
+	defer stopA()
+	time.Sleep(200 * time.Millisecond)
+	start = time.Now()
+	if err := a.Publish(ctx, queue.Message{Topic: "w", Key: "k2", Local: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m != "a:k2" || time.Since(start) > time.Second {
+			t.Fatalf("got %s after %v, want a:k2 at once", m, time.Since(start))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a local message did not reach its own consumer")
 	}
 }
 

@@ -32,10 +32,11 @@ const DefaultRetention = 30 * 24 * time.Hour
 const RetentionInterval = time.Hour
 
 // Retain runs a retention pass of e at once and then every interval until
-// ctx ends: records terminal for longer than retention are deleted. A pass
+// ctx ends: records terminal for longer than retention by the store's clock
+// (now: Store.Now, the clock its records' times are on) are deleted. A pass
 // that fails is logged and tried again at the next interval. Backends start
 // it on open and stop it on Close, each with its own e.
-func Retain(ctx context.Context, e Expirer, retention, interval time.Duration, log *slog.Logger) {
+func Retain(ctx context.Context, e Expirer, now func() time.Time, retention, interval time.Duration, log *slog.Logger) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -44,7 +45,7 @@ func Retain(ctx context.Context, e Expirer, retention, interval time.Duration, l
 			return
 		case <-t.C:
 		}
-		n, err := e.Expire(ctx, time.Now().Add(-retention))
+		n, err := e.Expire(ctx, now().Add(-retention))
 		switch {
 		case err != nil && ctx.Err() == nil:
 			log.Warn("retention: expiring terminal records", "err", err, "deleted", n)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 )
 
@@ -46,18 +47,12 @@ func (s Status) Terminal() bool { return s == Delivered || s == Dead }
 // HasResult reports whether the request has been executed (its response is known).
 func (s Status) HasResult() bool { return rank[s] >= rank[Completed] }
 
-// Forward reports whether from → to moves forward in the lifecycle.
+// Forward reports whether from → to moves forward in the lifecycle (or
+// stays): every event but Replay does (lifecycle_test.go).
 func Forward(from, to Status) bool {
 	f, ok1 := rank[from]
 	t, ok2 := rank[to]
-	return ok1 && ok2 && t > f
-}
-
-// Transition is one entry of a record's history.
-type Transition struct {
-	Status Status    `json:"status"`
-	At     time.Time `json:"at"`
-	Note   string    `json:"note,omitempty"`
+	return ok1 && ok2 && t >= f
 }
 
 // Response is the service's answer to the replayed request.
@@ -88,70 +83,11 @@ type Record struct {
 	Attempts []Attempt          `json:"attempts,omitempty"`
 	// LeaseUntil is set while a worker owns the record in processing or
 	// delivering (or while a delivery retry is scheduled): another copy of the
-	// message waits for it instead of running the request or the callback twice.
+	// message waits for it instead of running the request or the callback
+	// twice. It is on the store's clock (Store.Now).
 	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
-}
-
-// Change is a compare-and-set on a record: it applies only when the current
-// status is one of From and, with Claim, only when no lease is held.
-type Change struct {
-	From []Status
-	// To is the new status; empty keeps the status (to record an attempt).
-	To Status
-	// Note is kept with the transition; without To, a note alone records an
-	// event within the current status in the history.
-	Note string
-	// Claim requires the record's lease to have expired.
-	Claim bool
-	// LeaseUntil replaces the record's lease; zero releases it.
-	LeaseUntil time.Time
-	// Optional fields set with the change.
-	Response *Response
-	Error    string
-	Attempt  *Attempt
-	At       time.Time // defaults to now
-}
-
-// Apply checks c against r and applies it in place. Implementations call it
-// inside their own atomic read-modify-write so that all share one semantics.
-func (c Change) Apply(r *Record) error {
-	ok := false
-	for _, f := range c.From {
-		if r.Status == f {
-			ok = true
-			break
-		}
-	}
-	if !ok {
-		return &ConflictError{ID: r.ID, Current: r.Status, Want: c.To}
-	}
-	at := c.At
-	if at.IsZero() {
-		at = time.Now().UTC()
-	}
-	if c.Claim && at.Before(r.LeaseUntil) {
-		return &ConflictError{ID: r.ID, Current: r.Status, Want: c.To, LeasedUntil: r.LeaseUntil}
-	}
-	r.LeaseUntil = c.LeaseUntil.UTC()
-	if c.To != "" && c.To != r.Status {
-		r.Status = c.To
-		r.History = append(r.History, Transition{Status: c.To, At: at, Note: c.Note})
-	} else if c.Note != "" { // an event within the status, such as a hand-off
-		r.History = append(r.History, Transition{Status: r.Status, At: at, Note: c.Note})
-	}
-	if c.Response != nil {
-		r.Response = c.Response
-	}
-	if c.Error != "" {
-		r.Error = c.Error
-	}
-	if c.Attempt != nil {
-		r.Attempts = append(r.Attempts, *c.Attempt)
-	}
-	r.UpdatedAt = at
-	return nil
 }
 
 // Query selects records; empty fields match all. Results are ordered by id
@@ -197,7 +133,8 @@ type Store interface {
 	// Create persists a new record (its History holds the first transition). It
 	// returns only once the record is durable: intake answers 202 after it.
 	Create(ctx context.Context, r *Record) error
-	// Transition applies a compare-and-set change and returns the new record.
+	// Transition applies a compare-and-set change, at the store's time, and
+	// returns the new record.
 	Transition(ctx context.Context, id string, c Change) (*Record, error)
 	Get(ctx context.Context, id string) (*Record, error)
 	Search(ctx context.Context, q Query) (Page, error)
@@ -206,7 +143,35 @@ type Store interface {
 	Stale(ctx context.Context, s Status, before time.Time, limit int) ([]*Record, error)
 	// Ping reports whether the store can take writes.
 	Ping(ctx context.Context) error
+	// Now is the store's clock: changes are stamped and leases measured by
+	// it, so that collectors whose own clocks disagree share leases safely.
+	Now() time.Time
 	Close() error
+}
+
+// Outbox is a store that publishes on a queue in the same commit as a write
+// (the embedded store, whose queue is a table of the same database): a
+// record and its next message are never apart, whatever crashes. The
+// collector uses it when Outbox().Queue() is its queue; other stores write,
+// then publish, and the relay and the sweeper cover a crash in between.
+// storetest.RunOutbox is its part of the conformance suite.
+type Outbox interface {
+	Store
+	// Queue is the queue this store publishes on.
+	Queue() queue.Queue
+	// CreatePublish creates r and publishes m (when not nil) in one commit.
+	CreatePublish(ctx context.Context, r *Record, m *queue.Message) error
+	// TransitionPublish applies c and publishes m (when not nil) in one commit.
+	TransitionPublish(ctx context.Context, id string, c Change, m *queue.Message) (*Record, error)
+}
+
+// OutboxFor returns s as an Outbox publishing on q, or nil when it is not
+// one, or publishes on another queue.
+func OutboxFor(s Store, q queue.Queue) Outbox {
+	if o, ok := s.(Outbox); ok && o.Queue() == q {
+		return o
+	}
+	return nil
 }
 
 // Peeker is a Store that reads a record without its request and response

@@ -27,8 +27,8 @@ type Report struct {
 
 // Elasticsearch writes of one request: before its 202, and over its life.
 const (
-	esWritesIntake = 2
-	esWritesLife   = 6
+	esWritesIntake = 1
+	esWritesLife   = 4
 )
 
 // BackendReport is what was measured on one backend.
@@ -215,7 +215,7 @@ func (r *Report) markdown() []byte {
 				w("| %d | %.0f | %.2f | %.2f |", p.Size, p.DocsPerSecond, p.CPUmsPerDoc, p.CPUmsPerBulk)
 			}
 			w("")
-			w("A request is written %d times before its 202 (created, then marked queued) and %d times in all (then processing, completed, delivering, delivered); the collector groups concurrent writes into one bulk.", esWritesIntake, esWritesLife)
+			w("A request is written %d time before its 202 (created) and %d times in all (marked queued once its work message is confirmed, which the 202 does not wait for; then its result with the start of its delivery, in one write; then delivered); the collector groups concurrent writes into one bulk. On the embedded store, intake's write carries the work message (queued at once) and a request is written 3 times.", esWritesIntake, esWritesLife)
 			w("")
 		}
 		sat := br.Intake.Saturation()

@@ -56,10 +56,13 @@ func stages(ctx context.Context, s *stack.Stack, ids []string) ([]Stage, error) 
 }
 
 // summarizeStages is p50 and p99 of the time between each status of
-// stageOrder and the next, over the histories that have both (a status's
-// first entry counts: a retried status does not restart its stage).
+// stageOrder a history reached and the next one it reached (a status's
+// first entry counts: a retried status does not restart its stage; a status
+// the common path skips, such as processing, makes no stage of its own).
+// Stages come in stageOrder.
 func summarizeStages(histories [][]statusAt) []Stage {
-	spans := make([][]time.Duration, len(stageOrder)-1)
+	type pair struct{ from, to int }
+	spans := map[pair][]time.Duration{}
 	for _, h := range histories {
 		at := map[string]time.Time{}
 		for _, e := range h {
@@ -67,22 +70,34 @@ func summarizeStages(histories [][]statusAt) []Stage {
 				at[e.Status] = e.At
 			}
 		}
-		for i := range spans {
-			a, okA := at[stageOrder[i]]
-			b, okB := at[stageOrder[i+1]]
-			if okA && okB {
-				spans[i] = append(spans[i], b.Sub(a))
+		prev := -1
+		for i, st := range stageOrder {
+			if _, ok := at[st]; !ok {
+				continue
 			}
+			if prev >= 0 {
+				p := pair{prev, i}
+				spans[p] = append(spans[p], at[st].Sub(at[stageOrder[prev]]))
+			}
+			prev = i
 		}
 	}
-	var out []Stage
-	for i, ds := range spans {
-		if len(ds) == 0 {
-			continue
+	keys := make([]pair, 0, len(spans))
+	for p := range spans {
+		keys = append(keys, p)
+	}
+	slices.SortFunc(keys, func(a, b pair) int {
+		if a.from != b.from {
+			return a.from - b.from
 		}
+		return a.to - b.to
+	})
+	var out []Stage
+	for _, p := range keys {
+		ds := spans[p]
 		slices.Sort(ds)
-		pct := func(p float64) float64 { return ms(ds[min(len(ds)-1, int(p/100*float64(len(ds))))]) }
-		out = append(out, Stage{From: stageOrder[i], To: stageOrder[i+1], P50ms: pct(50), P99ms: pct(99)})
+		pct := func(q float64) float64 { return ms(ds[min(len(ds)-1, int(q/100*float64(len(ds))))]) }
+		out = append(out, Stage{From: stageOrder[p.from], To: stageOrder[p.to], P50ms: pct(50), P99ms: pct(99)})
 	}
 	return out
 }

@@ -21,9 +21,9 @@ func TestSummarizeStages(t *testing.T) {
 			{"persisted", "queued", 2, 2}, {"queued", "processing", 3, 3}, {"processing", "completed", 10, 10},
 			{"completed", "delivering", 1, 1}, {"delivering", "delivered", 4, 4},
 		}},
-		{"a repeated status counts from its first entry; a missing one leaves its stages out", [][]statusAt{{
-			{"persisted", at(0)}, {"processing", at(4)}, {"processing", at(9)}, {"completed", at(10)},
-		}}, []Stage{{"processing", "completed", 6, 6}}},
+		{"a repeated status counts from its first entry; a skipped one joins its neighbours", [][]statusAt{{
+			{"persisted", at(0)}, {"queued", at(0)}, {"completed", at(9)}, {"delivering", at(9)}, {"delivering", at(12)}, {"delivered", at(14)},
+		}}, []Stage{{"persisted", "queued", 0, 0}, {"queued", "completed", 9, 9}, {"completed", "delivering", 0, 0}, {"delivering", "delivered", 5, 5}}},
 		{"p50 and p99 over records", [][]statusAt{
 			{{"persisted", at(0)}, {"queued", at(1)}},
 			{{"persisted", at(0)}, {"queued", at(3)}},

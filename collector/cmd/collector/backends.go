@@ -88,7 +88,7 @@ func openBackends(ctx context.Context, o options, log *slog.Logger) (*backends, 
 			}
 		}
 	}
-	e := &env{log: log, retention: o.retention}
+	e := &env{log: log, retention: o.retention, nodeID: o.nodeID}
 	b := &backends{}
 	fail := func(err error) (*backends, error) { b.closers = e.closers; b.close(); return nil, err }
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)

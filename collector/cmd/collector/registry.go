@@ -50,7 +50,9 @@ type env struct {
 	// retention is how long a store keeps records once terminal (0: for
 	// ever); every store takes it (store.Expirer).
 	retention time.Duration
-	closers   []func() error
+	// nodeID is -node-id: this collector's name where a backend needs one.
+	nodeID  string
+	closers []func() error
 }
 
 // registry holds the registered backends by name.

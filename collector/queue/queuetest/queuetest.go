@@ -70,6 +70,25 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 		}
 	})
 
+	t.Run("LocalReachesOwnConsumerAtOnce", func(t *testing.T) {
+		q := open(t)
+		got := make(chan time.Time, 1)
+		stop := consume(t, q, "loc", 1, func(ctx context.Context, m queue.Message) error { got <- time.Now(); return nil })
+		defer stop()
+		start := time.Now()
+		if err := q.Publish(ctx, queue.Message{Topic: "loc", Key: "k", Local: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-got:
+			if d := at.Sub(start); d > 5*time.Second {
+				t.Fatalf("a Local message reached this process's consumer after %v", d)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a Local message did not reach this process's consumer")
+		}
+	})
+
 	t.Run("OtherTopicUntouched", func(t *testing.T) {
 		q := open(t)
 		if err := q.Publish(ctx, queue.Message{Topic: "a", Key: "k"}); err != nil {

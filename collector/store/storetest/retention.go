@@ -12,9 +12,9 @@ import (
 
 // retention checks store.Expirer, where the store has it: a pass deletes
 // the records that became terminal before the cutoff, and keeps the ones
-// that are not terminal (however old) and those terminal since the cutoff.
-// The pass runs now with a cutoff of its own instead of waiting for a
-// retention to pass.
+// that are not terminal (whenever they last moved) and those that became
+// terminal since the cutoff. The passes run now, with cutoffs of their
+// own, instead of waiting for a retention to go by.
 func retention(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	e, ok := s.(store.Expirer)
@@ -22,84 +22,101 @@ func retention(t *testing.T, open func(t *testing.T) store.Store) {
 		t.Skip("the store does not implement store.Expirer")
 	}
 	ctx := context.Background()
-	now := time.Now().UTC()
-	// Two days ahead: a backend that deletes by the day of creation (the
-	// latitude store.Expirer allows) sees today's records in a day that
-	// ended before the cutoff.
-	before := now.Add(48 * time.Hour)
-
+	big := func(b byte) []byte { return bytes.Repeat([]byte{b}, 1<<20+1) } // kept apart from the record on some stores
+	ev := func(e store.Event) store.Change { return store.Change{Event: e} }
+	toDelivering := []store.Change{ev(store.Enqueue), {Event: store.Complete, Then: store.StartDelivery, Response: &store.Response{Status: 200, Body: []byte("ok")}}}
 	type rec struct {
-		name  string
-		moves []store.Change // from persisted
-		body  []byte
-		gone  bool
-	}
-	to := func(from, to store.Status, at time.Time) store.Change {
-		return store.Change{From: []store.Status{from}, To: to, At: at}
+		name     string
+		body     []byte
+		moves    []store.Change // before the first cutoff
+		terminal []store.Change // after it
+		gone     bool           // after the second pass
 	}
 	recs := []rec{
-		{name: "delivered before the cutoff", moves: []store.Change{to(store.Persisted, store.Delivered, now)}, gone: true},
-		{name: "dead before the cutoff", moves: []store.Change{to(store.Persisted, store.Dead, now)}, gone: true},
-		{name: "delivered before the cutoff, with bodies kept apart", body: bytes.Repeat([]byte("b"), 1<<20+1),
-			moves: []store.Change{{From: []store.Status{store.Persisted}, To: store.Delivered, At: now,
-				Response: &store.Response{Status: 200, Body: bytes.Repeat([]byte("r"), 1<<20+1)}}}, gone: true},
-		{name: "delivered after the cutoff", moves: []store.Change{to(store.Persisted, store.Delivered, before.Add(time.Hour))}},
-		{name: "processing since long before the cutoff", moves: []store.Change{to(store.Persisted, store.Processing, now.Add(-90*24*time.Hour))}},
+		{name: "delivered", moves: toDelivering, terminal: []store.Change{ev(store.Deliver)}, gone: true},
+		{name: "dead (abandoned)", terminal: []store.Change{ev(store.Abandon)}, gone: true},
+		{name: "delivered, with large bodies", body: big('b'), moves: []store.Change{ev(store.Enqueue),
+			{Event: store.Complete, Then: store.StartDelivery, Response: &store.Response{Status: 200, Body: big('r')}}},
+			terminal: []store.Change{ev(store.Deliver)}, gone: true},
 		{name: "persisted"},
-		{name: "completed, not yet delivered", moves: []store.Change{to(store.Persisted, store.Completed, now)}},
-		{name: "replayed after it was delivered", moves: []store.Change{to(store.Persisted, store.Delivered, now), to(store.Delivered, store.Delivering, now)}},
+		{name: "queued", moves: []store.Change{ev(store.Enqueue)}},
+		{name: "processing", moves: []store.Change{ev(store.Claim)}},
+		{name: "completed", moves: []store.Change{ev(store.Complete)}},
+		{name: "delivering", moves: toDelivering},
+		{name: "replayed after it was dead", terminal: []store.Change{ev(store.Abandon), ev(store.Replay)}},
 	}
 	ids := make([]string, len(recs))
 	status := make([]store.Status, len(recs))
+	move := func(i int, cs []store.Change) {
+		t.Helper()
+		for _, c := range cs {
+			r, err := s.Transition(ctx, ids[i], c)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", recs[i].name, c.Event, err)
+			}
+			status[i] = r.Status
+		}
+	}
 	wantGone := 0
 	for i, rc := range recs {
 		env := NewEnvelope("retention", "")
 		if rc.body != nil {
 			env.Body = rc.body
 		}
-		r := store.NewRecord(env, now)
+		r := store.NewRecord(env, s.Now())
 		if err := s.Create(ctx, r); err != nil {
 			t.Fatalf("%s: Create: %v", rc.name, err)
 		}
 		ids[i], status[i] = r.ID, store.Persisted
-		for _, c := range rc.moves {
-			if _, err := s.Transition(ctx, r.ID, c); err != nil {
-				t.Fatalf("%s: Transition to %s: %v", rc.name, c.To, err)
-			}
-			status[i] = c.To
-		}
+		move(i, rc.moves)
 		if rc.gone {
 			wantGone++
 		}
 	}
+	cutoff := s.Now()
+	for i, rc := range recs {
+		move(i, rc.terminal)
+	}
 
-	n, err := e.Expire(ctx, before)
+	check := func(pass string, gone func(rec) bool) {
+		t.Helper()
+		for i, rc := range recs {
+			got, err := s.Get(ctx, ids[i])
+			switch {
+			case gone(rc) && !errors.Is(err, store.ErrNotFound):
+				t.Errorf("%s: %s still there (Get: %v)", pass, rc.name, err)
+			case !gone(rc) && err != nil:
+				t.Errorf("%s: %s: Get: %v, want it kept", pass, rc.name, err)
+			case !gone(rc) && got.Status != status[i]:
+				t.Errorf("%s: %s is %s, want %s", pass, rc.name, got.Status, status[i])
+			}
+		}
+	}
+	// Everything became terminal at or after the cutoff: nothing goes.
+	if n, err := e.Expire(ctx, cutoff); err != nil || n != 0 {
+		t.Errorf("a pass with a cutoff before every terminal move deleted %d records (%v), want 0", n, err)
+	}
+	check("after a pass with a cutoff before the terminal moves", func(rec) bool { return false })
+
+	// Two days on: a backend that deletes by the day of creation (the
+	// latitude store.Expirer allows) sees today's records in a day that
+	// ended before the cutoff.
+	later := s.Now().Add(48 * time.Hour)
+	n, err := e.Expire(ctx, later)
 	if err != nil {
 		t.Fatalf("Expire: %v", err)
 	}
 	if n != wantGone {
 		t.Errorf("Expire deleted %d records, want %d", n, wantGone)
 	}
-	for i, rc := range recs {
-		got, err := s.Get(ctx, ids[i])
-		switch {
-		case rc.gone && !errors.Is(err, store.ErrNotFound):
-			t.Errorf("%s: still there after a retention pass (Get: %v)", rc.name, err)
-		case !rc.gone && err != nil:
-			t.Errorf("%s: Get after a retention pass: %v, want it kept", rc.name, err)
-		case !rc.gone && got.Status != status[i]:
-			t.Errorf("%s: %s after a retention pass, want %s", rc.name, got.Status, status[i])
-		}
-	}
-	if n, err := e.Expire(ctx, before); err != nil || n != 0 {
+	check("after a pass two days on", func(rc rec) bool { return rc.gone })
+	if n, err := e.Expire(ctx, later); err != nil || n != 0 {
 		t.Errorf("a second pass deleted %d records (%v), want 0", n, err)
 	}
 	// What was kept still moves (a backend may hold writes while it decides).
-	for i, rc := range recs {
+	for i := range recs {
 		if status[i] == store.Processing {
-			if _, err := s.Transition(ctx, ids[i], to(store.Processing, store.Completed, time.Time{})); err != nil {
-				t.Errorf("%s: Transition after a retention pass: %v", rc.name, err)
-			}
+			move(i, []store.Change{ev(store.Complete)})
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -44,6 +45,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		return r
 	}
 
+	t.Run("Outbox", func(t *testing.T) { runOutbox(t, open) })
+
 	t.Run("CreateGet", func(t *testing.T) {
 		s := open(t)
 		r := create(t, s, "a", "")
@@ -66,73 +69,89 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		s := open(t)
 		r := create(t, s, "a", "")
 		steps := []store.Change{
-			{From: []store.Status{store.Persisted}, To: store.Queued},
-			{From: []store.Status{store.Queued}, To: store.Processing},
-			{From: []store.Status{store.Processing}, Note: "sent to a node"}, // a note alone is a history entry
-			{From: []store.Status{store.Processing}, To: store.Completed, Response: &store.Response{Status: 200, Body: []byte("ok")}},
-			{From: []store.Status{store.Completed}, To: store.Delivering},
-			{From: []store.Status{store.Delivering}, Attempt: &store.Attempt{At: time.Now(), StatusCode: 500}},
-			{From: []store.Status{store.Delivering}, To: store.Delivered, Attempt: &store.Attempt{At: time.Now(), StatusCode: 200}},
+			{Event: store.Enqueue},
+			{Event: store.Claim},
+			{Event: store.HandOff, Detail: "http://node"}, // a typed entry within the status
+			{Event: store.Complete, Then: store.StartDelivery, Response: &store.Response{Status: 200, Body: []byte("ok")}},
+			{Event: store.Retry, Attempt: &store.Attempt{At: time.Now(), StatusCode: 500}}, // quiet: Attempts records it
+			{Event: store.Deliver, Attempt: &store.Attempt{At: time.Now(), StatusCode: 200}},
 		}
 		for _, c := range steps {
 			if _, err := s.Transition(ctx, r.ID, c); err != nil {
-				t.Fatalf("Transition to %q: %v", c.To, err)
+				t.Fatalf("Transition %s: %v", c.Event, err)
 			}
 		}
 		got, _ := s.Get(ctx, r.ID)
-		var hist []store.Status
+		var hist []string
 		for _, h := range got.History {
-			hist = append(hist, h.Status)
+			hist = append(hist, string(h.Status)+"/"+string(h.Event))
 		}
-		want := []store.Status{store.Persisted, store.Queued, store.Processing, store.Processing, store.Completed, store.Delivering, store.Delivered}
-		if len(hist) != len(want) {
+		want := []string{"persisted/", "queued/enqueue", "processing/claim", "processing/hand-off", "completed/complete", "delivering/start-delivery", "delivered/deliver"}
+		if !slices.Equal(hist, want) {
 			t.Fatalf("history %v, want %v", hist, want)
 		}
-		for i := range want {
-			if hist[i] != want[i] {
-				t.Fatalf("history %v, want %v", hist, want)
-			}
-		}
-		if got.History[3].Note != "sent to a node" {
-			t.Fatalf("note %+v", got.History[3])
+		if got.History[3].Detail != "http://node" || got.Last(store.HandOff) != got.History[3].At {
+			t.Fatalf("hand-off entry %+v", got.History[3])
 		}
 		if len(got.Attempts) != 2 || got.Response == nil || string(got.Response.Body) != "ok" {
 			t.Fatalf("attempts %v response %v", got.Attempts, got.Response)
+		}
+		// The one move back: replay, then the lifecycle goes on.
+		if got, err := s.Transition(ctx, r.ID, store.Change{Event: store.Replay}); err != nil || got.Status != store.Delivering || got.Last(store.Replay).IsZero() {
+			t.Fatalf("replay: %v, %+v", err, got)
 		}
 	})
 
 	t.Run("CASConflict", func(t *testing.T) {
 		s := open(t)
 		r := create(t, s, "a", "")
-		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); !store.IsConflict(err) {
-			t.Fatalf("wrong From = %v, want conflict", err)
+		for _, e := range []store.Event{store.StartDelivery, store.Deliver, store.Replay, store.HandOff} {
+			_, err := s.Transition(ctx, r.ID, store.Change{Event: e})
+			var ce *store.ConflictError
+			if !errors.As(err, &ce) || ce.Current != store.Persisted {
+				t.Fatalf("%s on a persisted record = %v, want a conflict naming persisted", e, err)
+			}
 		}
-		if _, err := s.Transition(ctx, "missing", store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: "jump"}); err == nil || store.IsConflict(err) {
+			t.Fatalf("unknown event = %v, want an error", err)
+		}
+		if _, err := s.Transition(ctx, "missing", store.Change{Event: store.Enqueue}); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("missing record = %v, want ErrNotFound", err)
+		}
+		if got, _ := s.Get(ctx, r.ID); got.Status != store.Persisted || len(got.History) != 1 {
+			t.Fatalf("refused changes wrote: %+v", got)
 		}
 	})
 
 	t.Run("LeaseClaim", func(t *testing.T) {
 		s := open(t)
 		r := create(t, s, "a", "")
-		until := time.Now().Add(time.Hour)
-		got, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued, Claim: true, LeaseUntil: until})
-		if err != nil || !got.LeaseUntil.Equal(until.UTC()) {
-			t.Fatalf("claim of a free record: %v, lease %v", err, got.LeaseUntil)
+		got, err := s.Transition(ctx, r.ID, store.Change{Event: store.Claim, Claim: true, Lease: time.Hour})
+		if err != nil {
+			t.Fatalf("claim of a free record: %v", err)
 		}
-		_, err = s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, Claim: true, LeaseUntil: time.Now().Add(time.Minute)})
-		if lu, ok := store.LeasedUntil(err); !ok || !lu.Equal(until.UTC()) {
+		// The lease is on the store's clock.
+		if now := s.Now(); got.LeaseUntil.Before(now.Add(59*time.Minute)) || got.LeaseUntil.After(now.Add(time.Hour)) {
+			t.Fatalf("lease until %v, want an hour from the store's %v", got.LeaseUntil, now)
+		}
+		until := got.LeaseUntil
+		_, err = s.Transition(ctx, r.ID, store.Change{Event: store.Resume, Claim: true, Lease: time.Minute})
+		if lu, ok := store.LeasedUntil(err); !ok || !lu.Equal(until) {
 			t.Fatalf("claim of a leased record = %v, want a lease conflict until %v", err, until)
 		}
 		// The owner moves on without Claim; the lease is released with the change.
-		if got, err = s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Queued}, To: store.Processing}); err != nil || !got.LeaseUntil.IsZero() {
-			t.Fatalf("owner's change: %v, lease %v", err, got.LeaseUntil)
+		if got, err = s.Transition(ctx, r.ID, store.Change{Event: store.Release}); err != nil || !got.LeaseUntil.IsZero() {
+			t.Fatalf("owner's release: %v, lease %v", err, got.LeaseUntil)
 		}
-		if got, err = s.Get(ctx, r.ID); err != nil || !got.LeaseUntil.IsZero() {
-			t.Fatalf("stored lease %v (%v)", got.LeaseUntil, err)
+		if got, err = s.Get(ctx, r.ID); err != nil || !got.LeaseUntil.IsZero() || len(got.History) != 2 {
+			t.Fatalf("stored lease %v, history %v (%v): a release adds no entry", got.LeaseUntil, got.History, err)
 		}
-		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Processing}, Claim: true}); err != nil {
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Resume, Claim: true, Lease: time.Millisecond}); err != nil {
 			t.Fatalf("claim after release: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Resume, Claim: true}); err != nil {
+			t.Fatalf("claim after the lease ran out: %v", err)
 		}
 	})
 
@@ -146,7 +165,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued})
+				_, err := s.Transition(ctx, r.ID, store.Change{Event: store.Enqueue})
 				if err == nil {
 					mu.Lock()
 					wins++
@@ -217,7 +236,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		s := open(t)
 		old := create(t, s, "a", "")
 		moved := create(t, s, "a", "")
-		if _, err := s.Transition(ctx, moved.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Queued}); err != nil {
+		if _, err := s.Transition(ctx, moved.ID, store.Change{Event: store.Enqueue}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "stale persisted records", func() string {
@@ -235,13 +254,18 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ConcurrentUpdatesNotLost", func(t *testing.T) {
 		s := open(t)
 		r := create(t, s, "a", "")
+		for _, e := range []store.Event{store.Complete, store.StartDelivery} {
+			if _, err := s.Transition(ctx, r.ID, store.Change{Event: e}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var wg sync.WaitGroup
 		for i := range 8 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				a := store.Attempt{At: time.Now(), StatusCode: 500 + i}
-				if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, Attempt: &a}); err != nil {
+				if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Retry, Attempt: &a}); err != nil {
 					t.Errorf("Transition: %v", err)
 				}
 			}()
@@ -268,7 +292,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatalf("Create with a %d-byte body: %v", len(big), err)
 		}
 		resp := &store.Response{Status: 200, Body: append(big[:0:0], big[1:]...)}
-		if _, err := s.Transition(ctx, r.ID, store.Change{From: []store.Status{store.Persisted}, To: store.Completed, Response: resp}); err != nil {
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Complete, Response: resp}); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, r.ID)
@@ -323,5 +347,73 @@ func eventually(t *testing.T, what string, check func() string) {
 			t.Fatalf("%s: %s", what, msg)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// runOutbox is the part of the suite for a store that declares the outbox
+// capability (store.Outbox): a write and its message commit together, and a
+// refused write publishes nothing.
+func runOutbox(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	o, ok := open(t).(store.Outbox)
+	if !ok {
+		t.Skip("the store does not declare store.Outbox")
+	}
+	// received collects the messages of topic for a while.
+	received := func(t *testing.T, topic string, want int) []queue.Message {
+		t.Helper()
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		var mu sync.Mutex
+		var got []queue.Message
+		go func() {
+			for cctx.Err() == nil {
+				mu.Lock()
+				n := len(got)
+				mu.Unlock()
+				if n >= want {
+					time.Sleep(200 * time.Millisecond) // and nothing more
+					cancel()
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		if err := o.Queue().Consume(cctx, topic, 1, func(_ context.Context, m queue.Message) error {
+			mu.Lock()
+			got = append(got, m)
+			mu.Unlock()
+			return nil
+		}); err != nil {
+			t.Fatalf("Consume %s: %v", topic, err)
+		}
+		return got
+	}
+	r := store.NewRecord(NewEnvelope("a", ""), time.Now())
+	if err := (store.Change{Event: store.Enqueue, At: r.CreatedAt}).Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	work := queue.Message{Topic: queue.TopicWork, Key: r.ID, TraceID: r.TraceID, Body: []byte(`{}`)}
+	if err := o.CreatePublish(ctx, r, &work); err != nil {
+		t.Fatalf("CreatePublish: %v", err)
+	}
+	if err := o.CreatePublish(ctx, r, &work); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("second CreatePublish = %v, want ErrExists", err)
+	}
+	if got := received(t, queue.TopicWork, 1); len(got) != 1 || got[0].Key != r.ID {
+		t.Fatalf("work messages %v, want one for %s (a refused create publishes nothing)", got, r.ID)
+	}
+	if got, err := o.Get(ctx, r.ID); err != nil || got.Status != store.Queued {
+		t.Fatalf("record after CreatePublish: %v, %v", got, err)
+	}
+	deliver := queue.Message{Topic: queue.TopicDelivery, Key: r.ID, TraceID: r.TraceID, Body: []byte(`{}`)}
+	if _, err := o.TransitionPublish(ctx, r.ID, store.Change{Event: store.Deliver}, &deliver); !store.IsConflict(err) {
+		t.Fatalf("refused TransitionPublish = %v, want a conflict", err)
+	}
+	if _, err := o.TransitionPublish(ctx, r.ID, store.Change{Event: store.Complete}, &deliver); err != nil {
+		t.Fatalf("TransitionPublish: %v", err)
+	}
+	if got := received(t, queue.TopicDelivery, 1); len(got) != 1 || got[0].Key != r.ID {
+		t.Fatalf("delivery messages %v, want exactly one for %s", got, r.ID)
 	}
 }
