@@ -15,10 +15,13 @@
 // dates; the status history and the delivery attempts are object lists;
 // the envelope and the stored response are kept in _source but not indexed
 // (enabled: false). Bodies over Config.InlineBodyMax are kept by reference:
-// 1 MiB chunks in P-bodies-YYYY.MM.DD, read back on Get. Retention deletes
-// whole daily indices older than Config.Retention (the integ-test
-// distribution has no ILM; deleting an index is cheaper than deleting by
-// query anyway), so the retention granularity is one day.
+// 1 MiB chunks in P-bodies-YYYY.MM.DD, read back on Get. Retention
+// (retention.go, store.Expirer) deletes records terminal for longer than
+// Config.Retention and never a record that is not terminal: whole daily
+// indices when all their records are expired (the integ-test distribution
+// has no ILM; deleting an index is cheaper than deleting by query anyway),
+// record by record in a day that holds one to keep. Only days that ended
+// before the cutoff are looked at, so the granularity is one day.
 //
 // Templates are put at Open (idempotent). An existing index whose mapping
 // disagrees with them on a field this store queries is a startup error
@@ -84,7 +87,8 @@ type Config struct {
 	Prefix string
 	// Replicas per daily index (number_of_replicas; 0 on a single node).
 	Replicas int
-	// Retention deletes daily indices older than this (0 keeps everything).
+	// Retention deletes records terminal for longer than this, by day
+	// (retention.go; 0 keeps everything).
 	Retention time.Duration
 	// InlineBodyMax is the largest body kept inside the record (default 256 KiB).
 	InlineBodyMax int
@@ -165,7 +169,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.Retention > 0 {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.retain(bctx) }()
+		go func() { defer s.wg.Done(); store.Retain(bctx, s, s.Now, cfg.Retention, store.RetentionInterval, s.log) }()
 	}
 	return s, nil
 }
@@ -359,42 +363,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	if h.Status == "red" {
 		return errors.New("elasticsearch: cluster health is red")
-	}
-	return nil
-}
-
-// retain deletes daily indices older than the retention, hourly.
-func (s *Store) retain(ctx context.Context) {
-	for {
-		if err := s.deleteOld(ctx, time.Now()); err != nil && ctx.Err() == nil {
-			s.log.Warn("elasticsearch: retention", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Hour):
-		}
-	}
-}
-
-// deleteOld deletes the daily indices whose whole day is older than the retention.
-func (s *Store) deleteOld(ctx context.Context, now time.Time) error {
-	var rows []struct {
-		Index string `json:"index"`
-	}
-	if err := s.call(ctx, http.MethodGet, "/_cat/indices/"+s.requestsPattern()+","+s.bodiesPattern()+"?format=json&h=index&expand_wildcards=open", nil, &rows); err != nil {
-		return err
-	}
-	cutoff := now.Add(-s.cfg.Retention)
-	for _, r := range rows {
-		day, err := time.Parse("2006.01.02", r.Index[strings.LastIndexByte(r.Index, '-')+1:])
-		if err != nil || !day.Add(24*time.Hour).Before(cutoff) {
-			continue
-		}
-		if err := s.call(ctx, http.MethodDelete, "/"+r.Index, nil, nil); err != nil {
-			return fmt.Errorf("deleting %s: %w", r.Index, err)
-		}
-		s.log.Info("elasticsearch: retention deleted index", "index", r.Index)
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
@@ -70,33 +69,6 @@ func TestMismatchedMappingRefusesToStart(t *testing.T) {
 	_, err := Open(context.Background(), Config{URL: esURL(t), Prefix: p, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), p+"-requests-2020.01.01") || !strings.Contains(err.Error(), "status") {
 		t.Fatalf("Open over a mismatched index = %v", err)
-	}
-}
-
-func TestRetentionDeletesOldDays(t *testing.T) {
-	p := prefix()
-	s := open(t, p)
-	ctx := context.Background()
-	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	for _, ix := range []string{"-requests-2026.11.10", "-requests-2026.11.22", "-bodies-2026.11.01", "-requests-2026.11.21"} {
-		if err := s.call(ctx, http.MethodPut, "/"+p+ix, nil, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.cfg.Retention = 36 * time.Hour // keeps the 22nd, and the 21st (its end is within 36h)
-	if err := s.deleteOld(ctx, now); err != nil {
-		t.Fatal(err)
-	}
-	var rows []struct{ Index string }
-	if err := s.call(ctx, http.MethodGet, "/_cat/indices/"+p+"-*?format=json&h=index", nil, &rows); err != nil {
-		t.Fatal(err)
-	}
-	left := map[string]bool{}
-	for _, r := range rows {
-		left[strings.TrimPrefix(r.Index, p)] = true
-	}
-	if len(left) != 2 || !left["-requests-2026.11.22"] || !left["-requests-2026.11.21"] {
-		t.Fatalf("left %v", left)
 	}
 }
 

@@ -31,6 +31,8 @@
 // or a poll for other processes sharing the file comes (one indexed read,
 // every idlePoll once polls keep finding nothing); checkpoints follow
 // commits, and the WAL is truncated once writes stop (Consume, checkpoints).
+// Retention, when started, reads twice an hour and writes only when
+// something has expired (retention.go).
 package embedded
 
 import (
@@ -209,7 +211,8 @@ const (
 	qNextDue          = `SELECT MIN(visible_at) FROM queue WHERE topic = ?`
 )
 
-var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages}
+var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
+	qExpireRecords, qExpireDeadLetters} // retention.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.

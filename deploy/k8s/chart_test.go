@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	"helm.sh/helm/v3/pkg/chart"
@@ -120,6 +121,7 @@ func TestChartVariants(t *testing.T) {
 			collectorPod := podWith(t, deployments, "collector")
 			checkSecretSources(t, rules, collectorPod)
 			checkReplaySecret(t, rules, collectorPod, objs, v.mode)
+			checkRetention(t, collectorPod)
 			switch v.mode {
 			case "sidecar":
 				checkSidecarWiring(t, collectorPod, objs)
@@ -593,6 +595,17 @@ func checkMeshModule(t *testing.T, objs []object, mode string, wasmAPI bool) {
 	}
 	if v.Image == nil || v.Image.Reference == "" {
 		t.Errorf("%s: filter volume %+v: want the filter image", mode, v.VolumeSource)
+	}
+}
+
+// checkRetention: the collector is given backends.retention, as a duration
+// its -retention flag takes (Go's syntax: 720h, not 30d).
+func checkRetention(t *testing.T, pod *corev1.PodTemplateSpec) {
+	t.Helper()
+	collector, _ := findContainer(pod.Spec.Containers, "collector")
+	v := argValue(collector.Args, "-retention")
+	if d, err := time.ParseDuration(v); err != nil || d < 0 {
+		t.Errorf("collector -retention=%q: want a duration of 0 or more (%v)", v, err)
 	}
 }
 

@@ -4,7 +4,10 @@
 // Elasticsearch (-store elasticsearch); the queue is the same SQLite database
 // (the default) or RabbitMQ (-queue rabbitmq). Their URLs come from the
 // environment variables named by -es-url-env and -amqp-url-env, so that
-// credentials stay out of the process list and the logs.
+// credentials stay out of the process list and the logs. Each backend
+// registers its name, flags and constructor in a backend_*.go file
+// (registry.go). Either store deletes a request -retention (30 days) after
+// it was delivered or dead, and never one that is not finished.
 package main
 
 import (

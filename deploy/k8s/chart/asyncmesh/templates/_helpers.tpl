@@ -55,6 +55,7 @@ the gateway's Envoy calls it over the network.
     - -delivery-workers={{ $v.collector.deliveryWorkers }}
     - -store={{ $v.backends.store }}
     - -queue={{ $v.backends.queue }}
+    - -retention={{ $v.backends.retention }}
     {{- if or (eq $v.backends.store "embedded") (eq $v.backends.queue "embedded") }}
     - -db=/var/lib/asyncmesh/asyncmesh.db
     {{- end }}
