@@ -34,7 +34,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -46,6 +45,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
@@ -248,23 +248,24 @@ func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
 	return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
 }
 
-// Backoff is the wait after failed attempt n (1-based): a uniformly random
-// duration in [0, min(max, initial·2^(n-1))] ("full jitter").
-func Backoff(p rules.Retry, n int) time.Duration {
-	ceil := p.InitialBackoff.D()
-	if ceil <= 0 {
-		ceil = rules.DefaultInitialBackoff
+// RetryPolicy is the retry policy of a callback rule: retry.initialBackoff
+// doubling up to retry.maxBackoff with full jitter, as docs/rules.md says
+// (the rule's defaults where a field is unset).
+func RetryPolicy(p rules.Retry) retry.Exponential {
+	initial := p.InitialBackoff.D()
+	if initial <= 0 {
+		initial = rules.DefaultInitialBackoff
 	}
 	maxB := p.MaxBackoff.D()
 	if maxB <= 0 {
 		maxB = rules.DefaultMaxBackoff
 	}
-	for i := 1; i < n && ceil < maxB; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, maxB)
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
+	return retry.Exponential{Initial: initial, Max: maxB}
 }
+
+// Backoff is the wait after failed attempt n (1-based): uniform in
+// [0, min(max, initial·2^(n-1))].
+func Backoff(p rules.Retry, n int) time.Duration { return RetryPolicy(p).Delay(n) }
 
 // ParseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.
 func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
