@@ -7,13 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 
 	"github.com/asyncmesh/asyncmesh/client/callbackpb"
@@ -62,18 +60,7 @@ var conformance = map[string]receiver{
 		return "grpc://" + lis.Addr().String(), func() string { return first(recv.md.Get("webhook-id")) }
 	},
 	rules.ProtocolAMQP: func(t *testing.T) (string, func() string) {
-		raw := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
-		if raw == "" {
-			t.Skip("ASYNCMESH_TEST_AMQP_URL not set")
-		}
-		conn := must(amqp.Dial(raw))
-		t.Cleanup(func() { conn.Close() })
-		ch := must(conn.Channel())
-		q := must(ch.QueueDeclare("", false, true, true, false, nil))
-		must(0, ch.QueueBind(q.Name, "conformance", "amq.topic", false, nil))
-		msgs := must(ch.Consume(q.Name, "", true, true, false, false, nil))
-		u := must(url.Parse(raw))
-		u.User = nil
+		u, msgs := amqpTopic(t, "conformance")
 		u.RawQuery = url.Values{"exchange": {"amq.topic"}, "routingKey": {"conformance"}}.Encode()
 		return u.String(), func() string {
 			select {
