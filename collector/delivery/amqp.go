@@ -9,7 +9,11 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
+
+func init() { register(rules.ProtocolAMQP, (*Sender).publishAMQP) }
 
 // publishAMQP makes an amqp attempt: the JSON payload published persistent
 // and mandatory to the callback's exchange and routing key, on a channel of

@@ -34,7 +34,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -46,6 +45,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/seal"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
@@ -230,41 +230,50 @@ func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
 	payload := NewPayload(r)
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
-	switch a.cb.Protocol {
-	case rules.ProtocolHTTP:
-		body, contentType, err := s.encode(a, payload)
-		if err != nil {
-			return a.retry(0, err.Error())
-		}
-		return s.post(ctx, a, contentType, body, nil)
-	case rules.ProtocolSOAP:
-		body := EncodeSOAP(payload)
-		return s.post(ctx, a, "text/xml; charset=utf-8", body, http.Header{"Soapaction": {`"` + a.cb.SOAPAction + `"`}})
-	case rules.ProtocolGRPC:
-		return s.deliverGRPC(ctx, a, payload)
-	case rules.ProtocolAMQP:
-		return s.publishAMQP(ctx, a, payload)
+	send, ok := senders[a.cb.Protocol]
+	if !ok {
+		return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
 	}
-	return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
+	return send(s, ctx, a, payload)
 }
 
-// Backoff is the wait after failed attempt n (1-based): a uniformly random
-// duration in [0, min(max, initial·2^(n-1))] ("full jitter").
-func Backoff(p rules.Retry, n int) time.Duration {
-	ceil := p.InitialBackoff.D()
-	if ceil <= 0 {
-		ceil = rules.DefaultInitialBackoff
+// sendFunc makes one attempt of a protocol and classifies its outcome.
+type sendFunc func(s *Sender, ctx context.Context, a *attempt, p Payload) Result
+
+// senders is the sending half of the callback protocol registry, filled by
+// each protocol's file (http.go, soap.go, grpc.go, amqp.go) with register.
+// The configuration half (URL schemes, allowed fields, docs line) is
+// rules.Protocols, in a package light enough for the Wasm filter;
+// TestProtocolRegistry checks that both name the same protocols.
+var senders = map[string]sendFunc{}
+
+// register adds a protocol's sender; called from init, so a name registered
+// twice is a programming error.
+func register(name string, send sendFunc) {
+	if _, dup := senders[name]; dup {
+		panic("delivery: protocol " + name + " registered twice")
+	}
+	senders[name] = send
+}
+
+// RetryPolicy is the retry policy of a callback rule: retry.initialBackoff
+// doubling up to retry.maxBackoff with full jitter, as docs/rules.md says
+// (the rule's defaults where a field is unset).
+func RetryPolicy(p rules.Retry) retry.Exponential {
+	initial := p.InitialBackoff.D()
+	if initial <= 0 {
+		initial = rules.DefaultInitialBackoff
 	}
 	maxB := p.MaxBackoff.D()
 	if maxB <= 0 {
 		maxB = rules.DefaultMaxBackoff
 	}
-	for i := 1; i < n && ceil < maxB; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, maxB)
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
+	return retry.Exponential{Initial: initial, Max: maxB}
 }
+
+// Backoff is the wait after failed attempt n (1-based): uniform in
+// [0, min(max, initial·2^(n-1))].
+func Backoff(p rules.Retry, n int) time.Duration { return RetryPolicy(p).Delay(n) }
 
 // ParseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.
 func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {

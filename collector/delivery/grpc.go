@@ -17,7 +17,10 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/client/callbackpb"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
+
+func init() { register(rules.ProtocolGRPC, (*Sender).deliverGRPC) }
 
 // deliverGRPC makes a grpc attempt: one unary Deliver with the signed payload.
 func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result {

@@ -11,7 +11,20 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
+
+func init() { register(rules.ProtocolHTTP, (*Sender).sendHTTP) }
+
+// sendHTTP makes an http attempt: the JSON payload (sealed when the rule
+// says so), POSTed signed.
+func (s *Sender) sendHTTP(ctx context.Context, a *attempt, p Payload) Result {
+	body, contentType, err := s.encode(a, p)
+	if err != nil {
+		return a.retry(0, err.Error())
+	}
+	return s.post(ctx, a, contentType, body, nil)
+}
 
 // post makes an http or soap attempt and classifies the answer.
 func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body []byte, extra http.Header) Result {

@@ -198,22 +198,30 @@ func TestGuard(t *testing.T) {
 	}
 }
 
-// TestAMQPCallback publishes callbacks to a real RabbitMQ
-// (ASYNCMESH_TEST_AMQP_URL, as the integration tests).
-func TestAMQPCallback(t *testing.T) {
+// amqpTopic binds a fresh queue to amq.topic with key on the test broker
+// (ASYNCMESH_TEST_AMQP_URL; the test skips without it) and returns the
+// broker's URL without credentials and the queue's messages.
+func amqpTopic(t *testing.T, key string) (*url.URL, <-chan amqp.Delivery) {
+	t.Helper()
 	raw := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
 	if raw == "" {
 		t.Skip("ASYNCMESH_TEST_AMQP_URL not set")
 	}
 	conn := must(amqp.Dial(raw))
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	ch := must(conn.Channel())
 	q := must(ch.QueueDeclare("", false, true, true, false, nil))
-	must(0, ch.QueueBind(q.Name, "results.orders", "amq.topic", false, nil))
+	must(0, ch.QueueBind(q.Name, key, "amq.topic", false, nil))
 	msgs := must(ch.Consume(q.Name, "", true, true, false, false, nil))
-
 	u := must(url.Parse(raw))
 	u.User = nil
+	return u, msgs
+}
+
+// TestAMQPCallback publishes callbacks to a real RabbitMQ
+// (ASYNCMESH_TEST_AMQP_URL, as the integration tests).
+func TestAMQPCallback(t *testing.T) {
+	u, msgs := amqpTopic(t, "results.orders")
 	s := NewSender(secrets{"s": {testSecret}}, 5*time.Second)
 	defer s.Close()
 	send := func(key string) Result {

@@ -2,12 +2,16 @@ package delivery
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"unicode/utf8"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 // SOAP 1.1 callbacks. The envelope (namespace NamespaceSOAP for the body's
@@ -63,6 +67,15 @@ type soapHeader struct {
 type soapText struct {
 	Encoding string `xml:"encoding,attr,omitempty"`
 	Text     string `xml:",chardata"`
+}
+
+func init() { register(rules.ProtocolSOAP, (*Sender).sendSOAP) }
+
+// sendSOAP makes a soap attempt: the envelope POSTed signed, with the rule's
+// SOAPAction (quoted, as SOAP 1.1 wants).
+func (s *Sender) sendSOAP(ctx context.Context, a *attempt, p Payload) Result {
+	header := http.Header{"Soapaction": {`"` + a.cb.SOAPAction + `"`}}
+	return s.post(ctx, a, "text/xml; charset=utf-8", EncodeSOAP(p), header)
 }
 
 // EncodeSOAP renders a callback payload as a SOAP 1.1 envelope.

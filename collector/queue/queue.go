@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 )
 
 // Topics used by the collector.
@@ -99,12 +101,11 @@ func IsPoison(err error) bool {
 	return errors.As(err, &p)
 }
 
-// Backoff is the redelivery delay after a plain handler error: exponential from
-// 100ms, capped at 30s.
-func Backoff(deliveries int) time.Duration {
-	d := 100 * time.Millisecond
-	for i := 1; i < deliveries && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
-}
+// Redelivery is the redelivery policy after a plain handler error: exponential
+// from 100ms, capped at 30s, without jitter because RabbitMQ keeps one delay
+// queue per distinct delay (see package retry).
+var Redelivery = retry.Exponential{Initial: 100 * time.Millisecond, Max: 30 * time.Second, NoJitter: true}
+
+// Backoff is the redelivery delay after the message's deliveries-th plain
+// handler error.
+func Backoff(deliveries int) time.Duration { return Redelivery.Delay(deliveries) }

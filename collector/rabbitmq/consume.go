@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 )
 
 var consumerSeq atomic.Uint64
@@ -23,20 +24,26 @@ func (q *Queue) Consume(ctx context.Context, topic string, workers int, h queue.
 	if workers < 1 {
 		return errors.New("rabbitmq: consume: workers must be at least 1")
 	}
-	for attempt := 0; ctx.Err() == nil; attempt++ {
+	b := retry.Backoff{Policy: q.reconnectPolicy()}
+	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-q.Ready():
 		}
+		var wait time.Duration
 		if err := q.consumeOnce(ctx, topic, workers, h); err != nil {
 			q.log.Warn("rabbitmq: consuming", "topic", topic, "err", err)
+			wait = b.Next()
 		} else {
-			attempt = -1
+			b.Reset()
+			// not a failure, but let the connection loop notice a loss
+			// before trying again: the first ceiling, unjittered, so that a
+			// channel that keeps closing cannot spin.
+			wait = q.reconnectPolicy().Ceiling(1)
 		}
-		select { // let the connection loop notice a loss before trying again
-		case <-ctx.Done():
-		case <-time.After(q.backoff(max(attempt, 0))):
+		if retry.Sleep(ctx, retry.System, wait) != nil {
+			return nil
 		}
 	}
 	return nil

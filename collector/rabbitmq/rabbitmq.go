@@ -87,13 +87,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"strconv"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 )
 
 // Config of the queue.
@@ -230,7 +231,8 @@ func (q *Queue) Ready() <-chan struct{} {
 // run keeps one connection up until Close.
 func (q *Queue) run(first chan<- error) {
 	defer close(q.done)
-	for attempt := 0; ; attempt++ {
+	b := retry.Backoff{Policy: q.reconnectPolicy()}
+	for {
 		conn, pub, err := q.connect()
 		if first != nil {
 			first <- err
@@ -240,14 +242,14 @@ func (q *Queue) run(first chan<- error) {
 			if isFatal(err) {
 				q.log.Error("rabbitmq: connecting", "err", err)
 			} else {
-				q.log.Warn("rabbitmq: connecting", "err", err, "attempt", attempt+1)
+				q.log.Warn("rabbitmq: connecting", "err", err, "attempt", b.Failures()+1)
 			}
-			if !q.sleep(q.backoff(attempt)) {
+			if !q.sleep(b.Next()) {
 				return
 			}
 			continue
 		}
-		attempt = -1
+		b.Reset()
 		connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		pubClosed := pub.NotifyClose(make(chan *amqp.Error, 1))
 		q.log.Info("rabbitmq: connected")
@@ -310,13 +312,10 @@ func (q *Queue) connect() (*amqp.Connection, *amqp.Channel, error) {
 	return conn, pub, nil
 }
 
-func (q *Queue) backoff(attempt int) time.Duration {
-	ceil := q.cfg.ReconnectMin
-	for i := 0; i < attempt && ceil < q.cfg.ReconnectMax; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, q.cfg.ReconnectMax)
-	return ceil/2 + time.Duration(rand.Int64N(int64(ceil/2)+1))
+// reconnectPolicy is the wait between failed connects or consumes:
+// ReconnectMin doubling up to ReconnectMax, full jitter (package retry).
+func (q *Queue) reconnectPolicy() retry.Exponential {
+	return retry.Exponential{Initial: q.cfg.ReconnectMin, Max: q.cfg.ReconnectMax}
 }
 
 // sleep waits d or until Close; false means closing.

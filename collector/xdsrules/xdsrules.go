@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +40,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -133,29 +133,28 @@ func (r *Rules) Run(ctx context.Context) error {
 	}
 	defer conn.Close()
 	client := discovery.NewAggregatedDiscoveryServiceClient(conn)
-	for attempt := 0; ctx.Err() == nil; attempt++ {
+	b := retry.Backoff{Policy: resubscribe}
+	for ctx.Err() == nil {
 		start := time.Now()
 		err := r.subscribe(ctx, client)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if time.Since(start) > 10*time.Second {
-			attempt = 0 // it was up for a while
+			b.Reset() // it was up for a while
 		}
-		wait := backoff(attempt)
+		wait := b.Next()
 		r.log.Warn("xdsrules: subscription ended; keeping the last good rules", "err", err, "version", r.Version(), "retry_in", wait)
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
+		if retry.Sleep(ctx, retry.System, wait) != nil {
+			return nil
 		}
 	}
 	return nil
 }
 
-func backoff(attempt int) time.Duration {
-	ceil := 200 * time.Millisecond << min(attempt, 6) // up to 12.8s
-	return time.Duration(rand.Int64N(int64(ceil)) + 1)
-}
+// resubscribe is the wait before subscribing again: 200ms doubling up to
+// 12.8s, full jitter (package retry).
+var resubscribe = retry.Exponential{Initial: 200 * time.Millisecond, Max: 12800 * time.Millisecond}
 
 // subscribe runs one ADS stream.
 func (r *Rules) subscribe(ctx context.Context, client discovery.AggregatedDiscoveryServiceClient) error {

@@ -12,14 +12,6 @@ import (
 	"strings"
 )
 
-// Callback protocols.
-const (
-	ProtocolHTTP = "http" // JSON POST signed by Standard Webhooks v1
-	ProtocolSOAP = "soap" // SOAP 1.1 envelope POST with SOAPAction
-	ProtocolGRPC = "grpc" // unary Deliver of client/callbackpb's Callback service
-	ProtocolAMQP = "amqp" // a message published to an exchange with a routing key
-)
-
 // Callback says where and how the result is delivered.
 //
 // The URL's scheme depends on the protocol: http and soap take http(s)://;
@@ -84,8 +76,9 @@ func (c *Callback) validate() error {
 	if c.Protocol == "" {
 		c.Protocol = ProtocolHTTP
 	}
-	if err := CheckProtocol(c.Protocol); err != nil {
-		return fieldErr("protocol", "%w", err)
+	proto, ok := LookupProtocol(c.Protocol)
+	if !ok {
+		return fieldErr("protocol", "%w", CheckProtocol(c.Protocol))
 	}
 	if c.URL == "" && !c.AllowOverride {
 		return fieldErr("url", "required unless callback.allowOverride is true")
@@ -100,25 +93,25 @@ func (c *Callback) validate() error {
 			return fieldErr(fmt.Sprintf("allowNetworks[%d]", i), "%q is not a CIDR prefix such as 127.0.0.0/8", n)
 		}
 	}
-	if c.SOAPAction != "" && c.Protocol != ProtocolSOAP {
-		return fieldErr("soapAction", "only for protocol soap")
+	if c.SOAPAction != "" && !proto.SOAPAction {
+		return fieldErr("soapAction", "not for protocol %s", c.Protocol)
 	}
-	if c.Protocol == ProtocolSOAP && c.SOAPAction == "" {
+	if proto.SOAPAction && c.SOAPAction == "" {
 		c.SOAPAction = SOAPActionDefault
 	}
 	if strings.ContainsAny(c.SOAPAction, "\"\r\n") {
 		return fieldErr("soapAction", "must not contain quotes or line breaks")
 	}
 	if c.Encryption != nil {
-		if c.Protocol == ProtocolSOAP {
-			return fieldErr("encryption", "not for protocol soap (use WS-Security at the receiver's gateway)")
+		if !proto.Encryption {
+			return fieldErr("encryption", "not for protocol %s (for soap, use WS-Security at the receiver's gateway)", c.Protocol)
 		}
 		if err := c.Encryption.validate(); err != nil {
 			return prefixed("encryption.", err)
 		}
 	}
-	if c.CredentialsRef != "" && c.Protocol != ProtocolAMQP {
-		return fieldErr("credentialsRef", "only for protocol amqp")
+	if c.CredentialsRef != "" && !proto.Credentials {
+		return fieldErr("credentialsRef", "not for protocol %s", c.Protocol)
 	}
 	return c.validateOverride()
 }
@@ -416,15 +409,6 @@ func JSONFieldValue(body []byte, path string) (string, bool) {
 	return "", false
 }
 
-// CheckProtocol reports whether p is a known callback protocol.
-func CheckProtocol(p string) error {
-	switch p {
-	case ProtocolHTTP, ProtocolSOAP, ProtocolGRPC, ProtocolAMQP:
-		return nil
-	}
-	return fmt.Errorf("%q is not http, soap, grpc or amqp", p)
-}
-
 // CheckCallbackURL reports whether s is an acceptable http(s) callback URL.
 func CheckCallbackURL(s string) error { return CheckCallbackURLFor(ProtocolHTTP, s) }
 
@@ -439,19 +423,12 @@ func CheckCallbackURLFor(protocol, s string) error {
 	if err != nil {
 		return fmt.Errorf("%q is not a URL", s)
 	}
-	var schemes []string
-	switch protocol {
-	case ProtocolHTTP, ProtocolSOAP:
-		schemes = []string{"http", "https"}
-	case ProtocolGRPC:
-		schemes = []string{"grpc", "grpcs"}
-	case ProtocolAMQP:
-		schemes = []string{"amqp", "amqps"}
-	default:
+	p, ok := LookupProtocol(protocol)
+	if !ok {
 		return CheckProtocol(protocol)
 	}
-	if !slices.Contains(schemes, u.Scheme) {
-		return fmt.Errorf("%q: scheme must be %s for protocol %s", s, strings.Join(schemes, " or "), protocol)
+	if !slices.Contains(p.Schemes, u.Scheme) {
+		return fmt.Errorf("%q: scheme must be %s for protocol %s", s, strings.Join(p.Schemes, " or "), protocol)
 	}
 	if u.Host == "" || u.Hostname() == "" {
 		return fmt.Errorf("%q: host required", s)
@@ -459,16 +436,8 @@ func CheckCallbackURLFor(protocol, s string) error {
 	if u.User != nil {
 		return fmt.Errorf("%q: user info is not allowed (amqp credentials come from credentialsRef)", s)
 	}
-	if protocol == ProtocolAMQP {
-		q := u.Query()
-		if !q.Has("exchange") && !q.Has("routingKey") {
-			return fmt.Errorf("%q: want ?exchange=E&routingKey=K", s)
-		}
-		for k := range q {
-			if k != "exchange" && k != "routingKey" {
-				return fmt.Errorf("%q: unknown query parameter %q (want exchange, routingKey)", s, k)
-			}
-		}
+	if p.CheckURL != nil {
+		return p.CheckURL(u)
 	}
 	return nil
 }
