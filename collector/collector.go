@@ -55,6 +55,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/retry"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -378,6 +379,7 @@ func (c *Collector) markQueued(ctx context.Context, r *store.Record) {
 // enough to be found. While the queue refuses, rounds back off from
 // RelayInterval to 30s, and wakeups do not shorten that.
 func (c *Collector) relay(ctx context.Context) error {
+	waits := c.relayWaits()
 	wait := c.cfg.RelayInterval
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -390,14 +392,15 @@ func (c *Collector) relay(ctx context.Context) error {
 		case <-c.relayWake:
 			if at := time.Now().Add(c.cfg.RelayAge); !failing && at.Before(next) {
 				t.Reset(time.Until(at))
-				next, wait = at, c.cfg.RelayInterval
+				next = at
+				waits.idle.Reset()
 			}
 			continue
 		case <-t.C:
 		}
 		c.decided.prune(time.Now())
 		n, err := c.relayRound(ctx)
-		wait = c.relayWait(wait, n, err)
+		wait = waits.next(n, err)
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("outbox relay: will retry", "in", wait, "err", err)
 		}
@@ -407,16 +410,36 @@ func (c *Collector) relay(ctx context.Context) error {
 	}
 }
 
-// relayWait is the wait before the next relay round, after one that waited
-// wait and found n records (err: failed).
-func (c *Collector) relayWait(wait time.Duration, n int, err error) time.Duration {
-	switch {
-	case err != nil:
-		return min(2*wait, 30*time.Second)
-	case n > 0:
-		return c.cfg.RelayInterval
+// relaySchedule is the relay's waits: RelayInterval after a round that
+// found records; doubling from there up to RelayIdle while rounds find
+// nothing (idle polling: no jitter); after a failed round, exponential
+// backoff with full jitter up to 30 s (internal/retry).
+type relaySchedule struct {
+	idle, fail retry.Backoff
+	interval   time.Duration
+}
+
+func (c *Collector) relayWaits() *relaySchedule {
+	from := 2 * c.cfg.RelayInterval
+	return &relaySchedule{
+		idle:     retry.Backoff{Policy: retry.Exponential{Initial: from, Max: c.cfg.RelayIdle, NoJitter: true}},
+		fail:     retry.Backoff{Policy: retry.Exponential{Initial: from, Max: 30 * time.Second}},
+		interval: c.cfg.RelayInterval,
 	}
-	return min(2*wait, c.cfg.RelayIdle)
+}
+
+// next is the wait before the next round, after one that found n records
+// (err: failed).
+func (w *relaySchedule) next(n int, err error) time.Duration {
+	if err != nil {
+		return w.fail.Next()
+	}
+	w.fail.Reset()
+	if n > 0 {
+		w.idle.Reset()
+		return w.interval
+	}
+	return w.idle.Next()
 }
 
 // wakeRelay tells the relay that a record was left persisted.

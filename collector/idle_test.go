@@ -158,21 +158,32 @@ func TestRelayAndSweepWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail := errors.New("down")
-	for _, tt := range []struct {
-		wait time.Duration
+	w := c.relayWaits()
+	for i, tt := range []struct {
 		n    int
 		err  error
-		want time.Duration
+		want time.Duration // at most, with full jitter after a failure
 	}{
-		{time.Second, 0, nil, 2 * time.Second},
-		{32 * time.Second, 0, nil, time.Minute}, // RelayIdle
-		{time.Minute, 0, nil, time.Minute},
-		{time.Minute, 3, nil, time.Second}, // found some: RelayInterval
-		{time.Second, 0, fail, 2 * time.Second},
-		{time.Minute, 0, fail, 30 * time.Second}, // failing: at most 30 s
+		{0, nil, 2 * time.Second},
+		{0, nil, 4 * time.Second},
+		{0, nil, 8 * time.Second},
+		{0, nil, 16 * time.Second},
+		{0, nil, 32 * time.Second},
+		{0, nil, time.Minute}, // RelayIdle
+		{0, nil, time.Minute},
+		{3, nil, time.Second}, // found some: RelayInterval
+		{0, nil, 2 * time.Second},
+		{0, fail, 2 * time.Second},
+		{0, fail, 4 * time.Second},
+		{0, fail, 8 * time.Second},
+		{0, fail, 16 * time.Second},
+		{0, fail, 30 * time.Second}, // failing: at most 30 s
+		{0, fail, 30 * time.Second},
+		{0, nil, 4 * time.Second}, // healthy again: idle doubling goes on
 	} {
-		if got := c.relayWait(tt.wait, tt.n, tt.err); got != tt.want {
-			t.Errorf("relayWait(%v, %d, %v) = %v, want %v", tt.wait, tt.n, tt.err, got, tt.want)
+		got := w.next(tt.n, tt.err)
+		if tt.err == nil && got != tt.want || tt.err != nil && (got < 0 || got > tt.want) {
+			t.Errorf("round %d: next(%d, %v) = %v, want %v", i, tt.n, tt.err, got, tt.want)
 		}
 	}
 	now := time.Now()
