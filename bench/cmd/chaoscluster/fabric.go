@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// subnet is the fabric's /24 (its first three octets); it exists only
+// inside the namespaces this program creates.
+const subnet = "10.232.0"
+
+// The hosts of the fabric: role → address.
+var hosts = []struct{ role, ip string }{
+	{"caller", subnet + ".20"},
+	{"pod1", subnet + ".11"}, {"pod2", subnet + ".12"}, // service A's Envoys
+	{"col1", subnet + ".21"}, {"col2", subnet + ".22"}, {"col3", subnet + ".23"}, // service A's collectors
+	{"podb", subnet + ".40"}, // service B: Envoy, service and collector
+	{"backends", subnet + ".30"},
+}
+
+func ipOf(role string) string {
+	for _, h := range hosts {
+		if h.role == role {
+			return h.ip
+		}
+	}
+	panic("no host " + role)
+}
+
+// nsName is the namespace of a role for the run of prefix p (amchaos<pid>-).
+func nsName(p, role string) string { return p + role }
+
+var stalePrefix = regexp.MustCompile(`^(amchaos([0-9]+)-)`)
+
+// outer creates the fabric, runs this program again inside the caller's
+// namespace, and deletes the fabric with all that runs in it when that run
+// ends (or this one is interrupted: the inner run gets the signal too, and
+// a minute to finish).
+func outer(ctx context.Context, c config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it creates network namespaces (ip netns add, veth, bridge)")
+	}
+	removeStale()
+	prefix := "amchaos" + strconv.Itoa(os.Getpid()) + "-"
+	defer deleteAll(prefix)
+	if err := makeFabric(prefix); err != nil {
+		return fmt.Errorf("creating the namespaces: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	args := append([]string{"netns", "exec", nsName(prefix, "caller"), self, "-inner", prefix}, os.Args[1:]...)
+	cmd := exec.Command("ip", args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the run in the caller's namespace: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err = <-done:
+		case <-time.After(time.Minute):
+			_ = cmd.Process.Kill()
+			err = <-done
+		}
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		os.Exit(exit.ExitCode()) // the inner run printed why
+	}
+	return err
+}
+
+// makeFabric creates the bridge's namespace and one per host, each with lo
+// up and eth0 (a veth whose peer is a port of the bridge) at its address.
+func makeFabric(p string) error {
+	bridge := nsName(p, "fabric")
+	steps := [][]string{{"netns", "add", bridge}, {"-n", bridge, "link", "set", "lo", "up"},
+		{"-n", bridge, "link", "add", "br0", "type", "bridge"}, {"-n", bridge, "link", "set", "br0", "up"}}
+	for _, h := range hosts {
+		ns := nsName(p, h.role)
+		steps = append(steps, []string{"netns", "add", ns}, []string{"-n", ns, "link", "set", "lo", "up"},
+			[]string{"-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", h.role, "netns", bridge},
+			[]string{"-n", ns, "addr", "add", h.ip + "/24", "dev", "eth0"}, []string{"-n", ns, "link", "set", "eth0", "up"},
+			[]string{"-n", bridge, "link", "set", h.role, "master", "br0"}, []string{"-n", bridge, "link", "set", h.role, "up"})
+	}
+	for _, s := range steps {
+		if err := ipCmd(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ipCmd(args ...string) error {
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// deleteAll deletes the namespaces of prefix p.
+func deleteAll(p string) {
+	for _, ns := range listNamespaces() {
+		if strings.HasPrefix(ns, p) {
+			deleteNamespace(ns)
+		}
+	}
+}
+
+func listNamespaces() []string {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			names = append(names, f[0])
+		}
+	}
+	return names
+}
+
+// removeStale deletes the namespaces of earlier runs whose process is gone.
+func removeStale() {
+	for _, ns := range listNamespaces() {
+		m := stalePrefix.FindStringSubmatch(ns)
+		if m == nil {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + m[2]); err == nil {
+			continue
+		}
+		slog.Info("removing the namespace of a run that is gone", "ns", ns)
+		deleteNamespace(ns)
+	}
+}
+
+// deleteNamespace stops every process still in ns (SIGTERM, then SIGKILL
+// after 15 s: the backends, which the scripts detach) and deletes it.
+func deleteNamespace(ns string) {
+	pids := func() []int {
+		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+		var ps []int
+		for _, f := range strings.Fields(string(out)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				ps = append(ps, p)
+			}
+		}
+		return ps
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		ps := pids()
+		for _, p := range ps {
+			_ = syscall.Kill(p, sig)
+		}
+		for end := time.Now().Add(15 * time.Second); len(ps) > 0 && time.Now().Before(end); ps = pids() {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if len(ps) == 0 {
+			break
+		}
+	}
+	if err := ipCmd("netns", "del", ns); err != nil {
+		slog.Error("deleting a namespace", "ns", ns, "err", err)
+	}
+}
