@@ -325,7 +325,7 @@ func (r *run) loadAndFaults(ctx context.Context, sum *tally.Summary) error {
 			return nil
 		})
 	}()
-	faults := []string{"kill9", "rabbitmq", "partition", "elasticsearch"}
+	faults := []string{"kill9", "partition", "rabbitmq", "elasticsearch"}
 	start := time.Now()
 	deadline := start.Add(r.c.dur)
 	for i := 0; time.Now().Add(r.c.every).Before(deadline); i++ {
@@ -364,9 +364,11 @@ func (r *run) inject(ctx context.Context, fault string, target int) error {
 		return procs.WaitHTTP(ctx, "http://"+ipOf(col)+":"+collectorPort+"/healthz", time.Minute)
 	case "rabbitmq", "elasticsearch":
 		name := fault + "-cluster.sh"
+		t0 := time.Now()
 		if err := r.script(ctx, name, "stop", target+1); err != nil {
 			return err
 		}
+		slog.Info("node stopped", "kind", fault, "node", target+1, "after", time.Since(t0).Round(100*time.Millisecond))
 		time.Sleep(5 * time.Second)
 		return r.script(ctx, name, "start", target+1)
 	case "partition":
