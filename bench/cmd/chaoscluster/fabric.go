@@ -81,7 +81,7 @@ func outer(ctx context.Context, c config) error {
 	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		os.Exit(exit.ExitCode()) // the inner run printed why
+		return exitCode(exit.ExitCode()) // the inner run printed why
 	}
 	return err
 }
@@ -106,6 +106,12 @@ func makeFabric(p string) error {
 	}
 	return nil
 }
+
+// exitCode is the inner run's exit status, passed on once the namespaces
+// are deleted.
+type exitCode int
+
+func (c exitCode) Error() string { return "exit status " + strconv.Itoa(int(c)) }
 
 func ipCmd(args ...string) error {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
