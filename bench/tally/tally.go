@@ -108,3 +108,34 @@ func Unfinished(ctx context.Context, get func(ctx context.Context, path string) 
 	}
 	return n, nil
 }
+
+// Settle counts the callbacks (received reads them by webhook-id) every 2 s
+// until every accepted request is called back or settle has passed, then
+// counts the unfinished records (unfinished) every 2 s until there are none
+// or a minute has passed: records whose caller got no 202 are finished too,
+// and Elasticsearch's search is near-real-time.
+func (s *Summary) Settle(ctx context.Context, accepted map[string]bool, settle time.Duration,
+	received func(context.Context) (map[string]int, error), unfinished func(context.Context) (int, error)) error {
+	for end := time.Now().Add(settle); ; {
+		got, err := received(ctx)
+		if err != nil {
+			return err
+		}
+		s.Count(accepted, got)
+		if s.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for wait := time.Now().Add(time.Minute); ; {
+		time.Sleep(2 * time.Second)
+		n, err := unfinished(ctx)
+		if err != nil {
+			return err
+		}
+		s.Stuck = n
+		if n == 0 || time.Now().After(wait) || ctx.Err() != nil {
+			return nil
+		}
+	}
+}

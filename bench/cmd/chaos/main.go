@@ -124,27 +124,9 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 	<-loadDone
 
 	// Count at the receiver, by webhook-id, until every 202 is called back.
-	end := time.Now().Add(settle)
-	for {
-		got, err := tally.Received(ctx, http.DefaultClient, s.ReceiverURL)
-		if err != nil {
-			return sum, err
-		}
-		sum.Count(accepted, got)
-		if sum.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(2 * time.Second)
-	}
-	// Records whose caller got no 202 (the collector died before answering)
-	// are still finished; give the last of them, and Elasticsearch's
-	// near-real-time search, up to a minute.
-	for wait := time.Now().Add(time.Minute); ; {
-		time.Sleep(2 * time.Second)
-		if sum.Stuck, err = tally.Unfinished(ctx, s.OperatorGet); err != nil || sum.Stuck == 0 || time.Now().After(wait) {
-			break
-		}
-	}
+	err = sum.Settle(ctx, accepted, settle, func(ctx context.Context) (map[string]int, error) {
+		return tally.Received(ctx, http.DefaultClient, s.ReceiverURL)
+	}, func(ctx context.Context) (int, error) { return tally.Unfinished(ctx, s.OperatorGet) })
 	sum.Took = time.Since(start)
 	return sum, err
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/netns"
 )
 
 // subnet is the fabric's /24 (its first three octets); it exists only
@@ -122,30 +124,16 @@ func ipCmd(args ...string) error {
 
 // deleteAll deletes the namespaces of prefix p.
 func deleteAll(p string) {
-	for _, ns := range listNamespaces() {
+	for _, ns := range netns.List() {
 		if strings.HasPrefix(ns, p) {
 			deleteNamespace(ns)
 		}
 	}
 }
 
-func listNamespaces() []string {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return nil
-	}
-	var names []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 0 {
-			names = append(names, f[0])
-		}
-	}
-	return names
-}
-
 // removeStale deletes the namespaces of earlier runs whose process is gone.
 func removeStale() {
-	for _, ns := range listNamespaces() {
+	for _, ns := range netns.List() {
 		m := stalePrefix.FindStringSubmatch(ns)
 		if m == nil {
 			continue
@@ -158,32 +146,8 @@ func removeStale() {
 	}
 }
 
-// deleteNamespace stops every process still in ns (SIGTERM, then SIGKILL
-// after 15 s: the backends, which the scripts detach) and deletes it.
 func deleteNamespace(ns string) {
-	pids := func() []int {
-		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-		var ps []int
-		for _, f := range strings.Fields(string(out)) {
-			if p, err := strconv.Atoi(f); err == nil {
-				ps = append(ps, p)
-			}
-		}
-		return ps
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		ps := pids()
-		for _, p := range ps {
-			_ = syscall.Kill(p, sig)
-		}
-		for end := time.Now().Add(15 * time.Second); len(ps) > 0 && time.Now().Before(end); ps = pids() {
-			time.Sleep(200 * time.Millisecond)
-		}
-		if len(ps) == 0 {
-			break
-		}
-	}
-	if err := ipCmd("netns", "del", ns); err != nil {
+	if err := netns.Delete(ns); err != nil {
 		slog.Error("deleting a namespace", "ns", ns, "err", err)
 	}
 }

@@ -82,7 +82,7 @@ func inner(ctx context.Context, c config) error {
 	fmt.Println(sum.String("chaos-cluster"))
 	if sum.Failed() {
 		fmt.Fprintln(os.Stderr, "chaoscluster: logs in", work)
-		os.Exit(1)
+		return exitCode(1)
 	}
 	if !c.keep {
 		r.procs.StopAll(r.names()...)
@@ -404,32 +404,21 @@ func (r *run) count(ctx context.Context, sum *tally.Summary) error {
 		accepted[id] = true
 	}
 	r.mu.Unlock()
-	for end := time.Now().Add(r.c.settle); ; {
-		got, err := tally.Received(ctx, r.client, "http://"+receiverAddr)
-		if err != nil {
-			return err
-		}
-		sum.Count(accepted, got)
-		if sum.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(2 * time.Second)
-	}
-	// Records whose caller got no 202 are finished too; give them, and
-	// Elasticsearch's near-real-time search, up to a minute.
-	for wait := time.Now().Add(time.Minute); ; {
-		time.Sleep(2 * time.Second)
-		sum.Stuck = 0
+	err := sum.Settle(ctx, accepted, r.c.settle, func(ctx context.Context) (map[string]int, error) {
+		return tally.Received(ctx, r.client, "http://"+receiverAddr)
+	}, func(ctx context.Context) (int, error) {
+		total := 0
 		for _, s := range services {
 			n, err := tally.Unfinished(ctx, r.operatorGet(s.collectors[0]))
 			if err != nil {
-				return fmt.Errorf("service %s: %w", s.name, err)
+				return 0, fmt.Errorf("service %s: %w", s.name, err)
 			}
-			sum.Stuck += n
+			total += n
 		}
-		if sum.Stuck == 0 || time.Now().After(wait) || ctx.Err() != nil {
-			break
-		}
+		return total, nil
+	})
+	if err != nil {
+		return err
 	}
 	// Each service's pods must have run only requests its own Envoys took
 	// (and have run some: the check is not empty).
