@@ -226,7 +226,10 @@ func (r *run) startCollector(s service, i int, col string) error {
 // The demo's Envoy bootstrap, as examples/stack fills it, is changed in
 // two places: the listener is on every address of the pod, and both
 // collector clusters list all of the service's collectors.
-const oneCollector = "endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: ${COLLECTOR_PORT}}}}}]}]"
+const (
+	oneCollector     = "endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: ${COLLECTOR_PORT}}}}}]}]"
+	listenerLoopback = "address: 127.0.0.1, port_value: ${ENVOY_PORT}"
+)
 
 // startPod writes the rules and Envoy's bootstrap for pod p of s and starts
 // its service and Envoy.
@@ -256,7 +259,7 @@ func (r *run) startPod(s service, p string) error {
 		eps = append(eps, "{endpoint: {address: {socket_address: {address: "+ipOf(col)+", port_value: "+collectorPort+"}}}}")
 	}
 	text = strings.ReplaceAll(text, oneCollector, "endpoints: [{lb_endpoints: ["+strings.Join(eps, ", ")+"]}]")
-	text = strings.Replace(text, "address: 127.0.0.1, port_value: ${ENVOY_PORT}", "address: 0.0.0.0, port_value: ${ENVOY_PORT}", 1)
+	text = strings.Replace(text, listenerLoopback, "address: 0.0.0.0, port_value: ${ENVOY_PORT}", 1)
 	text = strings.NewReplacer("${ENVOY_PORT}", envoyPort, "${ADMIN_PORT}", "9902", "${SERVICE_PORT}", "8080",
 		"${ASYNCMESH_FILTER}", string(filter)).Replace(text)
 	boot := filepath.Join(r.work, "envoy-"+p+".yaml")
