@@ -61,7 +61,18 @@ func outer(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{"netns", "exec", nsName(prefix, "caller"), self, "-inner", prefix}, os.Args[1:]...)
+	// The work directory (logs, the backends' state) outlives the inner
+	// run: it is removed after a passing run once the namespaces, and the
+	// backends writing into it, are gone.
+	work, err := os.MkdirTemp("", "asyncmesh-chaoscluster-")
+	if err != nil {
+		return err
+	}
+	// The Elasticsearch nodes run as another user: their state is under it.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return err
+	}
+	args := append([]string{"netns", "exec", nsName(prefix, "caller"), self, "-inner", prefix, "-work", work}, os.Args[1:]...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -79,6 +90,12 @@ func outer(ctx context.Context, c config) error {
 		case <-time.After(time.Minute):
 			_ = cmd.Process.Kill()
 			err = <-done
+		}
+	}
+	deleteAll(prefix)
+	if err == nil && !c.keep {
+		if rmErr := os.RemoveAll(work); rmErr != nil {
+			slog.Warn("removing the work directory", "dir", work, "err", rmErr)
 		}
 	}
 	var exit *exec.ExitError

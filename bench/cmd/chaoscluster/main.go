@@ -46,6 +46,7 @@ type config struct {
 	settle           time.Duration
 	esHeap           string
 	inner            string // the namespace prefix, set in the inner run
+	work             string // the work directory, set in the inner run
 	keep             bool
 }
 
@@ -61,6 +62,7 @@ func main() {
 	flag.StringVar(&c.esHeap, "es-heap", "512m", "heap of each Elasticsearch node")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (logs, backends' data) after a successful run")
 	flag.StringVar(&c.inner, "inner", "", "internal: run inside the caller's namespace of this prefix")
+	flag.StringVar(&c.work, "work", "", "internal: the inner run's work directory")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if c.envoy == "" {

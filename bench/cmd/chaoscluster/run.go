@@ -60,14 +60,7 @@ type run struct {
 // outer created.
 func inner(ctx context.Context, c config) error {
 	start := time.Now()
-	work, err := os.MkdirTemp("", "asyncmesh-chaoscluster-")
-	if err != nil {
-		return err
-	}
-	// The Elasticsearch nodes run as another user: their state under work.
-	if err := os.Chmod(work, 0o755); err != nil {
-		return err
-	}
+	work := c.work
 	r := &run{c: c, prefix: c.inner, work: work, procs: &procs.Group{Dir: work},
 		secret: webhook.NewSecret(), replay: "replay-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"),
 		admin:    "admin-" + strings.TrimPrefix(webhook.NewSecret(), "whsec_"),
@@ -83,10 +76,6 @@ func inner(ctx context.Context, c config) error {
 	if sum.Failed() {
 		fmt.Fprintln(os.Stderr, "chaoscluster: logs in", work)
 		return exitCode(1)
-	}
-	if !c.keep {
-		r.procs.StopAll(r.names()...)
-		_ = os.RemoveAll(work)
 	}
 	return nil
 }
