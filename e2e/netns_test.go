@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/netns"
 )
 
 // A fabric is a set of network namespaces ("hosts") joined by veth pairs to
@@ -203,54 +205,23 @@ var staleNamespace = regexp.MustCompile(`^amtopo([0-9]+)-`)
 // process is gone (a run killed before its cleanup), with whatever still
 // runs in them; those of a run still going are left alone.
 func removeStaleNamespaces(t *testing.T) {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		m := staleNamespace.FindStringSubmatch(f[0])
+	for _, ns := range netns.List() {
+		m := staleNamespace.FindStringSubmatch(ns)
 		if m == nil {
 			continue
 		}
 		if comm, err := os.ReadFile("/proc/" + m[1] + "/comm"); err == nil && strings.HasSuffix(strings.TrimSpace(string(comm)), ".test") {
 			continue
 		}
-		t.Logf("removing namespace %s of a run that is gone", f[0])
-		deleteNamespace(t, f[0])
+		t.Logf("removing namespace %s of a run that is gone", ns)
+		deleteNamespace(t, ns)
 	}
 }
 
-// deleteNamespace stops every process still in namespace ns (SIGTERM, then
-// SIGKILL after 10 s: the backends the start scripts detach, epmd) and
-// deletes it. Its veth goes with it, and the peer with the veth.
+// deleteNamespace stops every process still in namespace ns and deletes
+// it (netns.Delete).
 func deleteNamespace(t *testing.T, ns string) {
-	pids := func() []int {
-		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-		var ps []int
-		for _, f := range strings.Fields(string(out)) {
-			if p, err := strconv.Atoi(f); err == nil {
-				ps = append(ps, p)
-			}
-		}
-		return ps
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		ps := pids()
-		for _, p := range ps {
-			_ = syscall.Kill(p, sig)
-		}
-		for end := time.Now().Add(10 * time.Second); len(ps) > 0 && time.Now().Before(end); ps = pids() {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if len(ps) == 0 {
-			break
-		}
-	}
-	if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-		t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+	if err := netns.Delete(ns); err != nil {
+		t.Error(err)
 	}
 }

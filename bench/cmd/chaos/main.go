@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,6 +30,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/bench/load"
+	"github.com/asyncmesh/asyncmesh/bench/tally"
 	"github.com/asyncmesh/asyncmesh/examples/stack"
 )
 
@@ -53,33 +53,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(1)
 	}
-	fmt.Println(sum)
-	if sum.Lost > 0 || sum.Stuck > 0 {
+	fmt.Println(sum.String("chaos"))
+	if sum.Failed() {
 		os.Exit(1)
 	}
 }
 
-// Summary is the outcome of a run.
-type Summary struct {
-	Accepted, Delivered, Lost, Duplicates, Stuck int
-	Faults                                       map[string]int
-	Took                                         time.Duration
-}
-
-func (s Summary) String() string {
-	var f []string
-	for _, k := range []string{"kill9", "rabbitmq", "elasticsearch", "stall"} {
-		if n := s.Faults[k]; n > 0 {
-			f = append(f, fmt.Sprintf("%s×%d", k, n))
-		}
-	}
-	return fmt.Sprintf("chaos: accepted=%d delivered=%d lost=%d duplicates=%d stuck=%d faults=%s took=%s",
-		s.Accepted, s.Delivered, s.Lost, s.Duplicates, s.Stuck, strings.Join(f, ","), s.Took.Round(time.Second))
-}
-
-func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settle time.Duration) (Summary, error) {
+func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settle time.Duration) (tally.Summary, error) {
 	start := time.Now()
-	sum := Summary{Faults: map[string]int{}}
+	sum := tally.Summary{Faults: map[string]int{}}
 	root, _ := filepath.Abs(".")
 	work, err := os.MkdirTemp("", "asyncmesh-chaos-")
 	if err != nil {
@@ -140,41 +122,11 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 		sum.Faults[f]++
 	}
 	<-loadDone
-	mu.Lock()
-	sum.Accepted = len(accepted)
-	mu.Unlock()
 
 	// Count at the receiver, by webhook-id, until every 202 is called back.
-	end := time.Now().Add(settle)
-	for {
-		got, err := receivedCounts(s)
-		if err != nil {
-			return sum, err
-		}
-		sum.Delivered, sum.Duplicates, sum.Lost = 0, 0, 0
-		for id := range accepted {
-			switch n := got[id]; {
-			case n == 0:
-				sum.Lost++
-			default:
-				sum.Delivered++
-				sum.Duplicates += n - 1
-			}
-		}
-		if sum.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(2 * time.Second)
-	}
-	// Records whose caller got no 202 (the collector died before answering)
-	// are still finished; give the last of them, and Elasticsearch's
-	// near-real-time search, up to a minute.
-	for wait := time.Now().Add(time.Minute); ; {
-		time.Sleep(2 * time.Second)
-		if sum.Stuck, err = stuck(s); err != nil || sum.Stuck == 0 || time.Now().After(wait) {
-			break
-		}
-	}
+	err = sum.Settle(ctx, accepted, settle, func(ctx context.Context) (map[string]int, error) {
+		return tally.Received(ctx, http.DefaultClient, s.ReceiverURL)
+	}, func(ctx context.Context) (int, error) { return tally.Unfinished(ctx, s.OperatorGet) })
 	sum.Took = time.Since(start)
 	return sum, err
 }
@@ -217,53 +169,4 @@ func script(root, stopScript, startScript string, down time.Duration) error {
 		}
 	}
 	return nil
-}
-
-// receivedCounts counts the receiver's callbacks by webhook-id.
-func receivedCounts(s *stack.Stack) (map[string]int, error) {
-	resp, err := http.Get(s.ReceiverURL + "/received")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var all []struct {
-		WebhookID string `json:"webhookId"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
-		return nil, err
-	}
-	n := map[string]int{}
-	for _, r := range all {
-		n[r.WebhookID]++
-	}
-	return n, nil
-}
-
-// stuck counts records the collector still has in a non-terminal status.
-func stuck(s *stack.Stack) (int, error) {
-	n := 0
-	for _, st := range []string{"persisted", "queued", "processing", "completed", "failed", "delivering"} {
-		cursor := ""
-		for {
-			resp, err := s.OperatorGet(context.Background(), "/v1/requests?limit=500&status="+st+"&cursor="+cursor)
-			if err != nil {
-				return 0, err
-			}
-			var page struct {
-				Records []json.RawMessage `json:"records"`
-				Next    string            `json:"next"`
-			}
-			err = json.NewDecoder(resp.Body).Decode(&page)
-			resp.Body.Close()
-			if err != nil {
-				return 0, err
-			}
-			n += len(page.Records)
-			if page.Next == "" {
-				break
-			}
-			cursor = page.Next
-		}
-	}
-	return n, nil
 }

@@ -1,0 +1,141 @@
+// Package tally counts the outcome of a fault test (bench/cmd/chaos and
+// bench/cmd/chaoscluster) from the receiver's side: which requests that got
+// a 202 were called back, how often, and how many records a collector still
+// holds in a non-terminal status.
+package tally
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Summary is the outcome of a run.
+type Summary struct {
+	Accepted, Delivered, Lost, Duplicates, Stuck int
+	// Crossed counts requests run by a service other than the one that
+	// accepted them (chaoscluster's shared-backends check).
+	Crossed int
+	Faults  map[string]int
+	Took    time.Duration
+}
+
+// String is the one summary line: name: accepted=… faults=kind×n,… took=….
+func (s Summary) String(name string) string {
+	var f []string
+	for _, k := range slices.Sorted(maps.Keys(s.Faults)) {
+		if n := s.Faults[k]; n > 0 {
+			f = append(f, fmt.Sprintf("%s×%d", k, n))
+		}
+	}
+	return fmt.Sprintf("%s: accepted=%d delivered=%d lost=%d duplicates=%d stuck=%d crossed=%d faults=%s took=%s",
+		name, s.Accepted, s.Delivered, s.Lost, s.Duplicates, s.Stuck, s.Crossed, strings.Join(f, ","), s.Took.Round(time.Second))
+}
+
+// Failed reports whether the run lost, stranded or crossed a request.
+func (s Summary) Failed() bool { return s.Lost > 0 || s.Stuck > 0 || s.Crossed > 0 }
+
+// Count sets Accepted, Delivered, Lost and Duplicates from the ids that got
+// a 202 and the callbacks received by webhook-id.
+func (s *Summary) Count(accepted map[string]bool, got map[string]int) {
+	s.Accepted, s.Delivered, s.Duplicates, s.Lost = len(accepted), 0, 0, 0
+	for id := range accepted {
+		if n := got[id]; n == 0 {
+			s.Lost++
+		} else {
+			s.Delivered++
+			s.Duplicates += n - 1
+		}
+	}
+}
+
+// Received counts the callbacks of the example receiver (GET /received) by
+// webhook-id.
+func Received(ctx context.Context, c *http.Client, receiverURL string) (map[string]int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, receiverURL+"/received", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading the receiver's callbacks: %w", err)
+	}
+	defer resp.Body.Close()
+	var all []struct {
+		WebhookID string `json:"webhookId"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
+		return nil, fmt.Errorf("decoding the receiver's callbacks: %w", err)
+	}
+	n := map[string]int{}
+	for _, r := range all {
+		n[r.WebhookID]++
+	}
+	return n, nil
+}
+
+// Unfinished counts the records a collector still has in a non-terminal
+// status; get reads a path of its operator API (with the token).
+func Unfinished(ctx context.Context, get func(ctx context.Context, path string) (*http.Response, error)) (int, error) {
+	n := 0
+	for _, st := range []string{"persisted", "queued", "processing", "completed", "failed", "delivering"} {
+		cursor := ""
+		for {
+			resp, err := get(ctx, "/v1/requests?limit=500&status="+st+"&cursor="+cursor)
+			if err != nil {
+				return 0, fmt.Errorf("listing %s records: %w", st, err)
+			}
+			var page struct {
+				Records []json.RawMessage `json:"records"`
+				Next    string            `json:"next"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&page)
+			resp.Body.Close()
+			if err != nil {
+				return 0, fmt.Errorf("decoding %s records: %w", st, err)
+			}
+			n += len(page.Records)
+			if page.Next == "" {
+				break
+			}
+			cursor = page.Next
+		}
+	}
+	return n, nil
+}
+
+// Settle counts the callbacks (received reads them by webhook-id) every 2 s
+// until every accepted request is called back or settle has passed, then
+// counts the unfinished records (unfinished) every 2 s until there are none
+// or a minute has passed: records whose caller got no 202 are finished too,
+// and Elasticsearch's search is near-real-time.
+func (s *Summary) Settle(ctx context.Context, accepted map[string]bool, settle time.Duration,
+	received func(context.Context) (map[string]int, error), unfinished func(context.Context) (int, error)) error {
+	for end := time.Now().Add(settle); ; {
+		got, err := received(ctx)
+		if err != nil {
+			return err
+		}
+		s.Count(accepted, got)
+		if s.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for wait := time.Now().Add(time.Minute); ; {
+		time.Sleep(2 * time.Second)
+		n, err := unfinished(ctx)
+		if err != nil {
+			return err
+		}
+		s.Stuck = n
+		if n == 0 || time.Now().After(wait) || ctx.Err() != nil {
+			return nil
+		}
+	}
+}
