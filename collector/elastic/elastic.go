@@ -81,7 +81,9 @@ import (
 
 // Config of the store.
 type Config struct {
-	// URL of Elasticsearch, http://host:port.
+	// URL of Elasticsearch, http://host:port, or several, comma-separated
+	// (the nodes of a cluster: requests go round them, and one that fails
+	// to connect is retried on the next).
 	URL string
 	// Prefix names the templates and indices (default "asyncmesh").
 	Prefix string
@@ -125,8 +127,13 @@ type Store struct {
 // Open connects, puts the index templates, checks existing indices against
 // them and starts the bulk batcher, the _mget reader and the retention job.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
-	if !strings.HasPrefix(cfg.URL, "http://") && !strings.HasPrefix(cfg.URL, "https://") {
-		return nil, fmt.Errorf("elasticsearch: url: want http://host:port, got %q", cfg.URL)
+	var addrs []string
+	for _, u := range strings.Split(cfg.URL, ",") {
+		u = strings.TrimSpace(u)
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("elasticsearch: url: want http://host:port[,http://host:port…], got %q", u)
+		}
+		addrs = append(addrs, u)
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "asyncmesh"
@@ -144,7 +151,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Clock = time.Now
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second}
-	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: []string{cfg.URL}, MaxRetries: 1, Transport: tr})
+	es, err := elasticsearch.NewClient(elasticsearch.Config{Addresses: addrs, MaxRetries: len(addrs), Transport: tr})
 	if err != nil {
 		return nil, fmt.Errorf("elasticsearch: %w", err)
 	}

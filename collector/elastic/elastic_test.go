@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -16,7 +17,11 @@ import (
 	"github.com/asyncmesh/asyncmesh/collector/store/storetest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The client's connection pool revives a node it marked dead after a timer
+// of its own (TestSeveralNodes), which Close cannot stop; it ends by itself.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/elastic/elastic-transport-go/v8/elastictransport.(*statusConnectionPool).scheduleResurrect.func1"))
+}
 
 func esURL(t *testing.T) string {
 	u := os.Getenv("ASYNCMESH_TEST_ES_URL")
@@ -82,5 +87,25 @@ func TestDownIsAnError(t *testing.T) {
 	_, err := Open(context.Background(), Config{URL: "http://127.0.0.1:1", Logger: slog.New(slog.DiscardHandler)})
 	if err == nil {
 		t.Fatal("Open with Elasticsearch down succeeded")
+	}
+}
+
+// TestSeveralNodes: with a cluster's nodes listed, one that refuses
+// connections is passed over: the store opens and writes.
+func TestSeveralNodes(t *testing.T) {
+	p := prefix()
+	s, err := Open(context.Background(), Config{URL: "http://127.0.0.1:1," + esURL(t), Prefix: p, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cleanup(t, s); s.Close() })
+	for range 4 { // round robin: every other request goes to the dead node first
+		r := store.NewRecord(storetest.NewEnvelope("a", ""), time.Now())
+		if err := s.Create(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(context.Background(), Config{URL: esURL(t) + ",ftp://x"}); err == nil {
+		t.Fatal("a list with a bad URL was accepted")
 	}
 }

@@ -89,6 +89,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,9 @@ import (
 
 // Config of the queue.
 type Config struct {
-	// URL is the broker, amqp://user:pass@host:port/vhost.
+	// URL is the broker, amqp://user:pass@host:port/vhost, or several,
+	// comma-separated (the nodes of a cluster): each connection attempt
+	// tries them in turn, from the one that last connected.
 	URL string
 	// Prefix names the exchanges and queues (default "asyncmesh").
 	Prefix string
@@ -137,8 +140,10 @@ var ErrUnavailable = errors.New("rabbitmq: not connected to the broker")
 
 // Queue is a queue.Queue on RabbitMQ.
 type Queue struct {
-	cfg Config
-	log *slog.Logger
+	cfg  Config
+	urls []string // cfg.URL's nodes
+	next int      // the index in urls to dial first (the last that connected); run's goroutine only
+	log  *slog.Logger
 
 	mu       sync.Mutex
 	conn     *amqp.Connection
@@ -159,9 +164,14 @@ type Queue struct {
 // that is not reachable yet is not an error (the queue keeps trying, and
 // Publish answers ErrUnavailable meanwhile).
 func Open(ctx context.Context, cfg Config) (*Queue, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
-		return nil, fmt.Errorf("rabbitmq: url: want amqp://user:pass@host:port/vhost, got %q", Redact(cfg.URL))
+	var urls []string
+	for _, raw := range strings.Split(cfg.URL, ",") {
+		raw = strings.TrimSpace(raw)
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+			return nil, fmt.Errorf("rabbitmq: url: want amqp://user:pass@host:port/vhost[,amqp://…], got %q", Redact(raw))
+		}
+		urls = append(urls, raw)
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "asyncmesh"
@@ -179,7 +189,7 @@ func Open(ctx context.Context, cfg Config) (*Queue, error) {
 		cfg.Logger = slog.Default()
 	}
 	q := &Queue{
-		cfg: cfg, log: cfg.Logger.With("queue", "rabbitmq", "url", Redact(cfg.URL)),
+		cfg: cfg, urls: urls, log: cfg.Logger.With("queue", "rabbitmq"),
 		ready: make(chan struct{}), declared: map[string]bool{}, topics: map[string]bool{},
 		returned: map[string]bool{}, closing: make(chan struct{}), done: make(chan struct{}),
 	}
@@ -252,7 +262,7 @@ func (q *Queue) run(first chan<- error) {
 		b.Reset()
 		connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		pubClosed := pub.NotifyClose(make(chan *amqp.Error, 1))
-		q.log.Info("rabbitmq: connected")
+		q.log.Info("rabbitmq: connected", "url", Redact(q.urls[q.next]))
 		var reason *amqp.Error
 		select {
 		case reason = <-connClosed:
@@ -275,9 +285,22 @@ func (q *Queue) run(first chan<- error) {
 // connect dials, opens the confirming publisher channel and declares the
 // topology of every known topic.
 func (q *Queue) connect() (*amqp.Connection, *amqp.Channel, error) {
-	conn, err := amqp.DialConfig(q.cfg.URL, amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
-	if err != nil {
-		return nil, nil, fmt.Errorf("dialing %s: %w", Redact(q.cfg.URL), err)
+	var conn *amqp.Connection
+	var errs []error
+	for i := range q.urls {
+		u := q.urls[(q.next+i)%len(q.urls)]
+		c, err := amqp.DialConfig(u, amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
+		if err == nil {
+			conn, q.next = c, (q.next+i)%len(q.urls)
+			break
+		}
+		errs = append(errs, fmt.Errorf("dialing %s: %w", Redact(u), err))
+		if isFatal(err) {
+			break
+		}
+	}
+	if conn == nil {
+		return nil, nil, errors.Join(errs...)
 	}
 	pub, err := conn.Channel()
 	if err == nil {

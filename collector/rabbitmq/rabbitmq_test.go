@@ -58,10 +58,31 @@ func TestQueueConformance(t *testing.T) {
 }
 
 func TestOpenRefusesBadURL(t *testing.T) {
-	for _, u := range []string{"", "http://x", "amqp://", "::"} {
+	for _, u := range []string{"", "http://x", "amqp://", "::", "amqp://a:5672,http://b", "amqp://a:5672,"} {
 		if _, err := Open(context.Background(), Config{URL: u}); err == nil {
 			t.Errorf("Open(%q) accepted", u)
 		}
+	}
+}
+
+// TestConnectsToTheNextNode: with a cluster's nodes listed, a node that
+// refuses connections is passed over for the next.
+func TestConnectsToTheNextNode(t *testing.T) {
+	good := os.Getenv("ASYNCMESH_TEST_AMQP_URL")
+	if good == "" {
+		t.Skip("ASYNCMESH_TEST_AMQP_URL is not set (scripts/start-rabbitmq.sh prints one)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := Open(ctx, Config{URL: "amqp://guest:guest@127.0.0.1:1/," + good, Prefix: "asyncmesh-test-next", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	select {
+	case <-q.Ready():
+	case <-ctx.Done():
+		t.Fatal("not connected through the second node")
 	}
 }
 

@@ -16,7 +16,7 @@ func init() {
 		Name: "elasticsearch",
 		Doc:  "Elasticsearch 8 at the URL in -es-url-env's variable; daily indices (-es-*)",
 		Flags: func(fs *flag.FlagSet) *Setup {
-			urlEnv := fs.String("es-url-env", "ASYNCMESH_ES_URL", "environment variable holding the Elasticsearch URL (http://host:port)")
+			urlEnv := fs.String("es-url-env", "ASYNCMESH_ES_URL", "environment variable holding the Elasticsearch URL (http://host:port; a cluster's nodes comma-separated)")
 			prefix := fs.String("es-prefix", "asyncmesh", "prefix of the Elasticsearch index templates and indices")
 			replicas := fs.Int("es-replicas", 1, "replicas of each daily index (0 on a single node)")
 			flushers := fs.Int("es-flushers", 2, "bulk requests in flight to Elasticsearch")

@@ -16,7 +16,7 @@ func init() {
 		Name: "rabbitmq",
 		Doc:  "RabbitMQ at the URL in -amqp-url-env's variable; quorum queues (-amqp-*)",
 		Flags: func(fs *flag.FlagSet) *Setup {
-			urlEnv := fs.String("amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost)")
+			urlEnv := fs.String("amqp-url-env", "ASYNCMESH_AMQP_URL", "environment variable holding the RabbitMQ URL (amqp://user:pass@host:port/vhost; a cluster's nodes comma-separated, tried in turn)")
 			prefix := fs.String("amqp-prefix", "asyncmesh", "prefix of the RabbitMQ exchanges and queues")
 			instance := fs.String("amqp-instance", "", "name of this collector among those sharing -amqp-prefix (a pod's name): the work messages of its intakes wait in a queue of its own until the filter's deadline has passed, then go to all (default: -node-id, else the host name)")
 			prefetch := fs.Int("amqp-prefetch", 0, "unacked messages per consumer (0: its number of workers)")
