@@ -199,17 +199,29 @@ func amqpURL(i int) string {
 }
 func esURL(i int) string { return "http://" + ipOf("backends") + ":" + strconv.Itoa(9200+i) }
 
+// nodes is the URLs of a cluster's three nodes, node first first: each
+// collector starts on a node of its own and fails over to the others.
+func nodes(url func(int) string, first int) string {
+	var us []string
+	for k := range 3 {
+		us = append(us, url((first-1+k)%3+1))
+	}
+	return strings.Join(us, ",")
+}
+
 // startCollector starts service s's collector i on host col: node i+1 of
-// each cluster, replays through the service's pod i%len(pods).
+// each cluster first, then the others; replays through the service's pod
+// i%len(pods). Its -amqp-instance is its host's name (the namespaces share
+// the machine's host name).
 func (r *run) startCollector(s service, i int, col string) error {
 	prefix := "chaos-" + s.name
 	return r.spawn("collector-"+col, col, filepath.Join(r.c.bin, "collector"), []string{
 		"ASYNCMESH_REPLAY_SECRET=" + r.replay, "ASYNCMESH_SECRET_DEMO=" + r.secret, "ASYNCMESH_ADMIN_TOKEN=" + r.admin,
-		"ASYNCMESH_AMQP_URL=" + amqpURL(i%3+1), "ASYNCMESH_ES_URL=" + esURL(i%3+1),
+		"ASYNCMESH_AMQP_URL=" + nodes(amqpURL, i%3+1), "ASYNCMESH_ES_URL=" + nodes(esURL, i%3+1),
 	}, "-listen", "0.0.0.0:"+collectorPort, "-api-url", "http://"+ipOf(col)+":"+collectorPort,
 		"-replay-url", "http://"+ipOf(s.pods[i%len(s.pods)])+":"+envoyPort, "-admin-token-env", "ASYNCMESH_ADMIN_TOKEN",
 		"-db", filepath.Join(r.work, col+".db"),
-		"-queue", "rabbitmq", "-amqp-prefix", prefix, "-store", "elasticsearch", "-es-prefix", prefix, "-es-replicas", "1")
+		"-queue", "rabbitmq", "-amqp-prefix", prefix, "-amqp-instance", col, "-store", "elasticsearch", "-es-prefix", prefix, "-es-replicas", "1")
 }
 
 // The demo's Envoy bootstrap, as examples/stack fills it, is changed in
