@@ -157,14 +157,15 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	rec := store.NewRecord(env, start)
 	if !deadline.IsZero() {
 		c.decided.pending(rec.ID, deadline)
-		defer c.decided.decide(rec.ID, false) // unless accepted first: refused, or abandoned
+		defer c.decided.decide(rec.ID, refused) // unless decided first
 	}
 	owed, err := c.accept(ctx, rec)
 	if err == nil && late(deadline, time.Now()) {
 		// Persisted, but the answer would come too late: the caller is told
 		// it failed, so it must never run (deadline.go).
 		if aerr := c.abandon(ctx, rec); aerr != nil {
-			log.Error("intake: abandoning a record persisted after the filter's deadline", "err", aerr)
+			log.Error("intake: abandoning a record persisted after the filter's deadline; its worker will", "err", aerr)
+			c.decided.decide(rec.ID, unsettled)
 		} else {
 			log.Warn("intake: persisted after the filter's deadline; abandoned", "deadline", deadline, "took", time.Since(start))
 		}
@@ -173,7 +174,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err == nil && !deadline.IsZero() {
-		c.decided.decide(rec.ID, true) // now, not at return: Prefer: wait needs a worker to run it
+		c.decided.decide(rec.ID, accepted) // now, not at return: Prefer: wait needs a worker to run it
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrExists) {
@@ -182,7 +183,8 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 				// up mid-write, a lost answer from the store): the caller is
 				// told it failed, so a record that exists must never run.
 				if aerr := c.abandonIfExists(ctx, rec.ID); aerr != nil {
-					log.Error("intake: abandoning a record whose write failed", "err", aerr)
+					log.Error("intake: abandoning a record whose write failed; its worker will", "err", aerr)
+					c.decided.decide(rec.ID, unsettled)
 				}
 				log.Error("intake: persisting", "err", err)
 			} else {
@@ -207,7 +209,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "deadline_passed", "the request was abandoned at its first intake")
 			return
 		}
-		c.decided.decide(rec.ID, true) // the first intake's: its work message runs
+		c.decided.decide(rec.ID, accepted) // the first intake's: its work message runs
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))

@@ -364,7 +364,7 @@ func (c *Collector) markQueued(ctx context.Context, r *store.Record) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.PublishTimeout)
 	defer cancel()
 	if _, err := c.move(ctx, r.ID, store.Change{Event: store.Enqueue}); err != nil && !store.IsConflict(err) {
-		c.log.Warn("intake: marking a published record queued failed; the relay will publish it again", "id", r.ID, "trace_id", r.TraceID, "err", err)
+		c.log.Warn("marking a published record queued failed; the relay will publish it again", "id", r.ID, "trace_id", r.TraceID, "err", err)
 	}
 }
 

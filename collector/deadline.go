@@ -96,6 +96,16 @@ const (
 	runIt     verdict = iota // read the record and act by its status
 	waitForIt                // intake has not decided yet: come back later
 	dropIt                   // this collector's intake refused it: nothing to run
+	abandonIt                // refused, but its record may exist: abandon it, then drop
+)
+
+// outcome is intake's decision on a request.
+type outcome int
+
+const (
+	accepted  outcome = iota + 1 // the filter was told "accepted"
+	refused                      // told it failed; no record, or intake abandoned it
+	unsettled                    // told it failed; a record may exist that intake could not abandon
 )
 
 // runnable says whether a worker may run record id, whose intake deadline
@@ -105,15 +115,19 @@ const (
 // process.
 func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.Time) (verdict, time.Duration) {
 	until := deadline.Add(workerGrace)
+	if c.decided.unsettled(id) {
+		return abandonIt, 0 // however late: only its abandon remains to be done
+	}
 	if deadline.IsZero() || !now.Before(until) {
 		return runIt, 0
 	}
-	decided, accepted := c.decided.wait(ctx, id, until)
-	switch {
-	case decided && accepted:
+	switch c.decided.wait(ctx, id, until) {
+	case accepted:
 		return runIt, 0
-	case decided:
-		return dropIt, 0 // refused or abandoned: the caller was told it failed
+	case refused:
+		return dropIt, 0
+	case unsettled:
+		return abandonIt, 0
 	}
 	return waitForIt, until.Sub(now)
 }
@@ -131,7 +145,7 @@ type decisions struct {
 type decision struct {
 	deadline time.Time
 	done     chan struct{} // closed once decided
-	accepted bool          // set before done is closed
+	outcome  outcome       // set before done is closed
 }
 
 func newDecisions() *decisions { return &decisions{m: map[string]*decision{}} }
@@ -149,39 +163,39 @@ func (d *decisions) pending(id string, deadline time.Time) {
 	d.mu.Unlock()
 }
 
-// decide ends the pending decision on id: whether intake told the filter
-// that it accepted the request. The first decision stands.
-func (d *decisions) decide(id string, accepted bool) {
+// decide ends the pending decision on id with o. The first decision
+// stands.
+func (d *decisions) decide(id string, o outcome) {
 	d.mu.Lock()
 	if x, ok := d.m[id]; ok {
 		select {
 		case <-x.done:
 		default:
-			x.accepted = accepted
+			x.outcome = o
 			close(x.done)
 		}
 	}
 	d.mu.Unlock()
 }
 
-// wait reports whether this collector's intake has decided on id, and
-// how, waiting for a pending decision until until.
-func (d *decisions) wait(ctx context.Context, id string, until time.Time) (decided, accepted bool) {
+// wait reports this collector's intake's decision on id, waiting for a
+// pending one until until (0: none).
+func (d *decisions) wait(ctx context.Context, id string, until time.Time) outcome {
 	d.mu.Lock()
 	x, ok := d.m[id]
 	d.mu.Unlock()
 	if !ok {
-		return false, false
+		return 0
 	}
 	t := time.NewTimer(time.Until(until))
 	defer t.Stop()
 	select {
 	case <-x.done:
-		return true, x.accepted
+		return x.outcome
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return false, false
+	return 0
 }
 
 func (d *decisions) forget(id string) {
@@ -200,8 +214,29 @@ func (d *decisions) prune(now time.Time) {
 func (d *decisions) pruneLocked(now time.Time) {
 	d.pruned = now
 	for id, x := range d.m {
+		if x.unsettled() {
+			continue // its worker has still to abandon it, however long the store fails
+		}
 		if now.After(x.deadline.Add(time.Minute)) {
 			delete(d.m, id)
 		}
+	}
+}
+
+// unsettled reports whether intake refused id but could not abandon its
+// record.
+func (d *decisions) unsettled(id string) bool {
+	d.mu.Lock()
+	x, ok := d.m[id]
+	d.mu.Unlock()
+	return ok && x.unsettled()
+}
+
+func (x *decision) unsettled() bool {
+	select {
+	case <-x.done:
+		return x.outcome == unsettled
+	default:
+		return false
 	}
 }

@@ -92,12 +92,14 @@ func TestRunnable(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	c.decided.pending("mine", now.Add(time.Second))
-	c.decided.decide("mine", true)
-	c.decided.decide("mine", false) // the first decision stands
+	c.decided.decide("mine", accepted)
+	c.decided.decide("mine", refused) // the first decision stands
 	c.decided.pending("refused", now.Add(time.Second))
-	c.decided.decide("refused", false)
+	c.decided.decide("refused", refused)
+	c.decided.pending("unsettled", now.Add(-time.Hour))
+	c.decided.decide("unsettled", unsettled)
 	c.decided.pending("deciding", now.Add(300*time.Millisecond))
-	go func() { time.Sleep(50 * time.Millisecond); c.decided.decide("deciding", true) }()
+	go func() { time.Sleep(50 * time.Millisecond); c.decided.decide("deciding", accepted) }()
 	c.decided.pending("stuck", time.Now().Add(-workerGrace+100*time.Millisecond))
 	for _, tc := range []struct {
 		name     string
@@ -108,6 +110,8 @@ func TestRunnable(t *testing.T) {
 		{"no deadline (an older filter)", "x", time.Time{}, runIt},
 		{"accepted by this collector's intake", "mine", now.Add(time.Second), runIt},
 		{"refused by this collector's intake", "refused", now.Add(time.Second), dropIt},
+		{"refused, its record maybe left", "unsettled", now.Add(time.Second), abandonIt},
+		{"refused, its record maybe left, past the deadline", "unsettled", now.Add(-time.Hour), abandonIt},
 		{"intake deciding: waited for in process", "deciding", now.Add(300 * time.Millisecond), runIt},
 		{"intake never decides before the grace ends", "stuck", time.Now().Add(-workerGrace + 100*time.Millisecond), waitForIt},
 		{"another collector's, deadline ahead", "other", now.Add(time.Second), waitForIt},
@@ -122,6 +126,9 @@ func TestRunnable(t *testing.T) {
 	c.decided.prune(now.Add(2 * time.Minute))
 	if _, ok := c.decided.m["mine"]; ok {
 		t.Error("prune kept a decision a minute past its deadline")
+	}
+	if _, ok := c.decided.m["unsettled"]; !ok {
+		t.Error("prune dropped a refusal whose record is still to be abandoned")
 	}
 }
 

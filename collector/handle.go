@@ -63,6 +63,11 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	switch v, wait := c.runnable(ctx, id, deadline, time.Now()); v {
 	case waitForIt:
 		return queue.RetryAfter(wait, "intake has not answered the filter yet")
+	case abandonIt: // intake could not: the store was failing
+		if err := c.abandonIfExists(ctx, id); err != nil {
+			return queue.RetryAfter(time.Second, "abandoning a request intake refused: "+err.Error())
+		}
+		fallthrough
 	case dropIt:
 		c.decided.forget(id)
 		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
@@ -194,34 +199,40 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 		ch = store.Change{Event: store.Fail, Error: err.Error()}
 	}
 	log.Info("worker: executed", "status", ch.Event.To())
-	return c.finishRun(ctx, r, ch)
+	return c.finishRun(ctx, m, r, ch)
 }
 
-// finishRun writes the outcome ch (Complete or Fail) of record r and, when
-// this collector delivers, the start of its delivery in the same write,
-// leased to this worker, which then makes the first attempt. A conflict
-// means a duplicate of the message wrote it first: nothing to do.
-func (c *Collector) finishRun(ctx context.Context, r *store.Record, ch store.Change) error {
+// finishRun writes the outcome ch (Complete or Fail) of record r, which
+// message m ran, and, when this collector delivers, the start of its
+// delivery in the same write, leased to this worker, which then makes the
+// first attempt. A conflict means that another run of the request wrote its
+// result first — or that this one's write landed and its answer was lost
+// (a store that sent it again found it done): either way the handler
+// follows the record's status (drive), so that a delivering record is not
+// left without a message; its lease makes that wait.
+func (c *Collector) finishRun(ctx context.Context, m queue.Message, r *store.Record, ch store.Change) error {
+	release := func() {}
 	if c.cfg.DeliveryWorkers >= 0 {
 		// The place for the attempt first: the lease runs from the write.
-		release, err := acquire(ctx, c.deliverySlots)
-		if err != nil {
+		var err error
+		if release, err = acquire(ctx, c.deliverySlots); err != nil {
 			return err
 		}
-		defer release()
 		ch.Then, ch.Lease = store.StartDelivery, c.deliveryLease()
 	}
 	got, err := c.advance(ctx, r, ch)
-	switch {
-	case store.IsConflict(err):
-		c.log.Info("worker: the result was written by another run of the request", "id", r.ID, "trace_id", r.TraceID, "err", err)
-		return nil
-	case err != nil:
-		return err
-	case got.Status == store.Delivering:
+	if err == nil && got.Status == store.Delivering {
+		defer release()
 		return c.deliver(ctx, got)
 	}
-	return nil
+	release()
+	now, conflict := conflictStatus(err)
+	if !conflict {
+		return err
+	}
+	c.log.Info("worker: the result was written already; following the record", "id", r.ID, "trace_id", r.TraceID, "status", now)
+	r.Status = now
+	return c.drive(ctx, m, r)
 }
 
 // claimAndDeliver claims record r for an attempt by event (StartDelivery

@@ -40,7 +40,7 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 			return queue.RetryAfter(left+time.Second, "waiting for the external node") // early: a duplicate message
 		}
 		log.Warn("external: no completion before the deadline", "timeout", t.Timeout.D())
-		return c.finishRun(ctx, r, store.Change{Event: store.Fail,
+		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail,
 			Error: fmt.Sprintf("external node %s did not complete within %s", t.Endpoint, t.Timeout.D())})
 	}
 	if r.LeaseUntil.IsZero() || !c.store.Now().Before(r.LeaseUntil) {
@@ -53,7 +53,7 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 		got.Envelope, r = r.Envelope, got
 	}
 	if c.cfg.APIURL == "" {
-		return c.finishRun(ctx, r, store.Change{Event: store.Fail,
+		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail,
 			Error: "the collector has no -api-url: an external node could not complete the request"})
 	}
 	e := r.Envelope
@@ -73,7 +73,7 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 			}
 			return err
 		}
-		return c.finishRun(ctx, r, store.Change{Event: store.Fail, Error: err.Error()})
+		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail, Error: err.Error()})
 	}
 	_, err := c.move(ctx, id, store.Change{Event: store.HandOff, Detail: t.Endpoint, Lease: t.Timeout.D()})
 	if store.IsConflict(err) {
