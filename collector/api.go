@@ -165,7 +165,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		// it failed, so it must never run (deadline.go).
 		if aerr := c.abandon(ctx, rec); aerr != nil {
 			log.Error("intake: abandoning a record persisted after the filter's deadline; its worker will", "err", aerr)
-			c.decided.decide(rec.ID, unsettled)
+			c.decided.leave(rec)
 		} else {
 			log.Warn("intake: persisted after the filter's deadline; abandoned", "deadline", deadline, "took", time.Since(start))
 		}
@@ -182,9 +182,9 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 				// The write may have committed all the same (the filter hung
 				// up mid-write, a lost answer from the store): the caller is
 				// told it failed, so a record that exists must never run.
-				if aerr := c.abandonIfExists(ctx, rec.ID); aerr != nil {
+				if aerr := c.abandonIfExists(ctx, rec); aerr != nil {
 					log.Error("intake: abandoning a record whose write failed; its worker will", "err", aerr)
-					c.decided.decide(rec.ID, unsettled)
+					c.decided.leave(rec)
 				}
 				log.Error("intake: persisting", "err", err)
 			} else {

@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -57,19 +58,41 @@ func (c *Collector) abandon(ctx context.Context, r *store.Record) error {
 	return err
 }
 
-// abandonIfExists abandons record id if a failed intake wrote it after all.
-// It runs apart from the intake's context, which may be why it failed.
-func (c *Collector) abandonIfExists(ctx context.Context, id string) error {
+// abandonIfExists makes sure that record r, whose write failed in a way
+// that may have committed, never runs: it abandons the record if it exists,
+// and otherwise creates it dead (a tombstone), so that the write, if it is
+// still on its way to the store (a bulk sent after intake gave up on it),
+// finds the id taken. It runs apart from the intake's context, which may be
+// why the write failed.
+func (c *Collector) abandonIfExists(ctx context.Context, r *store.Record) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := c.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
+	for range 3 {
+		got, err := c.store.Get(ctx, r.ID)
+		if err == nil {
+			if err := c.abandon(ctx, got); err != nil {
+				var ce *store.ConflictError
+				if errors.As(err, &ce) && ce.Current == store.Dead {
+					return nil // abandoned already
+				}
+				return err
+			}
+			return nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		tomb := store.NewRecord(r.Envelope, r.CreatedAt)
+		abandon := store.Change{Event: store.Abandon, Detail: AbandonedNote, Error: AbandonedNote, At: c.store.Now()}
+		if err := abandon.Apply(tomb); err != nil {
+			return err
+		}
+		if err = c.store.Create(ctx, tomb); !errors.Is(err, store.ErrExists) {
+			return err // created dead, or failed
+		}
+		// The write landed meanwhile: abandon it.
 	}
-	if err != nil {
-		return err
-	}
-	return c.abandon(ctx, r)
+	return fmt.Errorf("abandoning %s: the record kept changing", r.ID)
 }
 
 // mayHaveCommitted reports whether a write that failed with err may have
@@ -115,7 +138,7 @@ const (
 // process.
 func (c *Collector) runnable(ctx context.Context, id string, deadline, now time.Time) (verdict, time.Duration) {
 	until := deadline.Add(workerGrace)
-	if c.decided.unsettled(id) {
+	if c.decided.unsettled(id) != nil {
 		return abandonIt, 0 // however late: only its abandon remains to be done
 	}
 	if deadline.IsZero() || !now.Before(until) {
@@ -143,6 +166,7 @@ type decisions struct {
 }
 
 type decision struct {
+	rec      *store.Record // an unsettled refusal's record, for its abandon
 	deadline time.Time
 	done     chan struct{} // closed once decided
 	outcome  outcome       // set before done is closed
@@ -223,13 +247,27 @@ func (d *decisions) pruneLocked(now time.Time) {
 	}
 }
 
-// unsettled reports whether intake refused id but could not abandon its
-// record.
-func (d *decisions) unsettled(id string) bool {
+// leave decides that intake refused r but could not abandon it: its worker
+// will (abandonIfExists).
+func (d *decisions) leave(r *store.Record) {
+	d.mu.Lock()
+	if x, ok := d.m[r.ID]; ok {
+		x.rec = r
+	}
+	d.mu.Unlock()
+	d.decide(r.ID, unsettled)
+}
+
+// unsettled returns the record intake refused as id but could not abandon
+// (nil when none).
+func (d *decisions) unsettled(id string) *store.Record {
 	d.mu.Lock()
 	x, ok := d.m[id]
 	d.mu.Unlock()
-	return ok && x.unsettled()
+	if ok && x.unsettled() {
+		return x.rec
+	}
+	return nil
 }
 
 func (x *decision) unsettled() bool {

@@ -64,7 +64,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	case waitForIt:
 		return queue.RetryAfter(wait, "intake has not answered the filter yet")
 	case abandonIt: // intake could not: the store was failing
-		if err := c.abandonIfExists(ctx, id); err != nil {
+		if err := c.abandonIfExists(ctx, c.decided.unsettled(id)); err != nil {
 			return queue.RetryAfter(time.Second, "abandoning a request intake refused: "+err.Error())
 		}
 		fallthrough
