@@ -42,7 +42,10 @@ import (
 // held by one consumer at a time, and comes back to another when its
 // consumer dies — so the service sees a request twice only when a broker
 // redelivers a message whose consumer is still running (it lost its
-// connection), as after a crash; the caller's callback is still sent once.
+// connection), as after a crash; the result write still lets one run
+// through to the callback. (A callback is sent twice when its outcome write
+// is lost — a crash or a partition between the receiver's 2xx and the
+// write — as before: receivers dedupe by webhook-id.)
 // An external node's task is claimed in the store (processing, leased),
 // because its completion arrives from outside.
 
