@@ -3,6 +3,7 @@ package collector
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -278,4 +279,22 @@ func historyEvents(rec map[string]any) string {
 		}
 	}
 	return b.String()
+}
+
+// TestExternalCompletionBeforeDispatchRefused: a node, even one that signs
+// as the rule says, cannot complete a request it was never sent (still
+// queued): 409, and the record is untouched and runs as usual.
+func TestExternalCompletionBeforeDispatchRefused(t *testing.T) {
+	e := nodeEnv(t)
+	n := newNode(t, rules.AuthHMAC, "")
+	en := e.envelope("/ledger", nil)
+	en.Target = n.target
+	r := walk(t, e.c.store, en, store.Queued, 0) // no work message: it stays queued
+	task := external.Task{ID: r.ID, CompleteURL: e.api.URL + "/v1/requests/" + r.ID + "/complete"}
+	if resp := n.complete(task, `{"status":200}`); resp == nil || resp.StatusCode != http.StatusConflict {
+		t.Fatalf("completion of a queued request: %v, want 409", resp)
+	}
+	if got, err := e.c.store.Get(context.Background(), r.ID); err != nil || got.Status != store.Queued || got.Response != nil {
+		t.Fatalf("record after a refused completion: %+v (%v)", got, err)
+	}
 }

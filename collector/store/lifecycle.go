@@ -90,17 +90,11 @@ var lifecycle = map[Event]step{
 	Replay:        {from: []Status{Delivered, Dead}, to: Delivering, back: true, next: queue.TopicDelivery},
 }
 
-// From is the statuses e applies from.
-func (e Event) From() []Status { return lifecycle[e].from }
-
 // To is the status e moves to.
 func (e Event) To() Status { return lifecycle[e].to }
 
 // Next is the topic of the message that follows e ("" when none does).
 func (e Event) Next() string { return lifecycle[e].next }
-
-// Valid reports whether e is an event of the lifecycle.
-func (e Event) Valid() bool { _, ok := lifecycle[e]; return ok }
 
 // Transition is one entry of a record's history: the status it reached (or
 // kept), when, by which event, and a detail for people (a reason, a node's
