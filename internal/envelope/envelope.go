@@ -28,7 +28,13 @@ type Envelope struct {
 	TraceParent string `json:"traceparent"`
 	XRequestID  string `json:"xRequestId,omitempty"`
 	Rule        string `json:"rule"`
-	Principal   string `json:"principal,omitempty"`
+	// Caller names the declared caller (rules file callers:) that the mesh
+	// authenticated the request as; empty for an anonymous caller. Principal
+	// is the identity it was recognized by (the peer certificate's URI SAN,
+	// or the JWT's issuer and subject). The filter vouches for both with
+	// the intake signature (IntakeSignature).
+	Caller    string `json:"caller,omitempty"`
+	Principal string `json:"principal,omitempty"`
 	// AccessHash is the hash of the access token the caller got in the 202
 	// (internal/access): reading the request through the caller-facing API
 	// needs the token. Empty on requests accepted before tokens existed:
