@@ -54,7 +54,10 @@ type File struct {
 	// Filter holds the filter's settings (rules.Config without its rules).
 	Filter  FilterSettings    `json:"filter"`
 	Secrets map[string]Secret `json:"secrets"`
-	Rules   []Rule            `json:"rules"`
+	// Callers are the caller applications (rules.Caller): every node gets
+	// them all, since any rule without callers: admits each of them.
+	Callers []rules.Caller `json:"callers"`
+	Rules   []Rule         `json:"rules"`
 	// Sidecar, when set, is served as LDS/RDS/CDS too (see Sidecar).
 	Sidecar *Sidecar `json:"sidecar"`
 }
@@ -68,6 +71,7 @@ type FilterSettings struct {
 	ReplaySecretEnv    string           `json:"replaySecretEnv"`
 	RouteAnnotations   bool             `json:"routeAnnotations"`
 	Untagged           []rules.Untagged `json:"untagged"`
+	JWTPayloadKey      string           `json:"jwtPayloadKey"`
 }
 
 // Secret says where the collector finds a secret: exactly one of env (an
@@ -165,7 +169,7 @@ func Parse(name string, data []byte) (*File, error) {
 		e := &Error{File: name, Msg: err.Error()}
 		if errors.As(err, &fe) {
 			e.Path, e.Msg = fe.Path, fe.Err.Error()
-			if e.Path != "rules" && !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") && !strings.HasPrefix(e.Path, "sidecar.") {
+			if !fileSection(e.Path) {
 				e.Path = "filter." + e.Path // a field of FilterSettings
 			}
 			e.Pos = d.nearest(e.Path)
@@ -173,6 +177,17 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, Errors{e}
 	}
 	return &f, nil
+}
+
+// fileSection reports whether path starts with a section of the file other
+// than filter: (whose fields rules.Config has at its top level).
+func fileSection(path string) bool {
+	for _, s := range []string{"rules", "secrets", "sidecar", "callers"} {
+		if rest, ok := strings.CutPrefix(path, s); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+			return true
+		}
+	}
+	return false
 }
 
 // LoadSecrets reads only the secrets: section of the rules file at path, for
@@ -187,6 +202,7 @@ func LoadSecrets(path string) (map[string]Secret, error) {
 	var f struct {
 		Filter  yaml.Node         `json:"filter"`
 		Secrets map[string]Secret `json:"secrets"`
+		Callers yaml.Node         `json:"callers"`
 		Rules   yaml.Node         `json:"rules"`
 		Sidecar yaml.Node         `json:"sidecar"`
 	}
@@ -259,6 +275,14 @@ func (f *File) validate() error {
 	cfg := f.Config(nil)
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	f.Callers = cfg.Callers // normalized
+	for i := range f.Callers {
+		for _, ref := range callerRefs(fmt.Sprintf("callers[%d]", i), &f.Callers[i]) {
+			if _, ok := f.Secrets[ref.name]; !ok {
+				return &rules.FieldError{Path: ref.path, Err: fmt.Errorf("%q is not declared under secrets", ref.name)}
+			}
+		}
 	}
 	for i := range f.Rules {
 		r := &f.Rules[i]
@@ -366,6 +390,11 @@ func refsOf(path string, r *rules.Rule) []ref {
 	callback = func(p string, cb *rules.Callback) {
 		add(p+".secretRef", cb.SecretRef)
 		add(p+".credentialsRef", cb.CredentialsRef)
+		if cb.Auth != nil {
+			for _, f := range cb.Auth.SecretRefs() {
+				add(p+".auth."+f[0], f[1])
+			}
+		}
 		if cb.Encryption != nil {
 			add(p+".encryption.keyRef", cb.Encryption.KeyRef)
 		}
@@ -389,26 +418,51 @@ func refsOf(path string, r *rules.Rule) []ref {
 	return out
 }
 
+// callerRefs lists the secrets caller c (at path) references.
+func callerRefs(path string, c *rules.Caller) []ref {
+	var out []ref
+	for i, s := range c.Signing {
+		out = append(out, ref{fmt.Sprintf("%s.signing[%d].secretRef", path, i), s.SecretRef})
+	}
+	if c.Auth != nil {
+		for _, f := range c.Auth.SecretRefs() {
+			out = append(out, ref{path + ".auth." + f[0], f[1]})
+		}
+	}
+	if c.Encryption != nil {
+		out = append(out, ref{path + ".encryption.keyRef", c.Encryption.KeyRef})
+	}
+	return out
+}
+
 // Config returns the filter configuration for the rules that apply to keep
-// (nil: all of them), with the declarations of the secrets they reference.
+// (nil: all of them) and every caller, with the declarations of the secrets
+// they reference.
 func (f *File) Config(keep func(Rule) bool) *rules.Config {
 	c := &rules.Config{
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
 		CollectorTimeout: f.Filter.CollectorTimeout, StatusPrefix: f.Filter.StatusPrefix,
 		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Untagged: f.Filter.Untagged,
+		JWTPayloadKey: f.Filter.JWTPayloadKey, Callers: f.Callers,
 		Rules: []rules.Rule{},
+	}
+	declare := func(refs []ref) {
+		for _, ref := range refs {
+			if s, ok := f.Secrets[ref.name]; ok {
+				if c.Secrets == nil {
+					c.Secrets = map[string]rules.SecretDecl{}
+				}
+				c.Secrets[ref.name] = s
+			}
+		}
+	}
+	for i := range f.Callers {
+		declare(callerRefs("", &f.Callers[i]))
 	}
 	for _, r := range f.Rules {
 		if keep == nil || keep(r) {
 			c.Rules = append(c.Rules, r.Rule)
-			for _, ref := range refsOf("", &r.Rule) {
-				if s, ok := f.Secrets[ref.name]; ok {
-					if c.Secrets == nil {
-						c.Secrets = map[string]rules.SecretDecl{}
-					}
-					c.Secrets[ref.name] = s
-				}
-			}
+			declare(refsOf("", &r.Rule))
 		}
 	}
 	return c

@@ -115,3 +115,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestCallers(t *testing.T) {
+	f, err := Load("testdata/callers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Callers) != 2 || f.Callers[0].Signing[1].Until != "2026-12-20T00:00:00Z" {
+		t.Fatalf("callers %+v", f.Callers)
+	}
+	// Every node gets every caller (a rule without callers: admits them
+	// all), and the declarations of the secrets they reference, no others.
+	for _, cluster := range []string{"billing", "reports"} {
+		c := f.ForNode("n", cluster)
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Callers) != 2 || c.JWTPayloadKey != "claims" {
+			t.Fatalf("%s: callers %+v, jwtPayloadKey %q", cluster, c.Callers, c.JWTPayloadKey)
+		}
+		if _, ok := c.Secrets["unused"]; ok || len(c.Secrets) != 5 {
+			t.Fatalf("%s: secrets %v", cluster, c.Secrets)
+		}
+	}
+}

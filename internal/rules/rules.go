@@ -75,6 +75,14 @@ type Config struct {
 	// secrets: section with the declarations the node's rules use, so that
 	// a collector following it over xDS resolves them; the filter ignores it.
 	Secrets map[string]SecretDecl `json:"secrets,omitempty"`
+	// Callers are the caller applications the filter recognizes (by the
+	// peer certificate or a verified JWT) and whose callbacks are their
+	// own (see Caller).
+	Callers []Caller `json:"callers,omitempty"`
+	// JWTPayloadKey is where Envoy's jwt_authn filter keeps a verified
+	// JWT's claims in the request's dynamic metadata (its providers'
+	// payload_in_metadata), read to recognize callers by identity.jwt.
+	JWTPayloadKey string `json:"jwtPayloadKey,omitempty"`
 }
 
 // SecretDecl says where a collector finds one secret: exactly one of Env (an
@@ -96,7 +104,10 @@ type Rule struct {
 	Timeout         Duration `json:"timeout,omitempty"`
 	Retry           Retry    `json:"retry"`
 	OnCollectorDown string   `json:"onCollectorDown,omitempty"`
-	pathRegex       *regexp.Regexp
+	// Callers limits the rule to these declared callers (empty: any caller,
+	// recognized or not); the filter answers others 403.
+	Callers   []string `json:"callers,omitempty"`
+	pathRegex *regexp.Regexp
 }
 
 // Untagged selects requests to leave untraced: a path prefix, a host (exact
@@ -135,6 +146,7 @@ const (
 	DefaultInitialBackoff   = time.Second
 	DefaultMaxBackoff       = 5 * time.Minute
 	MaxBodyLimit            = 64 << 20
+	DefaultJWTPayloadKey    = "jwt_payload"
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s").
@@ -229,6 +241,9 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("untagged[%d].host", i), "%q: want a host name, or *.suffix", u.Host)
 		}
 	}
+	if c.JWTPayloadKey == "" {
+		c.JWTPayloadKey = DefaultJWTPayloadKey
+	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
@@ -240,7 +255,7 @@ func (c *Config) Validate() error {
 		}
 		seen[r.Name] = true
 	}
-	return nil
+	return c.validateCallers()
 }
 
 func (r *Rule) validate() error {
