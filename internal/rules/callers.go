@@ -273,6 +273,14 @@ func (c *Config) validateCallers() error {
 	return nil
 }
 
+// NameOrEmpty is c's name, "" for nil (an anonymous caller).
+func (c *Caller) NameOrEmpty() string {
+	if c == nil {
+		return ""
+	}
+	return c.Name
+}
+
 // Caller returns the declared caller called name.
 func (c *Config) Caller(name string) (*Caller, bool) {
 	for i := range c.Callers {
