@@ -490,6 +490,8 @@ func (m ruleMap) Rule(name string) (*rules.Rule, bool) {
 	return &r, ok
 }
 
+func (m ruleMap) Caller(string) (*rules.Caller, bool) { return nil, false }
+
 func TestApplyRules(t *testing.T) {
 	live := ruleMap{"r": {Name: "r", Mode: rules.ModeAsync, Timeout: rules.Duration(time.Minute),
 		Callback: rules.Callback{URL: "http://new.example/cb", Protocol: "http", SecretRef: "s2"},
