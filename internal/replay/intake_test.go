@@ -32,3 +32,19 @@ func TestIntakeSignature(t *testing.T) {
 		})
 	}
 }
+
+// FuzzVerifyIntake: a value verifies exactly when it is the signature the
+// secret makes over that body (the oracle recomputes it independently of
+// the parser).
+func FuzzVerifyIntake(f *testing.F) {
+	secret := bytes.Repeat([]byte("s"), 32)
+	f.Add(SignIntake(secret, []byte("{}")), []byte("{}"))
+	f.Add("", []byte(nil))
+	f.Add(SignIntake(secret, []byte("{}"))+"=", []byte("{}"))
+	f.Fuzz(func(t *testing.T, value string, body []byte) {
+		got := VerifyIntake([][]byte{secret}, value, body) == nil
+		if want := value == SignIntake(secret, body); got != want {
+			t.Fatalf("VerifyIntake(%q) = %v, want %v", value, got, want)
+		}
+	})
+}
