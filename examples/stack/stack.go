@@ -47,8 +47,17 @@ type Options struct {
 	// ServeSidecar (with ControlPlane) starts Envoy with envoy-ads.yaml: its
 	// listener, routes and clusters come from the control plane too.
 	ServeSidecar bool
-	// CollectorArgs are added to the collector's command line.
+	// CollectorArgs are added to the collector's command line, and
+	// CollectorEnv to its environment (secrets of the rules, say).
 	CollectorArgs []string
+	CollectorEnv  []string
+	// Rules, when set, is the rules file instead of examples/rules.yaml
+	// (placeholders such as ${RECEIVER_URL} filled).
+	Rules string
+	// HTTPFilters, when set, are YAML list items of Envoy HTTP filters put
+	// before the asyncmesh filter of envoy.yaml (jwt_authn, say), indented
+	// as the list is (10 spaces).
+	HTTPFilters string
 }
 
 // Stack is a running sidecar.
@@ -147,9 +156,12 @@ func addr(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 // rules embedded, or envoy-xds.yaml) into the work directory, placeholders
 // filled.
 func (s *Stack) render() (string, error) {
-	raw, err := os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.yaml"))
-	if err != nil {
-		return "", fmt.Errorf("reading rules: %w", err)
+	raw := []byte(s.opt.Rules)
+	if s.opt.Rules == "" {
+		var err error
+		if raw, err = os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.yaml")); err != nil {
+			return "", fmt.Errorf("reading rules: %w", err)
+		}
 	}
 	if err := s.WriteRules(string(raw)); err != nil {
 		return "", err
@@ -174,6 +186,13 @@ func (s *Stack) render() (string, error) {
 	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, name))
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	if s.opt.HTTPFilters != "" {
+		const at = "          - ${ASYNCMESH_FILTER}\n"
+		if !strings.Contains(string(tmpl), at) {
+			return "", fmt.Errorf("%s has no %q to put HTTPFilters before", name, strings.TrimSpace(at))
+		}
+		tmpl = []byte(strings.Replace(string(tmpl), at, strings.TrimRight(s.opt.HTTPFilters, "\n")+"\n"+at, 1))
 	}
 	out := filepath.Join(s.opt.WorkDir, name)
 	if err := os.WriteFile(out, []byte(fill(string(tmpl), vars)), 0o600); err != nil {
@@ -254,6 +273,7 @@ func (s *Stack) StartCollector() error {
 	}
 	args = append(args, s.opt.CollectorArgs...)
 	args = append(args, s.collectorExtra...)
+	env = append(env, s.opt.CollectorEnv...)
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }
 
