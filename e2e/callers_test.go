@@ -8,6 +8,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -20,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/controlplane/xds/xdstest"
 	"github.com/asyncmesh/asyncmesh/examples/stack"
 	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
@@ -219,4 +222,102 @@ func operatorRecord(t *testing.T, s *stack.Stack, id string) operatorView {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestCallersByCertificate gives Envoy's listener a TLS filter chain that
+// requires a client certificate, as a mesh's mutual TLS does, and declares
+// a caller by the SPIFFE IDs of its namespace: through the real Envoy, a
+// client whose certificate names a service account of that namespace is
+// the caller (its record says which one), one of another namespace is
+// refused 403 on the rule limited to the caller, and so is a plaintext
+// client claiming the identity by header.
+func TestCallersByCertificate(t *testing.T) {
+	work := t.TempDir()
+	pki, err := xdstest.NewPKI(work, "mesh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, serverKey := must2(pki.Server("envoy", "127.0.0.1"))
+	billingCert, billingKey := must2(pki.Client("billing", "spiffe://cluster.local/ns/billing/sa/web"))
+	otherCert, otherKey := must2(pki.Client("other", "spiffe://cluster.local/ns/other/sa/web"))
+	rcv := newRecordingReceiver(t)
+	billingSecret := webhook.NewSecret()
+	rulesYAML := `filter:
+  collectorCluster: asyncmesh_collector
+  collectorTimeout: 2s
+  statusPrefix: /async
+  replaySecretEnv: ASYNCMESH_REPLAY_SECRET
+secrets:
+  billing-signing: {env: ASYNCMESH_SECRET_BILLING_SIGNING}
+callers:
+  - name: billing
+    identity: {principals: ["spiffe://cluster.local/ns/billing/*"]}
+    signing: [{secretRef: billing-signing}]
+rules:
+  - name: billing-only
+    match: {pathPrefix: /slow}
+    mode: async
+    callers: [billing]
+    callback: {url: "` + rcv.URL + `/cb", allowPrivate: true}
+    retry: {maxAttempts: 2, initialBackoff: 100ms, maxBackoff: 200ms}
+`
+	root, _ := filepath.Abs("..")
+	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: os.Getenv("ASYNCMESH_BIN"),
+		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: work, Rules: rulesYAML,
+		DownstreamTLS: &stack.TLSFiles{Cert: serverCert, Key: serverKey, ClientCA: pki.CAFile},
+		CollectorEnv:  []string{"ASYNCMESH_SECRET_BILLING_SIGNING=" + billingSecret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	roots := x509.NewCertPool()
+	ca, _ := os.ReadFile(pki.CAFile)
+	roots.AppendCertsFromPEM(ca)
+	httpsAs := func(certFile, keyFile string) *http.Client {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}}}
+	}
+	post := func(c *http.Client, url string, hdrs ...string) (*http.Response, []byte) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader("{}"))
+		for i := 0; i+1 < len(hdrs); i += 2 {
+			req.Header.Set(hdrs[i], hdrs[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	httpsURL := strings.Replace(s.EnvoyURL, "http://", "https://", 1) + "/slow?ms=5"
+
+	resp, body := post(httpsAs(otherCert, otherKey), httpsURL)
+	if resp.StatusCode != 403 || !strings.Contains(string(body), "caller_not_allowed") {
+		t.Fatalf("another namespace's certificate: %s %s", resp.Status, body)
+	}
+	resp, body = post(client, s.EnvoyURL+"/slow?ms=5", "x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/billing/sa/web")
+	if resp.StatusCode != 403 {
+		t.Fatalf("a plaintext client claiming the identity: %s %s", resp.Status, body)
+	}
+	resp, body = post(httpsAs(billingCert, billingKey), httpsURL)
+	id, _ := accepted(t, resp, body)
+	h, payload := rcv.wait(t, id)
+	sec, _ := webhook.ParseSecret(billingSecret)
+	if err := webhook.Verify(h, payload, []webhook.Secret{sec}, time.Now()); err != nil {
+		t.Fatalf("the caller's callback is not signed with its secret: %v", err)
+	}
+	if rec := operatorRecord(t, s, id); rec.Caller != "billing" || rec.Principal != "spiffe://cluster.local/ns/billing/sa/web" {
+		t.Fatalf("record caller %q principal %q", rec.Caller, rec.Principal)
+	}
+}
+
+func must2[A, B any](a A, b B, err error) (A, B) {
+	if err != nil {
+		panic(err)
+	}
+	return a, b
 }
