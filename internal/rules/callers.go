@@ -240,10 +240,21 @@ func plainCallerName(name string) bool {
 	return true
 }
 
+// MaxPrincipals bounds the principals of all callers together: the filter
+// may compare an async request's peer URI SAN with each.
+const MaxPrincipals = 1000
+
 // validateCallers checks the callers and the rules' references to them.
 func (c *Config) validateCallers() error {
 	seen := map[string]bool{}
 	principals := map[string]string{}
+	n := 0
+	for _, cl := range c.Callers {
+		n += len(cl.Identity.Principals)
+	}
+	if n > MaxPrincipals {
+		return fieldErr("callers", "%d principals in all, at most %d (an async request's identity is compared with each)", n, MaxPrincipals)
+	}
 	for i := range c.Callers {
 		cl := &c.Callers[i]
 		if err := cl.validate(); err != nil {
