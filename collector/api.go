@@ -314,6 +314,7 @@ type recordView struct {
 	ID        string             `json:"id"`
 	TraceID   string             `json:"traceId"`
 	Rule      string             `json:"rule"`
+	Package   string             `json:"package,omitempty"`
 	Caller    string             `json:"caller,omitempty"`
 	Principal string             `json:"principal,omitempty"`
 	Status    store.Status       `json:"status"`
@@ -344,7 +345,7 @@ func viewOf(r *store.Record) recordView {
 	v := recordView{ID: r.ID, TraceID: r.TraceID, Rule: r.Rule, Status: r.Status, Error: r.Error,
 		History: r.History, Attempts: []attemptView{}, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 	if e := r.Envelope; e != nil {
-		v.Caller, v.Principal = e.Caller, e.Principal
+		v.Package, v.Caller, v.Principal = e.Package, e.Caller, e.Principal
 		v.Request = requestView{Method: e.Method, Authority: e.Authority, Path: e.Path, Callback: e.Callback.URL, Protocol: e.Callback.Protocol}
 	}
 	for _, a := range r.Attempts {

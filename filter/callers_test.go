@@ -19,7 +19,7 @@ const callersConfig = `{
     {"name": "partner", "identity": {"jwt": {"issuer": "https://auth.example", "subjects": ["partner-app"]}}}
   ],
   "rules": [
-    {"name": "billing-only", "match": {"pathPrefix": "/billing"}, "mode": "async", "callers": ["billing"],
+    {"name": "billing-only", "package": "billing", "match": {"pathPrefix": "/billing"}, "mode": "async", "callers": ["billing"],
      "callback": {"url": "http://hooks.rule.example/cb", "secretRef": "rule", "allowOverride": true,
                   "auth": {"type": "bearer", "secretRef": "rule-token"}}},
     {"name": "open", "match": {"pathPrefix": "/open"}, "mode": "async",
@@ -84,6 +84,9 @@ func TestCallerIdentity(t *testing.T) {
 			env, err := envelope.Decode(call.Body)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if wantPkg := map[string]string{"/billing": "billing"}[tt.path]; env.Package != wantPkg {
+				t.Fatalf("envelope package %q, want %q", env.Package, wantPkg)
 			}
 			if env.Caller != tt.wantCaller || env.Principal != tt.wantPrin {
 				t.Fatalf("envelope caller %q principal %q, want %q %q", env.Caller, env.Principal, tt.wantCaller, tt.wantPrin)

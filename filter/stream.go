@@ -342,6 +342,7 @@ func (s *stream) dispatch(body []byte) {
 		XRequestID:         s.header("x-request-id"),
 		Rule:               s.rule.Name,
 		Caller:             s.caller.NameOrEmpty(),
+		Package:            s.rule.Package,
 		Principal:          s.principal,
 		AccessHash:         access.Hash(s.accessToken),
 		Method:             s.method,

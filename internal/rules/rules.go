@@ -106,7 +106,10 @@ type Rule struct {
 	OnCollectorDown string   `json:"onCollectorDown,omitempty"`
 	// Callers limits the rule to these declared callers (empty: any caller,
 	// recognized or not); the filter answers others 403.
-	Callers   []string `json:"callers,omitempty"`
+	Callers []string `json:"callers,omitempty"`
+	// Package names the rules file's package the rule belongs to (its
+	// defaults are already applied); recorded with each request.
+	Package   string `json:"package,omitempty"`
 	pathRegex *regexp.Regexp
 }
 
