@@ -272,3 +272,22 @@ func issuePEM(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn st
 	kd := must(x509.MarshalECPrivateKey(key))
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))
 }
+
+// TestCallerHostsAtDelivery: a URL the caller chose that is not (or no
+// longer) on its callbackHosts is refused before any connection.
+func TestCallerHostsAtDelivery(t *testing.T) {
+	rc := newAuthReceiver(t, nil)
+	for _, tt := range []struct {
+		hosts []string
+		want  Outcome
+	}{{[]string{"127.0.0.1"}, Delivered}, {[]string{"hooks.billing.example"}, Refused}} {
+		rec := record(rc.URL, true)
+		rec.Envelope.CallbackFromCaller, rec.Envelope.Caller = true, "billing"
+		rec.Envelope.Callback.AllowedHosts, rec.Envelope.Callback.CallerHosts = []string{"127.0.0.1"}, tt.hosts
+		before := len(rc.hdrs)
+		res := NewSender(vault{signing: map[string][]webhook.Secret{"s": nil}}, time.Second).Send(context.Background(), rec, 1)
+		if res.Outcome != tt.want || tt.want == Refused && (len(rc.hdrs) != before || !strings.Contains(res.Attempt.Error, "callbackHosts")) {
+			t.Fatalf("callerHosts %v: %+v", tt.hosts, res)
+		}
+	}
+}

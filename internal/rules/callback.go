@@ -26,6 +26,10 @@ type Callback struct {
 	// Signing, when set, replaces SecretRef: the secrets of the request's
 	// caller (Caller.Signing), each active until its end.
 	Signing []SigningSecret `json:"signing,omitempty"`
+	// CallerHosts are the callbackHosts of the request's caller
+	// (Caller.CallbackHosts, set by WithCaller): a URL the caller chose must
+	// be on them too (CheckCallerURL).
+	CallerHosts []string `json:"callerHosts,omitempty"`
 	// Auth authenticates the collector to the receiver (bearer, OAuth2 or
 	// mTLS). Never sent to a caller-chosen URL, unless it is the caller's
 	// own (Caller.Auth).
@@ -128,6 +132,9 @@ func (c *Callback) validate() error {
 	if len(c.Signing) > 0 {
 		return fieldErr("signing", "a caller's (callers[].signing), not a rule's: use secretRef")
 	}
+	if len(c.CallerHosts) > 0 {
+		return fieldErr("callerHosts", "a caller's (callers[].callbackHosts), not a rule's: use allowedHosts")
+	}
 	return c.validateOverride()
 }
 
@@ -180,6 +187,11 @@ func (c Callback) ForCaller() Callback {
 // its host is not on AllowedHosts (nil when the list is empty: any host, left
 // to the collector's SSRF guard).
 func (c *Callback) CheckCallerURL(rawURL string) error {
+	if len(c.CallerHosts) > 0 {
+		if err := checkHostList(c.CallerHosts, rawURL, "one of the caller's callbackHosts"); err != nil {
+			return err
+		}
+	}
 	if len(c.AllowedHosts) == 0 {
 		return nil
 	}
@@ -193,6 +205,23 @@ func (c *Callback) CheckCallerURL(rawURL string) error {
 	}
 	if !HostAllowed(c.AllowedHosts, u.Hostname(), port) {
 		return fmt.Errorf("host %s is not one the rule lets callers choose (callback.allowedHosts)", net.JoinHostPort(u.Hostname(), port))
+	}
+	return nil
+}
+
+// checkHostList reports why rawURL's host is not on hosts (HostAllowed
+// patterns), which are what.
+func checkHostList(hosts []string, rawURL, what string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Hostname() == "" {
+		return fmt.Errorf("%q is not a URL with a host", rawURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultPorts[u.Scheme]
+	}
+	if !HostAllowed(hosts, u.Hostname(), port) {
+		return fmt.Errorf("host %s is not %s", net.JoinHostPort(u.Hostname(), port), what)
 	}
 	return nil
 }

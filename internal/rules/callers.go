@@ -3,7 +3,6 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -353,6 +352,7 @@ func (c Callback) WithCaller(caller *Caller) Callback {
 	if caller.Auth != nil {
 		c.Auth = caller.Auth
 	}
+	c.CallerHosts = caller.CallbackHosts
 	if caller.Encryption != nil {
 		if p, ok := LookupProtocol(c.Protocol); ok && p.Encryption {
 			c.Encryption = caller.Encryption
@@ -373,18 +373,7 @@ func (cl *Caller) CheckCallerHost(rawURL string) error {
 	if cl == nil || len(cl.CallbackHosts) == 0 {
 		return nil
 	}
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Hostname() == "" {
-		return fmt.Errorf("%q is not a URL with a host", rawURL)
-	}
-	port := u.Port()
-	if port == "" {
-		port = defaultPorts[u.Scheme]
-	}
-	if !HostAllowed(cl.CallbackHosts, u.Hostname(), port) {
-		return fmt.Errorf("host %s is not one of caller %s's callbackHosts", net.JoinHostPort(u.Hostname(), port), cl.Name)
-	}
-	return nil
+	return checkHostList(cl.CallbackHosts, rawURL, "one of caller "+cl.Name+"'s callbackHosts")
 }
 
 // errNoCaller is what a rule limited to some callers answers a request from
