@@ -181,6 +181,12 @@ CREATE TABLE IF NOT EXISTS queue (
 	deliveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue(topic, visible_at, seq);
+CREATE TABLE IF NOT EXISTS endpoints (
+	id       TEXT PRIMARY KEY,
+	disabled INTEGER NOT NULL,
+	doc      BLOB NOT NULL,
+	version  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
@@ -212,7 +218,8 @@ const (
 )
 
 var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
-	qExpireRecords, qExpireDeadLetters} // retention.go
+	qExpireRecords, qExpireDeadLetters, // retention.go
+	qInsertEndpoint, qUpdateEndpoint} // endpoints.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.
