@@ -108,6 +108,10 @@ func (c *Collector) operatorRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/requests", op(c.search))
 	mux.HandleFunc("POST /v1/requests/{id}/replay", op(c.replayOne))
 	mux.HandleFunc("POST /v1/deliveries/replay", op(c.replayMany))
+	mux.HandleFunc("GET /v1/endpoints", op(c.listEndpoints))
+	mux.HandleFunc("GET /v1/endpoints/{id}", op(c.getEndpoint))
+	mux.HandleFunc("POST /v1/endpoints/{id}/enable", op(c.setEndpoint(true)))
+	mux.HandleFunc("POST /v1/endpoints/{id}/disable", op(c.setEndpoint(false)))
 	mux.Handle("GET /metrics", op(c.obs.handler().ServeHTTP))
 }
 

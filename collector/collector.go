@@ -57,6 +57,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/retry"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 // Config of a collector.
@@ -66,6 +67,15 @@ type Config struct {
 	ReplayURL string
 	// ReplaySecret signs replays; the filter verifies it.
 	ReplaySecret []byte
+	// EndpointDisableAfter is how many consecutive failed attempts, across
+	// the collectors of a store, disable a callback endpoint (its
+	// deliveries are then held); 0: 100; negative: never (410 Gone still
+	// disables).
+	EndpointDisableAfter int
+	// EndpointEventsURL, when set, receives the endpoint events (disabled,
+	// enabled) as signed JSON POSTs, signed with EndpointEventsSecrets.
+	EndpointEventsURL     string
+	EndpointEventsSecrets []webhook.Secret
 	// IntakeSecrets are the secrets an intake signature (replay.IntakeHeader,
 	// the filter vouching for the caller it recognized) may be made with:
 	// the filter's current replay secret and, during a rotation, the
@@ -146,6 +156,8 @@ type Collector struct {
 	execSlots, deliverySlots chan struct{}
 	relayWake                chan struct{} // a publish failed: the relay has work (wakeRelay)
 	lastMove                 atomic.Int64  // when this collector last created or moved a record (Unix ns)
+	health                   *health       // endpoint health (health.go)
+	endpointEvents           *endpointEvents
 }
 
 // New returns a collector over st and q.
@@ -204,6 +216,13 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 		execSlots: make(chan struct{}, max(cfg.Workers, 1)), deliverySlots: make(chan struct{}, max(cfg.DeliveryWorkers, 1)),
 		relayWake: make(chan struct{}, 1),
 	}
+	if cfg.EndpointDisableAfter == 0 {
+		cfg.EndpointDisableAfter = 100
+	}
+	c.endpointEvents = &endpointEvents{url: cfg.EndpointEventsURL, secrets: cfg.EndpointEventsSecrets, log: cfg.Logger,
+		client: &http.Client{Timeout: 10 * time.Second}, slots: make(chan struct{}, maxEventsInFlight), stop: c.stopping}
+	c.health = newHealth(st, cfg.EndpointDisableAfter, cfg.Logger, c.obs, c.endpointEvents)
+	c.health.resume = c.resumeHeld
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
 	return c, nil
 }
@@ -239,9 +258,11 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	run("outbox relay", c.relay)
 	run("sweeper", c.sweep)
+	run("endpoint health", c.health.run)
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
+	c.endpointEvents.wait()
 	c.sender.Close()
 	close(errs)
 	var all []error

@@ -143,7 +143,7 @@ func (c *Collector) drive(ctx context.Context, m queue.Message, r *store.Record)
 			// duplicate message waits for the lease instead of calling back twice.
 			err = c.claimAndDeliver(ctx, r, store.Reclaim)
 		default:
-			return nil // delivered or dead
+			return nil // delivered, dead, or held until its endpoint is enabled
 		}
 		if err == nil {
 			return nil
@@ -330,6 +330,13 @@ func messageDeadline(m queue.Message) (time.Time, bool) {
 func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	log := c.log.With("id", r.ID, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
+	if reason, off := c.health.isDisabled(r.Envelope); off {
+		if _, err := c.advance(ctx, r, store.Change{Event: store.Hold, Detail: "endpoint disabled: " + reason}); err != nil && !store.IsConflict(err) {
+			return err
+		}
+		log.Info("delivery: held, its endpoint is disabled", "endpoint", endpointOf(r.Envelope), "reason", reason)
+		return nil
+	}
 	attempts := attemptsSinceReplay(r) + 1
 	protocol := r.Envelope.Callback.Protocol
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))
@@ -343,11 +350,16 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 		attemptErr = errors.New(res.Attempt.Error)
 	}
 	endSpan(span, attemptErr)
+	disabled := c.health.observe(ctx, r.Envelope, res.Outcome, res.Attempt.At)
 	// Until the next attempt is due, the record stays leased.
 	ch := store.Change{Event: store.Retry, Attempt: &res.Attempt, Lease: res.Wait}
 	switch {
 	case res.Outcome == delivery.Delivered:
 		ch = store.Change{Event: store.Deliver, Attempt: &res.Attempt}
+	case disabled:
+		// The endpoint is disabled now (410 Gone, or this failure reached the
+		// threshold): held with the endpoint's other deliveries.
+		ch = store.Change{Event: store.Hold, Attempt: &res.Attempt, Detail: "endpoint disabled: " + res.Attempt.Error}
 	case res.Outcome == delivery.Gone:
 		ch = store.Change{Event: store.GiveUp, Attempt: &res.Attempt, Detail: "endpoint gone (410)"}
 	case res.Outcome == delivery.Refused:

@@ -43,6 +43,9 @@ type metrics struct {
 	// it belongs to, so that every per-rule series sums by package
 	// (... * on(rule) group_left(package) asyncmesh_collector_rule_package).
 	rulePackage *prometheus.GaugeVec
+	// Endpoint health (health.go).
+	endpointEvents    *prometheus.CounterVec
+	endpointsDisabled prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -63,10 +66,14 @@ func newMetrics() *metrics {
 			Help: "Latency of callback attempts.", Buckets: buckets}, []string{"rule", "protocol"}),
 		endToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_accept_to_delivered_seconds",
 			Help: "From intake to the delivered callback.", Buckets: buckets}, []string{"rule"}),
+		endpointEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_endpoint_events_total",
+			Help: "Callback endpoints this collector disabled (consecutive failures, 410 Gone) or an operator enabled or disabled, by event."}, []string{"event"}),
+		endpointsDisabled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "asyncmesh_collector_endpoints_disabled",
+			Help: "Callback endpoints disabled in the store, as this collector last read them: their deliveries are held."}),
 		rulePackage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "asyncmesh_collector_rule_package",
 			Help: "1 for each rule of a package (rules file packages:) this collector has seen a request of: join per-rule series on rule to sum them by package."}, []string{"rule", "package"}),
 	}
-	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd, m.rulePackage,
+	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd, m.rulePackage, m.endpointEvents, m.endpointsDisabled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

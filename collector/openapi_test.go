@@ -114,6 +114,18 @@ func TestOpenAPI(t *testing.T) {
 		t.Fatalf("replay %d %s", code, b)
 	}
 	call("POST", "/v1/deliveries/replay", `{"status":"dead","limit":5}`, admin...)
+	// Endpoints: the one this test's callbacks went to.
+	epID := endpointOf(en)
+	e.c.health.flush(ctx) // merged every second; now
+	call("GET", "/v1/endpoints?disabled=false&limit=10", "", admin...)
+	call("GET", "/v1/endpoints", "")
+	if code, b := call("GET", "/v1/endpoints/"+epID, "", admin...); code != 200 {
+		t.Fatalf("endpoint %s: %d %s", epID, code, b)
+	}
+	call("GET", "/v1/endpoints/nope", "", admin...)
+	call("POST", "/v1/endpoints/"+epID+"/disable", "", admin...)
+	call("POST", "/v1/endpoints/"+epID+"/enable", "", admin...)
+	call("POST", "/v1/endpoints/nope/enable", "", admin...)
 	call("GET", "/v1/openapi.yaml", "")
 	call("GET", "/metrics", "", admin...)
 	call("GET", "/metrics", "")

@@ -51,6 +51,12 @@ const (
 	// GiveUp: delivering → dead: attempts exhausted, endpoint gone, or the
 	// destination refused.
 	GiveUp Event = "give-up"
+	// Hold: completed | failed | delivering → held: the callback's endpoint
+	// is disabled; no attempt is made, none is scheduled.
+	Hold Event = "hold"
+	// Unhold: held → delivering: the endpoint is enabled again; the
+	// delivery message follows.
+	Unhold Event = "unhold"
 	// Abandon: persisted | queued → dead: intake answered the filter too
 	// late, so the caller was told it failed; it never runs.
 	Abandon Event = "abandon"
@@ -86,6 +92,8 @@ var lifecycle = map[Event]step{
 	Retry:         {from: []Status{Delivering}, to: Delivering, quiet: true, next: queue.TopicDelivery},
 	Deliver:       {from: []Status{Delivering}, to: Delivered},
 	GiveUp:        {from: []Status{Delivering}, to: Dead},
+	Hold:          {from: []Status{Completed, Failed, Delivering}, to: Held},
+	Unhold:        {from: []Status{Held}, to: Delivering, next: queue.TopicDelivery},
 	Abandon:       {from: []Status{Persisted, Queued}, to: Dead},
 	Replay:        {from: []Status{Delivered, Dead}, to: Delivering, back: true, next: queue.TopicDelivery},
 }

@@ -21,7 +21,8 @@ import (
 type Status string
 
 // The lifecycle: persisted → queued → processing → completed | failed →
-// delivering → delivered | dead.
+// delivering → delivered | dead; a delivery whose endpoint is disabled is
+// held (delivering ⇄ held) until the endpoint is enabled again.
 const (
 	Persisted  Status = "persisted"
 	Queued     Status = "queued"
@@ -29,13 +30,14 @@ const (
 	Completed  Status = "completed"
 	Failed     Status = "failed"
 	Delivering Status = "delivering"
+	Held       Status = "held"
 	Delivered  Status = "delivered"
 	Dead       Status = "dead"
 )
 
 var rank = map[Status]int{
 	Persisted: 0, Queued: 1, Processing: 2, Completed: 3, Failed: 3,
-	Delivering: 4, Delivered: 5, Dead: 5,
+	Delivering: 4, Held: 4, Delivered: 5, Dead: 5,
 }
 
 // Valid reports whether s is a known status.
