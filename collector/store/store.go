@@ -99,8 +99,8 @@ type AttemptRequest struct {
 // AttemptResponse is the receiver's answer, cut to a bounded size.
 type AttemptResponse struct {
 	// Status is the HTTP status line ("503 Service Unavailable"), the gRPC
-	// code name ("UNAVAILABLE"), or the broker's answer (amqp: "ack",
-	// "nack", "returned").
+	// code as grpc-go names it ("Unavailable", as in Error), or the broker's
+	// answer (amqp: "ack", "nack", "returned").
 	Status string `json:"status"`
 	// Message is the gRPC status message, or the reply code and text of an
 	// AMQP return.
