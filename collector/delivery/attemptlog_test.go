@@ -3,7 +3,10 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -259,41 +262,50 @@ func TestAttemptLogAMQP(t *testing.T) {
 	}
 }
 
-// attackerSecrets resolves every signing secret to testSecret and every
-// credential to a broker login with a recognisable password.
-type attackerSecrets struct{ password string }
+// attackerSecrets resolves every signing secret to testSecret, and each
+// plain value to a recognisable secret: a bearer token, an OAuth2 client
+// secret, a client certificate's key, a broker login.
+type attackerSecrets map[string]string
 
 func (s attackerSecrets) Lookup(string) ([]webhook.Secret, error) {
 	return []webhook.Secret{testSecret}, nil
 }
 
 func (s attackerSecrets) Value(ref string) (string, error) {
-	if ref == "key" {
-		return testKey, nil
+	if v, ok := s[ref]; ok {
+		return v, nil
 	}
-	return "rule-user:" + s.password, nil
+	return "", errors.New("no secret " + ref)
 }
 
 // TestAttemptLogKeepsNoSecrets plays the attacker who reads attempt logs
 // (an operator's screen, a store dump, a search page): whatever a receiver
 // echoes back (Authorization, Set-Cookie, API keys, a bearer under any
 // name, in headers or gRPC metadata) and whatever the collector holds
-// (the signing secret, the signatures it made, the broker password, a
-// token or a password in the callback URL) is never in a stored attempt.
-// The record as a whole holds none of the collector's secrets either: its
-// envelope names them by reference only (it keeps the callback URL as
-// configured, so URL tokens are checked in the attempt alone).
+// (the signing secret and the signatures it made, the receiver auth's
+// bearer token, OAuth2 client secret and access token and client
+// certificate key, the broker password, a token or a password in the
+// callback URL) is never in a stored attempt. The record as a whole holds
+// none of the collector's secrets either: its envelope names them by
+// reference only (it keeps the callback URL as configured, so URL tokens
+// are checked in the attempt alone).
 func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 	const (
-		echoed      = "echoed-bearer-7f3a9c"
-		urlToken    = "url-token-51d0e2"
-		urlPassword = "url-password-c4b8aa"
-		broker      = "broker-password-9e77d1"
+		echoed       = "echoed-bearer-7f3a9c"
+		urlToken     = "url-token-51d0e2"
+		urlPassword  = "url-password-c4b8aa"
+		broker       = "broker-password-9e77d1"
+		bearer       = "receiver-bearer-2b6f0d"
+		clientSecret = "oauth-client-secret-83c1"
+		accessToken  = "oauth-access-token-e5a7"
 	)
-	sec := attackerSecrets{password: broker}
+	ca, caKey := newCA(t)
+	certPEM, keyPEM := issuePEM(t, ca, caKey, "billing")
+	sec := attackerSecrets{"key": testKey, "mq": "rule-user:" + broker, "bearer": bearer, "client": clientSecret,
+		"billing.crt": certPEM, "billing.key": keyPEM}
 	signingKey := "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // testSecret's key, base64
 	var signatures []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sig := r.Header.Get("webhook-signature")
 		signatures = append(signatures, sig)
 		w.Header().Set("authorization", "Bearer "+echoed)
@@ -302,9 +314,22 @@ func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 		w.Header().Set("x-api-key", echoed)
 		w.Header().Set("x-echo", "Bearer "+echoed) // a bearer under a name nobody thought of
 		w.Header().Set("x-echo-signature", sig)
+		w.Header().Set("x-echo-authorization", r.Header.Get("authorization"))
 		w.WriteHeader(401)
-	}))
+	})
+	srv := httptest.NewServer(echo)
 	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	tlsSrv := httptest.NewUnstartedServer(echo)
+	tlsSrv.TLS = &tls.Config{Certificates: []tls.Certificate{issue(t, ca, caKey, "receiver", true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"access_token": accessToken, "token_type": "Bearer", "expires_in": 3600})
+	}))
+	defer tokens.Close()
 	recv := &headerReceiver{
 		err:     status.Error(codes.PermissionDenied, "denied"),
 		header:  metadata.Pairs("authorization", "Bearer "+echoed, "x-session-id", echoed),
@@ -318,19 +343,23 @@ func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 
 	tests := []struct {
 		name, protocol, url string
+		auth                *rules.CallbackAuth
 	}{
-		{"http", rules.ProtocolHTTP, "http://mallory:" + urlPassword + "@" + host + "/cb?token=" + urlToken + "&api_key=" + urlToken + "&sig=" + urlToken},
-		{"http, sealed", rules.ProtocolHTTP, srv.URL + "/cb?access_token=" + urlToken},
-		{"soap", rules.ProtocolSOAP, srv.URL + "/cb?code=" + urlToken},
-		{"http, nothing listens", rules.ProtocolHTTP, "http://" + closed.Addr().String() + "/cb?token=" + urlToken},
-		{"grpc", rules.ProtocolGRPC, "grpc://" + grpcAddr + "/?token=" + urlToken},
-		{"amqp", rules.ProtocolAMQP, "amqp://mallory:" + urlPassword + "@" + brokerAddr + "/?exchange=x&routingKey=k&password=" + urlToken},
+		{"http", rules.ProtocolHTTP, "http://mallory:" + urlPassword + "@" + host + "/cb?token=" + urlToken + "&api_key=" + urlToken + "&sig=" + urlToken, nil},
+		{"http, sealed", rules.ProtocolHTTP, srv.URL + "/cb?access_token=" + urlToken, nil},
+		{"http, bearer auth", rules.ProtocolHTTP, srv.URL + "/cb", &rules.CallbackAuth{Type: rules.CallbackAuthBearer, SecretRef: "bearer"}},
+		{"http, oauth2", rules.ProtocolHTTP, srv.URL + "/cb", &rules.CallbackAuth{Type: rules.CallbackAuthOAuth2, TokenURL: tokens.URL, ClientID: "billing", SecretRef: "client"}},
+		{"http, mtls", rules.ProtocolHTTP, tlsSrv.URL + "/cb", &rules.CallbackAuth{Type: rules.CallbackAuthMTLS, CertRef: "billing.crt", KeyRef: "billing.key"}},
+		{"soap", rules.ProtocolSOAP, srv.URL + "/cb?code=" + urlToken, nil},
+		{"http, nothing listens", rules.ProtocolHTTP, "http://" + closed.Addr().String() + "/cb?token=" + urlToken, nil},
+		{"grpc, bearer auth", rules.ProtocolGRPC, "grpc://" + grpcAddr + "/?token=" + urlToken, &rules.CallbackAuth{Type: rules.CallbackAuthBearer, SecretRef: "bearer"}},
+		{"amqp", rules.ProtocolAMQP, "amqp://mallory:" + urlPassword + "@" + brokerAddr + "/?exchange=x&routingKey=k&password=" + urlToken, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := record(tt.url, true)
 			cb := &rec.Envelope.Callback
-			cb.Protocol, cb.SOAPAction = tt.protocol, "urn:x#Done"
+			cb.Protocol, cb.SOAPAction, cb.Auth = tt.protocol, "urn:x#Done", tt.auth
 			if tt.protocol == rules.ProtocolAMQP {
 				cb.CredentialsRef = "mq"
 			}
@@ -338,6 +367,7 @@ func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 				cb.Encryption = &rules.Encryption{Type: rules.EncryptAESGCM, KeyRef: "key"}
 			}
 			s := NewSender(sec, 2*time.Second)
+			s.http.RootCAs = pool
 			defer s.Close()
 			res := s.Send(context.Background(), rec, 1)
 			if res.Attempt.Request == nil {
@@ -351,7 +381,8 @@ func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 					t.Errorf("the attempt keeps %q:\n%s", secret, attempt)
 				}
 			}
-			for _, secret := range []string{broker, signingKey, testKey} {
+			pemBody := strings.Split(keyPEM, "\n")[1] // a line of the key's base64
+			for _, secret := range []string{broker, signingKey, testKey, bearer, clientSecret, accessToken, pemBody} {
 				if bytes.Contains(whole, []byte(secret)) {
 					t.Errorf("the record keeps %q:\n%s", secret, whole)
 				}
@@ -366,6 +397,11 @@ func TestAttemptLogKeepsNoSecrets(t *testing.T) {
 			}
 			if tt.protocol != rules.ProtocolAMQP && !strings.Contains(tt.name, "nothing") && res.Attempt.Response == nil {
 				t.Errorf("no answer logged: %+v", res.Attempt) // the test would pass vacuously
+			}
+			if tt.auth != nil && tt.auth.Type != rules.CallbackAuthMTLS {
+				if v, _ := header(res.Attempt.Request.Headers, "authorization"); v != redacted {
+					t.Errorf("authorization sent %q: want it logged as %s", v, redacted)
+				}
 			}
 		})
 	}
