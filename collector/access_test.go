@@ -156,3 +156,60 @@ func TestWaitersAreCapped(t *testing.T) {
 		}
 	}
 }
+
+// TestCallerSeesNoAttemptLog: the attempt log (what a callback attempt sent,
+// what the receiver answered: its headers and error pages) is the
+// operator's; a caller reading its own request with its token sees each
+// attempt's time, status code, latency and error as before, on the record
+// and on its event stream.
+func TestCallerSeesNoAttemptLog(t *testing.T) {
+	e := newEnv(t)
+	tok, hash := access.NewToken()
+	en := e.envelope("/work", nil)
+	en.AccessHash = hash
+	e.intake(en)
+	attempts := func(rec map[string]any) []any {
+		t.Helper()
+		a, _ := rec["attempts"].([]any)
+		if len(a) == 0 {
+			t.Fatalf("no attempts: %v", rec)
+		}
+		return a
+	}
+	code, rec := e.getAs("/v1/requests/"+en.ID+"?wait=10s&token="+tok, "")
+	if code != 200 || rec["status"] != "delivered" {
+		t.Fatalf("caller: %d %v", code, rec)
+	}
+	for _, a := range attempts(rec) {
+		a := a.(map[string]any)
+		if _, ok := a["request"]; ok || a["response"] != nil || a["statusCode"] != 200.0 {
+			t.Errorf("caller's attempt %v: want no request/response, status code 200", a)
+		}
+	}
+	_, rec = e.get("/v1/requests/" + en.ID)
+	a := attempts(rec)[0].(map[string]any)
+	req, _ := a["request"].(map[string]any)
+	resp, _ := a["response"].(map[string]any)
+	if req["method"] != "POST" || resp["status"] != "200 OK" {
+		t.Errorf("operator's attempt %v: want the request and the answer", a)
+	}
+	events := func(bearer, q string) string {
+		r, _ := http.NewRequest("GET", e.api.URL+"/v1/requests/"+en.ID+"/events"+q, nil)
+		if bearer != "" {
+			r.Header.Set("authorization", "Bearer "+bearer)
+		}
+		res, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return string(b)
+	}
+	if s := events("", "?token="+tok); !strings.Contains(s, `"statusCode":200`) || strings.Contains(s, `"response":`) {
+		t.Errorf("caller's events: %s", s)
+	}
+	if s := events(adminToken, ""); !strings.Contains(s, `"response":{"status":"200 OK"`) {
+		t.Errorf("operator's events: %s", s)
+	}
+}

@@ -339,13 +339,21 @@ type requestView struct {
 }
 
 type attemptView struct {
-	At         time.Time `json:"at"`
-	StatusCode int       `json:"statusCode,omitempty"`
-	LatencyMs  float64   `json:"latencyMs"`
-	Error      string    `json:"error,omitempty"`
+	At         time.Time              `json:"at"`
+	StatusCode int                    `json:"statusCode,omitempty"`
+	LatencyMs  float64                `json:"latencyMs"`
+	Error      string                 `json:"error,omitempty"`
+	Request    *store.AttemptRequest  `json:"request,omitempty"`
+	Response   *store.AttemptResponse `json:"response,omitempty"`
 }
 
-func viewOf(r *store.Record) recordView {
+// viewOf renders r; the attempt log (what each attempt sent, what the
+// receiver answered) only for operators (operator true). A caller sees
+// what it saw before the log existed, each attempt's time, status code,
+// latency and error: a rule's callback receiver may be an internal service
+// the operator allowed (allowPrivate, allowNetworks), whose headers and
+// error pages (stack traces, internal names) are not the caller's to read.
+func viewOf(r *store.Record, operator bool) recordView {
 	v := recordView{ID: r.ID, TraceID: r.TraceID, Rule: r.Rule, Status: r.Status, Error: r.Error,
 		History: r.History, Attempts: []attemptView{}, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 	if e := r.Envelope; e != nil {
@@ -353,7 +361,11 @@ func viewOf(r *store.Record) recordView {
 		v.Request = requestView{Method: e.Method, Authority: e.Authority, Path: e.Path, Callback: e.Callback.URL, Protocol: e.Callback.Protocol}
 	}
 	for _, a := range r.Attempts {
-		v.Attempts = append(v.Attempts, attemptView{At: a.At, StatusCode: a.StatusCode, LatencyMs: float64(a.Latency.Microseconds()) / 1000, Error: a.Error})
+		av := attemptView{At: a.At, StatusCode: a.StatusCode, LatencyMs: float64(a.Latency.Microseconds()) / 1000, Error: a.Error}
+		if operator {
+			av.Request, av.Response = a.Request, a.Response
+		}
+		v.Attempts = append(v.Attempts, av)
 	}
 	return v
 }
@@ -361,7 +373,7 @@ func viewOf(r *store.Record) recordView {
 func (c *Collector) getRequest(w http.ResponseWriter, r *http.Request) {
 	rec, ok := c.waitFor(w, r, store.Status.Terminal)
 	if ok {
-		writeJSON(w, http.StatusOK, viewOf(rec))
+		writeJSON(w, http.StatusOK, viewOf(rec, c.operator(r)))
 	}
 }
 
@@ -549,7 +561,7 @@ func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
 		Next    string       `json:"next,omitempty"`
 	}{Records: []recordView{}, Next: page.Next}
 	for _, rec := range page.Records {
-		out.Records = append(out.Records, viewOf(rec))
+		out.Records = append(out.Records, viewOf(rec, true)) // an operator endpoint
 	}
 	writeJSON(w, http.StatusOK, out)
 }

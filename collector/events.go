@@ -59,7 +59,7 @@ func (c *Collector) events(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusOK)
 		}
 		if last == nil || rec.UpdatedAt != last.UpdatedAt || rec.Status != last.Status {
-			data, _ := json.Marshal(viewOf(rec))
+			data, _ := json.Marshal(viewOf(rec, c.operator(r)))
 			fmt.Fprintf(w, "id: %s\nevent: status\ndata: %s\n\n", rec.UpdatedAt.Format(time.RFC3339Nano), data)
 			flusher.Flush()
 			last, lastWrite = rec, time.Now()

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -44,6 +46,12 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 		}
 		dialURL.User = url.UserPassword(user, pass)
 	}
+	// Signed before connecting, so that the log has what the attempt meant
+	// to send even when the broker cannot be reached. The logged URL is the
+	// callback's (exchange and routing key in its query), never dialURL,
+	// which holds the broker password.
+	signed := a.sign(body)
+	a.sent = sentRequest("basic.publish", a.cb.URL, signed, len(body), contentType)
 	cacheKey := dialURL.String() + "|" + a.guard.Key()
 	s.mu.Lock()
 	if s.close {
@@ -66,7 +74,7 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 		// amqp091's errors never include the URL's password.
 		return a.failed(fmt.Errorf("connecting to the callback broker %s: %w", u.Host, err))
 	}
-	if err := publishConfirmed(ctx, conn, exchange, key, a, contentType, body); err != nil {
+	if err := publishConfirmed(ctx, conn, exchange, key, a, signed, contentType, body); err != nil {
 		if conn.IsClosed() {
 			s.mu.Lock()
 			s.amqp.dropIf(cacheKey, conn, func(c *amqp.Connection) { c.Close() })
@@ -77,7 +85,9 @@ func (s *Sender) publishAMQP(ctx context.Context, a *attempt, p Payload) Result 
 	return Result{Outcome: Delivered}
 }
 
-func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key string, a *attempt, contentType string, body []byte) error {
+// publishConfirmed publishes body with the signed headers and waits for the
+// broker's confirm, which it logs as the attempt's answer (a.answer).
+func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key string, a *attempt, signed http.Header, contentType string, body []byte) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("opening a channel: %w", err)
@@ -88,7 +98,7 @@ func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key 
 	}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	headers := amqp.Table{}
-	for k, v := range a.sign(body) {
+	for k, v := range signed {
 		headers[strings.ToLower(k)] = strings.Join(v, " ")
 	}
 	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, amqp.Publishing{
@@ -109,13 +119,16 @@ func publishConfirmed(ctx context.Context, conn *amqp.Connection, exchange, key 
 		return fmt.Errorf("no confirm from the callback broker: %w", err)
 	}
 	if !ok {
+		a.answer = &store.AttemptResponse{Status: "nack"}
 		return fmt.Errorf("the callback broker did not confirm (nack, or exchange %q does not exist)", exchange)
 	}
 	// The broker sends basic.return before the ack of the same message.
 	select {
 	case r := <-returns:
+		a.answer = &store.AttemptResponse{Status: "returned", Message: cut(fmt.Sprintf("%d %s", r.ReplyCode, r.ReplyText), maxLoggedMessage)}
 		return fmt.Errorf("unroutable: exchange %q has no queue bound for routing key %q (%s)", exchange, key, r.ReplyText)
 	default:
+		a.answer = &store.AttemptResponse{Status: "ack"}
 		return nil
 	}
 }

@@ -180,6 +180,10 @@ type attempt struct {
 	// (authorize): an Authorization value, a TLS client certificate.
 	authorization string
 	cert          *tls.Certificate
+	// sent and answer are the attempt log (attemptlog.go), set by the
+	// protocol's sender once it sends and once an answer comes.
+	sent   *store.AttemptRequest
+	answer *store.AttemptResponse
 }
 
 // sign returns the signed headers of body (no signature without a secret).
@@ -251,7 +255,9 @@ func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
 	if !ok {
 		return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
 	}
-	return send(s, ctx, a, payload)
+	res := send(s, ctx, a, payload)
+	res.Attempt.Request, res.Attempt.Response = a.sent, a.answer
+	return res
 }
 
 // signingSecrets resolves the secrets that sign cb: its caller's active

@@ -23,7 +23,7 @@ func init() { register(rules.ProtocolGRPC, (*Sender).deliverGRPC) }
 
 // deliverGRPC makes a grpc attempt: one unary Deliver with the signed payload.
 func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result {
-	body, _, err := s.encode(a, p)
+	body, contentType, err := s.encode(a, p)
 	if err != nil {
 		return a.retry(0, err.Error())
 	}
@@ -59,11 +59,22 @@ func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result 
 	for k, v := range a.sign(body) {
 		md[strings.ToLower(k)] = v
 	}
-	var trailer metadata.MD
+	// The request is logged with the payload's size and type: the message
+	// around it (id, trace id, status) is in the record.
+	a.sent = sentRequest(callbackpb.Callback_Deliver_FullMethodName, a.cb.URL, md, len(body), contentType)
+	var header, trailer metadata.MD
 	_, err = callbackpb.NewCallbackClient(conn).Deliver(metadata.NewOutgoingContext(ctx, md),
 		&callbackpb.DeliverRequest{Payload: body, Id: p.ID, TraceId: p.TraceID, Status: p.Status},
-		grpc.Trailer(&trailer), grpc.WaitForReady(false))
+		grpc.Header(&header), grpc.Trailer(&trailer), grpc.WaitForReady(false))
 	st := status.Convert(err)
+	// A status made by the client (no connection, a deadline before any
+	// answer) comes with no metadata; a receiver's always has some (its
+	// content-type at least).
+	if len(header) > 0 || len(trailer) > 0 {
+		a.answer = &store.AttemptResponse{Status: st.Code().String(), Message: cut(st.Message(), maxLoggedMessage)}
+		all := metadata.Join(header, trailer)
+		a.answer.Headers, a.answer.HeadersTruncated = loggedHeaders(all)
+	}
 	switch st.Code() {
 	case codes.OK:
 		return Result{Outcome: Delivered}

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,14 +42,25 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	}
 	req.Header.Set("content-type", contentType)
 	req.Header.Set("user-agent", "asyncmesh-collector")
+	a.sent = sentRequest(http.MethodPost, a.cb.URL, req.Header, len(body), contentType)
 	resp, err := s.http.For(a.guard, a.cert).Do(req)
 	if err != nil {
+		// The error names the URL (the client removes only a password):
+		// the log's form of it, without query credentials.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			ue.URL = a.sent.URL
+		}
 		return a.failed(err)
 	}
 	defer resp.Body.Close()
-	// Read a little of the answer: a SOAP fault names its reason, and a
-	// drained body lets the connection be reused.
+	// Read a little of the answer: a SOAP fault names its reason, the
+	// attempt log keeps its first KiB, and a drained body lets the
+	// connection be reused.
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	a.answer = &store.AttemptResponse{Status: cut256(resp.Status)}
+	a.answer.Headers, a.answer.HeadersTruncated = loggedHeaders(resp.Header)
+	a.answer.Body, a.answer.BodyEncoding, a.answer.BodyTruncated = loggedBody(answer)
 	code := resp.StatusCode
 	switch {
 	case code >= 200 && code < 300:

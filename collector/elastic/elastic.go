@@ -13,9 +13,10 @@
 // P-bodies) give every daily index explicit, strict mappings: ids, trace id,
 // rule, status, method, authority and path are keywords; timestamps are
 // dates; the status history and the delivery attempts are object lists;
-// the envelope and the stored response are kept in _source but not indexed
-// (enabled: false). Bodies over Config.InlineBodyMax are kept by reference:
-// 1 MiB chunks in P-bodies-YYYY.MM.DD, read back on Get. Retention
+// the envelope, the stored response and each attempt's request and answer
+// (the attempt log) are kept in _source but not indexed (enabled: false).
+// Bodies over Config.InlineBodyMax are kept by reference: 1 MiB chunks in
+// P-bodies-YYYY.MM.DD, read back on Get. Retention
 // (retention.go, store.Expirer) deletes records terminal for longer than
 // Config.Retention and never a record that is not terminal: whole daily
 // indices when all their records are expired (the integ-test distribution
@@ -279,7 +280,10 @@ var requestsMapping = map[string]any{
 			"status": keyword, "at": date, "event": keyword, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
 		"attempts": map[string]any{"properties": map[string]any{
 			"at": date, "statusCode": map[string]any{"type": "integer"}, "latency": map[string]any{"type": "long"},
-			"error": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
+			"error": map[string]any{"type": "keyword", "index": false, "doc_values": false},
+			// The attempt log: receivers' headers and bodies, never searched,
+			// kept in _source only so that they cannot grow the mapping.
+			"request": unindexed, "response": unindexed}},
 	},
 }
 
@@ -314,7 +318,8 @@ func (s *Store) putTemplates(ctx context.Context) error {
 }
 
 // putMappings brings existing daily indices up to the template: fields
-// added since they were created (history.event) are added to them, which
+// added since they were created (history.event, attempts.request and
+// attempts.response) are added to them, which
 // Elasticsearch allows on a strict mapping.
 func (s *Store) putMappings(ctx context.Context) error {
 	if err := s.call(ctx, http.MethodPut, "/"+s.requestsPattern()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", requestsMapping, nil); err != nil {

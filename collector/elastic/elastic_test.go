@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"os"
@@ -108,5 +109,51 @@ func TestSeveralNodes(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), Config{URL: esURL(t) + ",ftp://x"}); err == nil {
 		t.Fatal("a list with a bad URL was accepted")
+	}
+}
+
+// TestOldIndexTakesTheAttemptLog: a daily index created before the attempt
+// log existed (attempts mapped without request and response) is brought up
+// to the template at Open, so that its strict mapping accepts an attempt
+// with its log and keeps it.
+func TestOldIndexTakesTheAttemptLog(t *testing.T) {
+	ctx := context.Background()
+	p := prefix()
+	s := open(t, p)
+	r := store.NewRecord(storetest.NewEnvelope("a", ""), time.Now())
+	ix, err := s.index("requests", r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old map[string]any
+	data, _ := json.Marshal(requestsMapping)
+	_ = json.Unmarshal(data, &old)
+	attempts := old["properties"].(map[string]any)["attempts"].(map[string]any)["properties"].(map[string]any)
+	delete(attempts, "request")
+	delete(attempts, "response")
+	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+p+"-requests", nil, nil)
+	if err := s.call(ctx, http.MethodPut, "/"+ix, map[string]any{"mappings": old}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(ctx, Config{URL: esURL(t), Prefix: p, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := s2.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []store.Change{{Event: store.Complete, Then: store.StartDelivery, Response: &store.Response{Status: 200}}} {
+		if _, err := s2.Transition(ctx, r.ID, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := storetest.AttemptLog()[1]
+	if _, err := s2.Transition(ctx, r.ID, store.Change{Event: store.Retry, Attempt: &want}); err != nil {
+		t.Fatalf("an attempt with its log on an index made before it: %v", err)
+	}
+	got, err := s2.Get(ctx, r.ID)
+	if err != nil || len(got.Attempts) != 1 || got.Attempts[0].Response == nil || got.Attempts[0].Response.Body != want.Response.Body {
+		t.Fatalf("read back %+v: %v", got, err)
 	}
 }

@@ -64,12 +64,58 @@ type Response struct {
 	Body    []byte      `json:"body,omitempty"`
 }
 
-// Attempt is one callback delivery attempt.
+// Attempt is one callback delivery attempt: what was sent and what the
+// receiver answered, so that an operator can see why a receiver refused.
+// Everything in it is bounded and free of secrets (collector/delivery,
+// attemptlog.go): it is kept for every attempt of every record.
 type Attempt struct {
 	At         time.Time     `json:"at"`
 	StatusCode int           `json:"statusCode,omitempty"`
 	Latency    time.Duration `json:"latency"`
 	Error      string        `json:"error,omitempty"`
+	// Request is nil when the attempt failed before sending (no secret, a
+	// refused host); Response is nil when no answer came (connection
+	// refused, timeout, no broker confirm).
+	Request  *AttemptRequest  `json:"request,omitempty"`
+	Response *AttemptResponse `json:"response,omitempty"`
+}
+
+// AttemptRequest is what an attempt sent, without its body: the body is the
+// callback payload, which the record already holds.
+type AttemptRequest struct {
+	// Method is the HTTP method, the gRPC full method name, or
+	// "basic.publish" (amqp).
+	Method string `json:"method"`
+	// URL is the destination without user info, secret-looking query values
+	// replaced by "[redacted]".
+	URL string `json:"url"`
+	// Headers are the headers (gRPC metadata, AMQP headers) sent, names in
+	// lower case, credential-bearing values (the webhook signature included)
+	// replaced by "[redacted]".
+	Headers          [][2]string `json:"headers,omitempty"`
+	HeadersTruncated bool        `json:"headersTruncated,omitempty"`
+	BodySize         int         `json:"bodySize"`
+	ContentType      string      `json:"contentType,omitempty"`
+}
+
+// AttemptResponse is the receiver's answer, cut to a bounded size.
+type AttemptResponse struct {
+	// Status is the HTTP status line ("503 Service Unavailable"), the gRPC
+	// code as grpc-go names it ("Unavailable", as in Error), or the broker's
+	// answer (amqp: "ack", "nack", "returned").
+	Status string `json:"status"`
+	// Message is the gRPC status message, or the reply code and text of an
+	// AMQP return.
+	Message string `json:"message,omitempty"`
+	// Headers are the HTTP headers, or the gRPC header and trailer metadata,
+	// redacted as the request's.
+	Headers          [][2]string `json:"headers,omitempty"`
+	HeadersTruncated bool        `json:"headersTruncated,omitempty"`
+	// Body is the first KiB of the HTTP body; base64 (BodyEncoding) when it
+	// is not UTF-8.
+	Body          string `json:"body,omitempty"`
+	BodyEncoding  string `json:"bodyEncoding,omitempty"`
+	BodyTruncated bool   `json:"bodyTruncated,omitempty"`
 }
 
 // Record is one accepted request.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -30,6 +31,27 @@ func NewEnvelope(rule, traceID string) *envelope.Envelope {
 		Headers:  [][2]string{{"content-type", "application/json"}},
 		Callback: rules.Callback{URL: "http://127.0.0.1:9/cb", Protocol: "http"},
 		Retry:    rules.Retry{MaxAttempts: 3}, Timeout: rules.Duration(time.Second),
+	}
+}
+
+// AttemptLog returns delivery attempts with every field of the attempt log
+// set, as the stores must keep them: a refused connection (a request, no
+// answer), a refusal with a base64 body cut at a KiB and cut headers, and
+// the delivery.
+func AttemptLog() []store.Attempt {
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	req := &store.AttemptRequest{Method: "POST", URL: "https://receiver.example/cb?token=REDACTED",
+		Headers:  [][2]string{{"content-type", "application/json"}, {"webhook-id", "msg_1"}, {"webhook-signature", "[redacted]"}},
+		BodySize: 321, ContentType: "application/json"}
+	return []store.Attempt{
+		{At: at, Latency: 3 * time.Millisecond, Error: "connection refused", Request: req},
+		{At: at.Add(time.Second), StatusCode: 403, Latency: 12 * time.Millisecond, Error: "endpoint answered 403",
+			Request: &store.AttemptRequest{Method: "/asyncmesh.callback.v1.Callback/Deliver", URL: "grpcs://receiver.example:443", BodySize: 7, HeadersTruncated: true},
+			Response: &store.AttemptResponse{Status: "403 Forbidden", Message: "déjà refusé",
+				Headers:          [][2]string{{"set-cookie", "[redacted]"}, {"www-authenticate", `Bearer error="invalid_token"`}, {"x-multi", "a"}, {"x-multi", "b"}},
+				HeadersTruncated: true, Body: "AP8Q", BodyEncoding: "base64", BodyTruncated: true}},
+		{At: at.Add(2 * time.Second), StatusCode: 200, Latency: time.Millisecond, Request: req,
+			Response: &store.AttemptResponse{Status: "200 OK", Body: `{"ok":true}`}},
 	}
 }
 
@@ -99,6 +121,48 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		// The one move back: replay, then the lifecycle goes on.
 		if got, err := s.Transition(ctx, r.ID, store.Change{Event: store.Replay}); err != nil || got.Status != store.Delivering || got.Last(store.Replay).IsZero() {
 			t.Fatalf("replay: %v, %+v", err, got)
+		}
+	})
+
+	t.Run("AttemptLog", func(t *testing.T) {
+		s := open(t)
+		r := create(t, s, "a", "")
+		for _, c := range []store.Change{{Event: store.Enqueue}, {Event: store.Claim},
+			{Event: store.Complete, Then: store.StartDelivery, Response: &store.Response{Status: 200, Body: []byte("ok")}}} {
+			if _, err := s.Transition(ctx, r.ID, c); err != nil {
+				t.Fatalf("Transition %s: %v", c.Event, err)
+			}
+		}
+		want := AttemptLog()
+		for _, a := range want {
+			ev := store.Retry
+			if a.Response != nil && a.Response.Status == "200 OK" {
+				ev = store.Deliver
+			}
+			if _, err := s.Transition(ctx, r.ID, store.Change{Event: ev, Attempt: &a}); err != nil {
+				t.Fatalf("Transition %s: %v", ev, err)
+			}
+		}
+		for name, read := range map[string]func(context.Context, string) (*store.Record, error){
+			"Get": s.Get, "Peek": func(ctx context.Context, id string) (*store.Record, error) { return store.Peek(ctx, s, id) },
+		} {
+			got, err := read(ctx, r.ID)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if len(got.Attempts) != len(want) {
+				t.Fatalf("%s: %d attempts, want %d", name, len(got.Attempts), len(want))
+			}
+			for i, a := range got.Attempts {
+				w := want[i]
+				if !a.At.Equal(w.At) {
+					t.Errorf("%s: attempt %d at %v, want %v", name, i, a.At, w.At)
+				}
+				a.At, w.At = time.Time{}, time.Time{}
+				if !reflect.DeepEqual(a, w) {
+					t.Errorf("%s: attempt %d\n got %+v %+v %+v\nwant %+v %+v %+v", name, i, a, a.Request, a.Response, w, w.Request, w.Response)
+				}
+			}
 		}
 	})
 
