@@ -53,8 +53,8 @@ type stream struct {
 	callbackFromCaller bool
 	callbackTarget     string
 	requestID          string
-	accessToken        string       // handed to the caller once, in the 202; the envelope carries its hash
-	idemKey            string       // the caller's Idempotency-Key, parsed ("" without one)
+	accessToken        string // handed to the caller once, in the 202; the envelope carries its hash
+	idemKey            string // the caller's Idempotency-Key, parsed ("" without one)
 	idemWindow         time.Duration
 	tp                 trace.Parent // formatted only on the async path
 	callback           rules.Callback
