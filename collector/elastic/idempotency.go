@@ -1,6 +1,7 @@
 package elastic
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -112,24 +113,54 @@ func (s *Store) takeKey(ctx context.Context, scope string, data []byte, replace 
 	return fmt.Errorf("writing its idempotency key: still conflicting after %d rounds", maxKeyRounds)
 }
 
-// ExpireKeys implements store.Idempotent: a delete-by-query of the keys
-// expired before before. A key taken over meanwhile (a new version) is
-// left: conflicts=proceed skips it.
+// ExpireKeys implements store.Idempotent: it finds the keys expired
+// before before and deletes each conditioned on the version it found (a
+// key taken over meanwhile is a new version, and kept), a batch at a time,
+// as retention deletes records (not by delete-by-query, which needs the
+// reindex module).
 func (s *Store) ExpireKeys(ctx context.Context, before time.Time) (int, error) {
-	var res struct {
-		Deleted int `json:"deleted"`
+	ix := s.keysIndex()
+	opts := "allow_no_indices=true&ignore_unavailable=true"
+	total := 0
+	for {
+		// The search sees what the last refresh made visible: the keys
+		// written just now, and the deletes of the last round.
+		if err := s.call(ctx, http.MethodPost, "/"+ix+"/_refresh?"+opts, nil, nil); err != nil {
+			return total, fmt.Errorf("expiring idempotency keys: %w", err)
+		}
+		body := map[string]any{
+			"size": expireBatch, "seq_no_primary_term": true, "_source": false,
+			"query": map[string]any{"range": map[string]any{"expires": map[string]any{"lt": before.UTC().Format(time.RFC3339Nano)}}},
+		}
+		var res struct {
+			Hits struct {
+				Hits []struct {
+					ID       string `json:"_id"`
+					SeqNo    int64  `json:"_seq_no"`
+					PrimTerm int64  `json:"_primary_term"`
+				} `json:"hits"`
+			} `json:"hits"`
+		}
+		if err := s.call(ctx, http.MethodPost, "/"+ix+"/_search?track_total_hits=false&"+opts, body, &res); err != nil {
+			return total, fmt.Errorf("searching for expired idempotency keys: %w", err)
+		}
+		hits := res.Hits.Hits
+		if len(hits) == 0 {
+			return total, nil
+		}
+		var bulk bytes.Buffer
+		for _, h := range hits {
+			writeBulkDelete(&bulk, ix, h.ID, h.SeqNo, h.PrimTerm)
+		}
+		deleted, err := s.bulkDelete(ctx, bulk.Bytes())
+		total += len(deleted)
+		if err != nil {
+			return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
+		}
+		if len(hits) < expireBatch || len(deleted) == 0 {
+			return total, nil
+		}
 	}
-	// The delete is a search: the keys written since the last refresh
-	// (1s) would be left for the next pass. An hourly refresh costs
-	// nothing.
-	if err := s.call(ctx, http.MethodPost, "/"+s.keysIndex()+"/_refresh?allow_no_indices=true&ignore_unavailable=true", nil, nil); err != nil {
-		return 0, fmt.Errorf("expiring idempotency keys: %w", err)
-	}
-	q := map[string]any{"query": map[string]any{"range": map[string]any{"expires": map[string]any{"lt": before.UTC().Format(time.RFC3339Nano)}}}}
-	if err := s.call(ctx, http.MethodPost, "/"+s.keysIndex()+"/_delete_by_query?conflicts=proceed&allow_no_indices=true&ignore_unavailable=true", q, &res); err != nil {
-		return 0, fmt.Errorf("expiring idempotency keys before %s: %w", before.UTC().Format(time.RFC3339), err)
-	}
-	return res.Deleted, nil
 }
 
 var _ store.Idempotent = (*Store)(nil)
