@@ -37,6 +37,7 @@ const (
 	idempotentReplay  = "replayed"
 	maxKeyTakeOvers   = 3
 	inProgressRetryIn = "1"
+	holderReads       = 4 // reads of a held key's holder before intake gives up (judgeHolder)
 )
 
 // keyClaim is the key an intake creates its record under.
@@ -95,6 +96,18 @@ const (
 // (without bodies).
 func (c *Collector) judgeHolder(ctx context.Context, held store.Key, fp string) (keyVerdict, *store.Record, error) {
 	rec, err := store.Peek(ctx, c.store, held.ID)
+	// A holder written an instant ago may not be readable yet (on
+	// Elasticsearch, the first record of a day creates its daily index, and
+	// reads fail until its shard has started): read again a few times
+	// before answering that the store failed.
+	for try := 1; err != nil && !errors.Is(err, store.ErrNotFound) && try < holderReads; try++ {
+		select {
+		case <-ctx.Done():
+			return 0, nil, err
+		case <-time.After(time.Duration(try) * 100 * time.Millisecond):
+		}
+		rec, err = store.Peek(ctx, c.store, held.ID)
+	}
 	undecided := func() bool { // its intake may still refuse it
 		o, known := c.decided.state(held.ID)
 		if known {

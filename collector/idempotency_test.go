@@ -3,11 +3,15 @@ package collector
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/elastic"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
@@ -255,5 +259,82 @@ func TestJudgeHolder(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%s: judgeHolder = %v, %v; want %v", tc.name, got, err, tc.want)
 		}
+	}
+}
+
+// TestIdempotencyKeyOnElasticsearch runs intake's idempotency on the
+// Elasticsearch store (no transaction: the key, then the record), when
+// ASYNCMESH_TEST_ES_URL is set: concurrent retries make one job, a retry
+// gets the first request, another body is 422, another caller its own job.
+func TestIdempotencyKeyOnElasticsearch(t *testing.T) {
+	url := os.Getenv("ASYNCMESH_TEST_ES_URL")
+	if url == "" {
+		t.Skip("ASYNCMESH_TEST_ES_URL is not set (scripts/start-elasticsearch.sh prints one)")
+	}
+	prefix := fmt.Sprintf("asyncmesh-test-idem-%d", time.Now().UnixNano())
+	es, err := elastic.Open(context.Background(), elastic.Config{URL: url, Prefix: prefix, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, p := range []string{"/" + prefix + "-*", "/_index_template/" + prefix + "-requests", "/_index_template/" + prefix + "-bodies", "/_index_template/" + prefix + "-idempotency-keys"} {
+			req, _ := http.NewRequest(http.MethodDelete, url+p, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+		es.Close()
+	})
+	e := newEnv(t)
+	e.stop()
+	e.wrap = func(store.Store) store.Store { return es } // the embedded queue, Elasticsearch's records
+	e.start()
+
+	const n = 6
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	ids := make([]string, n)
+	for i := range n {
+		en := e.keyed("billing", "es-key", []byte("order"), time.Hour)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := e.intake(en)
+			codes[i], ids[i] = resp.StatusCode, answer(t, resp)["id"]
+		}()
+	}
+	wg.Wait()
+	var winner string
+	for i, code := range codes {
+		switch {
+		case code == 201 && winner == "":
+			winner = ids[i]
+		case code == 201:
+			t.Fatalf("two intakes created a job: %v", codes)
+		case code != 200 && code != 409:
+			t.Fatalf("intake answered %d", code)
+		}
+	}
+	if winner == "" {
+		t.Fatalf("no intake created the job: %v", codes)
+	}
+	retry := e.intake(e.keyed("billing", "es-key", []byte("order"), time.Hour))
+	if got := answer(t, retry); retry.StatusCode != 200 || got["id"] != winner {
+		t.Fatalf("retry: %d %v, want the job %s", retry.StatusCode, got, winner)
+	}
+	if resp := e.intake(e.keyed("billing", "es-key", []byte("other"), time.Hour)); resp.StatusCode != 422 {
+		t.Fatalf("another body: %d, want 422", resp.StatusCode)
+	}
+	other := e.keyed("shipping", "es-key", []byte("order"), time.Hour)
+	if got := answer(t, e.intake(other)); got["id"] != other.ID {
+		t.Fatalf("another caller got %v, want its own job %s", got, other.ID)
+	}
+	if code, rec := e.get("/v1/requests/" + winner + "?wait=10s"); code != 200 || rec["status"] != "delivered" {
+		t.Fatalf("the job: %d %v", code, rec["status"])
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.callbacks[winner] != 1 {
+		t.Fatalf("callbacks %v, want one for %s", e.callbacks, winner)
 	}
 }
