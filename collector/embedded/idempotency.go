@@ -18,8 +18,11 @@ import (
 // and the write that follows it are atomic.
 const (
 	qKeyHolder = `SELECT id, fingerprint, expires_at, deadline FROM idempotency_keys WHERE scope = ?`
-	qPutKey    = `INSERT INTO idempotency_keys(scope, id, fingerprint, expires_at, deadline) VALUES (?,?,?,?,?)
-	ON CONFLICT(scope) DO UPDATE SET id = excluded.id, fingerprint = excluded.fingerprint, expires_at = excluded.expires_at, deadline = excluded.deadline`
+	// qPutKey takes the key when it is free, expired (?: now) or held by
+	// the request to replace (?); otherwise it changes no row.
+	qPutKey = `INSERT INTO idempotency_keys(scope, id, fingerprint, expires_at, deadline) VALUES (?,?,?,?,?)
+	ON CONFLICT(scope) DO UPDATE SET id = excluded.id, fingerprint = excluded.fingerprint, expires_at = excluded.expires_at, deadline = excluded.deadline
+	WHERE idempotency_keys.expires_at <= ? OR idempotency_keys.id = ?`
 	qExpiredKey = `SELECT 1 FROM idempotency_keys WHERE expires_at < ? LIMIT 1`
 	qExpireKeys = `DELETE FROM idempotency_keys WHERE scope IN (SELECT scope FROM idempotency_keys WHERE expires_at < ? LIMIT ?)`
 )
@@ -35,16 +38,24 @@ func (s *sqlStore) CreateKeyed(ctx context.Context, r *store.Record, k store.Key
 	}
 	var held *store.KeyHeldError
 	err = s.db().tx(ctx, func(t wtx) error {
-		h, found, err := keyHolder(t, k.Scope)
+		// One statement in the common case (a new key); the holder is read
+		// only when the key turns out to be held.
+		res, err := t.exec(qPutKey, k.Scope, k.ID, k.Fingerprint, unixNano(k.Expires), deadlineNano(k.Deadline), unixNano(s.Now()), replace)
 		if err != nil {
 			return err
 		}
-		if found && h.Expires.After(s.Now()) && h.ID != replace {
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			h, found, err := keyHolder(t, k.Scope)
+			if err != nil {
+				return err
+			}
+			if !found {
+				return fmt.Errorf("idempotency key %s neither taken nor held", k.Scope)
+			}
 			held = &store.KeyHeldError{Held: h}
 			return held // rolls this operation back: nothing is written
-		}
-		if _, err := t.exec(qPutKey, k.Scope, k.ID, k.Fingerprint, unixNano(k.Expires), deadlineNano(k.Deadline)); err != nil {
-			return err
 		}
 		if _, err := t.exec(qInsertRecord,
 			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc, reqBody, respBody); err != nil {
