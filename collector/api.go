@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -17,6 +18,8 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/hop"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 // OpenAPI is the API's description (served at /v1/openapi.yaml; a test
@@ -123,6 +126,42 @@ func (c *Collector) mayRead(r *http.Request, rec *store.Record) bool {
 	return rec.Envelope != nil && access.Check(rec.Envelope.AccessHash, r.URL.Query().Get(access.Param))
 }
 
+// checkCaller refuses an envelope that names a caller (or a principal)
+// without the filter's signature over it, or whose live rule does not admit
+// that caller: a name is how a request borrows a caller's signing secrets
+// and callback credentials, so only the filter, which read it from Envoy's
+// own properties, may give it.
+func (c *Collector) checkCaller(env *envelope.Envelope, sig string, body []byte) error {
+	if env.Caller == "" && env.Principal == "" {
+		return c.admits(env.Rule, nil)
+	}
+	if err := replay.VerifyIntake(c.cfg.IntakeSecrets, sig, body); err != nil {
+		return fmt.Errorf("caller %q: %w", env.Caller, err)
+	}
+	if env.Caller == "" {
+		return nil
+	}
+	if c.cfg.Rules == nil {
+		return nil // no live rules: the filter's word, signed, is all there is
+	}
+	caller, ok := c.cfg.Rules.Caller(env.Caller)
+	if !ok {
+		return fmt.Errorf("caller %q is not declared (callers:)", env.Caller)
+	}
+	return c.admits(env.Rule, caller)
+}
+
+// admits checks the live rule's callers: list, when there are live rules.
+func (c *Collector) admits(rule string, caller *rules.Caller) error {
+	if c.cfg.Rules == nil {
+		return nil
+	}
+	if r, ok := c.cfg.Rules.Rule(rule); ok {
+		return r.CheckCaller(caller)
+	}
+	return nil
+}
+
 // intake persists an accepted request, then publishes it. It answers 201 only
 // once the record is durable; publish failures leave it persisted for the relay.
 func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
@@ -141,6 +180,12 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		c.log.Warn("intake: refused envelope", "err", err)
 		c.obs.intake.WithLabelValues("", "refused").Inc()
 		writeError(w, http.StatusBadRequest, "bad_envelope", err.Error())
+		return
+	}
+	if err := c.checkCaller(env, r.Header.Get(replay.IntakeHeader), data); err != nil {
+		c.log.Warn("intake: refused the caller an envelope names", "id", env.ID, "rule", env.Rule, "caller", env.Caller, "err", err)
+		c.obs.intake.WithLabelValues(env.Rule, "caller_refused").Inc()
+		writeError(w, http.StatusForbidden, "caller_refused", err.Error())
 		return
 	}
 	start := time.Now()
@@ -310,6 +355,9 @@ type recordView struct {
 	ID        string             `json:"id"`
 	TraceID   string             `json:"traceId"`
 	Rule      string             `json:"rule"`
+	Package   string             `json:"package,omitempty"`
+	Caller    string             `json:"caller,omitempty"`
+	Principal string             `json:"principal,omitempty"`
 	Status    store.Status       `json:"status"`
 	Request   requestView        `json:"request"`
 	Error     string             `json:"error,omitempty"`
@@ -338,6 +386,7 @@ func viewOf(r *store.Record) recordView {
 	v := recordView{ID: r.ID, TraceID: r.TraceID, Rule: r.Rule, Status: r.Status, Error: r.Error,
 		History: r.History, Attempts: []attemptView{}, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 	if e := r.Envelope; e != nil {
+		v.Package, v.Caller, v.Principal = e.Package, e.Caller, e.Principal
 		v.Request = requestView{Method: e.Method, Authority: e.Authority, Path: e.Path, Callback: e.Callback.URL, Protocol: e.Callback.Protocol}
 	}
 	for _, a := range r.Attempts {

@@ -66,6 +66,11 @@ type Config struct {
 	ReplayURL string
 	// ReplaySecret signs replays; the filter verifies it.
 	ReplaySecret []byte
+	// IntakeSecrets are the secrets an intake signature (replay.IntakeHeader,
+	// the filter vouching for the caller it recognized) may be made with:
+	// the filter's current replay secret and, during a rotation, the
+	// previous one (default: ReplaySecret alone).
+	IntakeSecrets [][]byte
 	// Secrets resolves callback secret references.
 	Secrets delivery.Secrets
 	// Workers and DeliveryWorkers bound concurrency (defaults 16 and 64:
@@ -114,6 +119,8 @@ type Config struct {
 // RuleSource gives the current rule of a name (collector/xdsrules).
 type RuleSource interface {
 	Rule(name string) (*rules.Rule, bool)
+	// Caller returns the current declaration of a caller (rules.Caller).
+	Caller(name string) (*rules.Caller, bool)
 }
 
 // Collector is one running collector.
@@ -152,6 +159,9 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	if cfg.Secrets == nil {
 		return nil, errors.New("collector: Secrets is required")
+	}
+	if len(cfg.IntakeSecrets) == 0 {
+		cfg.IntakeSecrets = [][]byte{cfg.ReplaySecret}
 	}
 	defD := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
@@ -636,6 +646,13 @@ func (c *Collector) applyRules(e *envelope.Envelope) *envelope.Envelope {
 		} else {
 			cb = e.Callback // the target is gone from the rule: keep the request's
 		}
+	}
+	if e.Caller != "" {
+		// The caller's own signing, auth and key, as declared now: a
+		// rotation or a revoked token applies from the next attempt. A
+		// caller no longer declared lends its requests nothing.
+		caller, _ := c.cfg.Rules.Caller(e.Caller)
+		cb = cb.WithCaller(caller)
 	}
 	cp.Callback = cb
 	return &cp

@@ -74,10 +74,11 @@ type env struct {
 	mu        sync.Mutex
 	callbacks map[string]int
 	payloads  map[string][]byte
+	headers   map[string]http.Header // of the last callback, by webhook-id
 }
 
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}, secrets: testSecrets{}}
+	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "c.db"), callbacks: map[string]int{}, payloads: map[string][]byte{}, headers: map[string]http.Header{}, secrets: testSecrets{}}
 	e.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if err := verifyReplay(r, body); err != nil {
@@ -100,6 +101,7 @@ func newEnv(t *testing.T) *env {
 		e.mu.Lock()
 		e.callbacks[r.Header.Get("webhook-id")]++
 		e.payloads[r.Header.Get("webhook-id")] = body
+		e.headers[r.Header.Get("webhook-id")] = r.Header.Clone()
 		e.mu.Unlock()
 	}))
 	t.Cleanup(func() { e.service.Close(); e.receiver.Close() })
@@ -489,6 +491,8 @@ func (m ruleMap) Rule(name string) (*rules.Rule, bool) {
 	r, ok := m[name]
 	return &r, ok
 }
+
+func (m ruleMap) Caller(string) (*rules.Caller, bool) { return nil, false }
 
 func TestApplyRules(t *testing.T) {
 	live := ruleMap{"r": {Name: "r", Mode: rules.ModeAsync, Timeout: rules.Duration(time.Minute),

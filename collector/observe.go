@@ -39,6 +39,10 @@ type metrics struct {
 	attempts       *prometheus.CounterVec
 	attemptSeconds *prometheus.HistogramVec
 	endToEnd       *prometheus.HistogramVec
+	// rulePackage is an info metric: 1 for each rule seen with the package
+	// it belongs to, so that every per-rule series sums by package
+	// (... * on(rule) group_left(package) asyncmesh_collector_rule_package).
+	rulePackage *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -59,8 +63,10 @@ func newMetrics() *metrics {
 			Help: "Latency of callback attempts.", Buckets: buckets}, []string{"rule", "protocol"}),
 		endToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_accept_to_delivered_seconds",
 			Help: "From intake to the delivered callback.", Buckets: buckets}, []string{"rule"}),
+		rulePackage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "asyncmesh_collector_rule_package",
+			Help: "1 for each rule of a package (rules file packages:) this collector has seen a request of: join per-rule series on rule to sum them by package."}, []string{"rule", "package"}),
 	}
-	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd,
+	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd, m.rulePackage,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -71,6 +77,9 @@ func (m *metrics) handler() http.Handler {
 
 // transitioned counts the statuses a change moved r to.
 func (m *metrics) transitioned(r *store.Record, ch store.Change) {
+	if r.Envelope != nil && r.Envelope.Package != "" {
+		m.rulePackage.WithLabelValues(r.Rule, r.Envelope.Package).Set(1)
+	}
 	for _, e := range ch.Events() {
 		if e.Moves() {
 			m.transitions.WithLabelValues(r.Rule, string(e.To())).Inc()

@@ -19,8 +19,9 @@ func TestMetricsAndSpans(t *testing.T) {
 
 	e := newEnv(t)
 	en := e.envelope("/work", []byte("x"))
+	en.Package = "billing"
 	e.intake(en)
-	if code, r := e.get("/v1/requests/" + en.ID + "?wait=10s"); code != 200 || r["status"] != "delivered" {
+	if code, r := e.get("/v1/requests/" + en.ID + "?wait=10s"); code != 200 || r["status"] != "delivered" || r["package"] != "billing" {
 		t.Fatalf("%d %v", code, r)
 	}
 	req, _ := http.NewRequest("GET", e.api.URL+"/metrics", nil)
@@ -37,6 +38,7 @@ func TestMetricsAndSpans(t *testing.T) {
 		`asyncmesh_collector_delivery_attempts_total{outcome="delivered",protocol="http",rule="r"} 1`,
 		`asyncmesh_collector_accept_to_delivered_seconds_count{rule="r"} 1`,
 		`asyncmesh_collector_execute_seconds_count{rule="r",target="internal"} 1`,
+		`asyncmesh_collector_rule_package{package="billing",rule="r"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)

@@ -107,6 +107,9 @@ type plugin struct {
 	replaySecrets [][]byte
 	shared        sharedData
 	needsRoute    bool
+	// callerSANs and callerJWTs say which properties identify callers
+	// (some caller is declared by principals, by jwt).
+	callerSANs, callerJWTs bool
 }
 
 func newPlugin(h abi.Host) abi.RootContext { return &plugin{host: h, shared: sharedData{h}} }
@@ -148,6 +151,11 @@ func (p *plugin) OnConfigure(data []byte) bool {
 		return false
 	}
 	p.cfg, p.replaySecrets, p.needsRoute = cfg, secrets, cfg.NeedsRoute()
+	p.callerSANs, p.callerJWTs = false, false
+	for _, c := range cfg.Callers {
+		p.callerSANs = p.callerSANs || len(c.Identity.Principals) > 0
+		p.callerJWTs = p.callerJWTs || c.Identity.JWT != nil
+	}
 	p.host.Log(abi.LogInfo, "asyncmesh: configured with "+itoa(len(cfg.Rules))+" rules")
 	return true
 }

@@ -50,6 +50,8 @@ type stream struct {
 
 	// async only
 	rule               *rules.Rule
+	caller             *rules.Caller // recognized by Envoy's properties (identify); nil: anonymous
+	principal          string
 	callbackFromCaller bool
 	callbackTarget     string
 	requestID          string
@@ -169,6 +171,12 @@ func (s *stream) annotatedRule() *rules.Rule {
 func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bool) abi.Action {
 	s.rule = r
 	s.callback = r.Callback
+	if len(s.p.cfg.Callers) > 0 {
+		s.caller, s.principal = s.identify()
+	}
+	if err := r.CheckCaller(s.caller); err != nil {
+		return s.reject(403, "caller_not_allowed", err.Error())
+	}
 	if cbURL != "" || cbProto != "" {
 		if !r.Callback.AllowOverride {
 			return s.reject(400, "callback_override_not_allowed", hdrCallback+": rule "+r.Name+" does not let the caller choose the callback")
@@ -190,10 +198,13 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 			if err := r.Callback.CheckCallerURL(s.callback.URL); err != nil {
 				return s.reject(400, "callback_not_allowed", hdrCallback+": "+err.Error())
 			}
+			if err := s.caller.CheckCallerHost(s.callback.URL); err != nil {
+				return s.reject(400, "callback_not_allowed", hdrCallback+": "+err.Error())
+			}
 		}
-		// A caller's callback never borrows the rule's broker credentials,
-		// nor its private-network allowances outside callback.allowedHosts
-		// (the collector applies the same again).
+		// A caller's callback never borrows the rule's broker credentials
+		// or receiver auth, nor its private-network allowances outside
+		// callback.allowedHosts (the collector applies the same again).
 		s.callback = s.callback.ForCaller()
 	}
 	if sel := r.Callback.Select; sel != nil && sel.JSONField == "" {
@@ -307,6 +318,34 @@ func (s *stream) idempotencyKey(window time.Duration) abi.Action {
 	return abi.Continue
 }
 
+// jwtAuthn is the dynamic metadata namespace of Envoy's jwt_authn filter.
+const jwtAuthn = "envoy.filters.http.jwt_authn"
+
+// identify recognizes the caller from what Envoy established, never from a
+// header: the peer certificate's URI SAN (the mesh's mutual TLS) and the
+// claims of a JWT that jwt_authn verified. Only the properties some caller
+// is declared by are read (each read is a host call).
+func (s *stream) identify() (*rules.Caller, string) {
+	var san, iss, sub string
+	if s.p.callerSANs {
+		if v, err := s.host.Property("connection", "uri_san_peer_certificate"); err == nil {
+			san = string(v)
+		}
+	}
+	if s.p.callerJWTs {
+		key := s.p.cfg.JWTPayloadKey
+		if v, err := s.host.Property("metadata", "filter_metadata", jwtAuthn, key, "iss"); err == nil {
+			iss = string(v)
+		}
+		if iss != "" {
+			if v, err := s.host.Property("metadata", "filter_metadata", jwtAuthn, key, "sub"); err == nil {
+				sub = string(v)
+			}
+		}
+	}
+	return s.p.cfg.Identify(san, iss, sub)
+}
+
 // pick sets the callback target that a request parameter selects, or answers
 // 400 and returns false.
 func (s *stream) pick(sel *rules.Select, value string, present bool) bool {
@@ -344,6 +383,9 @@ func (s *stream) dispatch(body []byte) {
 		TraceParent:        s.tp.String(),
 		XRequestID:         s.header("x-request-id"),
 		Rule:               s.rule.Name,
+		Caller:             s.caller.NameOrEmpty(),
+		Package:            s.rule.Package,
+		Principal:          s.principal,
 		AccessHash:         access.Hash(s.accessToken),
 		Method:             s.method,
 		Scheme:             s.header(":scheme"),
@@ -351,7 +393,7 @@ func (s *stream) dispatch(body []byte) {
 		Path:               s.path,
 		Headers:            forwardable(s.host.Headers(abi.RequestHeaders)),
 		Body:               body,
-		Callback:           s.callback,
+		Callback:           s.callback.WithCaller(s.caller),
 		CallbackFromCaller: s.callbackFromCaller,
 		CallbackTarget:     s.callbackTarget,
 		Retry:              s.rule.Retry,
@@ -373,14 +415,24 @@ func (s *stream) dispatch(body []byte) {
 		s.collectorDown("encoding envelope: " + err.Error())
 		return
 	}
-	_, err = s.host.HTTPCall(cfg.CollectorCluster, []abi.Header{
+	hs := []abi.Header{
 		{":method", "POST"},
 		{":path", "/v1/intake"},
 		{":authority", cfg.CollectorAuthority},
 		{"content-type", "application/json"},
 		{hdrTraceID, s.traceID},
 		{"traceparent", env.TraceParent},
-	}, data, uint32(timeout.Milliseconds()))
+	}
+	if s.caller != nil {
+		// The collector takes a caller's name only from a signed envelope
+		// (replay.IntakeHeader).
+		if len(s.p.replaySecrets) == 0 {
+			s.reject(503, "no_replay_secret", "this sidecar cannot vouch for the caller it recognized: its replay secret is not set")
+			return
+		}
+		hs = append(hs, abi.Header{replay.IntakeHeader, replay.SignIntake(s.p.replaySecrets[0], data)})
+	}
+	_, err = s.host.HTTPCall(cfg.CollectorCluster, hs, data, uint32(timeout.Milliseconds()))
 	if err != nil {
 		s.collectorDown("dispatch_http_call: " + err.Error())
 	}

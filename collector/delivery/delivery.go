@@ -32,7 +32,9 @@ package delivery
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -42,6 +44,7 @@ import (
 	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
@@ -81,11 +84,12 @@ type Sender struct {
 	Secrets Secrets
 	Timeout time.Duration // per attempt; default 10s
 
-	mu    sync.Mutex
-	http  HTTPClients
-	grpc  connCache[*grpc.ClientConn]
-	amqp  connCache[*amqp.Connection]
-	close bool
+	mu     sync.Mutex
+	http   HTTPClients
+	grpc   connCache[*grpc.ClientConn]
+	amqp   connCache[*amqp.Connection]
+	tokens map[string]oauth2.TokenSource // auth.go
+	close  bool
 }
 
 // NewSender returns a sender whose attempts last at most timeout.
@@ -172,6 +176,10 @@ type attempt struct {
 	guard   Guard
 	n       int // 1-based attempt number
 	secrets []webhook.Secret
+	// authorization and cert are the receiver auth of the callback
+	// (authorize): an Authorization value, a TLS client certificate.
+	authorization string
+	cert          *tls.Certificate
 }
 
 // sign returns the signed headers of body (no signature without a secret).
@@ -183,6 +191,9 @@ func (a *attempt) sign(body []byte) http.Header {
 	}
 	h.Set("x-async-trace-id", a.rec.TraceID)
 	h.Set("x-async-request-id", a.rec.ID)
+	if a.authorization != "" {
+		h.Set("authorization", a.authorization)
+	}
 	return h
 }
 
@@ -217,24 +228,58 @@ func (s *Sender) send(ctx context.Context, r *store.Record, n int) Result {
 	a := &attempt{rec: r, cb: cb, guard: GuardFor(cb, fromCaller), n: n}
 	if fromCaller {
 		a.cb = cb.ForCaller()
+		if r.Envelope.Caller != "" {
+			// A declared caller's own auth (rules.Callback.WithCaller, by the
+			// filter and applyRules after ForCaller; its envelope is signed).
+			a.cb.Auth = cb.Auth
+		}
 		if err := a.cb.CheckCallerURL(a.cb.URL); err != nil {
 			return a.refused(fmt.Sprintf("%v: %v", ErrHostNotAllowed, err))
 		}
 	}
-	if a.cb.SecretRef != "" {
-		var err error
-		if a.secrets, err = s.Secrets.Lookup(a.cb.SecretRef); err != nil {
-			return a.retry(0, err.Error())
-		}
+	var err error
+	if a.secrets, err = s.signingSecrets(a.cb); err != nil {
+		return a.retry(0, err.Error())
 	}
 	payload := NewPayload(r)
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
+	if err := s.authorize(ctx, a); err != nil {
+		return a.retry(0, "callback auth: "+err.Error())
+	}
 	send, ok := senders[a.cb.Protocol]
 	if !ok {
 		return a.retry(0, "unknown callback protocol "+a.cb.Protocol)
 	}
 	return send(s, ctx, a, payload)
+}
+
+// signingSecrets resolves the secrets that sign cb: its caller's active
+// signing secrets (all of them during a rotation's grace), or the rule's
+// secretRef; none leaves the callback unsigned.
+func (s *Sender) signingSecrets(cb rules.Callback) ([]webhook.Secret, error) {
+	if len(cb.Signing) == 0 {
+		if cb.SecretRef == "" {
+			return nil, nil
+		}
+		return s.Secrets.Lookup(cb.SecretRef)
+	}
+	var out []webhook.Secret
+	now := time.Now()
+	for _, sg := range cb.Signing {
+		if !sg.Active(now) {
+			continue
+		}
+		ss, err := s.Secrets.Lookup(sg.SecretRef)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss...)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("every signing secret of the caller has ended (callers[].signing[].until): refusing to send its callback unsigned")
+	}
+	return out, nil
 }
 
 // sendFunc makes one attempt of a protocol and classifies its outcome.

@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"net/url"
 	"strings"
@@ -32,7 +31,7 @@ func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result 
 	if err != nil {
 		return a.retry(0, "callback URL: "+err.Error())
 	}
-	key := a.cb.URL + "|" + a.guard.Key()
+	key := a.cb.URL + "|" + a.guard.Key() + certKey(a.cert)
 	s.mu.Lock()
 	if s.close {
 		s.mu.Unlock()
@@ -41,7 +40,7 @@ func (s *Sender) deliverGRPC(ctx context.Context, a *attempt, p Payload) Result 
 	conn, err := s.grpc.get(key, func(*grpc.ClientConn) bool { return false }, func() (*grpc.ClientConn, error) {
 		creds, port := insecure.NewCredentials(), "80"
 		if u.Scheme == "grpcs" {
-			creds, port = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12}), "443"
+			creds, port = credentials.NewTLS(s.http.tlsConfig(a.cert)), "443"
 		}
 		// passthrough: the guarded dialer resolves the name itself, so every
 		// connected address is checked.

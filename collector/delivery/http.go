@@ -3,6 +3,8 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"strconv"
@@ -38,7 +40,7 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	}
 	req.Header.Set("content-type", contentType)
 	req.Header.Set("user-agent", "asyncmesh-collector")
-	resp, err := s.http.For(a.guard).Do(req)
+	resp, err := s.http.For(a.guard, a.cert).Do(req)
 	if err != nil {
 		return a.failed(err)
 	}
@@ -67,17 +69,21 @@ func (s *Sender) post(ctx context.Context, a *attempt, contentType string, body 
 	return a.retry(code, msg)
 }
 
-// HTTPClients pools one guarded client per guard (Guard.Key): connections
-// are never shared between guards. The zero value is ready.
+// HTTPClients pools one guarded client per guard (Guard.Key) and client
+// certificate: connections are never shared between guards, nor between
+// callers' certificates. The zero value is ready.
 type HTTPClients struct {
+	// RootCAs verifies receivers' certificates (nil: the system's).
+	RootCAs *x509.CertPool
+
 	mu sync.Mutex
 	m  map[string]*http.Client
 }
 
-// For returns the client of guard g: its connections pass g, and it never
-// follows redirects (a 3xx is the answer).
-func (p *HTTPClients) For(g Guard) *http.Client {
-	key := g.Key()
+// For returns the client of guard g presenting cert (nil: none): its
+// connections pass g, and it never follows redirects (a 3xx is the answer).
+func (p *HTTPClients) For(g Guard, cert *tls.Certificate) *http.Client {
+	key := g.Key() + certKey(cert)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.m[key]; ok {
@@ -90,6 +96,7 @@ func (p *HTTPClients) For(g Guard) *http.Client {
 			IdleConnTimeout:     90 * time.Second,
 			TLSHandshakeTimeout: 5 * time.Second,
 			ForceAttemptHTTP2:   true,
+			TLSClientConfig:     p.tlsConfig(cert),
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -97,6 +104,15 @@ func (p *HTTPClients) For(g Guard) *http.Client {
 		p.m = map[string]*http.Client{}
 	}
 	p.m[key] = c
+	return c
+}
+
+// tlsConfig is the TLS configuration of receivers' connections.
+func (p *HTTPClients) tlsConfig(cert *tls.Certificate) *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: p.RootCAs}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{*cert}
+	}
 	return c
 }
 

@@ -189,6 +189,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 	deadline    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_expires ON idempotency_keys(expires_at);
+CREATE TABLE IF NOT EXISTS endpoints (
+	id       TEXT PRIMARY KEY,
+	disabled INTEGER NOT NULL,
+	doc      BLOB NOT NULL,
+	version  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
@@ -221,7 +227,8 @@ const (
 
 var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
 	qExpireRecords, qExpireDeadLetters, // retention.go
-	qKeyHolder, qPutKey, qExpireKeys} // idempotency.go
+	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
+	qInsertEndpoint, qUpdateEndpoint} // endpoints.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.

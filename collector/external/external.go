@@ -106,7 +106,7 @@ func New(secrets delivery.Secrets, timeout time.Duration) *Client {
 }
 
 func (c *Client) client(t *rules.Target) *http.Client {
-	return c.http.For(delivery.NewGuard(t.AllowPrivate, t.AllowNetworks))
+	return c.http.For(delivery.NewGuard(t.AllowPrivate, t.AllowNetworks), nil)
 }
 
 // Dispatch sends task to t's node. A *PermanentError means the node refused

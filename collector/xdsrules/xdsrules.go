@@ -98,6 +98,15 @@ func (r *Rules) Rule(name string) (*rules.Rule, bool) {
 	return nil, false
 }
 
+// Caller returns the current declaration of the caller of that name.
+func (r *Rules) Caller(name string) (*rules.Caller, bool) {
+	c := r.current.Load()
+	if c == nil {
+		return nil, false
+	}
+	return c.Caller(name)
+}
+
 // SecretDecl returns where the current rules declare a secret (the rules
 // file's secrets: section, as the control plane sends it with the rules that
 // reference it), for collector.SecretSource: with it, secretRef: partner and

@@ -227,7 +227,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		v.Set(s)
 	case reflect.String:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		// A timestamp (callers[].signing[].until) is kept as written.
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" && n.Tag != "!!timestamp" {
 			d.fail(n, path, "want a string, got %s", kindName(n))
 			return
 		}

@@ -54,7 +54,11 @@ type File struct {
 	// Filter holds the filter's settings (rules.Config without its rules).
 	Filter  FilterSettings    `json:"filter"`
 	Secrets map[string]Secret `json:"secrets"`
-	Rules   []Rule            `json:"rules"`
+	// Callers are the caller applications (rules.Caller): every node gets
+	// them all, since any rule without callers: admits each of them.
+	Callers  []rules.Caller `json:"callers"`
+	Packages []Package      `json:"packages"`
+	Rules    []Rule         `json:"rules"`
 	// Sidecar, when set, is served as LDS/RDS/CDS too (see Sidecar).
 	Sidecar *Sidecar `json:"sidecar"`
 }
@@ -68,6 +72,7 @@ type FilterSettings struct {
 	ReplaySecretEnv    string           `json:"replaySecretEnv"`
 	RouteAnnotations   bool             `json:"routeAnnotations"`
 	Untagged           []rules.Untagged `json:"untagged"`
+	JWTPayloadKey      string           `json:"jwtPayloadKey"`
 }
 
 // Secret says where the collector finds a secret: exactly one of env (an
@@ -79,6 +84,49 @@ type Secret = rules.SecretDecl
 type Rule struct {
 	rules.Rule
 	Nodes Nodes `json:"nodes"`
+	// pkg is the rule's package once validated (rules.Rule.Package).
+	pkg *Package
+}
+
+// Applies reports whether the rule applies to a node: its own nodes and its
+// package's, and never while its package is disabled.
+func (r Rule) Applies(id, cluster string) bool {
+	if p := r.pkg; p != nil && (!p.On() || !p.Nodes.Applies(id, cluster)) {
+		return false
+	}
+	return r.Nodes.Applies(id, cluster)
+}
+
+// Limited reports whether some node may not get the rule.
+func (r Rule) Limited() bool {
+	return r.Nodes.limits() || r.pkg != nil && (!r.pkg.On() || r.pkg.Nodes.limits())
+}
+
+// Package groups rules ("function packages"): they share its defaults, and
+// are enabled, disabled or limited to nodes together. A rule joins with
+// package: NAME; rules stay in the order of rules:, packages or not.
+type Package struct {
+	Name string `json:"name"`
+	// Enabled, false, turns every rule of the package off on every node
+	// (requests they would take pass through synchronously). Default true.
+	Enabled *bool `json:"enabled"`
+	// Nodes limits the package's rules to these sidecars (and each rule's
+	// own nodes: limits further).
+	Nodes    Nodes           `json:"nodes"`
+	Defaults PackageDefaults `json:"defaults"`
+}
+
+// On reports whether the package is enabled.
+func (p *Package) On() bool { return p.Enabled == nil || *p.Enabled }
+
+// PackageDefaults are what a rule of the package gets where it says
+// nothing: the whole callback when it has none, each retry field and the
+// timeout when unset, the callers when it lists none.
+type PackageDefaults struct {
+	Callback *rules.Callback `json:"callback"`
+	Retry    rules.Retry     `json:"retry"`
+	Timeout  rules.Duration  `json:"timeout"`
+	Callers  []string        `json:"callers"`
 }
 
 // Nodes limits a rule to sidecars by Envoy node id or cluster; empty means all.
@@ -87,9 +135,11 @@ type Nodes struct {
 	Clusters []string `json:"clusters"`
 }
 
+func (n Nodes) limits() bool { return len(n.IDs) > 0 || len(n.Clusters) > 0 }
+
 // Applies reports whether a rule limited to n applies to a node.
 func (n Nodes) Applies(id, cluster string) bool {
-	if len(n.IDs) == 0 && len(n.Clusters) == 0 {
+	if !n.limits() {
 		return true
 	}
 	return slices.Contains(n.IDs, id) || slices.Contains(n.Clusters, cluster)
@@ -165,7 +215,7 @@ func Parse(name string, data []byte) (*File, error) {
 		e := &Error{File: name, Msg: err.Error()}
 		if errors.As(err, &fe) {
 			e.Path, e.Msg = fe.Path, fe.Err.Error()
-			if e.Path != "rules" && !strings.HasPrefix(e.Path, "rules[") && !strings.HasPrefix(e.Path, "secrets.") && !strings.HasPrefix(e.Path, "sidecar.") {
+			if !fileSection(e.Path) {
 				e.Path = "filter." + e.Path // a field of FilterSettings
 			}
 			e.Pos = d.nearest(e.Path)
@@ -173,6 +223,17 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, Errors{e}
 	}
 	return &f, nil
+}
+
+// fileSection reports whether path starts with a section of the file other
+// than filter: (whose fields rules.Config has at its top level).
+func fileSection(path string) bool {
+	for _, s := range []string{"rules", "secrets", "sidecar", "callers", "packages"} {
+		if rest, ok := strings.CutPrefix(path, s); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+			return true
+		}
+	}
+	return false
 }
 
 // LoadSecrets reads only the secrets: section of the rules file at path, for
@@ -185,10 +246,12 @@ func LoadSecrets(path string) (map[string]Secret, error) {
 		return nil, err
 	}
 	var f struct {
-		Filter  yaml.Node         `json:"filter"`
-		Secrets map[string]Secret `json:"secrets"`
-		Rules   yaml.Node         `json:"rules"`
-		Sidecar yaml.Node         `json:"sidecar"`
+		Filter   yaml.Node         `json:"filter"`
+		Secrets  map[string]Secret `json:"secrets"`
+		Callers  yaml.Node         `json:"callers"`
+		Packages yaml.Node         `json:"packages"`
+		Rules    yaml.Node         `json:"rules"`
+		Sidecar  yaml.Node         `json:"sidecar"`
 	}
 	d, err := decodeFile(path, data, &f)
 	if err != nil {
@@ -250,15 +313,26 @@ func (f *File) validate() error {
 	if err := checkSecrets(f.Secrets); err != nil {
 		return err
 	}
+	if err := f.applyPackages(); err != nil {
+		return err
+	}
 	// Patterns are bounded before rules.Config.Validate compiles them.
 	for i := range f.Rules {
 		if err := checkPattern(f.Rules[i].Match.PathRegex); err != nil {
 			return &rules.FieldError{Path: fmt.Sprintf("rules[%d].match.pathRegex", i), Err: err}
 		}
 	}
-	cfg := f.Config(nil)
+	cfg := f.config(nil, true)
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	f.Callers = cfg.Callers // normalized
+	for i := range f.Callers {
+		for _, ref := range callerRefs(fmt.Sprintf("callers[%d]", i), &f.Callers[i]) {
+			if _, ok := f.Secrets[ref.name]; !ok {
+				return &rules.FieldError{Path: ref.path, Err: fmt.Errorf("%q is not declared under secrets", ref.name)}
+			}
+		}
 	}
 	for i := range f.Rules {
 		r := &f.Rules[i]
@@ -281,12 +355,76 @@ func (f *File) validate() error {
 	}
 	// Every node's configuration is a part of this one (its rules, their
 	// secrets), so this bounds what any node gets.
-	js, err := json.Marshal(f.Config(nil))
+	js, err := json.Marshal(f.config(nil, true))
 	if err != nil {
 		return fmt.Errorf("encoding the filter configuration: %w", err)
 	}
 	if len(js) > MaxConfigSize {
 		return &rules.FieldError{Path: "rules", Err: fmt.Errorf("the filter configuration of these rules is %d bytes of JSON, over the limit of %d", len(js), MaxConfigSize)}
+	}
+	return nil
+}
+
+// applyPackages checks the packages, links each rule to its own and fills
+// in the package's defaults where the rule says nothing.
+func (f *File) applyPackages() error {
+	byName := map[string]*Package{}
+	for i := range f.Packages {
+		p, path := &f.Packages[i], fmt.Sprintf("packages[%d]", i)
+		if !plainName(p.Name) {
+			return &rules.FieldError{Path: path + ".name", Err: fmt.Errorf("%q: want letters, digits, '.', '_' and '-' (not starting with '.')", p.Name)}
+		}
+		if byName[p.Name] != nil {
+			return &rules.FieldError{Path: path + ".name", Err: fmt.Errorf("duplicate package name %q", p.Name)}
+		}
+		byName[p.Name] = p
+		for j, name := range p.Defaults.Callers {
+			if !slices.ContainsFunc(f.Callers, func(c rules.Caller) bool { return c.Name == name }) {
+				return &rules.FieldError{Path: fmt.Sprintf("%s.defaults.callers[%d]", path, j), Err: fmt.Errorf("%q is not declared under callers", name)}
+			}
+		}
+		if cb := p.Defaults.Callback; cb != nil {
+			// Checked on its own, so that an error names the package's field.
+			probe := rules.Config{CollectorCluster: "probe", ReplaySecretEnv: f.Filter.ReplaySecretEnv, Callers: f.Callers,
+				Rules: []rules.Rule{{Name: "probe", Mode: rules.ModeAsync, Callback: *cb}}}
+			if err := probe.Validate(); err != nil {
+				var fe *rules.FieldError
+				if errors.As(err, &fe) && strings.HasPrefix(fe.Path, "rules[0].") {
+					return &rules.FieldError{Path: path + ".defaults." + strings.TrimPrefix(fe.Path, "rules[0]."), Err: fe.Err}
+				}
+				return err
+			}
+		}
+	}
+	for i := range f.Rules {
+		r := &f.Rules[i]
+		if r.Package == "" {
+			continue
+		}
+		p := byName[r.Package]
+		if p == nil {
+			return &rules.FieldError{Path: fmt.Sprintf("rules[%d].package", i), Err: fmt.Errorf("%q is not declared under packages", r.Package)}
+		}
+		r.pkg = p
+		d := p.Defaults
+		if d.Callback != nil && reflect.DeepEqual(r.Callback, rules.Callback{}) {
+			r.Callback = *d.Callback
+		}
+		if r.Retry.MaxAttempts == 0 {
+			r.Retry.MaxAttempts = d.Retry.MaxAttempts
+		}
+		if r.Retry.InitialBackoff == 0 {
+			r.Retry.InitialBackoff = d.Retry.InitialBackoff
+		}
+		if r.Retry.MaxBackoff == 0 {
+			r.Retry.MaxBackoff = d.Retry.MaxBackoff
+		}
+		if r.Timeout == 0 {
+			r.Timeout = d.Timeout
+		}
+		if len(r.Callers) == 0 {
+			r.Callers = d.Callers
+		}
 	}
 	return nil
 }
@@ -366,6 +504,11 @@ func refsOf(path string, r *rules.Rule) []ref {
 	callback = func(p string, cb *rules.Callback) {
 		add(p+".secretRef", cb.SecretRef)
 		add(p+".credentialsRef", cb.CredentialsRef)
+		if cb.Auth != nil {
+			for _, f := range cb.Auth.SecretRefs() {
+				add(p+".auth."+f[0], f[1])
+			}
+		}
 		if cb.Encryption != nil {
 			add(p+".encryption.keyRef", cb.Encryption.KeyRef)
 		}
@@ -389,26 +532,58 @@ func refsOf(path string, r *rules.Rule) []ref {
 	return out
 }
 
+// callerRefs lists the secrets caller c (at path) references.
+func callerRefs(path string, c *rules.Caller) []ref {
+	var out []ref
+	for i, s := range c.Signing {
+		out = append(out, ref{fmt.Sprintf("%s.signing[%d].secretRef", path, i), s.SecretRef})
+	}
+	if c.Auth != nil {
+		for _, f := range c.Auth.SecretRefs() {
+			out = append(out, ref{path + ".auth." + f[0], f[1]})
+		}
+	}
+	if c.Encryption != nil {
+		out = append(out, ref{path + ".encryption.keyRef", c.Encryption.KeyRef})
+	}
+	return out
+}
+
 // Config returns the filter configuration for the rules that apply to keep
-// (nil: all of them), with the declarations of the secrets they reference.
-func (f *File) Config(keep func(Rule) bool) *rules.Config {
+// (nil: all of them) and every caller, with the declarations of the secrets
+// they reference.
+func (f *File) Config(keep func(Rule) bool) *rules.Config { return f.config(keep, false) }
+
+// config is Config, with the rules of disabled packages when withDisabled
+// (validation checks them too).
+func (f *File) config(keep func(Rule) bool, withDisabled bool) *rules.Config {
 	c := &rules.Config{
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
 		CollectorTimeout: f.Filter.CollectorTimeout, StatusPrefix: f.Filter.StatusPrefix,
 		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Untagged: f.Filter.Untagged,
+		JWTPayloadKey: f.Filter.JWTPayloadKey, Callers: f.Callers,
 		Rules: []rules.Rule{},
 	}
+	declare := func(refs []ref) {
+		for _, ref := range refs {
+			if s, ok := f.Secrets[ref.name]; ok {
+				if c.Secrets == nil {
+					c.Secrets = map[string]rules.SecretDecl{}
+				}
+				c.Secrets[ref.name] = s
+			}
+		}
+	}
+	for i := range f.Callers {
+		declare(callerRefs("", &f.Callers[i]))
+	}
 	for _, r := range f.Rules {
+		if r.pkg != nil && !r.pkg.On() && !withDisabled {
+			continue
+		}
 		if keep == nil || keep(r) {
 			c.Rules = append(c.Rules, r.Rule)
-			for _, ref := range refsOf("", &r.Rule) {
-				if s, ok := f.Secrets[ref.name]; ok {
-					if c.Secrets == nil {
-						c.Secrets = map[string]rules.SecretDecl{}
-					}
-					c.Secrets[ref.name] = s
-				}
-			}
+			declare(refsOf("", &r.Rule))
 		}
 	}
 	return c
@@ -416,5 +591,5 @@ func (f *File) Config(keep func(Rule) bool) *rules.Config {
 
 // ForNode returns the filter configuration of one sidecar.
 func (f *File) ForNode(id, cluster string) *rules.Config {
-	return f.Config(func(r Rule) bool { return r.Nodes.Applies(id, cluster) })
+	return f.Config(func(r Rule) bool { return r.Applies(id, cluster) })
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden error files")
@@ -114,4 +116,66 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error of type %T", err)
 		}
 	})
+}
+
+func TestCallers(t *testing.T) {
+	f, err := Load("testdata/callers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Callers) != 2 || f.Callers[0].Signing[1].Until != "2026-12-20T00:00:00Z" {
+		t.Fatalf("callers %+v", f.Callers)
+	}
+	// Every node gets every caller (a rule without callers: admits them
+	// all), and the declarations of the secrets they reference, no others.
+	for _, cluster := range []string{"billing", "reports"} {
+		c := f.ForNode("n", cluster)
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Callers) != 2 || c.JWTPayloadKey != "claims" {
+			t.Fatalf("%s: callers %+v, jwtPayloadKey %q", cluster, c.Callers, c.JWTPayloadKey)
+		}
+		if _, ok := c.Secrets["unused"]; ok || len(c.Secrets) != 5 {
+			t.Fatalf("%s: secrets %v", cluster, c.Secrets)
+		}
+	}
+}
+
+func TestPackages(t *testing.T) {
+	f, err := Load("testdata/packages.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing := f.ForNode("n", "billing")
+	names := func(c []rules.Rule) (out []string) {
+		for _, r := range c {
+			out = append(out, r.Name)
+		}
+		return out
+	}
+	// The disabled package's rule is off everywhere; billing's rules only
+	// on billing's nodes; order is the file's.
+	if got := strings.Join(names(billing.Rules), ","); got != "invoices,refunds,everywhere" {
+		t.Fatalf("billing node rules: %s", got)
+	}
+	if got := strings.Join(names(f.ForNode("n", "reports").Rules), ","); got != "everywhere" {
+		t.Fatalf("other node rules: %s", got)
+	}
+	inv, ref := billing.Rules[0], billing.Rules[1]
+	if inv.Package != "billing" || inv.Callback.URL != "https://hooks.billing.example/cb" || inv.Callback.SecretRef != "billing" ||
+		inv.Retry.MaxAttempts != 3 || inv.Timeout.D() != 2*time.Minute || strings.Join(inv.Callers, ",") != "billing-app" {
+		t.Fatalf("package defaults not applied: %+v", inv)
+	}
+	// A rule's own settings win, field by field for retry.
+	if ref.Callback.URL != "https://refunds.billing.example/cb" || ref.Callback.SecretRef != "" || ref.Retry.MaxAttempts != 3 ||
+		ref.Retry.InitialBackoff.D() != 5*time.Second || ref.Timeout.D() != 10*time.Second {
+		t.Fatalf("rule settings: %+v", ref)
+	}
+	if err := billing.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !f.Rules[0].Limited() || !f.Rules[2].Limited() || f.Rules[3].Limited() {
+		t.Fatal("a package's nodes or its being disabled limit its rules")
+	}
 }

@@ -430,8 +430,8 @@ func meshConfig(f *rulesfile.File, o MeshOptions) (*rules.Config, error) {
 		return f.ForNode(o.NodeID, o.NodeCluster), nil
 	}
 	for _, r := range f.Rules {
-		if len(r.Nodes.IDs) > 0 || len(r.Nodes.Clusters) > 0 {
-			return nil, fmt.Errorf("rule %q is limited by nodes: say which node's rules to render (-node-id, -node-cluster)", r.Name)
+		if r.Limited() {
+			return nil, fmt.Errorf("rule %q is limited by nodes (or its package is): say which node's rules to render (-node-id, -node-cluster)", r.Name)
 		}
 	}
 	return f.Config(nil), nil

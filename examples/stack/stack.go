@@ -7,6 +7,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,8 +48,49 @@ type Options struct {
 	// ServeSidecar (with ControlPlane) starts Envoy with envoy-ads.yaml: its
 	// listener, routes and clusters come from the control plane too.
 	ServeSidecar bool
-	// CollectorArgs are added to the collector's command line.
+	// CollectorArgs are added to the collector's command line, and
+	// CollectorEnv to its environment (secrets of the rules, say).
 	CollectorArgs []string
+	CollectorEnv  []string
+	// Rules, when set, is the rules file instead of examples/rules.yaml
+	// (placeholders such as ${RECEIVER_URL} filled).
+	Rules string
+	// HTTPFilters, when set, are YAML list items of Envoy HTTP filters put
+	// before the asyncmesh filter of envoy.yaml (jwt_authn, say), indented
+	// as the list is (10 spaces).
+	HTTPFilters string
+	// DownstreamTLS, when set, adds to Envoy's listener a TLS filter chain
+	// (chosen by tls_inspector) that requires a client certificate signed by
+	// ClientCA, as a mesh's mutual TLS does; plaintext connections (the
+	// collector's replays) keep the plain chain.
+	DownstreamTLS *TLSFiles
+}
+
+// TLSFiles are PEM files of a TLS server that verifies its clients.
+type TLSFiles struct{ Cert, Key, ClientCA string }
+
+// withDownstreamTLS adds the TLS filter chain of f to the bootstrap of
+// envoy.yaml: a copy of its one filter chain with a transport socket.
+func withDownstreamTLS(tmpl string, f *TLSFiles) (string, error) {
+	const address = "    address: {socket_address: {address: 127.0.0.1, port_value: ${ENVOY_PORT}}}\n"
+	const chains, chain, end = "    filter_chains:\n", "    - filters:\n", "  clusters:\n"
+	i, j := strings.Index(tmpl, chain), strings.Index(tmpl, end)
+	if !strings.Contains(tmpl, address) || !strings.Contains(tmpl, chains) || i < 0 || j < i {
+		return "", errors.New("DownstreamTLS: envoy.yaml's listener is not as expected")
+	}
+	tlsChain := "    - filter_chain_match: {transport_protocol: tls}\n" +
+		"      transport_socket:\n" +
+		"        name: envoy.transport_sockets.tls\n" +
+		"        typed_config:\n" +
+		"          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n" +
+		"          require_client_certificate: true\n" +
+		"          common_tls_context:\n" +
+		"            tls_certificates: [{certificate_chain: {filename: " + f.Cert + "}, private_key: {filename: " + f.Key + "}}]\n" +
+		"            validation_context: {trusted_ca: {filename: " + f.ClientCA + "}}\n" +
+		"      filters:\n" + tmpl[i+len(chain):j]
+	tmpl = tmpl[:j] + tlsChain + tmpl[j:]
+	inspector := "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}\n"
+	return strings.Replace(tmpl, address, address+inspector, 1), nil
 }
 
 // Stack is a running sidecar.
@@ -147,9 +189,12 @@ func addr(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 // rules embedded, or envoy-xds.yaml) into the work directory, placeholders
 // filled.
 func (s *Stack) render() (string, error) {
-	raw, err := os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.yaml"))
-	if err != nil {
-		return "", fmt.Errorf("reading rules: %w", err)
+	raw := []byte(s.opt.Rules)
+	if s.opt.Rules == "" {
+		var err error
+		if raw, err = os.ReadFile(filepath.Join(s.opt.Root, "examples", "rules.yaml")); err != nil {
+			return "", fmt.Errorf("reading rules: %w", err)
+		}
 	}
 	if err := s.WriteRules(string(raw)); err != nil {
 		return "", err
@@ -174,6 +219,20 @@ func (s *Stack) render() (string, error) {
 	tmpl, err := os.ReadFile(filepath.Join(s.opt.Root, name))
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	if s.opt.HTTPFilters != "" {
+		const at = "          - ${ASYNCMESH_FILTER}\n"
+		if !strings.Contains(string(tmpl), at) {
+			return "", fmt.Errorf("%s has no %q to put HTTPFilters before", name, strings.TrimSpace(at))
+		}
+		tmpl = []byte(strings.Replace(string(tmpl), at, strings.TrimRight(s.opt.HTTPFilters, "\n")+"\n"+at, 1))
+	}
+	if s.opt.DownstreamTLS != nil {
+		t, err := withDownstreamTLS(string(tmpl), s.opt.DownstreamTLS)
+		if err != nil {
+			return "", err
+		}
+		tmpl = []byte(t)
 	}
 	out := filepath.Join(s.opt.WorkDir, name)
 	if err := os.WriteFile(out, []byte(fill(string(tmpl), vars)), 0o600); err != nil {
@@ -254,6 +313,7 @@ func (s *Stack) StartCollector() error {
 	}
 	args = append(args, s.opt.CollectorArgs...)
 	args = append(args, s.collectorExtra...)
+	env = append(env, s.opt.CollectorEnv...)
 	return s.spawn("collector", filepath.Join(s.opt.BinDir, "collector"), env, args...)
 }
 

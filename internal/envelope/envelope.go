@@ -36,6 +36,8 @@ type Envelope struct {
 	// the intake signature (IntakeSignature).
 	Caller    string `json:"caller,omitempty"`
 	Principal string `json:"principal,omitempty"`
+	// Package is the rule's package (rules file packages:), if any.
+	Package string `json:"package,omitempty"`
 	// AccessHash is the hash of the access token the caller got in the 202
 	// (internal/access): reading the request through the caller-facing API
 	// needs the token. Empty on requests accepted before tokens existed:

@@ -23,6 +23,17 @@ type Callback struct {
 	Protocol string `json:"protocol,omitempty"`
 	// SecretRef names the signing secret; the collector resolves it.
 	SecretRef string `json:"secretRef,omitempty"`
+	// Signing, when set, replaces SecretRef: the secrets of the request's
+	// caller (Caller.Signing), each active until its end.
+	Signing []SigningSecret `json:"signing,omitempty"`
+	// CallerHosts are the callbackHosts of the request's caller
+	// (Caller.CallbackHosts, set by WithCaller): a URL the caller chose must
+	// be on them too (CheckCallerURL).
+	CallerHosts []string `json:"callerHosts,omitempty"`
+	// Auth authenticates the collector to the receiver (bearer, OAuth2 or
+	// mTLS). Never sent to a caller-chosen URL, unless it is the caller's
+	// own (Caller.Auth).
+	Auth *CallbackAuth `json:"auth,omitempty"`
 	// AllowOverride lets the caller choose with x-async-callback(-protocol).
 	// A caller-chosen callback never borrows the rule's privileges: see
 	// ForCaller.
@@ -113,6 +124,17 @@ func (c *Callback) validate() error {
 	if c.CredentialsRef != "" && !proto.Credentials {
 		return fieldErr("credentialsRef", "not for protocol %s", c.Protocol)
 	}
+	if c.Auth != nil {
+		if err := c.Auth.validate(c.Protocol); err != nil {
+			return prefixed("auth.", err)
+		}
+	}
+	if len(c.Signing) > 0 {
+		return fieldErr("signing", "a caller's (callers[].signing), not a rule's: use secretRef")
+	}
+	if len(c.CallerHosts) > 0 {
+		return fieldErr("callerHosts", "a caller's (callers[].callbackHosts), not a rule's: use allowedHosts")
+	}
 	return c.validateOverride()
 }
 
@@ -140,18 +162,21 @@ func (c *Callback) validateOverride() error {
 	if c.CredentialsRef != "" && c.URL == "" {
 		return fieldErr("credentialsRef", "never sent to a caller-chosen URL, and this callback has no url of its own")
 	}
+	if c.Auth != nil && c.URL == "" {
+		return fieldErr("auth", "never sent to a caller-chosen URL, and this callback has no url of its own (a caller's own auth is callers[].auth)")
+	}
 	return nil
 }
 
 // ForCaller returns c as it applies to a callback the caller chose (with
 // x-async-callback or x-async-callback-protocol; c.URL is then the caller's
 // URL, or the rule's when only the protocol was chosen): the broker
-// credentials are dropped, always, and the private-network allowances unless
+// credentials and the receiver auth are dropped, always, and the private-network allowances unless
 // c.URL's host is on AllowedHosts. Signing (SecretRef) stays: it is how the
 // caller verifies the callback; so does Encryption, which only protects the
 // payload on its way to the caller. ForCaller of its result is the same.
 func (c Callback) ForCaller() Callback {
-	c.CredentialsRef = ""
+	c.CredentialsRef, c.Auth = "", nil
 	if len(c.AllowedHosts) == 0 || c.CheckCallerURL(c.URL) != nil {
 		c.AllowPrivate, c.AllowNetworks = false, nil
 	}
@@ -162,6 +187,11 @@ func (c Callback) ForCaller() Callback {
 // its host is not on AllowedHosts (nil when the list is empty: any host, left
 // to the collector's SSRF guard).
 func (c *Callback) CheckCallerURL(rawURL string) error {
+	if len(c.CallerHosts) > 0 {
+		if err := checkHostList(c.CallerHosts, rawURL, "one of the caller's callbackHosts"); err != nil {
+			return err
+		}
+	}
 	if len(c.AllowedHosts) == 0 {
 		return nil
 	}
@@ -175,6 +205,23 @@ func (c *Callback) CheckCallerURL(rawURL string) error {
 	}
 	if !HostAllowed(c.AllowedHosts, u.Hostname(), port) {
 		return fmt.Errorf("host %s is not one the rule lets callers choose (callback.allowedHosts)", net.JoinHostPort(u.Hostname(), port))
+	}
+	return nil
+}
+
+// checkHostList reports why rawURL's host is not on hosts (HostAllowed
+// patterns), which are what.
+func checkHostList(hosts []string, rawURL, what string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Hostname() == "" {
+		return fmt.Errorf("%q is not a URL with a host", rawURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultPorts[u.Scheme]
+	}
+	if !HostAllowed(hosts, u.Hostname(), port) {
+		return fmt.Errorf("host %s is not %s", net.JoinHostPort(u.Hostname(), port), what)
 	}
 	return nil
 }

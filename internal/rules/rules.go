@@ -76,6 +76,14 @@ type Config struct {
 	// secrets: section with the declarations the node's rules use, so that
 	// a collector following it over xDS resolves them; the filter ignores it.
 	Secrets map[string]SecretDecl `json:"secrets,omitempty"`
+	// Callers are the caller applications the filter recognizes (by the
+	// peer certificate or a verified JWT) and whose callbacks are their
+	// own (see Caller).
+	Callers []Caller `json:"callers,omitempty"`
+	// JWTPayloadKey is where Envoy's jwt_authn filter keeps a verified
+	// JWT's claims in the request's dynamic metadata (its providers'
+	// payload_in_metadata), read to recognize callers by identity.jwt.
+	JWTPayloadKey string `json:"jwtPayloadKey,omitempty"`
 }
 
 // SecretDecl says where a collector finds one secret: exactly one of Env (an
@@ -101,7 +109,13 @@ type Rule struct {
 	// (internal/idempotency): unset, 24h; "0s" turns keys off (the header
 	// is then passed on to the service untouched); at most 7 days.
 	IdempotencyWindow *Duration `json:"idempotencyWindow,omitempty"`
-	pathRegex         *regexp.Regexp
+	// Callers limits the rule to these declared callers (empty: any caller,
+	// recognized or not); the filter answers others 403.
+	Callers []string `json:"callers,omitempty"`
+	// Package names the rules file's package the rule belongs to (its
+	// defaults are already applied); recorded with each request.
+	Package   string `json:"package,omitempty"`
+	pathRegex *regexp.Regexp
 }
 
 // Idempotency is how long an Idempotency-Key holds on r; 0 when keys are
@@ -149,6 +163,7 @@ const (
 	DefaultInitialBackoff   = time.Second
 	DefaultMaxBackoff       = 5 * time.Minute
 	MaxBodyLimit            = 64 << 20
+	DefaultJWTPayloadKey    = "jwt_payload"
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s").
@@ -243,6 +258,9 @@ func (c *Config) Validate() error {
 			return fieldErr(fmt.Sprintf("untagged[%d].host", i), "%q: want a host name, or *.suffix", u.Host)
 		}
 	}
+	if c.JWTPayloadKey == "" {
+		c.JWTPayloadKey = DefaultJWTPayloadKey
+	}
 	seen := map[string]bool{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
@@ -254,7 +272,7 @@ func (c *Config) Validate() error {
 		}
 		seen[r.Name] = true
 	}
-	return nil
+	return c.validateCallers()
 }
 
 func (r *Rule) validate() error {

@@ -258,6 +258,12 @@ func (r *Report) markdown() []byte {
 		w("Delivery alone: a backlog of %d executed requests (taken by a collector that does not deliver, then handed to one that does), %d called back at **%.0f callbacks/s** first to last (%s; target ≥ %d — %s).",
 			br.Delivery.Accepted, br.Delivery.Callbacks, br.Delivery.PerSecond, base(func(b *BackendReport) float64 { return b.Delivery.PerSecond }), targetDelivery, check(br.Delivery.PerSecond >= targetDelivery))
 		w("")
+		if br.Delivery.PerSecond < targetDelivery {
+			if line := whereCPUGoes(br.Usage["delivery"], br.Delivery.PerSecond, "callback", r.Cores); line != "" {
+				w("%s", line)
+				w("")
+			}
+		}
 		w("Pipeline: a burst of %d accepted, executed and called back at once: %d callbacks at **%.0f/s** first to last (%s).",
 			br.Pipeline.Accepted, br.Pipeline.Callbacks, br.Pipeline.PerSecond, base(func(b *BackendReport) float64 { return b.Pipeline.PerSecond }))
 		w("")
@@ -323,4 +329,34 @@ func stageTable(w func(string, ...any), ds []Delay) {
 		w("%s", row)
 	}
 	w("")
+}
+
+// whereCPUGoes says where the time of a phase that missed its target went:
+// each process's CPU per unit (a callback) at the phase's rate, and how
+// busy the machine was. It is an average over the phase, pauses included,
+// so the per-unit figures are upper bounds of the steady state's.
+func whereCPUGoes(usage []Usage, rate float64, unit string, cores int) string {
+	if rate <= 0 || len(usage) == 0 {
+		return ""
+	}
+	var parts []string
+	var total, busy float64
+	for _, u := range usage {
+		if u.Process == machine {
+			busy = u.CPU
+			continue
+		}
+		if us := u.CPU / rate * 1e6; us >= 1 {
+			parts = append(parts, fmt.Sprintf("%s %.0f µs", u.Process, us))
+			total += u.CPU / rate * 1e6
+		}
+	}
+	line := fmt.Sprintf("Where the time goes: CPU per %s, averaged over the phase: %s (%.0f µs in all); the machine was busy %.2f of its %d cores.",
+		unit, strings.Join(parts, ", "), total, busy, cores)
+	if busy >= 0.85*float64(cores) {
+		line += fmt.Sprintf(" The cores were the limit: at %.0f µs per %s, %d cores deliver about %.0f/s.", total, unit, cores, float64(cores)*1e6/total)
+	} else {
+		line += " The cores were not the limit: the time went to waiting (round trips between the collector and its backends, within the concurrency of -delivery-workers)."
+	}
+	return line
 }

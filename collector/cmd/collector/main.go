@@ -71,7 +71,7 @@ func run() error {
 	}
 	defer b.close()
 	cfg := collector.Config{
-		ReplayURL: o.replayURL, ReplaySecret: secret, Secrets: collector.SecretSource{Dir: o.secretsDir},
+		ReplayURL: o.replayURL, ReplaySecret: secret[0], IntakeSecrets: secret, Secrets: collector.SecretSource{Dir: o.secretsDir},
 		Workers: o.workers, DeliveryWorkers: o.deliveryWorkers, APIURL: o.apiURL, Logger: log,
 	}
 	if o.workers == 0 {
@@ -166,14 +166,15 @@ func serve(addr string, h http.Handler, errs chan<- error) (*http.Server, error)
 // replaySecret reads the replay-signing secret from env: the current secret,
 // optionally followed by a comma and the previous one (the filter's setting
 // during a rotation may be given to the collector as it is). The collector
-// signs with the current one. A secret shorter than replay.MinSecretLen bytes
+// signs with the current one, and takes intake signatures (the filter
+// vouching for a caller) made with either. A secret shorter than replay.MinSecretLen bytes
 // stops the collector at start.
-func replaySecret(env string) ([]byte, error) {
+func replaySecret(env string) ([][]byte, error) {
 	secrets, err := replay.ParseSecrets(os.Getenv(env))
 	if err != nil {
 		return nil, fmt.Errorf("-replay-secret-env: environment variable %s: %w", env, err)
 	}
-	return secrets[0], nil
+	return secrets, nil
 }
 
 // serveDebug serves net/http/pprof on addr (-debug-listen), apart from the API

@@ -26,7 +26,7 @@ func TestReplaySecretAtStart(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || string(got) != tt.want {
+			if err != nil || string(got[0]) != tt.want {
 				t.Fatalf("replaySecret = %q, %v", got, err)
 			}
 		})

@@ -14,7 +14,8 @@ import (
 // liveRules stands for the -xds subscription: a RuleSource that declares.
 type liveRules map[string]rules.SecretDecl
 
-func (liveRules) Rule(string) (*rules.Rule, bool) { return nil, false }
+func (liveRules) Rule(string) (*rules.Rule, bool)     { return nil, false }
+func (liveRules) Caller(string) (*rules.Caller, bool) { return nil, false }
 func (l liveRules) SecretDecl(name string) (rules.SecretDecl, bool) {
 	d, ok := l[name]
 	return d, ok
