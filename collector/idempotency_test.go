@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/idempotency"
+	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -27,6 +29,21 @@ func (e *env) keyed(caller, key string, body []byte, window time.Duration) *enve
 	en.Caller, en.IdempotencyKey, en.IdempotencyWindow = caller, key, rules.Duration(window)
 	en.Deadline = time.Now().Add(5 * time.Second).UnixMilli()
 	return en
+}
+
+// intakeSigned posts en as the filter does, with its intake signature (an
+// envelope that names a caller needs it).
+func (e *env) intakeSigned(en *envelope.Envelope) *http.Response {
+	data, _ := json.Marshal(en)
+	req, _ := http.NewRequest(http.MethodPost, e.api.URL+"/v1/intake", bytes.NewReader(data))
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set(replay.IntakeHeader, replay.SignIntake(replaySecret, data))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { resp.Body.Close() })
+	return resp
 }
 
 // answer decodes intake's JSON answer.
@@ -51,11 +68,11 @@ func (e *env) records(t *testing.T) int {
 func TestIdempotencyKeyRetryGetsTheFirstRequest(t *testing.T) {
 	e := newEnv(t)
 	first := e.keyed("billing", "k-1", []byte("order 1"), time.Hour)
-	if resp := e.intake(first); resp.StatusCode != 201 {
+	if resp := e.intakeSigned(first); resp.StatusCode != 201 {
 		t.Fatalf("first intake: %d", resp.StatusCode)
 	}
 	retry := e.keyed("billing", "k-1", []byte("order 1"), time.Hour) // a new id, trace and token
-	resp := e.intake(retry)
+	resp := e.intakeSigned(retry)
 	got := answer(t, resp)
 	if resp.StatusCode != 200 || resp.Header.Get(hdrIdempotent) != idempotentReplay {
 		t.Fatalf("retry: %d %s %v, want 200 with %s: %s", resp.StatusCode, resp.Header.Get(hdrIdempotent), got, hdrIdempotent, idempotentReplay)
@@ -68,7 +85,7 @@ func TestIdempotencyKeyRetryGetsTheFirstRequest(t *testing.T) {
 	}
 	// Once delivered, a retry still gets the first request, now delivered.
 	again := e.keyed("billing", "k-1", []byte("order 1"), time.Hour)
-	if got := answer(t, e.intake(again)); got["id"] != first.ID || got["status"] != "delivered" {
+	if got := answer(t, e.intakeSigned(again)); got["id"] != first.ID || got["status"] != "delivered" {
 		t.Fatalf("late retry answered %v", got)
 	}
 	for _, id := range []string{retry.ID, again.ID} {
@@ -86,7 +103,7 @@ func TestIdempotencyKeyRetryGetsTheFirstRequest(t *testing.T) {
 func TestIdempotencyKeyScopes(t *testing.T) {
 	e := newEnv(t)
 	first := e.keyed("billing", "k-1", []byte("order 1"), time.Hour)
-	if resp := e.intake(first); resp.StatusCode != 201 {
+	if resp := e.intakeSigned(first); resp.StatusCode != 201 {
 		t.Fatalf("first intake: %d", resp.StatusCode)
 	}
 	otherRule := e.keyed("billing", "k-1", []byte("order 1"), time.Hour)
@@ -111,7 +128,7 @@ func TestIdempotencyKeyScopes(t *testing.T) {
 		{"another key", e.keyed("billing", "k-2", []byte("order 1"), time.Hour), 201, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := e.intake(tc.env)
+			resp := e.intakeSigned(tc.env)
 			got := answer(t, resp)
 			if resp.StatusCode != tc.code || got["error"] != tc.err {
 				t.Fatalf("intake: %d %v, want %d %q", resp.StatusCode, got, tc.code, tc.err)
@@ -137,7 +154,7 @@ func TestIdempotencyKeyConcurrentRetriesMakeOneJob(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp := e.intake(en)
+			resp := e.intakeSigned(en)
 			codes[i], ids[i] = resp.StatusCode, answer(t, resp)["id"]
 		}()
 	}
@@ -168,12 +185,12 @@ func TestIdempotencyKeyConcurrentRetriesMakeOneJob(t *testing.T) {
 func TestIdempotencyKeyExpires(t *testing.T) {
 	e := newEnv(t)
 	first := e.keyed("", "k-exp", []byte("order"), time.Second)
-	if resp := e.intake(first); resp.StatusCode != 201 {
+	if resp := e.intakeSigned(first); resp.StatusCode != 201 {
 		t.Fatalf("first intake: %d", resp.StatusCode)
 	}
 	time.Sleep(1100 * time.Millisecond)
 	later := e.keyed("", "k-exp", []byte("order"), time.Second)
-	if resp := e.intake(later); resp.StatusCode != 201 {
+	if resp := e.intakeSigned(later); resp.StatusCode != 201 {
 		t.Fatalf("intake after the window: %d, want a new job", resp.StatusCode)
 	}
 	if n := e.records(t); n != 2 {
@@ -189,19 +206,19 @@ func TestIdempotencyKeyOfAnAbandonedRequestIsFree(t *testing.T) {
 	e.tune = func(c *Config) { c.Workers, c.DeliveryWorkers = -1, -1 }
 	e.start()
 	first := e.keyed("", "k-abandoned", []byte("order"), time.Hour)
-	if resp := e.intake(first); resp.StatusCode != 201 {
+	if resp := e.intakeSigned(first); resp.StatusCode != 201 {
 		t.Fatalf("first intake: %d", resp.StatusCode)
 	}
 	if err := e.c.abandon(context.Background(), &store.Record{ID: first.ID}); err != nil {
 		t.Fatal(err)
 	}
 	retry := e.keyed("", "k-abandoned", []byte("order"), time.Hour)
-	resp := e.intake(retry)
+	resp := e.intakeSigned(retry)
 	if got := answer(t, resp); resp.StatusCode != 201 || got["id"] != retry.ID {
 		t.Fatalf("retry of an abandoned request: %d %v, want a new job", resp.StatusCode, got)
 	}
 	again := e.keyed("", "k-abandoned", []byte("order"), time.Hour)
-	if got := answer(t, e.intake(again)); got["id"] != retry.ID {
+	if got := answer(t, e.intakeSigned(again)); got["id"] != retry.ID {
 		t.Fatalf("the next retry got %v, want the new job %s", got, retry.ID)
 	}
 }
@@ -299,7 +316,7 @@ func TestIdempotencyKeyOnElasticsearch(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp := e.intake(en)
+			resp := e.intakeSigned(en)
 			codes[i], ids[i] = resp.StatusCode, answer(t, resp)["id"]
 		}()
 	}
@@ -318,15 +335,15 @@ func TestIdempotencyKeyOnElasticsearch(t *testing.T) {
 	if winner == "" {
 		t.Fatalf("no intake created the job: %v", codes)
 	}
-	retry := e.intake(e.keyed("billing", "es-key", []byte("order"), time.Hour))
+	retry := e.intakeSigned(e.keyed("billing", "es-key", []byte("order"), time.Hour))
 	if got := answer(t, retry); retry.StatusCode != 200 || got["id"] != winner {
 		t.Fatalf("retry: %d %v, want the job %s", retry.StatusCode, got, winner)
 	}
-	if resp := e.intake(e.keyed("billing", "es-key", []byte("other"), time.Hour)); resp.StatusCode != 422 {
+	if resp := e.intakeSigned(e.keyed("billing", "es-key", []byte("other"), time.Hour)); resp.StatusCode != 422 {
 		t.Fatalf("another body: %d, want 422", resp.StatusCode)
 	}
 	other := e.keyed("shipping", "es-key", []byte("order"), time.Hour)
-	if got := answer(t, e.intake(other)); got["id"] != other.ID {
+	if got := answer(t, e.intakeSigned(other)); got["id"] != other.ID {
 		t.Fatalf("another caller got %v, want its own job %s", got, other.ID)
 	}
 	if code, rec := e.get("/v1/requests/" + winner + "?wait=10s"); code != 200 || rec["status"] != "delivered" {
