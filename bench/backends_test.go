@@ -126,7 +126,13 @@ func BenchmarkPublishConfirm(b *testing.B) {
 
 // BenchmarkIntake posts envelopes to the collector's intake from 16 clients:
 // each 201 means persisted, published with a confirm and marked queued.
-func BenchmarkIntake(b *testing.B) {
+func BenchmarkIntake(b *testing.B) { benchIntake(b, false) }
+
+// BenchmarkIntakeKeyed is BenchmarkIntake with a fresh Idempotency-Key on
+// every envelope: what the key's atomic write costs (store.Idempotent).
+func BenchmarkIntakeKeyed(b *testing.B) { benchIntake(b, true) }
+
+func benchIntake(b *testing.B, keyed bool) {
 	names, setups := backends(b)
 	for _, name := range names {
 		b.Run(name, func(b *testing.B) {
@@ -149,7 +155,8 @@ func BenchmarkIntake(b *testing.B) {
 					data, _ := json.Marshal(&envelope.Envelope{Version: envelope.Version, ID: trace.NewRequestID(), TraceID: tp.TraceIDString(),
 						TraceParent: tp.String(), Rule: "bench", Method: "POST", Authority: "api.local", Path: "/slow",
 						Body: bytes.Repeat([]byte("y"), 256), Timeout: rules.Duration(time.Second),
-						Callback: rules.Callback{URL: "http://127.0.0.1:9/cb", Protocol: "http"}, Retry: rules.Retry{MaxAttempts: 1}})
+						Callback: rules.Callback{URL: "http://127.0.0.1:9/cb", Protocol: "http"}, Retry: rules.Retry{MaxAttempts: 1},
+						IdempotencyKey: idemKey(keyed), IdempotencyWindow: idemWindow(keyed)})
 					t0 := time.Now()
 					resp, err := client.Post(srv.URL+"/v1/intake", "application/json", bytes.NewReader(data))
 					lat.add(time.Since(t0))
@@ -170,6 +177,20 @@ func BenchmarkIntake(b *testing.B) {
 			b.ReportMetric(lat.quantile(0.99).Seconds()*1000, "p99-ms")
 		})
 	}
+}
+
+func idemKey(keyed bool) string {
+	if !keyed {
+		return ""
+	}
+	return randHex() + randHex() + randHex() + randHex()
+}
+
+func idemWindow(keyed bool) rules.Duration {
+	if !keyed {
+		return 0
+	}
+	return rules.Duration(24 * time.Hour)
 }
 
 // latencies collects durations from many goroutines.

@@ -208,7 +208,48 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		c.decided.pending(rec.ID, deadline)
 		defer c.decided.decide(rec.ID, refused) // unless decided first
 	}
-	owed, err := c.accept(ctx, rec)
+	claim := c.claimFor(env, deadline, log)
+	owed, err := c.accept(ctx, rec, claim)
+	for takeOvers := 0; ; takeOvers++ {
+		var held *store.KeyHeldError
+		if !errors.As(err, &held) {
+			break
+		}
+		verdict, first, jerr := c.judgeHolder(ctx, held.Held, claim.k.Fingerprint)
+		switch {
+		case jerr != nil:
+			log.Warn("intake: reading the holder of an Idempotency-Key", "first", held.Held.ID, "err", jerr)
+			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
+			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the Idempotency-Key's first request could not be read")
+			return
+		case verdict == keyFree && takeOvers < maxKeyTakeOvers:
+			// The holder never ran and never will: take its key over (a
+			// fresh record: accept changed this one).
+			log.Info("intake: Idempotency-Key taken over from a request that never ran", "first", held.Held.ID)
+			claim.replace = held.Held.ID
+			rec = store.NewRecord(env, start)
+			owed, err = c.accept(ctx, rec, claim)
+			continue
+		case verdict == keyDuplicate:
+			log.Info("intake: Idempotency-Key retry answered with the first request", "first", first.ID, "status", first.Status)
+			c.obs.intake.WithLabelValues(env.Rule, "idempotent").Inc()
+			answerDuplicate(w, first)
+			return
+		case verdict == keyReused:
+			log.Warn("intake: Idempotency-Key reused for another request", "first", held.Held.ID)
+			c.obs.intake.WithLabelValues(env.Rule, "key_reused").Inc()
+			writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused",
+				"Idempotency-Key: already used for another request (a different method, target or body) on this rule within its window; use a new key for a new request")
+			return
+		}
+		// keyInProgress, or a key that keeps changing hands.
+		log.Info("intake: Idempotency-Key's first request is still being taken in", "first", held.Held.ID)
+		c.obs.intake.WithLabelValues(env.Rule, "key_in_progress").Inc()
+		w.Header().Set("retry-after", inProgressRetryIn)
+		writeError(w, http.StatusConflict, "idempotency_key_in_progress",
+			"Idempotency-Key: the first request with this key is still being taken in; retry in a second")
+		return
+	}
 	if err == nil && late(deadline, time.Now()) {
 		// Persisted, but the answer would come too late: the caller is told
 		// it failed, so it must never run (deadline.go).

@@ -138,7 +138,8 @@ type Collector struct {
 	cfg    Config
 	store  store.Store
 	queue  queue.Queue
-	outbox store.Outbox // nil unless the store publishes on queue
+	outbox store.Outbox     // nil unless the store publishes on queue
+	idem   store.Idempotent // nil unless the store keeps Idempotency-Keys
 	sender *delivery.Sender
 	nodes  *external.Client
 	obs    *metrics
@@ -202,6 +203,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	c := &Collector{
 		cfg: cfg, store: st, queue: q, outbox: store.OutboxFor(st, q), log: cfg.Logger,
+		idem:   idempotentStore(st),
 		sender: delivery.NewSender(cfg.Secrets, 10*time.Second),
 		nodes:  external.New(cfg.Secrets, 10*time.Second),
 		obs:    newMetrics(),
@@ -328,12 +330,17 @@ func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Chang
 //     exists: the worker waits for intake's decision, and drops a message
 //     whose record intake did not create. A publish that fails falls back
 //     to the last way, for the relay;
-//   - otherwise r is created persisted, then published; owed then says that
+//   - otherwise (or with an Idempotency-Key) r is created persisted, then published; owed then says that
 //     the Enqueue write (queued: the message is out, so the relay leaves r
 //     alone) is still to be made, by markQueued, which intake makes after
 //     its answer. A failed publish leaves r persisted for the relay (logged,
 //     not returned: r is durable).
-func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err error) {
+//
+// With key (an Idempotency-Key), r is created only if no live request
+// holds the key (store.Idempotent): otherwise accept returns a
+// *store.KeyHeldError and wrote nothing (a message it published first is
+// dropped by its worker: intake refuses r).
+func (c *Collector) accept(ctx context.Context, r *store.Record, key *keyClaim) (owed bool, err error) {
 	m, err := c.message(queue.TopicWork, r)
 	if err != nil {
 		return false, err
@@ -345,23 +352,25 @@ func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err
 		if err := enqueue.Apply(r); err != nil {
 			return false, err
 		}
-		if err := c.outbox.CreatePublish(ctx, r, &m); err != nil {
+		if err := c.create(ctx, r, key, &m); err != nil {
 			return false, err
 		}
-	case !deadline.IsZero():
+	case !deadline.IsZero() && key == nil:
+		// (A keyed record is created before its message is published: a
+		// retry whose key is held must publish nothing.)
 		m.Local = time.Until(deadline.Add(workerGrace))
 		if err := c.send(ctx, m); err != nil {
 			c.log.Warn("intake: publish failed; the record is created persisted, for the outbox relay", "id", r.ID, "trace_id", r.TraceID, "err", err)
-			return c.acceptPersisted(ctx, r, false)
+			return c.acceptPersisted(ctx, r, key, false)
 		}
 		if err := enqueue.Apply(r); err != nil {
 			return false, err
 		}
-		if err := c.store.Create(ctx, r); err != nil {
+		if err := c.create(ctx, r, key, nil); err != nil {
 			return false, err
 		}
 	default:
-		return c.acceptPersisted(ctx, r, true)
+		return c.acceptPersisted(ctx, r, key, true)
 	}
 	c.lastMove.Store(time.Now().UnixNano())
 	c.obs.transitioned(r, enqueue)
@@ -370,8 +379,8 @@ func (c *Collector) accept(ctx context.Context, r *store.Record) (owed bool, err
 
 // acceptPersisted creates r persisted and, with publish, publishes it (see
 // accept).
-func (c *Collector) acceptPersisted(ctx context.Context, r *store.Record, publish bool) (owed bool, err error) {
-	if err := c.store.Create(ctx, r); err != nil {
+func (c *Collector) acceptPersisted(ctx context.Context, r *store.Record, key *keyClaim, publish bool) (owed bool, err error) {
+	if err := c.create(ctx, r, key, nil); err != nil {
 		return false, err
 	}
 	c.lastMove.Store(time.Now().UnixNano())

@@ -222,6 +222,24 @@ func (d *decisions) wait(ctx context.Context, id string, until time.Time) outcom
 	return 0
 }
 
+// state reports this collector's intake's decision on id without waiting:
+// known is false when this collector has none (another took it in, or it
+// was forgotten), and o is 0 while intake is still deciding.
+func (d *decisions) state(id string) (o outcome, known bool) {
+	d.mu.Lock()
+	x, ok := d.m[id]
+	d.mu.Unlock()
+	if !ok {
+		return 0, false
+	}
+	select {
+	case <-x.done:
+		return x.outcome, true
+	default:
+		return 0, true
+	}
+}
+
 func (d *decisions) forget(id string) {
 	d.mu.Lock()
 	delete(d.m, id)

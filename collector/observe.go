@@ -53,7 +53,7 @@ func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		intake: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_intake_total",
-			Help: "Intake calls by rule and outcome (accepted, duplicate, refused, store_error)."}, []string{"rule", "outcome"}),
+			Help: "Intake calls by rule and outcome (accepted, duplicate, refused, late, store_error; with an Idempotency-Key: idempotent, key_reused, key_in_progress)."}, []string{"rule", "outcome"}),
 		intakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_intake_seconds",
 			Help: "Time to persist and publish an accepted request (without a Prefer: wait).", Buckets: buckets}, []string{"rule"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_transitions_total",

@@ -10,6 +10,7 @@ import (
 	"github.com/asyncmesh/asyncmesh/internal/access"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/hop"
+	"github.com/asyncmesh/asyncmesh/internal/idempotency"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
@@ -24,6 +25,7 @@ const (
 	hdrCallbackProtocol = "x-async-callback-protocol"
 	hdrStatus           = "x-async-status"       // collector → filter only
 	hdrAccessToken      = "x-async-access-token" // filter → caller, with a relayed result
+	hdrIdempotent       = "x-async-idempotent"   // collector → filter, and filter → caller: the first request's answer
 	asyncPrefix         = "x-async-"
 )
 
@@ -53,7 +55,9 @@ type stream struct {
 	callbackFromCaller bool
 	callbackTarget     string
 	requestID          string
-	accessToken        string       // handed to the caller once, in the 202; the envelope carries its hash
+	accessToken        string // handed to the caller once, in the 202; the envelope carries its hash
+	idemKey            string // the caller's Idempotency-Key, parsed ("" without one)
+	idemWindow         time.Duration
 	tp                 trace.Parent // formatted only on the async path
 	callback           rules.Callback
 	wait               time.Duration
@@ -227,8 +231,20 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 			return s.tooLarge()
 		}
 	}
+	if w := r.Idempotency(); w > 0 {
+		if a := s.idempotencyKey(w); a != abi.Continue {
+			return a
+		}
+	}
 	s.requestID = trace.NewRequestID()
-	s.accessToken, _ = access.NewToken()
+	if s.idemKey != "" && len(s.p.replaySecrets) > 0 {
+		// Derived, not drawn, so that a retry with the same key can be
+		// handed the same token again (replayedAnswer) without the token
+		// being stored anywhere.
+		s.accessToken, _ = access.DeriveToken(s.p.replaySecrets[0], s.requestID)
+	} else {
+		s.accessToken, _ = access.NewToken()
+	}
 	if endOfStream {
 		s.dispatch(nil)
 		return abi.Pause
@@ -274,6 +290,32 @@ func (s *stream) OnRequestBody(size int, endOfStream bool) abi.Action {
 	}
 	s.dispatch(body)
 	return abi.Pause
+}
+
+// idempotencyKey reads the caller's Idempotency-Key, on a rule that keeps
+// keys for window: Continue when there is none or it is valid (then set),
+// Pause after answering 400.
+func (s *stream) idempotencyKey(window time.Duration) abi.Action {
+	var v string
+	n := 0
+	for _, kv := range s.req {
+		if kv[0] == idempotency.Header {
+			v = kv[1]
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return abi.Continue
+	case n > 1:
+		return s.reject(400, "bad_idempotency_key", "Idempotency-Key: sent more than once; send one key")
+	}
+	k, err := idempotency.ParseKey(v)
+	if err != nil {
+		return s.reject(400, "bad_idempotency_key", "Idempotency-Key: "+err.Error())
+	}
+	s.idemKey, s.idemWindow = k, window
+	return abi.Continue
 }
 
 // jwtAuthn is the dynamic metadata namespace of Envoy's jwt_authn filter.
@@ -359,6 +401,9 @@ func (s *stream) dispatch(body []byte) {
 		Timeout:            s.rule.Timeout,
 		Wait:               rules.Duration(s.wait),
 	}
+	if s.idemKey != "" {
+		env.IdempotencyKey, env.IdempotencyWindow = s.idemKey, rules.Duration(s.idemWindow)
+	}
 	cfg := s.p.cfg
 	timeout := cfg.CollectorTimeout.D() + s.wait
 	// The collector must not make the request runnable once this filter has
@@ -403,42 +448,117 @@ func (s *stream) OnHTTPCallResponse(_ uint32, numHeaders, bodySize, _ int) {
 	}
 	status, _ := s.host.Header(abi.HTTPCallResponseHeaders, ":status")
 	intakeStatus := s.headerOf(abi.HTTPCallResponseHeaders, hdrStatus)
+	// (Before the relayed result: the first request's status may be
+	// completed, but its answer is a 202 all the same.)
+	if status == "200" && s.headerOf(abi.HTTPCallResponseHeaders, hdrIdempotent) == idempotentReplay {
+		s.replayedAnswer(bodySize)
+		return
+	}
 	if intakeStatus == "completed" {
 		s.relayResult(status, bodySize)
 		return
 	}
 	switch status {
 	case "200", "201", "202":
-		s.accepted(intakeStatus)
-	case "400", "413":
+		s.accepted(s.requestID, s.traceID, intakeStatus, s.accessToken, nil)
+	case "400", "413", "409", "422":
 		body, _ := s.host.Buffer(abi.HTTPCallResponseBody, 0, bodySize)
+		var hs []abi.Header
+		switch status {
+		case "409": // only an Idempotency-Key's (intake's id conflict is the filter's own fault)
+			if !strings.Contains(string(body), `"idempotency_key_in_progress"`) {
+				s.collectorDown("collector answered 409")
+				return
+			}
+			hs = []abi.Header{{"retry-after", "1"}}
+		case "422":
+			if !strings.Contains(string(body), `"idempotency_key_reused"`) {
+				s.collectorDown("collector answered 422")
+				return
+			}
+		}
 		code, _ := strconv.Atoi(status)
-		s.send(code, "asyncmesh_intake_refused", body, nil)
+		s.send(code, "asyncmesh_intake_refused", body, hs)
 	default:
 		s.collectorDown("collector answered " + status)
 	}
 }
 
-// accepted answers 202 with the wire contract's headers and body.
-func (s *stream) accepted(status string) {
+// accepted answers 202 with the wire contract's headers and body, for
+// request id (traceID: its trace) and its access token; extra headers
+// follow.
+func (s *stream) accepted(id, traceID, status, token string, extra []abi.Header) {
 	if status == "" {
 		status = "persisted"
 	}
 	// The Location carries the access token: it is the one place the caller
 	// learns it, and it makes the Location dereferenceable as it is.
-	loc := s.p.cfg.StatusPrefix + "/v1/requests/" + s.requestID + "?" + access.Param + "=" + s.accessToken
-	body, _ := json.Marshal(struct {
-		ID          string `json:"id"`
-		TraceID     string `json:"traceId"`
-		Status      string `json:"status"`
-		StatusURL   string `json:"statusUrl"`
-		AccessToken string `json:"accessToken"`
-	}{s.requestID, s.traceID, status, loc, s.accessToken})
-	hs := []abi.Header{{"location", loc}, {hdrRequestID, s.requestID}, {hdrRule, s.rule.Name}}
+	loc := s.p.cfg.StatusPrefix + "/v1/requests/" + id
+	var body []byte
+	if token != "" {
+		loc += "?" + access.Param + "=" + token
+		body, _ = json.Marshal(struct {
+			ID          string `json:"id"`
+			TraceID     string `json:"traceId"`
+			Status      string `json:"status"`
+			StatusURL   string `json:"statusUrl"`
+			AccessToken string `json:"accessToken"`
+		}{id, traceID, status, loc, token})
+	} else {
+		body, _ = json.Marshal(struct {
+			ID                     string `json:"id"`
+			TraceID                string `json:"traceId"`
+			Status                 string `json:"status"`
+			StatusURL              string `json:"statusUrl"`
+			AccessTokenUnavailable string `json:"accessTokenUnavailable"`
+		}{id, traceID, status, loc, tokenUnavailable})
+	}
+	hs := append([]abi.Header{{"location", loc}, {hdrRequestID, id}, {hdrRule, s.rule.Name}}, extra...)
 	if s.preferAsync {
 		hs = append(hs, abi.Header{"preference-applied", "respond-async"})
 	}
 	s.send(202, "asyncmesh_accepted", body, hs)
+}
+
+// idempotentReplay is x-async-idempotent's value on the first request's
+// answer to a retry with the same Idempotency-Key.
+const idempotentReplay = "replayed"
+
+// tokenUnavailable explains a replayed 202 without a token.
+const tokenUnavailable = "the first request's access token cannot be issued again (it was not derived under a replay secret this filter still has); the first 202's Location holds it"
+
+// replayedAnswer answers a retry with an Idempotency-Key with the first
+// request's 202: the collector answered with that request's id, trace id,
+// status and access-token hash, and the token is the one derived from the
+// id under whichever of the filter's replay secrets gives that hash (the
+// first request's may be the previous secret, during a rotation). So the
+// caller gets the same Location and body. A token minted under a secret
+// since dropped (or drawn at random, without a secret) cannot be derived
+// again: the 202 then has a Location without it and says so.
+func (s *stream) replayedAnswer(bodySize int) {
+	body, err := s.host.Buffer(abi.HTTPCallResponseBody, 0, bodySize)
+	var first struct {
+		ID         string `json:"id"`
+		TraceID    string `json:"traceId"`
+		Status     string `json:"status"`
+		AccessHash string `json:"accessHash"`
+	}
+	if err == nil {
+		err = json.Unmarshal(body, &first)
+	}
+	if err != nil || !trace.ValidRequestID(first.ID) || !trace.ValidTraceID(first.TraceID) {
+		s.collectorDown("collector's idempotent answer is unreadable")
+		return
+	}
+	token := ""
+	for _, secret := range s.p.replaySecrets {
+		if t, h := access.DeriveToken(secret, first.ID); first.AccessHash != "" && h == first.AccessHash {
+			token = t
+			break
+		}
+	}
+	s.host.Log(abi.LogInfo, "asyncmesh: Idempotency-Key retry on rule "+s.rule.Name+" answered with request "+first.ID+" (trace "+s.traceID+")")
+	s.accepted(first.ID, first.TraceID, first.Status, token, []abi.Header{{hdrIdempotent, idempotentReplay}})
 }
 
 // relayResult answers with the service's own response, which the collector

@@ -307,6 +307,9 @@ func (s *Store) putTemplates(ctx context.Context) error {
 			"template": map[string]any{"settings": settings, "mappings": map[string]any{"dynamic": "strict", "_source": map[string]any{"enabled": true},
 				"properties": map[string]any{"data": map[string]any{"type": "binary"}}}},
 			"_meta": map[string]any{"managed_by": "asyncmesh collector"}},
+		s.cfg.Prefix + "-" + keysIndexName: {"index_patterns": []string{s.keysIndex()}, "priority": 200,
+			"template": map[string]any{"settings": settings, "mappings": keysMapping},
+			"_meta":    map[string]any{"managed_by": "asyncmesh collector"}},
 		s.cfg.Prefix + "-endpoints": s.endpointsTemplate(settings), // endpoints.go
 	}
 	for name, body := range templates {

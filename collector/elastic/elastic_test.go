@@ -57,6 +57,7 @@ func cleanup(t *testing.T, s *Store) {
 	_ = s.call(ctx, http.MethodDelete, "/"+s.cfg.Prefix+"-*?expand_wildcards=all", nil, nil)
 	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-requests", nil, nil)
 	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-bodies", nil, nil)
+	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-"+keysIndexName, nil, nil)
 	_ = s.call(ctx, http.MethodDelete, "/_index_template/"+s.cfg.Prefix+"-endpoints", nil, nil)
 }
 

@@ -181,6 +181,14 @@ CREATE TABLE IF NOT EXISTS queue (
 	deliveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue(topic, visible_at, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+	scope       TEXT PRIMARY KEY,
+	id          TEXT NOT NULL,
+	fingerprint TEXT NOT NULL,
+	expires_at  INTEGER NOT NULL,
+	deadline    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_expires ON idempotency_keys(expires_at);
 CREATE TABLE IF NOT EXISTS endpoints (
 	id       TEXT PRIMARY KEY,
 	disabled INTEGER NOT NULL,
@@ -219,6 +227,7 @@ const (
 
 var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
 	qExpireRecords, qExpireDeadLetters, // retention.go
+	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
 	qInsertEndpoint, qUpdateEndpoint} // endpoints.go
 
 // migrations bring databases made by earlier versions up to schema; each is

@@ -52,6 +52,17 @@ func Retain(ctx context.Context, e Expirer, now func() time.Time, retention, int
 		case n > 0:
 			log.Info("retention: expired terminal records", "deleted", n, "retention", retention.String())
 		}
+		// Idempotency keys expire by their own window, not the
+		// retention (which may be 0: keep records forever).
+		if k, ok := e.(Idempotent); ok {
+			n, err := k.ExpireKeys(ctx, now())
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("retention: expiring idempotency keys", "err", err, "deleted", n)
+			case n > 0:
+				log.Info("retention: expired idempotency keys", "deleted", n)
+			}
+		}
 		t.Reset(interval)
 	}
 }

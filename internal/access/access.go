@@ -10,6 +10,7 @@
 package access
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -27,6 +28,27 @@ func NewToken() (token, hash string) {
 	var b [32]byte
 	_, _ = rand.Read(b[:]) // never fails (Go 1.24+); random_get under wasip1
 	token = base64.RawURLEncoding.EncodeToString(b[:])
+	return token, Hash(token)
+}
+
+// tokenLabel separates derived tokens from every other use of the secret.
+const tokenLabel = "asyncmesh access token v1"
+
+// DeriveToken returns the token of request id under secret (the filter's
+// replay secret), and its hash: base64url(HMAC-SHA256(K, id)) with K =
+// HMAC-SHA256(secret, "asyncmesh access token v1"). The filter derives,
+// instead of drawing, the token of a request that carries an
+// Idempotency-Key, so that it can hand the same token out again to the
+// caller's retry (which the collector answers with the first request's id
+// and token hash) without the token ever being stored. Knowing an id is
+// not enough to derive it: that takes the secret, which only the filter
+// and the collector hold.
+func DeriveToken(secret []byte, id string) (token, hash string) {
+	k := hmac.New(sha256.New, secret)
+	k.Write([]byte(tokenLabel))
+	m := hmac.New(sha256.New, k.Sum(nil))
+	m.Write([]byte(id))
+	token = base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 	return token, Hash(token)
 }
 

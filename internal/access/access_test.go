@@ -33,3 +33,26 @@ func TestValidHash(t *testing.T) {
 		}
 	}
 }
+
+func TestDeriveToken(t *testing.T) {
+	s1 := []byte("0123456789abcdef0123456789abcdef")
+	s2 := []byte("fedcba9876543210fedcba9876543210")
+	tok, h := DeriveToken(s1, "id-1")
+	if len(tok) != TokenLen || !ValidHash(h) || !Check(h, tok) {
+		t.Fatalf("DeriveToken = %q, %q: want a token of %d characters that checks against its hash", tok, h, TokenLen)
+	}
+	for _, c := range []struct {
+		name   string
+		secret []byte
+		id     string
+		same   bool
+	}{
+		{"same secret and id", s1, "id-1", true},
+		{"other id", s1, "id-2", false},
+		{"other secret", s2, "id-1", false},
+	} {
+		if got, _ := DeriveToken(c.secret, c.id); (got == tok) != c.same {
+			t.Errorf("%s: equal = %v, want %v", c.name, got == tok, c.same)
+		}
+	}
+}

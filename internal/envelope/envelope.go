@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/internal/access"
+	"github.com/asyncmesh/asyncmesh/internal/idempotency"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 	"github.com/asyncmesh/asyncmesh/internal/trace"
 
@@ -68,6 +69,13 @@ type Envelope struct {
 	// answered 503 or served synchronously, so a request intake could not
 	// accept in time must never run (see the collector's deadline.go).
 	Deadline int64 `json:"deadline,omitempty"`
+	// IdempotencyKey is the caller's Idempotency-Key (parsed: without the
+	// sf-string's quotes), and IdempotencyWindow how long it holds (the
+	// rule's idempotencyWindow): intake creates no second job for the same
+	// key from the same Caller on the same Rule within it
+	// (internal/idempotency, the collector's idempotency.go).
+	IdempotencyKey    string         `json:"idempotencyKey,omitempty"`
+	IdempotencyWindow rules.Duration `json:"idempotencyWindow,omitempty"`
 }
 
 // DeadlineTime is Deadline as a time (zero when unset).
@@ -122,6 +130,12 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("wait: must be between 0 and %s", MaxWait)
 	case e.Deadline < 0:
 		return errors.New("deadline: must be Unix milliseconds")
+	case e.IdempotencyKey != "" && !idempotency.ValidKey(e.IdempotencyKey):
+		return fmt.Errorf("idempotencyKey: want 1 to %d bytes of printable ASCII", idempotency.MaxKeyLen)
+	case e.IdempotencyKey != "" && (e.IdempotencyWindow < rules.Duration(time.Second) || e.IdempotencyWindow.D() > idempotency.MaxWindow):
+		return fmt.Errorf("idempotencyWindow: must be between 1s and %s with an idempotencyKey", idempotency.MaxWindow)
+	case e.IdempotencyKey == "" && e.IdempotencyWindow != 0:
+		return errors.New("idempotencyWindow: set without an idempotencyKey")
 	}
 	if _, ok := trace.ParseParent(e.TraceParent); !ok {
 		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)

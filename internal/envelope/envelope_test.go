@@ -22,6 +22,13 @@ func TestDecode(t *testing.T) {
 		{"unknown field", `"rule":"r"`, `"rule":"r","extra":1`, "unknown field"},
 		{"bad callback", `"url":"http://x/cb"`, `"url":"gopher://x"`, "callback.url"},
 		{"bad method", `"method":"POST"`, `"method":"po st"`, "method:"},
+		{"key without window", `"rule":"r"`, `"rule":"r","idempotencyKey":"k"`, "idempotencyWindow: must be between"},
+		{"window without key", `"rule":"r"`, `"rule":"r","idempotencyWindow":"1h"`, "idempotencyWindow: set without"},
+		{"key not printable", `"rule":"r"`, `"rule":"r","idempotencyKey":"a\nb","idempotencyWindow":"1h"`, "idempotencyKey:"},
+		{"window too long", `"rule":"r"`, `"rule":"r","idempotencyKey":"k","idempotencyWindow":"200h"`, "idempotencyWindow:"},
+	}
+	if _, err := Decode([]byte(strings.Replace(valid, `"rule":"r"`, `"rule":"r","idempotencyKey":"k","idempotencyWindow":"24h"`, 1))); err != nil {
+		t.Fatalf("envelope with a key: %v", err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

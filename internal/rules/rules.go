@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/internal/idempotency"
 	"github.com/asyncmesh/asyncmesh/internal/strict"
 )
 
@@ -104,6 +105,10 @@ type Rule struct {
 	Timeout         Duration `json:"timeout,omitempty"`
 	Retry           Retry    `json:"retry"`
 	OnCollectorDown string   `json:"onCollectorDown,omitempty"`
+	// IdempotencyWindow is how long an Idempotency-Key holds on this rule
+	// (internal/idempotency): unset, 24h; "0s" turns keys off (the header
+	// is then passed on to the service untouched); at most 7 days.
+	IdempotencyWindow *Duration `json:"idempotencyWindow,omitempty"`
 	// Callers limits the rule to these declared callers (empty: any caller,
 	// recognized or not); the filter answers others 403.
 	Callers []string `json:"callers,omitempty"`
@@ -111,6 +116,15 @@ type Rule struct {
 	// defaults are already applied); recorded with each request.
 	Package   string `json:"package,omitempty"`
 	pathRegex *regexp.Regexp
+}
+
+// Idempotency is how long an Idempotency-Key holds on r; 0 when keys are
+// off (or on a rule not validated).
+func (r *Rule) Idempotency() time.Duration {
+	if r.IdempotencyWindow == nil {
+		return 0
+	}
+	return r.IdempotencyWindow.D()
 }
 
 // Untagged selects requests to leave untraced: a path prefix, a host (exact
@@ -328,6 +342,13 @@ func (r *Rule) validate() error {
 	}
 	if r.Retry.MaxBackoff < r.Retry.InitialBackoff {
 		return fieldErr("retry.maxBackoff", "must not be below retry.initialBackoff")
+	}
+	if r.IdempotencyWindow == nil {
+		w := Duration(idempotency.DefaultWindow)
+		r.IdempotencyWindow = &w
+	}
+	if w := r.IdempotencyWindow.D(); w != 0 && (w < time.Second || w > idempotency.MaxWindow) {
+		return fieldErr("idempotencyWindow", "%s is outside 1s..%s (0s turns Idempotency-Key off)", w, idempotency.MaxWindow)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package rules
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseErrorsNameTheField(t *testing.T) {
@@ -22,6 +23,9 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"empty untagged", `{"collectorCluster":"c","untagged":[{}]}`, "untagged[0]: want host, pathPrefix or both"},
 		{"untagged path", `{"collectorCluster":"c","untagged":[{"pathPrefix":"healthz"}]}`, "untagged[0].pathPrefix"},
 		{"untagged host", `{"collectorCluster":"c","untagged":[{"pathPrefix":"/h"},{"host":"a b"}]}`, "untagged[1].host"},
+		{"window too long", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"idempotencyWindow":"169h"}]}`, "rules[0].idempotencyWindow: 169h0m0s is outside 1s..168h0m0s"},
+		{"window too short", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"idempotencyWindow":"1ms"}]}`, "rules[0].idempotencyWindow"},
+		{"window negative", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"idempotencyWindow":"-1h"}]}`, "idempotencyWindow"},
 		{"untagged regex host", `{"collectorCluster":"c","untagged":[{"host":".*"}]}`, "untagged[0].host"},
 	}
 	for _, tt := range tests {
@@ -123,5 +127,29 @@ func TestAnnotated(t *testing.T) {
 	}
 	if cfg.Rules[0].Mode != ModeAsync {
 		t.Fatal("Annotated changed the configured rule")
+	}
+}
+
+func TestIdempotencyWindow(t *testing.T) {
+	for _, tc := range []struct {
+		window string // "" leaves it unset
+		want   time.Duration
+	}{
+		{"", 24 * time.Hour},
+		{`"0s"`, 0},
+		{`"10m"`, 10 * time.Minute},
+		{`"168h"`, 168 * time.Hour},
+	} {
+		extra := ""
+		if tc.window != "" {
+			extra = `,"idempotencyWindow":` + tc.window
+		}
+		c, err := Parse([]byte(`{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"}` + extra + `}]}`))
+		if err != nil {
+			t.Fatalf("window %s: %v", tc.window, err)
+		}
+		if got := c.Rules[0].Idempotency(); got != tc.want {
+			t.Errorf("window %s: Idempotency() = %s, want %s", tc.window, got, tc.want)
+		}
 	}
 }

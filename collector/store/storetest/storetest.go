@@ -68,6 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 
 	t.Run("Outbox", func(t *testing.T) { runOutbox(t, open) })
+	t.Run("Idempotency", func(t *testing.T) { runIdempotency(t, open) })
 
 	t.Run("CreateGet", func(t *testing.T) {
 		s := open(t)
