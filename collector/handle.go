@@ -168,11 +168,10 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 	}
 	start := time.Now()
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.process", attribute.String("asyncmesh.target", target))
-	defer func() {
-		c.obs.executeSeconds.WithLabelValues(r.Rule, target).Observe(since(start))
-		span.End()
-	}()
+	defer span.End()
+	observe := func() { c.obs.executeSeconds.WithLabelValues(r.Rule, target).Observe(since(start)) }
 	if target == "external" {
+		defer observe()
 		got, err := c.claim(ctx, r, store.Change{Event: store.Claim, Lease: r.Envelope.Timeout.D() + leaseMargin})
 		if err != nil {
 			return claimFailed(err, m)
@@ -189,6 +188,7 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 	}
 	resp, err := c.execute(ctx, r)
 	release()
+	observe() // before the result's write: the first attempt follows it
 	ch := store.Change{Event: store.Complete, Response: resp}
 	if err != nil {
 		span.RecordError(err)
