@@ -360,7 +360,13 @@ func (s *Stack) DBPath() string { return filepath.Join(s.opt.WorkDir, "asyncmesh
 // OperatorGet reads path (such as /v1/requests?traceId=…) on the
 // collector's API with the operator's token.
 func (s *Stack) OperatorGet(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.CollectorURL+path, nil)
+	return s.Operator(ctx, http.MethodGet, path)
+}
+
+// Operator calls the collector's operator API with the operator's token
+// (no body).
+func (s *Stack) Operator(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, s.CollectorURL+path, nil)
 	if err != nil {
 		return nil, err
 	}
