@@ -27,6 +27,10 @@ type options struct {
 	backends             setups
 
 	xdsAddr, nodeID, nodeCluster string
+
+	// Endpoint health (collector/health.go).
+	endpointDisableAfter                 int
+	endpointEventsURL, endpointEventsEnv string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -41,6 +45,9 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.operatorListen, "operator-listen", "", "address of a listener of its own for the operator endpoints (search, replay, metrics), which -listen then does not serve; empty: -listen serves them too, behind the token")
 	fs.StringVar(&o.debugListen, "debug-listen", "", "address of a profiling server (net/http/pprof; keep it on loopback); empty: off")
 	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions (0: this collector does not execute; another one on the same store and queue does)")
+	fs.IntVar(&o.endpointDisableAfter, "endpoint-disable-after", 100, "consecutive failed attempts at a callback endpoint, across the collectors of a store, that disable it (its deliveries are then held until an operator enables it); 0: never (410 Gone still disables)")
+	fs.StringVar(&o.endpointEventsURL, "endpoint-events-url", "", "URL that receives endpoint events (endpoint.disabled, endpoint.enabled) as JSON POSTs; empty: none")
+	fs.StringVar(&o.endpointEventsEnv, "endpoint-events-secret-env", "", "environment variable holding the whsec_ secret(s) that sign the endpoint events (Standard Webhooks); unset: unsigned")
 	fs.IntVar(&o.deliveryWorkers, "delivery-workers", 64, "concurrent callback deliveries (0: this collector does not deliver; another one on the same store and queue does)")
 
 	fs.DurationVar(&o.retention, "retention", store.DefaultRetention, "how long a record is kept once delivered or dead; never deleted before (0 keeps everything; Elasticsearch deletes by day: up to a day later)")

@@ -21,12 +21,14 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector"
 	"github.com/asyncmesh/asyncmesh/collector/xdsrules"
 	"github.com/asyncmesh/asyncmesh/internal/replay"
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 func main() {
@@ -76,6 +78,22 @@ func run() error {
 	}
 	if o.workers == 0 {
 		cfg.Workers = -1
+	}
+	cfg.EndpointDisableAfter, cfg.EndpointEventsURL = o.endpointDisableAfter, o.endpointEventsURL
+	if o.endpointDisableAfter == 0 {
+		cfg.EndpointDisableAfter = -1
+	}
+	if o.endpointEventsEnv != "" {
+		for _, v := range strings.Fields(os.Getenv(o.endpointEventsEnv)) {
+			sec, err := webhook.ParseSecret(v)
+			if err != nil {
+				return fmt.Errorf("-endpoint-events-secret-env: %s: %w", o.endpointEventsEnv, err)
+			}
+			cfg.EndpointEventsSecrets = append(cfg.EndpointEventsSecrets, sec)
+		}
+		if len(cfg.EndpointEventsSecrets) == 0 {
+			return fmt.Errorf("-endpoint-events-secret-env: %s is not set", o.endpointEventsEnv)
+		}
 	}
 	if o.deliveryWorkers == 0 {
 		cfg.DeliveryWorkers = -1
