@@ -92,21 +92,14 @@ func (s *Store) ListEndpoints(ctx context.Context, q store.EndpointQuery) ([]*st
 	}
 	body := map[string]any{"size": limit, "sort": []any{map[string]any{"id": "asc"}},
 		"query": map[string]any{"bool": map[string]any{"filter": filter}}}
-	var res struct {
-		Hits struct {
-			Hits []struct {
-				Source json.RawMessage `json:"_source"`
-			} `json:"hits"`
-		} `json:"hits"`
-	}
-	path := "/" + s.endpointsIndex() + "/_search?allow_no_indices=true&ignore_unavailable=true&track_total_hits=false"
-	if err := s.call(ctx, http.MethodPost, path, body, &res); err != nil {
+	hits, err := s.searchSources(ctx, s.endpointsIndex(), body)
+	if err != nil {
 		return nil, fmt.Errorf("listing endpoints: %w", err)
 	}
-	out := make([]*store.Endpoint, 0, len(res.Hits.Hits))
-	for _, h := range res.Hits.Hits {
+	out := make([]*store.Endpoint, 0, len(hits))
+	for _, h := range hits {
 		var e store.Endpoint
-		if err := json.Unmarshal(h.Source, &e); err != nil {
+		if err := json.Unmarshal(h, &e); err != nil {
 			return nil, fmt.Errorf("decoding an endpoint: %w", err)
 		}
 		out = append(out, &e)

@@ -311,6 +311,24 @@ func (s *Store) Stale(ctx context.Context, st store.Status, before time.Time, li
 
 func (s *Store) search(ctx context.Context, body map[string]any) ([]*store.Record, error) {
 	body["_source"] = map[string]any{"excludes": []string{"envelope.body", "response.body"}}
+	hits, err := s.searchSources(ctx, s.requestsPattern(), body)
+	if err != nil {
+		return nil, fmt.Errorf("searching records: %w", err)
+	}
+	out := make([]*store.Record, 0, len(hits))
+	for _, h := range hits {
+		r, err := s.decodeDoc(ctx, h, false)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// searchSources runs a search on index (a name or pattern; none existing
+// is an empty result) and returns the hits' _source.
+func (s *Store) searchSources(ctx context.Context, index string, body map[string]any) ([]json.RawMessage, error) {
 	var res struct {
 		Hits struct {
 			Hits []struct {
@@ -318,17 +336,13 @@ func (s *Store) search(ctx context.Context, body map[string]any) ([]*store.Recor
 			} `json:"hits"`
 		} `json:"hits"`
 	}
-	path := "/" + s.requestsPattern() + "/_search?allow_no_indices=true&ignore_unavailable=true&track_total_hits=false"
+	path := "/" + index + "/_search?allow_no_indices=true&ignore_unavailable=true&track_total_hits=false"
 	if err := s.call(ctx, http.MethodPost, path, body, &res); err != nil {
-		return nil, fmt.Errorf("searching records: %w", err)
+		return nil, err
 	}
-	out := make([]*store.Record, 0, len(res.Hits.Hits))
-	for _, h := range res.Hits.Hits {
-		r, err := s.decodeDoc(ctx, h.Source, false)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
+	out := make([]json.RawMessage, len(res.Hits.Hits))
+	for i, h := range res.Hits.Hits {
+		out[i] = h.Source
 	}
 	return out, nil
 }
