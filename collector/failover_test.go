@@ -165,3 +165,26 @@ func TestNodeCompletionBeforeHandOff(t *testing.T) {
 		t.Fatalf("unsigned completion before the hand-off: %d, want 401", resp.StatusCode)
 	}
 }
+
+// TestNodesAllRefuse: when every node refuses the task for good (a 4xx,
+// or an address the guard refuses), the request fails with each node's
+// reason, at once.
+func TestNodesAllRefuse(t *testing.T) {
+	e := nodeEnv(t)
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no such tenant", http.StatusNotFound)
+	}))
+	defer refusing.Close()
+	a := rules.Node{Name: "a", Endpoint: refusing.URL, Format: rules.NodeJSON, AllowPrivate: true, Timeout: rules.Duration(time.Minute),
+		Auth: &rules.NodeAuth{Type: rules.AuthHMAC, SecretRef: "node-hmac"}}
+	guarded := a
+	guarded.Name, guarded.AllowPrivate = "guarded", false // 127.0.0.1: refused by the guard
+	en := e.envelope("/ledger", nil)
+	en.Target = namedTarget(a, guarded)
+	e.intake(en)
+	rec := e.waitStatus(en.ID, "delivered")
+	msg, _ := rec["error"].(string)
+	if !strings.Contains(msg, "node a: node refused the task with 404") || !strings.Contains(msg, "node guarded: ") {
+		t.Fatalf("error %q", msg)
+	}
+}
