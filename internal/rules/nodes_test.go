@@ -105,3 +105,37 @@ func TestNodesInvalid(t *testing.T) {
 		t.Fatalf("%d nodes: %v", len(c.Nodes), err)
 	}
 }
+
+// FuzzNodesRevalidate: a configuration that validates validates again,
+// encoded and decoded (as every sidecar and collector validates the control
+// plane's), to the same bytes; and every candidate of an external target
+// has an endpoint, named ones being declared nodes.
+func FuzzNodesRevalidate(f *testing.F) {
+	js, _ := json.Marshal(nodesConfig())
+	f.Add(string(js))
+	f.Add(`{"collectorCluster":"c","rules":[{"name":"r","mode":"async","callback":{"url":"http://x"},"target":{"type":"external","endpoint":"http://n","auth":{"type":"hmac","secretRef":"s"},"resolvedNodes":[{"name":"z"}]}}]}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := Parse([]byte(s))
+		if err != nil {
+			return
+		}
+		for _, r := range cfg.Rules {
+			if !r.Target.External() {
+				continue
+			}
+			for _, c := range r.Target.Candidates() {
+				if _, ok := cfg.Node(c.Name); c.Target.Endpoint == "" || c.Name != "" && !ok {
+					t.Fatalf("candidate %+v of rule %s", c, r.Name)
+				}
+			}
+		}
+		once, _ := json.Marshal(cfg)
+		again, err := Parse(once)
+		if err != nil {
+			t.Fatalf("validated, then refused: %v\n%s", err, once)
+		}
+		if twice, _ := json.Marshal(again); string(twice) != string(once) {
+			t.Fatalf("changed by validating again:\n%s\n%s", once, twice)
+		}
+	})
+}
