@@ -42,9 +42,6 @@ func nodeEndpoint(name, url string) (id, caller, protocol string) {
 	return store.EndpointID(caller, protocol, url), caller, protocol
 }
 
-// handOffPrefix starts the hand-off detail of a declared node.
-const handOffPrefix = "node "
-
 // handOffDetail is the history note of a hand-off: "node NAME URL" for a
 // declared node, the URL alone for an inline target (as before nodes were
 // declared).
@@ -52,24 +49,16 @@ func handOffDetail(c rules.Candidate) string {
 	if c.Name == "" {
 		return c.Target.Endpoint
 	}
-	return handOffPrefix + c.Name + " " + c.Target.Endpoint
+	return "node " + c.Name + " " + c.Target.Endpoint
 }
 
-// handOffNode returns the declared node named by r's last hand-off, if any.
-// This is the one place code reads a history detail: the store keeps no
-// other trace of which node took the task, and the detail is written only
-// by handOffDetail.
+// handOffNode returns the declared node that r's last hand-off gave the
+// task to, if any (Transition.Node; an inline target's hand-off names none).
 func handOffNode(r *store.Record) (name string, ok bool) {
 	for i := len(r.History) - 1; i >= 0; i-- {
-		if r.History[i].Event != store.HandOff {
-			continue
+		if h := r.History[i]; h.Event == store.HandOff {
+			return h.Node, h.Node != ""
 		}
-		rest, found := strings.CutPrefix(r.History[i].Detail, handOffPrefix)
-		if !found {
-			return "", false
-		}
-		name, _, _ = strings.Cut(rest, " ")
-		return name, name != ""
 	}
 	return "", false
 }

@@ -89,7 +89,7 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail, Error: err.Error()})
 	}
 	timeout := cand.Target.Timeout.D()
-	_, err = c.move(ctx, id, store.Change{Event: store.HandOff, Detail: handOffDetail(cand), Lease: timeout})
+	_, err = c.move(ctx, id, store.Change{Event: store.HandOff, Detail: handOffDetail(cand), Node: cand.Name, Lease: timeout})
 	if store.IsConflict(err) {
 		return nil // the node completed it already
 	}

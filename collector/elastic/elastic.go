@@ -277,7 +277,8 @@ var requestsMapping = map[string]any{
 		"createdAt": date, "updatedAt": date, "leaseUntil": date,
 		"envelope": unindexed, "response": unindexed, "bodies": unindexed,
 		"history": map[string]any{"properties": map[string]any{
-			"status": keyword, "at": date, "event": keyword, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
+			"status": keyword, "at": date, "event": keyword, "note": map[string]any{"type": "keyword", "index": false, "doc_values": false},
+			"node": map[string]any{"type": "keyword", "index": false, "doc_values": false}}},
 		"attempts": map[string]any{"properties": map[string]any{
 			"at": date, "statusCode": map[string]any{"type": "integer"}, "latency": map[string]any{"type": "long"},
 			"error": map[string]any{"type": "keyword", "index": false, "doc_values": false},

@@ -106,14 +106,15 @@ func (e Event) Next() string { return lifecycle[e].next }
 
 // Transition is one entry of a record's history: the status it reached (or
 // kept), when, by which event, and a detail for people (a reason, a node's
-// address). Code reads Event, never Detail — but for a hand-off's, which
-// names the declared node that took the task (collector/failover.go
-// handOffNode: the completion is bound to it).
+// address). Code reads Event (and Node), never Detail.
 type Transition struct {
 	Status Status    `json:"status"`
 	At     time.Time `json:"at"`
 	Event  Event     `json:"event,omitempty"`
 	Detail string    `json:"note,omitempty"`
+	// Node is, on a hand-off, the declared processing node that took the
+	// task (rules file nodes:): its completion is bound to it.
+	Node string `json:"node,omitempty"`
 }
 
 // Change is one event applied to a record by compare-and-set: it applies
@@ -125,8 +126,10 @@ type Change struct {
 	// worker's Complete or Fail then StartDelivery). Claim and Lease apply
 	// to the write as a whole.
 	Then Event
-	// Detail is kept with the history entry.
+	// Detail is kept with the history entry, and Node (a hand-off's
+	// declared node) too.
 	Detail string
+	Node   string
 	// Claim requires the record's lease to have expired.
 	Claim bool
 	// Lease leases the record for this long from the change (the store's
@@ -169,7 +172,7 @@ func (c Change) Apply(r *Record) error {
 		if !s.quiet {
 			h := Transition{Status: s.to, At: c.At, Event: e}
 			if i == 0 {
-				h.Detail = c.Detail
+				h.Detail, h.Node = c.Detail, c.Node
 			}
 			r.History = append(r.History, h)
 		}
