@@ -68,10 +68,12 @@ type Config struct {
 	// ReplaySecret signs replays; the filter verifies it.
 	ReplaySecret []byte
 	// EndpointDisableAfter is how many consecutive failed attempts, across
-	// the collectors of a store, disable a callback endpoint (its
-	// deliveries are then held); 0: 100; negative: never (410 Gone still
-	// disables).
+	// the collectors of a store, over at least EndpointFailingFor, disable
+	// a callback endpoint (its deliveries are then held); 0: 100; negative:
+	// never (410 Gone still disables at once). EndpointFailingFor: 0 is
+	// 10 minutes, negative none (the count alone).
 	EndpointDisableAfter int
+	EndpointFailingFor   time.Duration
 	// EndpointEventsURL, when set, receives the endpoint events (disabled,
 	// enabled) as signed JSON POSTs, signed with EndpointEventsSecrets.
 	EndpointEventsURL     string
@@ -223,7 +225,13 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	c.endpointEvents = &endpointEvents{url: cfg.EndpointEventsURL, secrets: cfg.EndpointEventsSecrets, log: cfg.Logger,
 		client: &http.Client{Timeout: 10 * time.Second}, slots: make(chan struct{}, maxEventsInFlight), stop: c.stopping}
-	c.health = newHealth(st, cfg.EndpointDisableAfter, cfg.Logger, c.obs, c.endpointEvents)
+	switch {
+	case cfg.EndpointFailingFor == 0:
+		cfg.EndpointFailingFor = 10 * time.Minute
+	case cfg.EndpointFailingFor < 0:
+		cfg.EndpointFailingFor = 0
+	}
+	c.health = newHealth(st, cfg.EndpointDisableAfter, cfg.EndpointFailingFor, cfg.Logger, c.obs, c.endpointEvents)
 	c.health.resume = c.resumeHeld
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
 	return c, nil

@@ -108,7 +108,7 @@ func TestNodeFailoverAndCompletionBinding(t *testing.T) {
 func TestNodeDisabledSkipped(t *testing.T) {
 	e := nodeEnv(t)
 	e.stop()
-	e.tune = func(c *Config) { c.EndpointDisableAfter = 1 }
+	e.tune = func(c *Config) { c.EndpointDisableAfter, c.EndpointFailingFor = 1, -1 }
 	e.start()
 	a := newFailingNode(t, e)
 	b := newNode(t, rules.AuthHMAC, "")

@@ -35,11 +35,12 @@ const healthFlushEvery = time.Second
 const maxDisabledKnown = 100_000
 
 type health struct {
-	eps       store.Endpoints // nil: the store keeps no endpoint health
-	threshold int64           // consecutive failed attempts that disable; 0: never
-	log       *slog.Logger
-	obs       *metrics
-	events    *endpointEvents
+	eps        store.Endpoints // nil: the store keeps no endpoint health
+	threshold  int64           // consecutive failed attempts that disable; 0: never
+	failingFor time.Duration   // ... and for at least this long
+	log        *slog.Logger
+	obs        *metrics
+	events     *endpointEvents
 
 	// resume moves an endpoint's held deliveries back (Collector.resumeHeld).
 	resume func(ctx context.Context, id string) (int, error)
@@ -61,8 +62,8 @@ type pendingDelta struct {
 	url, protocol, caller string
 }
 
-func newHealth(st store.Store, threshold int, log *slog.Logger, obs *metrics, events *endpointEvents) *health {
-	h := &health{threshold: int64(max(threshold, 0)), log: log, obs: obs, events: events,
+func newHealth(st store.Store, threshold int, failingFor time.Duration, log *slog.Logger, obs *metrics, events *endpointEvents) *health {
+	h := &health{threshold: int64(max(threshold, 0)), failingFor: failingFor, log: log, obs: obs, events: events,
 		pending: map[string]*pendingDelta{}, disabled: map[string]string{}, resumes: map[string]resumeState{}}
 	h.eps, _ = store.EndpointsOf(st)
 	return h
@@ -118,7 +119,7 @@ func (h *health) observeID(ctx context.Context, id, url, protocol, caller string
 		p.d.FailuresSinceSuccess++
 		p.d.LastFailure = at
 	}
-	urgent := out == delivery.Gone || h.threshold > 0 && p.d.FailuresSinceSuccess >= h.threshold
+	urgent := out == delivery.Gone || h.threshold > 0 && h.failingFor == 0 && p.d.FailuresSinceSuccess >= h.threshold
 	h.mu.Unlock()
 	if !urgent {
 		return false
@@ -169,8 +170,8 @@ func (h *health) flushOne(ctx context.Context, id, reason string) bool {
 			e.Observe(p.d, now)
 		}
 		why := reason
-		if why == "" && h.threshold > 0 && e.ConsecutiveFailures >= h.threshold {
-			why = fmt.Sprintf("%d consecutive failed attempts", e.ConsecutiveFailures)
+		if why == "" && h.threshold > 0 && e.ConsecutiveFailures >= h.threshold && now.Sub(e.FailingSince) >= h.failingFor {
+			why = fmt.Sprintf("%d consecutive failed attempts over %s", e.ConsecutiveFailures, now.Sub(e.FailingSince).Round(time.Second))
 		}
 		if why != "" && !e.Disabled {
 			e.Disabled, e.DisabledAt, e.Reason, newly = true, now, why, true
@@ -340,7 +341,7 @@ func (h *health) setEnabled(ctx context.Context, id string, enabled bool) (*stor
 		changed = e.Disabled == enabled
 		now := time.Now().UTC()
 		if enabled {
-			e.Disabled, e.Reason, e.ConsecutiveFailures = false, "", 0
+			e.Disabled, e.Reason, e.ConsecutiveFailures, e.FailingSince = false, "", 0, time.Time{}
 		} else if !e.Disabled {
 			e.Disabled, e.DisabledAt, e.Reason = true, now, "disabled by an operator"
 		}

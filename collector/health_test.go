@@ -2,6 +2,7 @@ package collector
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -108,7 +109,7 @@ func TestFailingEndpointIsDisabledAndHeld(t *testing.T) {
 	e.stop()
 	sec, _ := webhook.ParseSecret(opSecret)
 	e.tune = func(c *Config) {
-		c.EndpointDisableAfter, c.EndpointEventsURL, c.EndpointEventsSecrets = 4, ops.URL, []webhook.Secret{sec}
+		c.EndpointDisableAfter, c.EndpointFailingFor, c.EndpointEventsURL, c.EndpointEventsSecrets = 4, -1, ops.URL, []webhook.Secret{sec}
 	}
 	e.start()
 
@@ -176,6 +177,25 @@ func TestFailingEndpointIsDisabledAndHeld(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no endpoint.enabled event")
+	}
+}
+
+// TestShortOutageIsNotDisabled: failures for less than EndpointFailingFor
+// do not disable the endpoint, however many: retries heal a short outage.
+func TestShortOutageIsNotDisabled(t *testing.T) {
+	fr := newFlakyReceiver(t)
+	fr.status.Store(500)
+	e := newEnv(t)
+	e.stop()
+	e.tune = func(c *Config) { c.EndpointDisableAfter, c.EndpointFailingFor = 2, time.Hour }
+	e.start()
+	en := e.envelopeTo(fr.URL + "/cb")
+	en.Retry.MaxAttempts = 6
+	e.intake(en)
+	e.waitStatus(en.ID, "dead") // its attempts ran out; the endpoint stays enabled
+	e.c.health.flush(context.Background())
+	if code, list := e.get("/v1/endpoints?disabled=true"); code != 200 || len(list["endpoints"].([]any)) != 0 {
+		t.Fatalf("disabled endpoints after a short outage: %v", list)
 	}
 }
 

@@ -21,6 +21,9 @@ type Endpoint struct {
 	Attempts            int64     `json:"attempts"`
 	Successes           int64     `json:"successes"`
 	ConsecutiveFailures int64     `json:"consecutiveFailures"`
+	// FailingSince is when the consecutive failures began (zero while the
+	// last attempt succeeded), to the merge's second.
+	FailingSince time.Time `json:"failingSince,omitzero"`
 	Since               time.Time `json:"since,omitzero"` // start of the counts
 	LastSuccess         time.Time `json:"lastSuccess,omitzero"`
 	LastFailure         time.Time `json:"lastFailure,omitzero"`
@@ -65,8 +68,12 @@ func (e *Endpoint) Observe(d EndpointDelta, now time.Time) {
 	e.Successes += d.Successes
 	if d.Successes > 0 && !d.LastSuccess.Before(e.LastFailure) {
 		e.ConsecutiveFailures = d.FailuresSinceSuccess
+		e.FailingSince = time.Time{}
 	} else {
 		e.ConsecutiveFailures += d.Attempts - d.Successes
+	}
+	if e.ConsecutiveFailures > 0 && e.FailingSince.IsZero() {
+		e.FailingSince = now
 	}
 	if d.LastSuccess.After(e.LastSuccess) {
 		e.LastSuccess = d.LastSuccess

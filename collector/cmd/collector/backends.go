@@ -30,6 +30,7 @@ type options struct {
 
 	// Endpoint health (collector/health.go).
 	endpointDisableAfter                 int
+	endpointFailingFor                   time.Duration
 	endpointEventsURL, endpointEventsEnv string
 }
 
@@ -45,7 +46,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.operatorListen, "operator-listen", "", "address of a listener of its own for the operator endpoints (search, replay, metrics), which -listen then does not serve; empty: -listen serves them too, behind the token")
 	fs.StringVar(&o.debugListen, "debug-listen", "", "address of a profiling server (net/http/pprof; keep it on loopback); empty: off")
 	fs.IntVar(&o.workers, "workers", 16, "concurrent request executions (0: this collector does not execute; another one on the same store and queue does)")
-	fs.IntVar(&o.endpointDisableAfter, "endpoint-disable-after", 100, "consecutive failed attempts at a callback endpoint, across the collectors of a store, that disable it (its deliveries are then held until an operator enables it); 0: never (410 Gone still disables)")
+	fs.IntVar(&o.endpointDisableAfter, "endpoint-disable-after", 100, "consecutive failed attempts at a callback endpoint, across the collectors of a store, over -endpoint-failing-for, that disable it (its deliveries are then held until an operator enables it); 0: never (410 Gone still disables)")
+	fs.DurationVar(&o.endpointFailingFor, "endpoint-failing-for", 10*time.Minute, "with -endpoint-disable-after: how long an endpoint must have been failing, at least, before it is disabled (a short outage heals by itself with retries)")
 	fs.StringVar(&o.endpointEventsURL, "endpoint-events-url", "", "URL that receives endpoint events (endpoint.disabled, endpoint.enabled) as JSON POSTs; empty: none")
 	fs.StringVar(&o.endpointEventsEnv, "endpoint-events-secret-env", "", "environment variable holding the whsec_ secret(s) that sign the endpoint events (Standard Webhooks); unset: unsigned")
 	fs.IntVar(&o.deliveryWorkers, "delivery-workers", 64, "concurrent callback deliveries (0: this collector does not deliver; another one on the same store and queue does)")

@@ -80,6 +80,10 @@ func run() error {
 		cfg.Workers = -1
 	}
 	cfg.EndpointDisableAfter, cfg.EndpointEventsURL = o.endpointDisableAfter, o.endpointEventsURL
+	cfg.EndpointFailingFor = o.endpointFailingFor
+	if o.endpointFailingFor == 0 {
+		cfg.EndpointFailingFor = -1 // the count alone
+	}
 	if o.endpointDisableAfter == 0 {
 		cfg.EndpointDisableAfter = -1
 	}
