@@ -99,7 +99,23 @@ func (c *Collector) awaitTurn(ctx context.Context, m queue.Message, r *store.Rec
 		level = slog.LevelInfo
 	}
 	c.log.Log(ctx, level, "ordering: waiting for the request before it in its ordering key", "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule, "after", after.ID, "why", why, "deliveries", m.Deliveries)
-	return queue.RetryAfter(wait, "ordering: "+why)
+	return turnWait{queue.RetryAfter(wait, "ordering: "+why)}
+}
+
+// turnWait is awaitTurn's delayed redelivery. handleWork keeps intake's
+// decision on the request for it (it is forgotten once a worker is done
+// with the request): without it, the next delivery could not tell this
+// collector's intake from another's, and would wait for the request's
+// deadline and the workers' grace (deadline.go) after its turn came. (On
+// another collector, a waiting message does wait that long, once.)
+type turnWait struct{ error }
+
+func (w turnWait) Unwrap() error { return w.error }
+
+// waitingTurn reports whether err is a turnWait.
+func waitingTurn(err error) bool {
+	var w turnWait
+	return errors.As(err, &w)
 }
 
 // turn reports how long a request linked after after must wait (0: it may

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,6 +147,15 @@ func (s *orderedStack) start(n int) {
 func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *envelope.Envelope {
 	en := s.env.envelope(fmt.Sprintf("/orders?key=%s&i=%d&sleep=%s", key, i, sleep), nil)
 	en.OrderKey = key
+	// The filter's deadline, on the ordered keys' requests: a waiting
+	// message must keep intake's decision (a worker without it waits for
+	// the deadline, deadline.go). The other keys' requests have none: a
+	// worker of the collector that did not take one in would wait for it
+	// however it is ordered, and their timing is to show the ordered key's
+	// effect alone.
+	if strings.HasPrefix(key, "account-") {
+		en.Deadline = time.Now().Add(3 * time.Second).UnixMilli()
+	}
 	s.mu.Lock()
 	s.req[en.ID] = orderedReq{key, i}
 	s.sent[en.ID] = time.Now()
