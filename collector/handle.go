@@ -122,7 +122,7 @@ func (c *Collector) drive(ctx context.Context, m queue.Message, r *store.Record)
 			if !work {
 				return queue.RetryAfter(time.Second, "record not executed yet: "+string(r.Status))
 			}
-			if err := c.awaitTurn(ctx, m, r); err != nil { // ordering.go
+			if err := c.awaitTurn(ctx, &m, r); err != nil { // ordering.go
 				return err
 			}
 			return c.run(ctx, m, r)

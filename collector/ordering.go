@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
@@ -79,7 +80,11 @@ func (c *Collector) chainOrder(ctx context.Context, env *envelope.Envelope, dead
 // awaitTurn returns nil when record r, queued, may run: it is not ordered,
 // or its predecessor is done. Otherwise it returns the delayed redelivery
 // of its message m (or the error of reading the predecessor).
-func (c *Collector) awaitTurn(ctx context.Context, m queue.Message, r *store.Record) error {
+//
+// It also takes the deliveries the message spent waiting in this process
+// off m.Deliveries: run bounds the replay's retries by deliveries
+// (replayAttempts), and waits are not failed runs.
+func (c *Collector) awaitTurn(ctx context.Context, m *queue.Message, r *store.Record) error {
 	if r.Envelope == nil || r.Envelope.OrderAfter == nil {
 		return nil
 	}
@@ -89,8 +94,12 @@ func (c *Collector) awaitTurn(ctx context.Context, m queue.Message, r *store.Rec
 		return err
 	}
 	if wait <= 0 {
+		if n := turnWaits.done(r.ID); n > 0 {
+			m.Deliveries = max(1, m.Deliveries-n)
+		}
 		return nil
 	}
+	turnWaits.add(r.ID)
 	wait = min(wait, orderRecheck(m.Deliveries))
 	// Logged on its first wait and now and then after: a key that stays
 	// blocked shows in the log by the request it waits for.
@@ -148,6 +157,47 @@ func (c *Collector) turn(ctx context.Context, after *envelope.OrderLink, now tim
 // and does not stop its key).
 func orderDone(p *store.Record) bool {
 	return p.Status.Terminal() || !p.Last(store.Deliver, store.GiveUp, store.Abandon).IsZero()
+}
+
+// waitCounts counts, by request, the deliveries its work message spent
+// waiting for its turn in this process. An entry whose request ran on
+// another collector is never done here: entries are dropped an hour after
+// their last wait.
+type waitCounts struct {
+	mu     sync.Mutex
+	m      map[string]waitCount
+	pruned time.Time
+}
+
+type waitCount struct {
+	n    int
+	last time.Time
+}
+
+var turnWaits = waitCounts{m: map[string]waitCount{}}
+
+func (w *waitCounts) add(id string) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if now.Sub(w.pruned) > time.Minute {
+		w.pruned = now
+		for k, v := range w.m {
+			if now.Sub(v.last) > time.Hour {
+				delete(w.m, k)
+			}
+		}
+	}
+	w.m[id] = waitCount{n: w.m[id].n + 1, last: now}
+}
+
+// done forgets id's waits and returns how many there were.
+func (w *waitCounts) done(id string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.m[id].n
+	delete(w.m, id)
+	return n
 }
 
 // orderRecheck is the delay of a waiting message on its deliveries-th

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 )
@@ -325,5 +326,33 @@ func TestOrderTurn(t *testing.T) {
 	}
 	if wait, why, err := e.c.turn(ctx, &envelope.OrderLink{ID: r.ID}, now); err != nil || wait > 0 {
 		t.Errorf("a replayed predecessor: wait %s (%s, %v), want none", wait, why, err)
+	}
+}
+
+// TestTurnWaitsAreNotRuns: the deliveries a work message spent waiting
+// for its turn are not counted as runs: once its turn comes, the replay
+// has its full budget of retries (replayAttempts) however long it waited.
+func TestTurnWaitsAreNotRuns(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	prev := walk(t, e.c.store, e.envelope("/x", nil), store.Queued, 0)
+	en := e.envelope("/y", nil)
+	en.OrderKey, en.OrderAfter = "k", &envelope.OrderLink{ID: prev.ID}
+	r := store.NewRecord(en, time.Now())
+	waits := replayAttempts + 3
+	for i := 1; i <= waits; i++ {
+		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: i}
+		if err := e.c.awaitTurn(ctx, &m, r); !waitingTurn(err) {
+			t.Fatalf("delivery %d with its predecessor queued: %v, want a wait", i, err)
+		}
+	}
+	for _, ev := range []store.Event{store.Complete, store.StartDelivery, store.Deliver} {
+		if _, err := e.c.store.Transition(ctx, prev.ID, store.Change{Event: ev, Response: &store.Response{Status: 200}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: waits + 1}
+	if err := e.c.awaitTurn(ctx, &m, r); err != nil || m.Deliveries != 1 {
+		t.Fatalf("its turn: %v, deliveries %d; want it to run as on its first delivery", err, m.Deliveries)
 	}
 }
