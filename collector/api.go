@@ -209,6 +209,12 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		defer c.decided.decide(rec.ID, refused) // unless decided first
 	}
 	claim := c.claimFor(env, deadline, log)
+	if err := c.chainOrder(ctx, env, deadline, start); err != nil { // ordering.go
+		log.Warn("intake: taking the request into its ordering key", "err", err)
+		c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request's ordering key could not be written")
+		return
+	}
 	owed, err := c.accept(ctx, rec, claim)
 	for takeOvers := 0; ; takeOvers++ {
 		var held *store.KeyHeldError

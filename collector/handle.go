@@ -76,7 +76,12 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
 		return nil
 	}
-	defer c.decided.forget(id)
+	waiting := false // its turn in an ordering key: the decision is kept for the next delivery (ordering.go)
+	defer func() {
+		if !waiting {
+			c.decided.forget(id)
+		}
+	}()
 	r, err := c.store.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) && !deadline.IsZero() {
 		// Published before its record (accept), and its intake has decided
@@ -88,7 +93,9 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	if err != nil {
 		return claimFailed(err, m)
 	}
-	return c.drive(ctx, m, r)
+	err = c.drive(ctx, m, r)
+	waiting = waitingTurn(err)
+	return err
 }
 
 // handleDelivery runs a delivery message: one callback attempt. It claims
@@ -114,6 +121,9 @@ func (c *Collector) drive(ctx context.Context, m queue.Message, r *store.Record)
 		case store.Persisted, store.Queued:
 			if !work {
 				return queue.RetryAfter(time.Second, "record not executed yet: "+string(r.Status))
+			}
+			if err := c.awaitTurn(ctx, &m, r); err != nil { // ordering.go
+				return err
 			}
 			return c.run(ctx, m, r)
 		case store.Processing:

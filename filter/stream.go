@@ -54,6 +54,7 @@ type stream struct {
 	principal          string
 	callbackFromCaller bool
 	callbackTarget     string
+	orderKey           string // the rule's ordering key (ordering.go)
 	requestID          string
 	accessToken        string // handed to the caller once, in the 202; the envelope carries its hash
 	idemKey            string // the caller's Idempotency-Key, parsed ("" without one)
@@ -219,6 +220,11 @@ func (s *stream) startAsync(r *rules.Rule, cbURL, cbProto string, endOfStream bo
 			return abi.Pause
 		}
 	}
+	if o := r.Ordering; o != nil && o.JSONField == "" {
+		if v, ok := s.orderParam(o); !s.orderBy(o, v, ok) {
+			return abi.Pause
+		}
+	}
 	if s.callback.URL == "" && s.callback.Select == nil {
 		return s.reject(400, "callback_required", hdrCallback+": rule "+r.Name+" needs the caller to name a callback URL")
 	}
@@ -375,6 +381,11 @@ func (s *stream) dispatch(body []byte) {
 			return
 		}
 	}
+	if o := s.rule.Ordering; o != nil && o.JSONField != "" { // ordered by a body field
+		if v, ok := rules.JSONFieldValue(body, o.JSONField); !s.orderBy(o, v, ok) {
+			return
+		}
+	}
 	s.state = stateDispatched
 	env := envelope.Envelope{
 		Version:            envelope.Version,
@@ -401,6 +412,7 @@ func (s *stream) dispatch(body []byte) {
 		Timeout:            s.rule.Timeout,
 		Wait:               rules.Duration(s.wait),
 	}
+	env.OrderKey = s.orderKey
 	if s.idemKey != "" {
 		env.IdempotencyKey, env.IdempotencyWindow = s.idemKey, rules.Duration(s.idemWindow)
 	}

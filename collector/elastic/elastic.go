@@ -311,7 +311,8 @@ func (s *Store) putTemplates(ctx context.Context) error {
 		s.cfg.Prefix + "-" + keysIndexName: {"index_patterns": []string{s.keysIndex()}, "priority": 200,
 			"template": map[string]any{"settings": settings, "mappings": keysMapping},
 			"_meta":    map[string]any{"managed_by": "asyncmesh collector"}},
-		s.cfg.Prefix + "-endpoints": s.endpointsTemplate(settings), // endpoints.go
+		s.cfg.Prefix + "-endpoints":  s.endpointsTemplate(settings), // endpoints.go
+		s.cfg.Prefix + "-order-keys": s.orderTemplate(settings),     // ordering.go
 	}
 	for name, body := range templates {
 		if err := s.call(ctx, http.MethodPut, "/_index_template/"+name, body, nil); err != nil {

@@ -195,6 +195,12 @@ CREATE TABLE IF NOT EXISTS endpoints (
 	doc      BLOB NOT NULL,
 	version  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS order_keys (
+	scope      TEXT PRIMARY KEY,
+	id         TEXT NOT NULL,
+	deadline   INTEGER NOT NULL DEFAULT 0,
+	updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
@@ -228,7 +234,8 @@ const (
 var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
 	qExpireRecords, qExpireDeadLetters, // retention.go
 	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
-	qEndpoint, qInsertEndpoint, qUpdateEndpoint} // endpoints.go
+	qEndpoint, qInsertEndpoint, qUpdateEndpoint, // endpoints.go
+	qOrderLast, qPutOrder} // ordering.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.

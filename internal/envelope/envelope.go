@@ -76,6 +76,24 @@ type Envelope struct {
 	// (internal/idempotency, the collector's idempotency.go).
 	IdempotencyKey    string         `json:"idempotencyKey,omitempty"`
 	IdempotencyWindow rules.Duration `json:"idempotencyWindow,omitempty"`
+	// OrderKey is the value of the rule's ordering parameter (rules.Ordering),
+	// set by the filter: requests of one Rule with one OrderKey run and are
+	// called back in intake order, one at a time (the collector's
+	// ordering.go). Empty: not ordered.
+	OrderKey string `json:"orderKey,omitempty"`
+	// OrderAfter is the request taken into the key's sequence just before
+	// this one, set by intake (never by the filter: intake refuses an
+	// envelope that carries it).
+	OrderAfter *OrderLink `json:"orderAfter,omitempty"`
+}
+
+// OrderLink names the request before another in an ordering key's
+// sequence, and its intake deadline (Unix milliseconds): past it, and the
+// workers' grace, a predecessor without a record was never written (a
+// crash between the key's write and the record's) and blocks nothing.
+type OrderLink struct {
+	ID       string `json:"id"`
+	Deadline int64  `json:"deadline,omitempty"`
 }
 
 // DeadlineTime is Deadline as a time (zero when unset).
@@ -136,6 +154,12 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("idempotencyWindow: must be between 1s and %s with an idempotencyKey", idempotency.MaxWindow)
 	case e.IdempotencyKey == "" && e.IdempotencyWindow != 0:
 		return errors.New("idempotencyWindow: set without an idempotencyKey")
+	case e.OrderKey != "" && !rules.ValidOrderKey(e.OrderKey):
+		return fmt.Errorf("orderKey: want 1 to %d bytes of printable ASCII", rules.MaxOrderKeyLen)
+	case e.OrderAfter != nil:
+		// Only intake links a request to its predecessor: one that came
+		// with the envelope could make a request wait for any other.
+		return errors.New("orderAfter: set by the collector, not in an envelope")
 	}
 	if _, ok := trace.ParseParent(e.TraceParent); !ok {
 		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)

@@ -26,6 +26,14 @@ func TestDecode(t *testing.T) {
 		{"window without key", `"rule":"r"`, `"rule":"r","idempotencyWindow":"1h"`, "idempotencyWindow: set without"},
 		{"key not printable", `"rule":"r"`, `"rule":"r","idempotencyKey":"a\nb","idempotencyWindow":"1h"`, "idempotencyKey:"},
 		{"window too long", `"rule":"r"`, `"rule":"r","idempotencyKey":"k","idempotencyWindow":"200h"`, "idempotencyWindow:"},
+		{"order key not printable", `"rule":"r"`, `"rule":"r","orderKey":"a\u0000b"`, "orderKey:"},
+		{"order key too long", `"rule":"r"`, `"rule":"r","orderKey":"` + strings.Repeat("k", 257) + `"`, "orderKey:"},
+		// A filter (or anyone with its intake credentials) cannot make a
+		// request wait for another: only intake links requests.
+		{"order link from outside", `"rule":"r"`, `"rule":"r","orderKey":"k","orderAfter":{"id":"01890a5d-ac96-774b-bcce-b302099a8056"}`, "orderAfter:"},
+	}
+	if e, err := Decode([]byte(strings.Replace(valid, `"rule":"r"`, `"rule":"r","orderKey":"account 1"`, 1))); err != nil || e.OrderKey != "account 1" {
+		t.Fatalf("envelope with an ordering key: %v", err)
 	}
 	if _, err := Decode([]byte(strings.Replace(valid, `"rule":"r"`, `"rule":"r","idempotencyKey":"k","idempotencyWindow":"24h"`, 1))); err != nil {
 		t.Fatalf("envelope with a key: %v", err)

@@ -112,6 +112,9 @@ type Rule struct {
 	// (internal/idempotency): unset, 24h; "0s" turns keys off (the header
 	// is then passed on to the service untouched); at most 7 days.
 	IdempotencyWindow *Duration `json:"idempotencyWindow,omitempty"`
+	// Ordering, when set, names the request parameter whose value orders
+	// the rule's requests (ordering.go).
+	Ordering *Ordering `json:"ordering,omitempty"`
 	// Callers limits the rule to these declared callers (empty: any caller,
 	// recognized or not); the filter answers others 403.
 	Callers []string `json:"callers,omitempty"`
@@ -355,6 +358,9 @@ func (r *Rule) validate() error {
 	}
 	if w := r.IdempotencyWindow.D(); w != 0 && (w < time.Second || w > idempotency.MaxWindow) {
 		return fieldErr("idempotencyWindow", "%s is outside 1s..%s (0s turns Idempotency-Key off)", w, idempotency.MaxWindow)
+	}
+	if r.Ordering != nil {
+		return r.Ordering.validate()
 	}
 	return nil
 }

@@ -27,6 +27,12 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"window too short", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"idempotencyWindow":"1ms"}]}`, "rules[0].idempotencyWindow"},
 		{"window negative", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"idempotencyWindow":"-1h"}]}`, "idempotencyWindow"},
 		{"untagged regex host", `{"collectorCluster":"c","untagged":[{"host":".*"}]}`, "untagged[0].host"},
+		{"ordering none", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{}}]}`, "rules[0].ordering: want exactly one of header, query or jsonField"},
+		{"ordering two", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{"header":"x-a","query":"a"}}]}`, "rules[0].ordering: want exactly one"},
+		{"ordering upper header", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{"header":"X-Account"}}]}`, "rules[0].ordering.header"},
+		{"ordering own header", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{"header":"x-async-callback"}}]}`, "rules[0].ordering.header"},
+		{"ordering bad path", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{"jsonField":"a..b"}}]}`, "rules[0].ordering.jsonField"},
+		{"ordering unknown key", `{"collectorCluster":"c","rules":[{"name":"a","mode":"async","callback":{"url":"http://x"},"ordering":{"cookie":"a"}}]}`, `unknown field "cookie"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,6 +156,22 @@ func TestIdempotencyWindow(t *testing.T) {
 		}
 		if got := c.Rules[0].Idempotency(); got != tc.want {
 			t.Errorf("window %s: Idempotency() = %s, want %s", tc.window, got, tc.want)
+		}
+	}
+}
+
+// TestValidOrderKey: ordering keys are bounded printable ASCII; the filter
+// and the collector refuse anything else.
+func TestValidOrderKey(t *testing.T) {
+	for _, tt := range []struct {
+		key  string
+		want bool
+	}{
+		{"account-1", true}, {"a b/c:d", true}, {strings.Repeat("k", MaxOrderKeyLen), true},
+		{"", false}, {strings.Repeat("k", MaxOrderKeyLen+1), false}, {"a\nb", false}, {"a\x00", false}, {"ключ", false},
+	} {
+		if got := ValidOrderKey(tt.key); got != tt.want {
+			t.Errorf("ValidOrderKey(%q) = %v, want %v", tt.key, got, tt.want)
 		}
 	}
 }

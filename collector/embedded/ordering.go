@@ -1,0 +1,56 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/store"
+)
+
+// Ordering keys (store.Orderer): a row per key naming its last request.
+// The writer is one connection, so the read of the last request and the
+// write that replaces it are atomic: concurrent Chain calls form one
+// sequence.
+const (
+	qOrderLast = `SELECT id, deadline FROM order_keys WHERE scope = ?`
+	qPutOrder  = `INSERT INTO order_keys(scope, id, deadline, updated_at) VALUES (?,?,?,?)
+	ON CONFLICT(scope) DO UPDATE SET id = excluded.id, deadline = excluded.deadline, updated_at = excluded.updated_at`
+)
+
+// Chain implements store.Orderer.
+func (s *sqlStore) Chain(ctx context.Context, scope string, l store.Link) (store.Link, error) {
+	var prev store.Link
+	err := s.db().tx(ctx, func(t wtx) error {
+		prev = store.Link{}
+		rows, err := t.query(qOrderLast, scope)
+		if err != nil {
+			return err
+		}
+		var deadline int64
+		found := rows.Next()
+		if found {
+			err = rows.Scan(&prev.ID, &deadline)
+		}
+		if cerr := rows.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = rows.Err()
+		}
+		if err != nil {
+			return err
+		}
+		if deadline != 0 {
+			prev.Deadline = time.Unix(0, deadline).UTC()
+		}
+		_, err = t.exec(qPutOrder, scope, l.ID, deadlineNano(l.Deadline), unixNano(s.Now()))
+		return err
+	})
+	if err != nil {
+		return store.Link{}, fmt.Errorf("chaining request %s to its ordering key: %w", l.ID, err)
+	}
+	return prev, nil
+}
+
+var _ store.Orderer = (*sqlStore)(nil)

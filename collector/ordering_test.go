@@ -1,0 +1,358 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asyncmesh/asyncmesh/collector/embedded"
+	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+)
+
+// orderedStack is two collectors on one embedded store and queue, a
+// service that logs each execution, and a receiver that logs each callback
+// and fails the test when two callbacks of one ordering key overlap.
+type orderedStack struct {
+	t        *testing.T
+	db       *embedded.DB
+	env      *env // envelopes, the service's replay check and the receiver's URL
+	service  *httptest.Server
+	receiver *httptest.Server
+	apis     [2]*httptest.Server
+	stops    [2]func()
+
+	mu       sync.Mutex
+	req      map[string]orderedReq // by id
+	events   map[string][]string   // by ordering key: "run i", "callback i"
+	inflight map[string]int        // callbacks in progress, by key
+	done     map[string]time.Time  // callback time, by id
+	sent     map[string]time.Time  // intake time, by id
+	count    map[string]int        // callbacks, by id
+}
+
+type orderedReq struct {
+	key string
+	i   int
+}
+
+func newOrderedStack(t *testing.T) *orderedStack {
+	minWas, maxWas := orderRecheckMin, orderRecheckMax
+	orderRecheckMin, orderRecheckMax = 10*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { orderRecheckMin, orderRecheckMax = minWas, maxWas })
+	s := &orderedStack{t: t, req: map[string]orderedReq{}, events: map[string][]string{}, inflight: map[string]int{},
+		done: map[string]time.Time{}, sent: map[string]time.Time{}, count: map[string]int{}}
+	s.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := verifyReplay(r, body); err != nil {
+			http.Error(w, "bad replay: "+err.Error(), 403)
+			return
+		}
+		q := r.URL.Query()
+		i, _ := strconv.Atoi(q.Get("i"))
+		s.mu.Lock()
+		s.events[q.Get("key")] = append(s.events[q.Get("key")], fmt.Sprintf("run %d", i))
+		s.mu.Unlock()
+		if d, err := time.ParseDuration(q.Get("sleep")); err == nil {
+			time.Sleep(d)
+		}
+		w.WriteHeader(200)
+	}))
+	s.receiver = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		id := r.Header.Get("webhook-id")
+		s.mu.Lock()
+		q, known := s.req[id]
+		s.count[id]++
+		if known {
+			s.inflight[q.key]++
+			if s.inflight[q.key] > 1 {
+				t.Errorf("two callbacks of key %s at once (request %d)", q.key, q.i)
+			}
+			s.events[q.key] = append(s.events[q.key], fmt.Sprintf("callback %d", q.i))
+			if _, again := s.done[id]; !again {
+				s.done[id] = time.Now()
+			}
+		}
+		s.mu.Unlock()
+		time.Sleep(5 * time.Millisecond) // long enough for an overlap to show
+		s.mu.Lock()
+		if known {
+			s.inflight[q.key]--
+		}
+		s.mu.Unlock()
+	}))
+	t.Cleanup(func() { s.service.Close(); s.receiver.Close() })
+	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db = db
+	s.env = &env{t: t, receiver: s.receiver}
+	for n := range 2 {
+		s.start(n)
+	}
+	t.Cleanup(func() {
+		for n := range 2 {
+			s.stops[n]()
+		}
+		db.Close()
+	})
+	return s
+}
+
+// start runs collector n on the shared store.
+func (s *orderedStack) start(n int) {
+	api := httptest.NewUnstartedServer(nil)
+	c, err := New(Config{
+		ReplayURL: s.service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{},
+		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
+		APIURL: "http://" + api.Listener.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
+	}, s.db.Store(), s.db.Queue())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	api.Config.Handler = c.Handler()
+	api.Start()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	s.mu.Lock()
+	s.apis[n] = api
+	s.mu.Unlock()
+	s.stops[n] = func() {
+		cancel()
+		if err := <-done; err != nil {
+			s.t.Errorf("Run: %v", err)
+		}
+		api.Close()
+		s.stops[n] = func() {}
+	}
+}
+
+// send takes request i of key (unordered when key is "") in through
+// collector n; sleep slows its execution.
+func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *envelope.Envelope {
+	en := s.env.envelope(fmt.Sprintf("/orders?key=%s&i=%d&sleep=%s", key, i, sleep), nil)
+	en.OrderKey = key
+	// The filter's deadline, on the ordered keys' requests: a waiting
+	// message must keep intake's decision (a worker without it waits for
+	// the deadline, deadline.go). The other keys' requests have none: a
+	// worker of the collector that did not take one in would wait for it
+	// however it is ordered, and their timing is to show the ordered key's
+	// effect alone.
+	if strings.HasPrefix(key, "account-") {
+		en.Deadline = time.Now().Add(3 * time.Second).UnixMilli()
+	}
+	s.mu.Lock()
+	s.req[en.ID] = orderedReq{key, i}
+	s.sent[en.ID] = time.Now()
+	api := s.apis[n]
+	s.mu.Unlock()
+	data, _ := json.Marshal(en)
+	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		s.t.Fatalf("intake of %s %d answered %d", key, i, resp.StatusCode)
+	}
+	return en
+}
+
+// waitAll waits until every request sent was called back.
+func (s *orderedStack) waitAll(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		n := len(s.done)
+		s.mu.Unlock()
+		if n == len(s.req) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.t.Fatalf("%d of %d requests called back after %s; events %v", len(s.done), len(s.req), timeout, s.events)
+}
+
+// checkOrder checks that key's n requests ran and were called back in
+// intake order, one at a time: run 0, callback 0, run 1, callback 1, …
+func (s *orderedStack) checkOrder(key string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("run %d", i), fmt.Sprintf("callback %d", i))
+	}
+	if got := s.events[key]; !slices.Equal(got, want) {
+		s.t.Fatalf("key %s: events\n%v\nwant\n%v", key, got, want)
+	}
+}
+
+// TestOrderedKeyKeepsIntakeOrder: 20 requests with one ordering key, taken
+// in alternately by two collectors on one store and some slow to run, run
+// and are called back in intake order, one at a time; 20 requests with
+// other keys, taken in meanwhile, are not held up behind them.
+func TestOrderedKeyKeepsIntakeOrder(t *testing.T) {
+	s := newOrderedStack(t)
+	const n = 20
+	var others []*envelope.Envelope
+	for i := range n {
+		sleep := time.Duration(0)
+		if i%3 == 0 {
+			sleep = 80 * time.Millisecond
+		}
+		s.send(i%2, "account-1", i, sleep)
+		others = append(others, s.send((i+1)%2, fmt.Sprintf("other-%d", i), 0, 0))
+	}
+	s.waitAll(60 * time.Second)
+	s.checkOrder("account-1", n)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last time.Time
+	for id, q := range s.req {
+		if q.key == "account-1" && s.done[id].After(last) {
+			last = s.done[id]
+		}
+	}
+	for i, o := range others {
+		if took := s.done[o.ID].Sub(s.sent[o.ID]); took > 2*time.Second || !s.done[o.ID].Before(last) {
+			t.Errorf("request %d of another key took %s, called back %s before the ordered key's last", i, took, last.Sub(s.done[o.ID]))
+		}
+	}
+	for id, c := range s.count {
+		if c != 1 {
+			t.Errorf("request %v called back %d times", s.req[id], c)
+		}
+	}
+}
+
+// TestOrderedKeySurvivesRestart: a collector stopped and started again
+// while a key's requests are under way loses none of them, and the key
+// keeps its order.
+func TestOrderedKeySurvivesRestart(t *testing.T) {
+	s := newOrderedStack(t)
+	const n = 20
+	for i := range n {
+		sleep := time.Duration(0)
+		if i%4 == 1 {
+			sleep = 60 * time.Millisecond
+		}
+		via := i % 2
+		if i > n/2 && i <= n/2+3 {
+			via = 1 // collector 0 is down
+		}
+		s.send(via, "account-7", i, sleep)
+		if i == n/2 {
+			s.stops[0]() // mid-way: its requests and messages are left to the other one, or to it once back
+		}
+		if i == n/2+3 {
+			s.start(0)
+		}
+	}
+	s.waitAll(60 * time.Second)
+	s.checkOrder("account-7", n)
+}
+
+// TestOrderTurn: a link to a
+// request whose record was never written (intake crashed between the two
+// writes) holds its successor until the predecessor's intake deadline and
+// the workers' grace, then blocks nothing; a predecessor done, or done
+// once and replayed, blocks nothing.
+func TestOrderTurn(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	now := time.Now()
+	missing := e.envelope("/x", nil)
+	for _, tt := range []struct {
+		name     string
+		deadline time.Time
+		wait     bool
+	}{
+		{"never written, intake may still write it", now.Add(time.Second), true},
+		{"never written, its intake is over", now.Add(-workerGrace - time.Millisecond), false},
+	} {
+		wait, _, err := e.c.turn(ctx, &envelope.OrderLink{ID: missing.ID, Deadline: tt.deadline.UnixMilli()}, now)
+		if err != nil || (wait > 0) != tt.wait {
+			t.Errorf("%s: wait %s (%v), want waiting %v", tt.name, wait, err, tt.wait)
+		}
+	}
+	walked := func(st store.Status) *store.Record {
+		then := map[store.Status]store.Event{store.Held: store.Hold, store.Dead: store.GiveUp}
+		ev, ok := then[st]
+		if !ok {
+			return walk(t, e.c.store, e.envelope("/x", nil), st, 0)
+		}
+		r := walk(t, e.c.store, e.envelope("/x", nil), store.Delivering, 0)
+		r, err := e.c.store.Transition(ctx, r.ID, store.Change{Event: ev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, tt := range []struct {
+		status store.Status
+		wait   bool
+	}{
+		{store.Queued, true}, {store.Completed, true}, {store.Delivering, true}, {store.Held, true},
+		{store.Delivered, false}, {store.Dead, false},
+	} {
+		r := walked(tt.status)
+		wait, why, err := e.c.turn(ctx, &envelope.OrderLink{ID: r.ID}, now)
+		if err != nil || (wait > 0) != tt.wait {
+			t.Errorf("predecessor %s: wait %s (%s, %v), want waiting %v", tt.status, wait, why, err, tt.wait)
+		}
+	}
+	// Replayed after its delivery: its key does not wait again.
+	r := walked(store.Delivered)
+	if _, err := e.c.store.Transition(ctx, r.ID, store.Change{Event: store.Replay}); err != nil {
+		t.Fatal(err)
+	}
+	if wait, why, err := e.c.turn(ctx, &envelope.OrderLink{ID: r.ID}, now); err != nil || wait > 0 {
+		t.Errorf("a replayed predecessor: wait %s (%s, %v), want none", wait, why, err)
+	}
+}
+
+// TestTurnWaitsAreNotRuns: the deliveries a work message spent waiting
+// for its turn are not counted as runs: once its turn comes, the replay
+// has its full budget of retries (replayAttempts) however long it waited.
+func TestTurnWaitsAreNotRuns(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	prev := walk(t, e.c.store, e.envelope("/x", nil), store.Queued, 0)
+	en := e.envelope("/y", nil)
+	en.OrderKey, en.OrderAfter = "k", &envelope.OrderLink{ID: prev.ID}
+	r := store.NewRecord(en, time.Now())
+	waits := replayAttempts + 3
+	for i := 1; i <= waits; i++ {
+		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: i}
+		if err := e.c.awaitTurn(ctx, &m, r); !waitingTurn(err) {
+			t.Fatalf("delivery %d with its predecessor queued: %v, want a wait", i, err)
+		}
+	}
+	for _, ev := range []store.Event{store.Complete, store.StartDelivery, store.Deliver} {
+		if _, err := e.c.store.Transition(ctx, prev.ID, store.Change{Event: ev, Response: &store.Response{Status: 200}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: waits + 1}
+	if err := e.c.awaitTurn(ctx, &m, r); err != nil || m.Deliveries != 1 {
+		t.Fatalf("its turn: %v, deliveries %d; want it to run as on its first delivery", err, m.Deliveries)
+	}
+}
