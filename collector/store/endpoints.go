@@ -18,15 +18,15 @@ type Endpoint struct {
 	Caller   string `json:"caller,omitempty"`
 	// Attempts and Successes are recent counts (halved as they age, see
 	// Observe): their ratio is the endpoint's recent success ratio.
-	Attempts            int64     `json:"attempts"`
-	Successes           int64     `json:"successes"`
-	ConsecutiveFailures int64     `json:"consecutiveFailures"`
+	Attempts            int64 `json:"attempts"`
+	Successes           int64 `json:"successes"`
+	ConsecutiveFailures int64 `json:"consecutiveFailures"`
 	// FailingSince is when the consecutive failures began (zero while the
 	// last attempt succeeded), to the merge's second.
 	FailingSince time.Time `json:"failingSince,omitzero"`
-	Since               time.Time `json:"since,omitzero"` // start of the counts
-	LastSuccess         time.Time `json:"lastSuccess,omitzero"`
-	LastFailure         time.Time `json:"lastFailure,omitzero"`
+	Since        time.Time `json:"since,omitzero"` // start of the counts
+	LastSuccess  time.Time `json:"lastSuccess,omitzero"`
+	LastFailure  time.Time `json:"lastFailure,omitzero"`
 	// Disabled endpoints get no attempts: their deliveries are held until
 	// an operator enables the endpoint again.
 	Disabled   bool      `json:"disabled"`
