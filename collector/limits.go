@@ -71,6 +71,9 @@ const (
 	maxWaitingKnown = 10_000
 	// limitMaxWait bounds the delay of a refused callback.
 	limitMaxWait = 30 * time.Second
+	// limitWaitGrace: a refused callback not back this long after it was
+	// due no longer counts as waiting here.
+	limitWaitGrace = 500 * time.Millisecond
 )
 
 // endpointLimit is what a delivery message says of its endpoint's limits
@@ -199,7 +202,7 @@ type limitState struct {
 	lastUse               time.Time
 	lastBeat              time.Time            // when the last heartbeat landed
 	latency               time.Duration        // how long a place is held, on average (recent)
-	waiting               map[string]time.Time // refused message keys, when last refused
+	waiting               map[string]time.Time // refused message keys, when they are due back
 }
 
 func newLimiter(st store.Store, log *slog.Logger, reg *prometheus.Registry) *limiter {
@@ -342,9 +345,17 @@ func minSlots(a, b int) int {
 // can go and no faster (a fixed short delay would make every waiting
 // callback a queue round trip every few milliseconds).
 func (s *limitState) refuse(key string, now time.Time, base time.Duration) time.Duration {
+	wait := s.spreadWait(now, base)
 	if _, ok := s.waiting[key]; ok || len(s.waiting) < maxWaitingKnown {
-		s.waiting[key] = now
+		s.waiting[key] = now.Add(wait)
 	}
+	return wait
+}
+
+// spreadWait is refuse's delay. The waiting callbacks come back at random
+// over the spread, at twice the pace: a token bucket fed at random
+// moments only at its own rate would leave some of its tokens unused.
+func (s *limitState) spreadWait(now time.Time, base time.Duration) time.Duration {
 	pace := s.sh.Rate // callbacks per second this collector may start
 	if s.sh.Slots >= 0 {
 		// A place frees about every attempt's latency (before a measure,
@@ -357,7 +368,7 @@ func (s *limitState) refuse(key string, now time.Time, base time.Duration) time.
 	}
 	spread := time.Second
 	if pace > 0 {
-		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting))/pace*float64(time.Second)))
+		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(2*pace)*float64(time.Second)))
 	}
 	return min(limitMaxWait, max(base, time.Millisecond)+jitter(spread))
 }
@@ -500,8 +511,9 @@ func (l *limiter) beatAll(ctx context.Context, onlyNew bool) {
 	l.mu.Lock()
 	ids := make([]string, 0, len(l.ends))
 	for id, s := range l.ends {
-		for k, at := range s.waiting {
-			if now.Sub(at) > limitMaxWait+time.Second {
+		for k, due := range s.waiting {
+			// Not back by then: another collector took it, or it is done.
+			if now.Sub(due) > limitWaitGrace {
 				delete(s.waiting, k)
 			}
 		}

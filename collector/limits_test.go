@@ -226,7 +226,7 @@ func TestRefusedWaitsSpread(t *testing.T) {
 		_, wait, _ := l.admit(lim, string(rune('a'+i%26))+string(rune('a'+i/26)))
 		maxWait = max(maxWait, wait)
 	}
-	// 200 waiting at 10/s: spread over about 20s.
+	// 200 waiting at 10/s, brought back at twice the pace: over about 10s.
 	if maxWait < 5*time.Second || maxWait > limitMaxWait {
 		t.Fatalf("longest wait %v for 200 waiting at 10/s", maxWait)
 	}
