@@ -112,4 +112,3 @@ rules:
 		t.Fatalf("delivered %v, want each once", delivered)
 	}
 }
-

@@ -26,7 +26,7 @@ const testConfig = `{
 }`
 
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	host *abi.FakeHost
 	d    *abi.Dispatcher
 	next uint32
@@ -34,7 +34,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness { return newHarnessWith(t, testConfig) }
 
-func newHarnessWith(t *testing.T, config string) *harness {
+func newHarnessWith(t testing.TB, config string) *harness {
 	t.Setenv("ASYNCMESH_TEST_REPLAY_SECRET", testReplaySecret)
 	h := &harness{t: t, host: abi.NewFakeHost()}
 	h.d = abi.NewDispatcher(h.host, newPlugin)

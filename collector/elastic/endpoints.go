@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/store"
 )
@@ -46,7 +48,7 @@ func (s *Store) GetEndpoint(ctx context.Context, id string) (*store.Endpoint, er
 }
 
 func (s *Store) UpdateEndpoint(ctx context.Context, id string, fn func(*store.Endpoint) error) (*store.Endpoint, error) {
-	for range store.MaxEndpointUpdateRetries {
+	for attempt := range store.MaxEndpointUpdateRetries {
 		e, read, err := s.readEndpoint(ctx, id)
 		o := &op{action: "index", index: s.endpointsIndex(), id: id, ifSeqNo: read.seqNo, ifPrimTerm: read.primTerm}
 		switch {
@@ -67,7 +69,14 @@ func (s *Store) UpdateEndpoint(ctx context.Context, id string, fn func(*store.En
 		case res.err != nil:
 			return nil, fmt.Errorf("writing endpoint %s: %w", id, res.err)
 		case res.status == http.StatusConflict:
-			continue // changed (or created) since the read
+			// Changed (or created) since the read: read again, after a
+			// jittered pause, so that concurrent writers spread out.
+			select {
+			case <-time.After(time.Duration(rand.Int64N(int64(attempt+1) * int64(5*time.Millisecond)))):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
 		case res.status/100 != 2:
 			return nil, fmt.Errorf("writing endpoint %s: %d %s: %s", id, res.status, res.errType, res.reason)
 		}

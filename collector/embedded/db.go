@@ -228,7 +228,7 @@ const (
 var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
 	qExpireRecords, qExpireDeadLetters, // retention.go
 	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
-	qInsertEndpoint, qUpdateEndpoint} // endpoints.go
+	qEndpoint, qInsertEndpoint, qUpdateEndpoint} // endpoints.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.

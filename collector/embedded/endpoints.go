@@ -40,48 +40,52 @@ func (s *sqlStore) GetEndpoint(ctx context.Context, id string) (*store.Endpoint,
 	return e, err
 }
 
+// UpdateEndpoint reads, changes and writes the endpoint in one write
+// transaction: the single writer serializes the updates of every collector
+// on this database, so none conflicts.
 func (s *sqlStore) UpdateEndpoint(ctx context.Context, id string, fn func(*store.Endpoint) error) (*store.Endpoint, error) {
-	for range store.MaxEndpointUpdateRetries {
-		e, ver, err := s.readEndpoint(ctx, id)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			e = &store.Endpoint{ID: id}
-		case err != nil:
-			return nil, err
+	var out *store.Endpoint
+	err := s.db().tx(ctx, func(t wtx) error {
+		e := &store.Endpoint{ID: id}
+		rows, err := t.query(qEndpoint, id)
+		if err != nil {
+			return err
+		}
+		var doc []byte
+		var ver int64
+		if rows.Next() {
+			err = rows.Scan(&doc, &ver)
+		}
+		if cerr := rows.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if doc != nil {
+			if err := json.Unmarshal(doc, e); err != nil {
+				return fmt.Errorf("decoding endpoint %s: %w", id, err)
+			}
 		}
 		if err := fn(e); err != nil {
-			return nil, err
+			return err
 		}
 		e.ID = id
-		doc, err := json.Marshal(e)
-		if err != nil {
-			return nil, fmt.Errorf("encoding endpoint %s: %w", id, err)
+		if doc, err = json.Marshal(e); err != nil {
+			return fmt.Errorf("encoding endpoint %s: %w", id, err)
 		}
-		err = s.db().tx(ctx, func(t wtx) error {
-			var res sql.Result
-			var err error
-			if ver == 0 {
-				res, err = t.exec(qInsertEndpoint, id, e.Disabled, doc)
-			} else {
-				res, err = t.exec(qUpdateEndpoint, e.Disabled, doc, id, ver)
-			}
-			if err != nil {
-				return err
-			}
-			if n, err := res.RowsAffected(); err != nil || n == 0 {
-				return errStale
-			}
-			return nil
-		})
-		if errors.Is(err, errStale) {
-			continue
+		if ver == 0 {
+			_, err = t.exec(qInsertEndpoint, id, e.Disabled, doc)
+		} else {
+			_, err = t.exec(qUpdateEndpoint, e.Disabled, doc, id, ver)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("writing endpoint %s: %w", id, err)
-		}
-		return e, nil
+		out = e
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("writing endpoint %s: %w", id, err)
 	}
-	return nil, fmt.Errorf("writing endpoint %s: still conflicting after %d re-reads", id, store.MaxEndpointUpdateRetries)
+	return out, nil
 }
 
 func (s *sqlStore) ListEndpoints(ctx context.Context, q store.EndpointQuery) ([]*store.Endpoint, error) {

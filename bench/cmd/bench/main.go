@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -60,7 +61,16 @@ func main() {
 	flag.StringVar(&backends, "backends", "embedded,rabbitmq+elasticsearch", "backends to measure, in order (the first is the baseline of the others)")
 	var collectorArgs string
 	flag.StringVar(&collectorArgs, "collector-args", "", "extra collector flags, space-separated (for example \"-workers 64\")")
+	renderOnly := flag.Bool("render-only", false, "measure nothing: write REPORT.md and latency.png again from -out's report.json (after a change to the report's wording)")
 	flag.Parse()
+	if *renderOnly {
+		if err := render(o.out); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		logf("wrote %s from its report.json", filepath.Join(o.out, "REPORT.md"))
+		return
+	}
 	o.collectorArgs = strings.Fields(collectorArgs)
 	o.backends = strings.Split(backends, ",")
 	o.amqpURL, o.esURL = os.Getenv("ASYNCMESH_TEST_AMQP_URL"), os.Getenv("ASYNCMESH_TEST_ES_URL")
@@ -89,6 +99,19 @@ func main() {
 		os.Exit(1)
 	}
 	logf("wrote %s", filepath.Join(o.out, "REPORT.md"))
+}
+
+// render rewrites dir's report from its report.json.
+func render(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return err
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return fmt.Errorf("reading %s/report.json: %w", dir, err)
+	}
+	return r.write(dir)
 }
 
 func rates(s string) ([]float64, error) {

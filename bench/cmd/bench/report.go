@@ -231,6 +231,11 @@ func (r *Report) markdown() []byte {
 			}
 			w("%s; target ≤ %.1f µs, half of the figure before issue 17 — %s.", line, targetIntakeEnvoyUS, check(br.IntakeEnvoyCPUus <= targetIntakeEnvoyUS))
 			w("")
+			if sat < target {
+				w("Where the time goes: at %.0f µs per intake, Envoy alone needs %.2f of the %d cores at the target's %.0f/s, before the collector and the load generator, which share the same cores; the saturation above swings by ±20%% between runs here (the load generator shares the cores, and the disk is shared with other machines).",
+					br.IntakeEnvoyCPUus, br.IntakeEnvoyCPUus*target/1e6, r.Cores, target)
+				w("")
+			}
 		}
 		loaded := br.IntakeLoaded.Saturation()
 		w("With execution and delivery running in the same collector (each accepted request also replayed through Envoy to the service and called back): **%.0f accepted/s** at saturation (%s).",
