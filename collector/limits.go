@@ -353,7 +353,7 @@ func (s *limitState) refuse(key string, now time.Time, base time.Duration) time.
 }
 
 // spreadWait is refuse's delay. The waiting callbacks come back at random
-// over the spread, at twice the pace: a token bucket fed at random
+// over the spread, at four times the pace: a token bucket fed at random
 // moments only at its own rate would leave some of its tokens unused.
 func (s *limitState) spreadWait(now time.Time, base time.Duration) time.Duration {
 	pace := s.sh.Rate // callbacks per second this collector may start
@@ -368,7 +368,7 @@ func (s *limitState) spreadWait(now time.Time, base time.Duration) time.Duration
 	}
 	spread := time.Second
 	if pace > 0 {
-		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(2*pace)*float64(time.Second)))
+		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(4*pace)*float64(time.Second)))
 	}
 	return min(limitMaxWait, max(base, time.Millisecond)+jitter(spread))
 }

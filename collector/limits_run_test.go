@@ -61,6 +61,7 @@ func newLimitReceiver(tb testing.TB, delay time.Duration) *limitReceiver {
 type limitResult struct {
 	Callbacks   int
 	Rate        float64 // callbacks per second, burst excluded (see rate)
+	Peak        int     // most callbacks within one second
 	MaxInFlight int
 	Elapsed     time.Duration
 	Admitted    []int64 // by collector: callbacks each admitted
@@ -78,6 +79,22 @@ func (lr *limitReceiver) rate(burst int) float64 {
 		return 0
 	}
 	return float64(len(a)-1-burst) / a[len(a)-1].Sub(a[burst]).Seconds()
+}
+
+// peak is the most arrivals within any window of length w.
+func (lr *limitReceiver) peak(w time.Duration) int {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	a := append([]time.Time(nil), lr.arrivals...)
+	sort.Slice(a, func(i, j int) bool { return a[i].Before(a[j]) })
+	most, j := 0, 0
+	for i := range a {
+		for a[i].Sub(a[j]) >= w {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
 }
 
 // runLimited sends n requests of a rule whose callback has the given
@@ -188,7 +205,7 @@ func runLimited(tb testing.TB, backend limitBackend, collectors, n int, perSecon
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	res := limitResult{Callbacks: n, Rate: lr.rate(burst), Elapsed: time.Since(start)}
+	res := limitResult{Callbacks: n, Rate: lr.rate(burst), Peak: lr.peak(time.Second), Elapsed: time.Since(start)}
 	lr.mu.Lock()
 	res.MaxInFlight = lr.maxInFlight
 	for id, k := range lr.byID {
@@ -286,9 +303,12 @@ func testEndpointLimits(t *testing.T, backend limitBackend) {
 	t.Run("rate", func(t *testing.T) {
 		const perSecond, burst = 20, 2
 		res := runLimited(t, backend, 2, 60, perSecond, burst, 0, 0)
-		t.Logf("rate %.1f/s (limit %d/s), admitted by collector %v, %v", res.Rate, perSecond, res.Admitted, res.Elapsed)
+		t.Logf("rate %.1f/s, at most %d in a second (limit %d/s, burst %d), admitted by collector %v, %v", res.Rate, res.Peak, perSecond, burst, res.Admitted, res.Elapsed)
 		if res.Rate > perSecond*1.1 {
 			t.Errorf("receiver saw %.1f callbacks/s, limit %d/s", res.Rate, perSecond)
+		}
+		if float64(res.Peak) > (perSecond+burst)*1.1 {
+			t.Errorf("receiver saw %d callbacks within a second, limit %d/s with a burst of %d", res.Peak, perSecond, burst)
 		}
 		if res.Rate < perSecond*0.5 {
 			t.Errorf("receiver saw %.1f callbacks/s: the limit %d/s is not used", res.Rate, perSecond)
@@ -323,8 +343,9 @@ func checkBothDelivered(t *testing.T, res limitResult) {
 // saw as a ratio of the limit (at most 1.1 is the goal): "rate", 200
 // requests at rateLimit 50/s (burst 5) to a receiver taking 10ms; and
 // "inflight", 120 requests at maxInFlight 4 to a receiver taking 50ms.
-// Also the share of the limit used (the rate, or the callbacks per second
-// the places allow).
+// "rate" also reports the most callbacks within any one second over the
+// rate plus the burst; "inflight" the callbacks per second over what the
+// places allow at the receiver's latency (how much of the limit is used).
 //
 //	go test -run '^$' -bench EndpointLimits -benchtime 1x ./collector/
 func BenchmarkEndpointLimits(b *testing.B) {
@@ -333,6 +354,7 @@ func BenchmarkEndpointLimits(b *testing.B) {
 		for b.Loop() {
 			res := runLimited(b, embeddedBackend, 2, 200, perSecond, burst, 0, 10*time.Millisecond)
 			b.ReportMetric(res.Rate/perSecond, "rate/limit")
+			b.ReportMetric(float64(res.Peak)/(perSecond+burst), "peak1s/(limit+burst)")
 			b.ReportMetric(res.Rate, "callbacks/s")
 		}
 	})
@@ -341,7 +363,7 @@ func BenchmarkEndpointLimits(b *testing.B) {
 		for b.Loop() {
 			res := runLimited(b, embeddedBackend, 2, 120, 0, 0, maxInFlight, delay)
 			b.ReportMetric(float64(res.MaxInFlight)/maxInFlight, "inflight/limit")
-			b.ReportMetric(float64(res.Callbacks)/res.Elapsed.Seconds()/(maxInFlight/delay.Seconds()), "used")
+			b.ReportMetric(res.Rate/(maxInFlight/delay.Seconds()), "used")
 		}
 	})
 }
