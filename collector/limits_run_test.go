@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -16,10 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/asyncmesh/asyncmesh/collector/elastic"
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
-	"github.com/asyncmesh/asyncmesh/collector/rabbitmq"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -251,37 +248,6 @@ func embeddedBackend(tb testing.TB) func() (store.Store, queue.Queue, func()) {
 	}
 }
 
-// elasticRabbitBackend: Elasticsearch (ASYNCMESH_TEST_ES_URL) and RabbitMQ
-// (ASYNCMESH_TEST_AMQP_URL) under a fresh prefix; skipped without them.
-func elasticRabbitBackend(tb testing.TB) func() (store.Store, queue.Queue, func()) {
-	esURL, amqpURL := os.Getenv("ASYNCMESH_TEST_ES_URL"), os.Getenv("ASYNCMESH_TEST_AMQP_URL")
-	if esURL == "" || amqpURL == "" {
-		tb.Skip("ASYNCMESH_TEST_ES_URL and ASYNCMESH_TEST_AMQP_URL are not both set (scripts/start-elasticsearch.sh, scripts/start-rabbitmq.sh)")
-	}
-	prefix := fmt.Sprintf("asyncmesh-test-limits-%d", time.Now().UnixNano())
-	tb.Cleanup(func() {
-		for _, p := range []string{"/" + prefix + "-*", "/_index_template/" + prefix + "-*"} {
-			req, _ := http.NewRequest(http.MethodDelete, esURL+p, nil)
-			if resp, err := http.DefaultClient.Do(req); err == nil {
-				resp.Body.Close()
-			}
-		}
-	})
-	return func() (store.Store, queue.Queue, func()) {
-		log := slog.New(slog.DiscardHandler)
-		es, err := elastic.Open(context.Background(), elastic.Config{URL: esURL, Prefix: prefix, Logger: log})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		q, err := rabbitmq.Open(context.Background(), rabbitmq.Config{URL: amqpURL, Prefix: prefix, Logger: log})
-		if err != nil {
-			es.Close()
-			tb.Fatal(err)
-		}
-		return es, q, func() { q.Close(); es.Close() }
-	}
-}
-
 func describe(r *store.Record) string {
 	if r == nil {
 		return "no record"
@@ -293,11 +259,6 @@ func describe(r *store.Record) string {
 // rateLimit and maxInFlight: the receiver sees the limits hold across both
 // (not each), both deliver, and no callback spends an attempt on waiting.
 func TestEndpointLimitsAcrossCollectors(t *testing.T) { testEndpointLimits(t, embeddedBackend) }
-
-// The same on Elasticsearch and RabbitMQ, when both are given.
-func TestEndpointLimitsOnElasticsearchAndRabbitMQ(t *testing.T) {
-	testEndpointLimits(t, elasticRabbitBackend)
-}
 
 func testEndpointLimits(t *testing.T, backend limitBackend) {
 	t.Run("rate", func(t *testing.T) {
