@@ -11,7 +11,7 @@ wasm:
 	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -ldflags='-s -w' -o $(BIN)/asyncmesh.wasm ./filter
 
 build: wasm
-	$(GO) build -o $(BIN)/ ./cmd/asyncmesh ./collector/cmd/collector ./controlplane/cmd/controlplane ./examples/service ./examples/receiver ./examples/demo
+	$(GO) build -o $(BIN)/ ./cmd/asyncmesh ./collector/cmd/collector ./controlplane/cmd/controlplane ./examples/service ./examples/receiver ./examples/demo ./examples/node
 
 # images writes the filter (Wasm image "compat" variant: one layer, plugin.wasm),
 # the collector and the control plane (static, linux/amd64, no base image, user

@@ -75,12 +75,17 @@ func endpointOf(e *envelope.Envelope) string {
 
 // isDisabled reports whether the endpoint of e is disabled, and why.
 func (h *health) isDisabled(e *envelope.Envelope) (string, bool) {
+	return h.disabledID(endpointOf(e))
+}
+
+// disabledID reports whether endpoint id is disabled, and why.
+func (h *health) disabledID(id string) (string, bool) {
 	if h.eps == nil {
 		return "", false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	reason, ok := h.disabled[endpointOf(e)]
+	reason, ok := h.disabled[id]
 	return reason, ok
 }
 
@@ -89,14 +94,19 @@ func (h *health) isDisabled(e *envelope.Envelope) (string, bool) {
 // with the other collectors', do at the next flush, or at once when this
 // collector alone saw enough).
 func (h *health) observe(ctx context.Context, e *envelope.Envelope, out delivery.Outcome, at time.Time) bool {
+	return h.observeID(ctx, endpointOf(e), e.Callback.URL, e.Callback.Protocol, e.Caller, out, at)
+}
+
+// observeID is observe for endpoint id (a callback's, or a processing
+// node's: nodeEndpoint).
+func (h *health) observeID(ctx context.Context, id, url, protocol, caller string, out delivery.Outcome, at time.Time) bool {
 	if h.eps == nil || out == delivery.Refused {
 		return false // a refusal is this collector's guard, not the receiver
 	}
-	id := endpointOf(e)
 	h.mu.Lock()
 	p := h.pending[id]
 	if p == nil {
-		p = &pendingDelta{url: e.Callback.URL, protocol: e.Callback.Protocol, caller: e.Caller}
+		p = &pendingDelta{url: url, protocol: protocol, caller: caller}
 		h.pending[id] = p
 	}
 	p.d.Attempts++

@@ -33,20 +33,24 @@ import (
 func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *store.Record) error {
 	t := r.Envelope.Target
 	id := r.ID
-	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule, "node", t.Endpoint)
+	log := c.log.With("id", id, "trace_id", r.TraceID, "rule", r.Rule)
 	if sentAt := r.Last(store.HandOff); !sentAt.IsZero() {
+		timeout, node := t.MaxTimeout(), t.Endpoint
+		if cand, ok := handedOff(r, t); ok {
+			timeout, node = cand.Target.Timeout.D(), handOffDetail(cand)
+		}
 		// On the store's clock, as the hand-off's time and lease are.
-		if left := sentAt.Add(t.Timeout.D()).Sub(c.store.Now()); left > 0 {
+		if left := sentAt.Add(timeout).Sub(c.store.Now()); left > 0 {
 			return queue.RetryAfter(left+time.Second, "waiting for the external node") // early: a duplicate message
 		}
-		log.Warn("external: no completion before the deadline", "timeout", t.Timeout.D())
+		log.Warn("external: no completion before the deadline", "node", node, "timeout", timeout)
 		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail,
-			Error: fmt.Sprintf("external node %s did not complete within %s", t.Endpoint, t.Timeout.D())})
+			Error: fmt.Sprintf("external node %s did not complete within %s", node, timeout)})
 	}
 	if r.LeaseUntil.IsZero() || !c.store.Now().Before(r.LeaseUntil) {
 		// Not claimed by this message (a worker crashed before the hand-off,
 		// or released it to retry): take it over.
-		got, err := c.claim(ctx, r, store.Change{Event: store.Resume, Lease: t.Timeout.D() + leaseMargin})
+		got, err := c.claim(ctx, r, store.Change{Event: store.Resume, Lease: t.MaxTimeout() + leaseMargin})
 		if err != nil {
 			return claimFailed(err, m)
 		}
@@ -59,9 +63,18 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 	e := r.Envelope
 	task := external.Task{ID: id, TraceID: r.TraceID, TraceParent: e.TraceParent, Rule: r.Rule,
 		CompleteURL: strings.TrimSuffix(c.cfg.APIURL, "/") + "/v1/requests/" + id + "/complete",
-		Deadline:    time.Now().Add(t.Timeout.D()).UTC(),
 		Request:     external.TaskRequest{Method: e.Method, Authority: e.Authority, Path: e.Path, Headers: e.Headers, Body: e.Body}}
-	if err := c.nodes.Dispatch(ctx, t, task); err != nil {
+	cand, err := c.sendTask(ctx, log, t, task)
+	if errors.Is(err, errNodesDisabled) {
+		// Not failed (an operator may enable a node) and not run: the
+		// record waits, unleased, and the message looks again later.
+		log.Warn("external: every node is disabled, waiting", "err", err)
+		if _, rerr := c.move(ctx, id, store.Change{Event: store.Release}); rerr != nil && !store.IsConflict(rerr) {
+			log.Warn("external: releasing lease", "err", rerr)
+		}
+		return queue.RetryAfter(nodesDisabledRetry, "every node of the rule is disabled")
+	}
+	if err != nil {
 		// Permanent: the node refused the task, or the SSRF guard refused
 		// the node's address. Either fails the request now with the reason
 		// (the caller is called back with it) instead of retrying.
@@ -75,15 +88,16 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 		}
 		return c.finishRun(ctx, m, r, store.Change{Event: store.Fail, Error: err.Error()})
 	}
-	_, err := c.move(ctx, id, store.Change{Event: store.HandOff, Detail: t.Endpoint, Lease: t.Timeout.D()})
+	timeout := cand.Target.Timeout.D()
+	_, err = c.move(ctx, id, store.Change{Event: store.HandOff, Detail: handOffDetail(cand), Lease: timeout})
 	if store.IsConflict(err) {
 		return nil // the node completed it already
 	}
 	if err != nil {
 		return err
 	}
-	log.Info("external: node took the task", "deadline", task.Deadline)
-	return queue.RetryAfter(t.Timeout.D()+time.Second, "waiting for the external node")
+	log.Info("external: node took the task", "node", handOffDetail(cand), "timeout", timeout)
+	return queue.RetryAfter(timeout+time.Second, "waiting for the external node")
 }
 
 // complete takes an external node's answer.
@@ -104,7 +118,29 @@ func (c *Collector) complete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "not_external", "request "+id+" is not processed by an external node")
 		return
 	}
-	log := c.log.With("id", id, "trace_id", rec.TraceID, "rule", rec.Rule, "node", t.Endpoint)
+	log := c.log.With("id", id, "trace_id", rec.TraceID, "rule", rec.Rule)
+	// The completion is the node's that took the task, authenticated as
+	// that node's: a node the task failed over from is refused.
+	cand, ok := handedOff(rec, t)
+	if !ok {
+		// Only a party that could be one of the rule's nodes learns more.
+		if !c.preverifyAny(t, id, r.Header) {
+			log.Warn("external: refused completion: not authenticated as a node of the rule")
+			writeError(w, http.StatusUnauthorized, "unauthorized", "not authenticated as a node of the rule")
+			return
+		}
+		if rec.Status == store.Processing && rec.Last(store.HandOff).IsZero() {
+			// The node answered before the collector wrote the hand-off
+			// naming it: which node this is will be known in a moment.
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "not_handed_off", "request "+id+" is not yet recorded as handed off to a node; retry")
+			return
+		}
+		writeError(w, http.StatusConflict, "not_handed_off", "request "+id+" was not handed off to a node of its rule")
+		return
+	}
+	t = cand.Target
+	log = log.With("node", handOffDetail(cand))
 	// Authenticate before reading a body of up to ~22 MB.
 	if err := c.nodes.Preverify(t, id, r.Header); err != nil {
 		log.Warn("external: refused completion", "err", err)

@@ -32,6 +32,8 @@ import (
 const (
 	NamespaceSOAPEnvelope = "http://schemas.xmlsoap.org/soap/envelope/"
 	NamespaceSOAP         = "urn:asyncmesh:callback:v1"
+	// SOAPContentType is SOAP 1.1's content type.
+	SOAPContentType = "text/xml; charset=utf-8"
 )
 
 type soapEnvelope struct {
@@ -75,7 +77,7 @@ func init() { register(rules.ProtocolSOAP, (*Sender).sendSOAP) }
 // SOAPAction (quoted, as SOAP 1.1 wants).
 func (s *Sender) sendSOAP(ctx context.Context, a *attempt, p Payload) Result {
 	header := http.Header{"Soapaction": {`"` + a.cb.SOAPAction + `"`}}
-	return s.post(ctx, a, "text/xml; charset=utf-8", EncodeSOAP(p), header)
+	return s.post(ctx, a, SOAPContentType, EncodeSOAP(p), header)
 }
 
 // EncodeSOAP renders a callback payload as a SOAP 1.1 envelope.
@@ -100,13 +102,19 @@ func EncodeSOAP(p Payload) []byte {
 		sr.Body.Text = body
 		d.Response = sr
 	}
-	var b bytes.Buffer
-	b.WriteString(xml.Header)
-	b.WriteString(`<soap:Envelope xmlns:soap="` + NamespaceSOAPEnvelope + `"><soap:Body>`)
 	inner, _ := xml.Marshal(struct {
 		XMLName xml.Name `xml:"urn:asyncmesh:callback:v1 Deliver"`
 		*soapDeliver
 	}{soapDeliver: d}) // cannot fail: strings and ints only
+	return WrapSOAP(inner)
+}
+
+// WrapSOAP puts inner (one marshalled XML element) in a SOAP 1.1 envelope's
+// body: callbacks' Deliver, and processing nodes' Task (collector/external).
+func WrapSOAP(inner []byte) []byte {
+	var b bytes.Buffer
+	b.WriteString(xml.Header)
+	b.WriteString(`<soap:Envelope xmlns:soap="` + NamespaceSOAPEnvelope + `"><soap:Body>`)
 	b.Write(inner)
 	b.WriteString(`</soap:Body></soap:Envelope>`)
 	return b.Bytes()

@@ -84,7 +84,12 @@ type Completion struct {
 }
 
 // PermanentError is a node's refusal that retrying will not change.
-type PermanentError struct{ Msg string }
+type PermanentError struct {
+	Msg string
+	// Refusal: the collector's SSRF guard refused the node's address (the
+	// node was not reached, so this says nothing of its health).
+	Refusal bool
+}
 
 func (e *PermanentError) Error() string { return e.Msg }
 
@@ -117,7 +122,7 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 	task.Request.Headers = TaskHeaders(task.Request.Headers, t.PassHeaders)
 	plain, err := json.Marshal(task)
 	if err != nil {
-		return &PermanentError{"encoding the task: " + err.Error()}
+		return &PermanentError{Msg: "encoding the task: " + err.Error()}
 	}
 	body, contentType := plain, "application/json"
 	if t.Encryption != nil {
@@ -126,16 +131,23 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 			return err
 		}
 		if body, contentType, err = seal.Seal(t.Encryption.Type, key, task.ID, plain); err != nil {
-			return &PermanentError{err.Error()}
+			return &PermanentError{Msg: err.Error()}
 		}
+	}
+	var soapAction string
+	if t.Format == rules.NodeSOAP {
+		body, contentType, soapAction = EncodeSOAPTask(contentType, body), delivery.SOAPContentType, `"`+SOAPActionTask+`"`
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.Endpoint, bytes.NewReader(body))
 	if err != nil {
-		return &PermanentError{"building the task request: " + err.Error()}
+		return &PermanentError{Msg: "building the task request: " + err.Error()}
 	}
 	req.Header.Set("content-type", contentType)
+	if soapAction != "" {
+		req.Header.Set("soapaction", soapAction)
+	}
 	req.Header.Set("user-agent", "asyncmesh-collector")
 	req.Header.Set("traceparent", task.TraceParent)
 	req.Header.Set("x-async-trace-id", task.TraceID)
@@ -146,7 +158,7 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 	resp, err := c.client(t).Do(req)
 	if err != nil {
 		if delivery.IsRefusal(err) { // retrying reaches the same address
-			return &PermanentError{fmt.Sprintf("sending the task to %s: %v", t.Endpoint, err)}
+			return &PermanentError{Msg: fmt.Sprintf("sending the task to %s: %v", t.Endpoint, err), Refusal: true}
 		}
 		return fmt.Errorf("sending the task to %s: %w", t.Endpoint, err)
 	}
@@ -158,7 +170,7 @@ func (c *Client) Dispatch(ctx context.Context, t *rules.Target, task Task) error
 	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
 		return fmt.Errorf("node answered %d: %s", code, strings.TrimSpace(string(answer)))
 	default:
-		return &PermanentError{"node refused the task with " + strconv.Itoa(code) + ": " + strings.TrimSpace(string(answer))}
+		return &PermanentError{Msg: "node refused the task with " + strconv.Itoa(code) + ": " + strings.TrimSpace(string(answer))}
 	}
 }
 
@@ -205,13 +217,13 @@ func (c *Client) authenticate(t *rules.Target, req *http.Request, id string, bod
 		tok, err := ts.Token()
 		if err != nil {
 			if delivery.IsRefusal(err) {
-				return &PermanentError{fmt.Sprintf("oauth2 token from %s: %v", a.TokenURL, err)}
+				return &PermanentError{Msg: fmt.Sprintf("oauth2 token from %s: %v", a.TokenURL, err)}
 			}
 			return fmt.Errorf("oauth2 token from %s: %w", a.TokenURL, err)
 		}
 		tok.SetAuthHeader(req)
 	default:
-		return &PermanentError{"unknown auth type " + a.Type}
+		return &PermanentError{Msg: "unknown auth type " + a.Type}
 	}
 	return nil
 }

@@ -106,7 +106,9 @@ func (e Event) Next() string { return lifecycle[e].next }
 
 // Transition is one entry of a record's history: the status it reached (or
 // kept), when, by which event, and a detail for people (a reason, a node's
-// address). Code reads Event, never Detail.
+// address). Code reads Event, never Detail — but for a hand-off's, which
+// names the declared node that took the task (collector/failover.go
+// handOffNode: the completion is bound to it).
 type Transition struct {
 	Status Status    `json:"status"`
 	At     time.Time `json:"at"`

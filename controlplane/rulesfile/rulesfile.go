@@ -56,9 +56,13 @@ type File struct {
 	Secrets map[string]Secret `json:"secrets"`
 	// Callers are the caller applications (rules.Caller): every node gets
 	// them all, since any rule without callers: admits each of them.
-	Callers  []rules.Caller `json:"callers"`
-	Packages []Package      `json:"packages"`
-	Rules    []Rule         `json:"rules"`
+	Callers []rules.Caller `json:"callers"`
+	// Nodes are the external processing nodes (rules.Node) that rules name
+	// in target.nodes: every sidecar gets them all, as it gets callers.
+	// (Not a rule's nodes:, which limits the rule to some sidecars.)
+	Nodes    []rules.Node `json:"nodes"`
+	Packages []Package    `json:"packages"`
+	Rules    []Rule       `json:"rules"`
 	// Sidecar, when set, is served as LDS/RDS/CDS too (see Sidecar).
 	Sidecar *Sidecar `json:"sidecar"`
 }
@@ -228,7 +232,7 @@ func Parse(name string, data []byte) (*File, error) {
 // fileSection reports whether path starts with a section of the file other
 // than filter: (whose fields rules.Config has at its top level).
 func fileSection(path string) bool {
-	for _, s := range []string{"rules", "secrets", "sidecar", "callers", "packages"} {
+	for _, s := range []string{"rules", "secrets", "sidecar", "callers", "nodes", "packages"} {
 		if rest, ok := strings.CutPrefix(path, s); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
 			return true
 		}
@@ -249,6 +253,7 @@ func LoadSecrets(path string) (map[string]Secret, error) {
 		Filter   yaml.Node         `json:"filter"`
 		Secrets  map[string]Secret `json:"secrets"`
 		Callers  yaml.Node         `json:"callers"`
+		Nodes    yaml.Node         `json:"nodes"`
 		Packages yaml.Node         `json:"packages"`
 		Rules    yaml.Node         `json:"rules"`
 		Sidecar  yaml.Node         `json:"sidecar"`
@@ -318,6 +323,9 @@ func (f *File) validate() error {
 	}
 	// Patterns are bounded before rules.Config.Validate compiles them.
 	for i := range f.Rules {
+		if t := f.Rules[i].Target; t != nil && len(t.Resolved) > 0 {
+			return &rules.FieldError{Path: fmt.Sprintf("rules[%d].target.resolvedNodes", i), Err: errors.New("set from target.nodes, not written")}
+		}
 		if err := checkPattern(f.Rules[i].Match.PathRegex); err != nil {
 			return &rules.FieldError{Path: fmt.Sprintf("rules[%d].match.pathRegex", i), Err: err}
 		}
@@ -326,7 +334,14 @@ func (f *File) validate() error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	f.Callers = cfg.Callers // normalized
+	f.Callers, f.Nodes = cfg.Callers, cfg.Nodes // normalized
+	for i := range f.Nodes {
+		for _, ref := range nodeRefs(fmt.Sprintf("nodes[%d]", i), &f.Nodes[i]) {
+			if _, ok := f.Secrets[ref.name]; !ok {
+				return &rules.FieldError{Path: ref.path, Err: fmt.Errorf("%q is not declared under secrets", ref.name)}
+			}
+		}
+	}
 	for i := range f.Callers {
 		for _, ref := range callerRefs(fmt.Sprintf("callers[%d]", i), &f.Callers[i]) {
 			if _, ok := f.Secrets[ref.name]; !ok {
@@ -549,6 +564,21 @@ func callerRefs(path string, c *rules.Caller) []ref {
 	return out
 }
 
+// nodeRefs lists the secrets node n (at path) references.
+func nodeRefs(path string, n *rules.Node) []ref {
+	var out []ref
+	if n.Auth != nil {
+		out = append(out, ref{path + ".auth.secretRef", n.Auth.SecretRef})
+	}
+	if n.Encryption != nil {
+		out = append(out, ref{path + ".encryption.keyRef", n.Encryption.KeyRef})
+	}
+	if n.CompletionSecretRef != "" {
+		out = append(out, ref{path + ".completionSecretRef", n.CompletionSecretRef})
+	}
+	return out
+}
+
 // Config returns the filter configuration for the rules that apply to keep
 // (nil: all of them) and every caller, with the declarations of the secrets
 // they reference.
@@ -561,7 +591,7 @@ func (f *File) config(keep func(Rule) bool, withDisabled bool) *rules.Config {
 		CollectorCluster: f.Filter.CollectorCluster, CollectorAuthority: f.Filter.CollectorAuthority,
 		CollectorTimeout: f.Filter.CollectorTimeout, StatusPrefix: f.Filter.StatusPrefix,
 		ReplaySecretEnv: f.Filter.ReplaySecretEnv, RouteAnnotations: f.Filter.RouteAnnotations, Untagged: f.Filter.Untagged,
-		JWTPayloadKey: f.Filter.JWTPayloadKey, Callers: f.Callers,
+		JWTPayloadKey: f.Filter.JWTPayloadKey, Callers: f.Callers, Nodes: f.Nodes,
 		Rules: []rules.Rule{},
 	}
 	declare := func(refs []ref) {
@@ -576,6 +606,9 @@ func (f *File) config(keep func(Rule) bool, withDisabled bool) *rules.Config {
 	}
 	for i := range f.Callers {
 		declare(callerRefs("", &f.Callers[i]))
+	}
+	for i := range f.Nodes {
+		declare(nodeRefs("", &f.Nodes[i]))
 	}
 	for _, r := range f.Rules {
 		if r.pkg != nil && !r.pkg.On() && !withDisabled {

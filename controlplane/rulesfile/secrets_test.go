@@ -87,7 +87,7 @@ func TestLoadSecrets(t *testing.T) {
 		// so an alias bomb there costs nothing either.
 		{"bomb-in-rules.yaml", "secrets: {p: {env: P}}\n" + strings.TrimPrefix(string(bomb(12, 9)), "filter: {collectorCluster: c}\n"), map[string]Secret{"p": {Env: "P"}}, ""},
 		{"both.yaml", "secrets: {p: {env: P, file: /p}}\n", nil, "both.yaml:1:14: secrets.p: want exactly one of env or file"},
-		{"unknown.yaml", "secret: {p: {env: P}}\n", nil, "unknown.yaml:1:1: secret: unknown key (known: filter, secrets, callers, packages, rules, sidecar)"},
+		{"unknown.yaml", "secret: {p: {env: P}}\n", nil, "unknown.yaml:1:1: secret: unknown key (known: filter, secrets, callers, nodes, packages, rules, sidecar)"},
 		{"field.yaml", "secrets: {p: {environment: P}}\n", nil, "field.yaml:1:15: secrets.p.environment: unknown key (known: env, file)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

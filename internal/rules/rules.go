@@ -84,6 +84,9 @@ type Config struct {
 	// JWT's claims in the request's dynamic metadata (its providers'
 	// payload_in_metadata), read to recognize callers by identity.jwt.
 	JWTPayloadKey string `json:"jwtPayloadKey,omitempty"`
+	// Nodes are the external processing nodes rules name (target.nodes):
+	// every sidecar gets them all, as it gets every caller.
+	Nodes []Node `json:"nodes,omitempty"`
 }
 
 // SecretDecl says where a collector finds one secret: exactly one of Env (an
@@ -272,7 +275,10 @@ func (c *Config) Validate() error {
 		}
 		seen[r.Name] = true
 	}
-	return c.validateCallers()
+	if err := c.validateCallers(); err != nil {
+		return err
+	}
+	return c.validateNodes()
 }
 
 func (r *Rule) validate() error {

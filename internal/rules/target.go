@@ -53,6 +53,14 @@ type Target struct {
 	// (lower case); without it the task carries none of them (see
 	// CredentialHeader).
 	PassHeaders []string `json:"passHeaders,omitempty"`
+	// Format is json (default) or soap (NodeJSON, NodeSOAP).
+	Format string `json:"format,omitempty"`
+	// Nodes names declared nodes (Config.Nodes) in failover order, instead
+	// of an inline endpoint, auth, … (see Node).
+	Nodes []string `json:"nodes,omitempty"`
+	// Resolved are the named nodes as declared (validateNodes fills it;
+	// a rules file may not write it).
+	Resolved []Node `json:"resolvedNodes,omitempty"`
 }
 
 // CredentialHeader reports whether a request header (lower-case name) may
@@ -103,14 +111,30 @@ func (t *Target) External() bool { return t != nil && t.Type == TargetExternal }
 func (t *Target) validate() error {
 	switch t.Type {
 	case "", TargetInternal:
-		if t.Endpoint != "" || t.Auth != nil || t.Encryption != nil || len(t.PassHeaders) > 0 {
-			return fieldErr("type", "endpoint, auth, encryption and passHeaders need type external")
+		if t.Endpoint != "" || t.Auth != nil || t.Encryption != nil || len(t.PassHeaders) > 0 || len(t.Nodes) > 0 || t.Format != "" {
+			return fieldErr("type", "endpoint, nodes, format, auth, encryption and passHeaders need type external")
 		}
 		t.Type = TargetInternal
 		return nil
 	case TargetExternal:
 	default:
 		return fieldErr("type", "%q is not internal or external", t.Type)
+	}
+	if err := t.validatePass(); err != nil {
+		return err
+	}
+	if len(t.Nodes) > 0 {
+		return t.validateNamed()
+	}
+	if len(t.Resolved) > 0 {
+		return fieldErr("resolvedNodes", "set from target.nodes, not written")
+	}
+	switch t.Format {
+	case "":
+		t.Format = NodeJSON
+	case NodeJSON, NodeSOAP:
+	default:
+		return fieldErr("format", "%q is not json or soap", t.Format)
 	}
 	u, err := url.Parse(t.Endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil {
@@ -155,6 +179,10 @@ func (t *Target) validate() error {
 			return fieldErr(fmt.Sprintf("allowNetworks[%d]", i), "%q is not a CIDR prefix", n)
 		}
 	}
+	return nil
+}
+
+func (t *Target) validatePass() error {
 	for i, h := range t.PassHeaders {
 		if !validHeaderName(h) || strings.ToLower(h) != h {
 			return fieldErr(fmt.Sprintf("passHeaders[%d]", i), "%q is not a lower-case header name", h)
