@@ -160,6 +160,7 @@ type Collector struct {
 	relayWake                chan struct{} // a publish failed: the relay has work (wakeRelay)
 	lastMove                 atomic.Int64  // when this collector last created or moved a record (Unix ns)
 	health                   *health       // endpoint health (health.go)
+	limits                   *limiter      // endpoint rate and concurrency limits (limits.go)
 	endpointEvents           *endpointEvents
 }
 
@@ -233,6 +234,7 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	}
 	c.health = newHealth(st, cfg.EndpointDisableAfter, cfg.EndpointFailingFor, cfg.Logger, c.obs, c.endpointEvents)
 	c.health.resume = c.resumeHeld
+	c.limits = newLimiter(st, cfg.Logger, c.obs.reg)
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
 	return c, nil
 }
@@ -269,9 +271,16 @@ func (c *Collector) Run(ctx context.Context) error {
 	run("outbox relay", c.relay)
 	run("sweeper", c.sweep)
 	run("endpoint health", c.health.run)
+	// The limits' heartbeats outlive the handlers: a callback still in
+	// flight keeps its place counted until it ends.
+	limitsCtx, stopLimits := context.WithCancel(context.WithoutCancel(ctx))
+	limitsDone := make(chan struct{})
+	go func() { defer close(limitsDone); c.limits.run(limitsCtx) }()
 	<-ctx.Done()
 	c.stoppingOnce.Do(func() { close(c.stopping) })
 	wg.Wait()
+	stopLimits()
+	<-limitsDone
 	c.endpointEvents.wait()
 	c.sender.Close()
 	close(errs)

@@ -103,6 +103,11 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 // completed or failed, and a claim that finds another status names it, which
 // drive then follows (a read less per callback: the claim reads anyway).
 func (c *Collector) handleDelivery(ctx context.Context, m queue.Message) error {
+	ctx, done, err := c.limits.admitMessage(ctx, m) // before the claim: a throttled callback holds no lease
+	if err != nil {
+		return err
+	}
+	defer done()
 	return c.drive(ctx, m, &store.Record{ID: m.Key, TraceID: m.TraceID, Status: store.Completed})
 }
 
@@ -224,7 +229,15 @@ func (c *Collector) run(ctx context.Context, m queue.Message, r *store.Record) e
 // left without a message; its lease makes that wait.
 func (c *Collector) finishRun(ctx context.Context, m queue.Message, r *store.Record, ch store.Change) error {
 	release := func() {}
-	if c.cfg.DeliveryWorkers >= 0 {
+	deliverHere := c.cfg.DeliveryWorkers >= 0
+	if deliverHere {
+		// Within the endpoint's limits, or the result goes alone and its
+		// delivery message waits for a token (limits.go).
+		var done func()
+		ctx, deliverHere, done = c.limits.admitFirst(ctx, r)
+		defer done()
+	}
+	if deliverHere {
 		// The place for the attempt first: the lease runs from the write.
 		var err error
 		if release, err = acquire(ctx, c.deliverySlots); err != nil {
@@ -347,6 +360,11 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 		log.Info("delivery: held, its endpoint is disabled", "endpoint", endpointOf(r.Envelope), "reason", reason)
 		return nil
 	}
+	leave, err := c.limits.enter(ctx, r.Envelope, r.ID)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	attempts := attemptsSinceReplay(r) + 1
 	protocol := r.Envelope.Callback.Protocol
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))

@@ -26,6 +26,9 @@ type taskMessage struct {
 	// get the message before its record exists (accept).
 	Deadline int64           `json:"deadline,omitempty"`
 	Envelope json.RawMessage `json:"envelope,omitempty"`
+	// Limit, on a delivery message, names its endpoint's rateLimit and
+	// maxInFlight: checked before the claim (limits.go).
+	Limit *endpointLimit `json:"limit,omitempty"`
 }
 
 // publish sends the work or delivery message of r (see send).
@@ -52,6 +55,9 @@ func (c *Collector) message(topic string, r *store.Record) (queue.Message, error
 		if env, err := json.Marshal(r.Envelope); err == nil && len(env) <= inlineEnvelopeMax {
 			msg.Envelope = env
 		}
+	}
+	if topic == queue.TopicDelivery {
+		msg.Limit = limitOf(r.Envelope)
 	}
 	body, err := json.Marshal(msg)
 	if err != nil {

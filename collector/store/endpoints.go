@@ -33,6 +33,8 @@ type Endpoint struct {
 	DisabledAt time.Time `json:"disabledAt,omitzero"`
 	Reason     string    `json:"reason,omitempty"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Limiters share a limited endpoint's budget (limits.go).
+	Limiters []EndpointLimiter `json:"limiters,omitempty"`
 }
 
 // EndpointID identifies the endpoint of a callback: its URL and protocol,

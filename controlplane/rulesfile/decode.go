@@ -2,6 +2,7 @@ package rulesfile
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -247,6 +248,13 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(i)
+	case reflect.Float64: // callback.rateLimit.perSecond
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" && n.Tag != "!!float" || err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			d.fail(n, path, "want a number, got %s", kindName(n))
+			return
+		}
+		v.SetFloat(f)
 	default:
 		d.fail(n, path, "cannot decode into %s", v.Type())
 	}

@@ -173,6 +173,9 @@ func (e *Envelope) Validate() error {
 	if err := rules.CheckCallbackURLFor(e.Callback.Protocol, e.Callback.URL); err != nil {
 		return fmt.Errorf("callback.url: %w", err)
 	}
+	if err := rules.CheckLimits(e.Callback.RateLimit, e.Callback.MaxInFlight); err != nil {
+		return fmt.Errorf("callback.%w", err)
+	}
 	for i, h := range e.Headers {
 		if h[0] == "" || strings.ContainsAny(h[0], " :\r\n") || strings.ContainsAny(h[1], "\r\n") {
 			return fmt.Errorf("headers[%d]: invalid header %q", i, h[0])

@@ -60,6 +60,10 @@ type Callback struct {
 	// Encryption seals the callback payload (http, grpc, amqp); the
 	// signature covers the sealed bytes.
 	Encryption *Encryption `json:"encryption,omitempty"`
+	// RateLimit and MaxInFlight bound the callbacks to this callback's
+	// endpoint, across the collectors of a store (limits.go).
+	RateLimit   *RateLimit `json:"rateLimit,omitempty"`
+	MaxInFlight int        `json:"maxInFlight,omitempty"`
 	// Select chooses the callback among Targets by a request parameter.
 	Select *Select `json:"select,omitempty"`
 }
@@ -134,6 +138,9 @@ func (c *Callback) validate() error {
 	}
 	if len(c.CallerHosts) > 0 {
 		return fieldErr("callerHosts", "a caller's (callers[].callbackHosts), not a rule's: use allowedHosts")
+	}
+	if err := c.validateLimits(); err != nil {
+		return err
 	}
 	return c.validateOverride()
 }
@@ -335,7 +342,7 @@ func validHostName(s string) bool {
 }
 
 func (s *Select) validate(parent *Callback) error {
-	if parent.URL != "" || parent.AllowOverride || parent.SecretRef != "" || len(parent.AllowedHosts) > 0 {
+	if parent.URL != "" || parent.AllowOverride || parent.SecretRef != "" || len(parent.AllowedHosts) > 0 || parent.Limited() {
 		return fieldErr("select", "a callback with select has its url, secretRef and the rest in each target")
 	}
 	n := 0

@@ -346,6 +346,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Endpoints", func(t *testing.T) { endpoints(t, open) }) // endpoints.go
 	t.Run("Ordering", func(t *testing.T) { ordering(t, open) })   // ordering.go
 
+	t.Run("EndpointLimiters", func(t *testing.T) { endpointLimiters(t, open) }) // limits.go
+
 	t.Run("LargeBodies", func(t *testing.T) {
 		s := open(t)
 		big := make([]byte, 3<<20+17)
