@@ -30,7 +30,11 @@ func TestWhereCPUGoes(t *testing.T) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		t.Fatal(err)
 	}
-	if md := string(r.markdown()); !strings.Contains(md, "Where the time goes: CPU per callback") {
-		t.Error("the report of a missed delivery target does not say where the time goes")
+	missed := false
+	for _, br := range r.Backends {
+		missed = missed || br.Delivery.PerSecond < targetDelivery
+	}
+	if md := string(r.markdown()); missed != strings.Contains(md, "Where the time goes: CPU per callback") {
+		t.Errorf("delivery target missed: %v, but the report says where the time goes: %v", missed, !missed)
 	}
 }
