@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/http"
@@ -70,7 +71,7 @@ func (c *Collector) listEndpoints(w http.ResponseWriter, r *http.Request) {
 	for _, e := range eps {
 		out.Endpoints = append(out.Endpoints, viewOfEndpoint(e))
 	}
-	if limit := max(q.Limit, 0); len(eps) > 0 && (limit == 0 && len(eps) == store.MaxLimit || len(eps) == limit) {
+	if limit := cmp.Or(q.Limit, store.MaxLimit); len(eps) > 0 && len(eps) == limit { // a full page: maybe more
 		out.Next = eps[len(eps)-1].ID
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -184,14 +184,7 @@ func (h *health) flushOne(ctx context.Context, id, reason string) bool {
 		if p != nil {
 			h.mu.Lock()
 			if q := h.pending[id]; q != nil { // attempts counted meanwhile
-				p.d.Attempts += q.d.Attempts
-				p.d.Successes += q.d.Successes
-				if q.d.Successes > 0 {
-					p.d.FailuresSinceSuccess, p.d.LastSuccess = q.d.FailuresSinceSuccess, q.d.LastSuccess
-				} else {
-					p.d.FailuresSinceSuccess += q.d.FailuresSinceSuccess
-				}
-				p.d.LastFailure = later(p.d.LastFailure, q.d.LastFailure)
+				p.d.Then(q.d)
 			}
 			h.pending[id] = p
 			h.mu.Unlock()
@@ -208,13 +201,6 @@ func (h *health) flushOne(ctx context.Context, id, reason string) bool {
 		h.events.send(endpointEvent{Type: "endpoint.disabled", Endpoint: e})
 	}
 	return e.Disabled
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 func (h *health) setDisabled(id, reason string) {

@@ -94,6 +94,20 @@ type EndpointDelta struct {
 	LastSuccess, LastFailure time.Time
 }
 
+// Then adds next, a delta counted after d, to d.
+func (d *EndpointDelta) Then(next EndpointDelta) {
+	d.Attempts += next.Attempts
+	d.Successes += next.Successes
+	if next.Successes > 0 {
+		d.FailuresSinceSuccess, d.LastSuccess = next.FailuresSinceSuccess, next.LastSuccess
+	} else {
+		d.FailuresSinceSuccess += next.FailuresSinceSuccess
+	}
+	if next.LastFailure.After(d.LastFailure) {
+		d.LastFailure = next.LastFailure
+	}
+}
+
 // EndpointQuery lists endpoints in id order after After (a cursor), at most
 // Limit (MaxLimit when 0), only the disabled ones when DisabledOnly.
 type EndpointQuery struct {

@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -349,19 +348,16 @@ func (c Callback) WithCaller(caller *Caller) Callback {
 	if len(caller.Signing) > 0 {
 		c.Signing, c.SecretRef = caller.Signing, ""
 	}
+	c.CallerHosts = caller.CallbackHosts
+	proto, _ := LookupProtocol(c.Protocol) // unknown: neither sealed nor brokered
 	if caller.Auth != nil {
 		c.Auth = caller.Auth
-	}
-	c.CallerHosts = caller.CallbackHosts
-	if caller.Encryption != nil {
-		if p, ok := LookupProtocol(c.Protocol); ok && p.Encryption {
-			c.Encryption = caller.Encryption
-		}
-	}
-	if caller.Auth != nil {
-		if p, ok := LookupProtocol(c.Protocol); ok && p.Credentials {
+		if proto.Credentials {
 			c.Auth = nil // a broker's credentials are the rule's, never a caller's
 		}
+	}
+	if caller.Encryption != nil && proto.Encryption {
+		c.Encryption = caller.Encryption
 	}
 	return c
 }
@@ -376,17 +372,13 @@ func (cl *Caller) CheckCallerHost(rawURL string) error {
 	return checkHostList(cl.CallbackHosts, rawURL, "one of caller "+cl.Name+"'s callbackHosts")
 }
 
-// errNoCaller is what a rule limited to some callers answers a request from
-// another.
-var errNoCaller = errors.New("not a caller this rule admits")
-
 // CheckCaller reports why rule r refuses a request of caller.
 func (r *Rule) CheckCaller(caller *Caller) error {
 	if r.Admits(caller) {
 		return nil
 	}
 	if caller == nil {
-		return fmt.Errorf("rule %s admits only its callers (%s); the mesh did not identify this one: %w", r.Name, strings.Join(r.Callers, ", "), errNoCaller)
+		return fmt.Errorf("rule %s admits only its callers (%s); the mesh did not identify this one", r.Name, strings.Join(r.Callers, ", "))
 	}
-	return fmt.Errorf("rule %s does not admit caller %s: %w", r.Name, caller.Name, errNoCaller)
+	return fmt.Errorf("rule %s does not admit caller %s", r.Name, caller.Name)
 }
