@@ -52,8 +52,9 @@ class FakeSidecar:
         self.callback_statuses: list[int] = []
         self.tokens: dict[str, str] = {}
         self.polls: dict[str, int] = {}
-        self._threads: list[threading.Thread] = []
+        self._expected = 0
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         side = self
 
         class H(BaseHTTPRequestHandler):
@@ -97,11 +98,14 @@ class FakeSidecar:
                 side.tokens[rid] = token
                 cb = hs["x-async-callback"]
                 if side.early:
+                    side._expect(1)
                     side.callback(cb, rid)
                 if "wait=" in prefer:
+                    side._expect(1)
                     side._later(cb, rid, 1)
                     return self._send(201, b'{"done":true}', {"content-type": "application/json", "x-async-request-id": rid,
                                                               "x-async-trace-id": TRACE, "x-async-access-token": token})
+                side._expect(side.deliveries)
                 loc = f"/async/v1/requests/{rid}?token={token}"
                 self._send(202, json.dumps({"id": rid, "traceId": TRACE, "status": "queued", "statusUrl": loc, "accessToken": token}).encode(),
                            {"content-type": "application/json", "location": loc, "x-async-request-id": rid, "x-async-trace-id": TRACE})
@@ -109,7 +113,7 @@ class FakeSidecar:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def payload(self, rid: str) -> dict[str, Any]:
@@ -124,9 +128,13 @@ class FakeSidecar:
             body, ct = asyncmesh.seal(self.seal_alg, self.key, rid, body)
         headers = asyncmesh.sign(secrets or self.sign_with, rid, body)
         headers.update({"content-type": ct, "x-async-request-id": rid, "x-async-trace-id": TRACE})
-        code = httpx.post(url, content=body, headers=headers).status_code
+        try:
+            code = httpx.post(url, content=body, headers=headers).status_code
+        except httpx.HTTPError:
+            code = 0  # the receiver is gone (the client was closed)
         with self._lock:
             self.callback_statuses.append(code)
+            self._answered.notify_all()
         return code
 
     def _later(self, url: str, rid: str, n: int) -> None:
@@ -134,14 +142,16 @@ class FakeSidecar:
             for _ in range(n):
                 self.callback(url, rid)
 
-        t = threading.Thread(target=run)
-        self._threads.append(t)
-        t.start()
+        threading.Thread(target=run, daemon=True).start()
+
+    def _expect(self, n: int) -> None:
+        with self._lock:
+            self._expected += n
 
     def join(self) -> None:
         """Wait until every callback has been answered."""
-        for t in list(self._threads):
-            t.join()
+        with self._answered:
+            assert self._answered.wait_for(lambda: len(self.callback_statuses) >= self._expected, timeout=30)
 
     def close(self) -> None:
         self.join()

@@ -64,17 +64,25 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._starting: asyncio.Lock | None = None
 
     async def start(self) -> AsyncClient:
         """Start the receiver on the running loop (``async with`` does it)."""
-        if self._receiver is None:
-            self._loop = asyncio.get_running_loop()
-            # Binding is quick, but not a coroutine: off the loop all the same.
-            self._receiver = await asyncio.to_thread(
-                Receiver, self._listen[0], self._listen[1], self._path, self._verifier, self._registry, self._dispatch
-            )
-            if not self._callback_url:
-                self._callback_url = _callback_url(*self._receiver.address, self._path)
+        if self._receiver is not None:
+            return self
+        if self._closed:
+            raise RuntimeError("asyncmesh: client closed")
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:  # two first do()s at once start one receiver
+            if self._receiver is None:
+                self._loop = asyncio.get_running_loop()
+                # Binding is quick, but not a coroutine: off the loop all the same.
+                self._receiver = await asyncio.to_thread(
+                    Receiver, self._listen[0], self._listen[1], self._path, self._verifier, self._registry, self._dispatch
+                )
+                if not self._callback_url:
+                    self._callback_url = _callback_url(*self._receiver.address, self._path)
         return self
 
     @property

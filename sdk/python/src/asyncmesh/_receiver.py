@@ -65,7 +65,8 @@ class Receiver(Generic[H]):
         self._verifier, self._registry, self._dispatch = verifier, registry, dispatch
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="asyncmesh-receiver", daemon=True)
+        # poll_interval bounds how long close() waits for the serving loop.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="asyncmesh-receiver", daemon=True)
         self._thread.start()
 
     @property
