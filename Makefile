@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm images demo test unit deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short chaos-cluster chaos-cluster-short clean
+.PHONY: all build wasm images demo test unit sdk-python deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short chaos-cluster chaos-cluster-short clean
 
 all: build
 
@@ -27,10 +27,17 @@ demo: build
 unit:
 	$(GO) test -race -count=1 ./...
 
-e2e: build
-	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
+# sdk-python: the Python SDK's mypy --strict and pytest (shared vectors in
+# sdk/testdata, the official standardwebhooks library, the client against a
+# stand-in sidecar), in the venv .tools/sdk-python that the script makes.
+# The Go side of the vectors (go test ./client -run TestVectors) is in unit.
+sdk-python:
+	scripts/sdk-python.sh test
 
-test: lint unit deploy-check e2e chaos-short chaos-cluster-short fuzz-short
+e2e: build
+	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) ASYNCMESH_SDK_PYTHON="$$(scripts/sdk-python.sh env)" $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
+
+test: lint unit sdk-python deploy-check e2e chaos-short chaos-cluster-short fuzz-short
 
 # deploy-check renders the Helm chart and controlplane render's output and
 # decodes them strictly into Kubernetes', Istio's and Envoy Gateway's types
