@@ -194,3 +194,16 @@ def test_bad_config() -> None:
             Client("http://127.0.0.1:1", **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Client("not a url", secrets=[SECRET])
+
+
+def test_receiver_drops_a_stalled_sender(sidecar_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that promises a body and stalls holds one thread until the
+    read timeout, then is cut off; the receiver keeps serving."""
+    sc = sidecar_factory(deliveries=0)
+    with Client(sc.url, secrets=[SECRET]) as c:
+        handler_cls = c._receiver._server.RequestHandlerClass
+        monkeypatch.setattr(handler_cls, "timeout", 0.2)
+        with socket.create_connection(c._receiver.address, timeout=5) as s:
+            s.sendall(b"POST /callbacks HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+            assert s.recv(4096) == b""  # closed without an answer
+        assert _raw(c._receiver.address, b"POST /callbacks HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").startswith(b"HTTP/1.1 401")

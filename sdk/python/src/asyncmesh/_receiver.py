@@ -99,7 +99,10 @@ class Receiver(Generic[H]):
             req.close_connection = True
             req._plain(413, "callback body too large")
             return
-        body = req.rfile.read(n)
+        try:
+            body = req.rfile.read(n)
+        except OSError:  # the sender stalled past the timeout, or went away
+            body = b""
         if len(body) != n:
             req.close_connection = True
             return
