@@ -207,3 +207,17 @@ def test_receiver_drops_a_stalled_sender(sidecar_factory: Any, monkeypatch: pyte
             s.sendall(b"POST /callbacks HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
             assert s.recv(4096) == b""  # closed without an answer
         assert _raw(c._receiver.address, b"POST /callbacks HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").startswith(b"HTTP/1.1 401")
+
+
+def test_payload_for_another_request_refused(sidecar_factory: Any) -> None:
+    """A validly signed callback whose payload names another request than its
+    webhook-id never reaches that request's handler."""
+    sc = sidecar_factory(deliveries=0)
+    got = Got()
+    with Client(sc.url, secrets=[SECRET]) as c:
+        call = c.do(Request("POST", "/slow"), got)
+        body = json.dumps(sc.payload(call.id)).encode()
+        h = asyncmesh.sign([SECRET], "another-id", body)
+        assert httpx.post(c.callback_url, content=body, headers=h).status_code == 400
+        assert c.pending() == 1
+    assert got.results == []

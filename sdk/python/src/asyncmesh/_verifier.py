@@ -54,6 +54,11 @@ class CallbackVerifier:
             except SealError as e:
                 raise CallbackRefused(400, f"callback not sealed with our key: {e}") from e
         try:
-            return decode_result(body)
+            result = decode_result(body)
         except PayloadError as e:
             raise CallbackRefused(400, str(e)) from e
+        # The collector signs with the request id as webhook-id; a payload
+        # for another id is not what was signed for, whoever sent it.
+        if result.id != lower.get(_webhook.HEADER_ID, ""):
+            raise CallbackRefused(400, "callback payload: id is not the webhook-id")
+        return result
