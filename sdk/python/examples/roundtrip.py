@@ -45,7 +45,7 @@ def sync_part(args: argparse.Namespace) -> dict[str, Any]:
                 all_in.set()
 
     with Client(args.base_url, secrets=args.secret, key=args.key) as c:
-        calls = [c.do(Request("POST", f"{args.path}?ms=50", body=json.dumps({"sdk": "python", "n": i}).encode()), handler)
+        calls = [c.do(Request("POST", f"{args.path}?ms=50", body=f"sdk=python-sync n={i}".encode()), handler)
                  for i in range(args.requests)]
         if not all_in.wait(args.timeout):
             raise SystemExit(f"only {len(results)} of {args.requests} callbacks came")
@@ -56,7 +56,7 @@ def sync_part(args: argparse.Namespace) -> dict[str, Any]:
             "waited": view(waited, 1),
         }
         if args.prefer_wait:
-            call = c.do(Request("POST", f"{args.path}?ms=10", body=b'{"sdk":"prefer-wait"}'), handler, wait=10)
+            call = c.do(Request("POST", f"{args.path}?ms=10", body=b"sdk=prefer-wait"), handler, wait=10)
             assert call.sync is not None
             out["preferWait"] = {"id": call.id, "status": call.sync.status, "body": call.sync.text(), "hasToken": bool(call.access_token)}
         out["pending"] = c.pending()
@@ -74,7 +74,7 @@ async def async_part(args: argparse.Namespace) -> dict[str, Any]:
 
     async with AsyncClient(args.base_url, secrets=args.secret, key=args.key) as c:
         calls = await asyncio.gather(*[
-            c.do(Request("POST", f"{args.path}?ms=50", body=json.dumps({"sdk": "python-asyncio", "n": i}).encode()), handler)
+            c.do(Request("POST", f"{args.path}?ms=50", body=f"sdk=python-asyncio n={i}".encode()), handler)
             for i in range(args.requests)
         ])
         await asyncio.wait_for(done.wait(), args.timeout)
