@@ -297,8 +297,12 @@ func filter(q store.Query) map[string]any {
 // id as the cursor. Near-real-time: it sees writes after the next refresh.
 func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
 	limit := q.PageLimit()
+	order := "asc"
+	if q.Desc {
+		order = "desc"
+	}
 	body := map[string]any{
-		"size": limit + 1, "sort": []any{map[string]any{"id": "asc"}},
+		"size": limit + 1, "sort": []any{map[string]any{"id": order}},
 		"query": filter(q),
 	}
 	if q.Cursor != "" {

@@ -255,13 +255,17 @@ func whereClause(conds []string) string {
 
 func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error) {
 	conds, args := where(q)
+	order, next := "id", "id > ?"
+	if q.Desc {
+		order, next = "id DESC", "id < ?"
+	}
 	if q.Cursor != "" {
-		conds, args = append(conds, "id > ?"), append(args, q.Cursor)
+		conds, args = append(conds, next), append(args, q.Cursor)
 	}
 	limit := q.PageLimit()
 	// Without the body columns: a page of search results never loads a
 	// request's or a response's body.
-	query := `SELECT doc, NULL, NULL FROM requests` + whereClause(conds) + " ORDER BY id LIMIT ?"
+	query := `SELECT doc, NULL, NULL FROM requests` + whereClause(conds) + " ORDER BY " + order + " LIMIT ?"
 	recs, err := s.list(ctx, query, append(args, limit+1)...)
 	if err != nil {
 		return store.Page{}, fmt.Errorf("searching records: %w", err)

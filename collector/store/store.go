@@ -152,6 +152,10 @@ type Query struct {
 	Until   time.Time
 	Cursor  string
 	Limit   int
+	// Desc orders the results by id descending, newest first (the
+	// dashboard's log); Cursor is then the last id of the previous page
+	// still, and the next page holds the older ones.
+	Desc bool
 }
 
 // Counter is a store that counts the records a Query selects, its Cursor

@@ -279,6 +279,28 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			}
 			return ""
 		})
+		eventually(t, "paged search newest first", func() string {
+			var got []string
+			page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Desc: true})
+			for err == nil {
+				for _, r := range page.Records {
+					got = append(got, r.ID)
+				}
+				if page.Next == "" {
+					break
+				}
+				page, err = s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Cursor: page.Next, Desc: true})
+			}
+			want := slices.Clone(ids)
+			slices.Reverse(want)
+			if err != nil {
+				return err.Error()
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Sprintf("found %v, want %v", got, want)
+			}
+			return ""
+		})
 		eventually(t, "search by rule", func() string {
 			p, err := s.Search(ctx, store.Query{Rule: "b"})
 			if err != nil || len(p.Records) != 1 {
