@@ -167,7 +167,7 @@ type Collector struct {
 	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
 	streams      chan struct{} // a place per operator stream (MaxStreams)
 	controlPlane *http.Client
-	decided      *decisions    // ids intake accepted before the filter's deadline
+	decided      *decisions // ids intake accepted before the filter's deadline
 	// execSlots and deliverySlots hold a place per execution (Workers) and
 	// per callback attempt in flight (DeliveryWorkers).
 	execSlots, deliverySlots chan struct{}
@@ -231,10 +231,10 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		notify:    newNotifier(),
-		stopping:  make(chan struct{}),
-		waiters:   make(chan struct{}, cfg.MaxWaiters),
-		streams:   make(chan struct{}, cfg.MaxStreams),
+		notify:   newNotifier(),
+		stopping: make(chan struct{}),
+		waiters:  make(chan struct{}, cfg.MaxWaiters),
+		streams:  make(chan struct{}, cfg.MaxStreams),
 		controlPlane: &http.Client{Timeout: 5 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		decided:   newDecisions(),

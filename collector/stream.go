@@ -144,8 +144,8 @@ func (c *Collector) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	end := time.Now().Add(MaxOperatorStream)
-	cur := floor                           // the last change sent (or the start)
-	seen := map[string]time.Time{}         // changes sent within the look-back window: id → UpdatedAt
+	cur := floor                   // the last change sent (or the start)
+	seen := map[string]time.Time{} // changes sent within the look-back window: id → UpdatedAt
 	lastWrite, lastPoll := time.Now(), time.Time{}
 	lookBack := true
 	for {
