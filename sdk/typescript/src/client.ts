@@ -119,7 +119,7 @@ export interface WaitOptions {
 
 /** What {@link Client.handleCallback} decided: the HTTP answer to give the sender. */
 export interface CallbackOutcome {
-  /** 204 accepted (also a repeated delivery), 400 unreadable, 401 bad signature, 413 too large, 503 no room to hold it. */
+  /** 204 accepted (also a repeated delivery), 400 unreadable, 401 bad signature, 413 too large, 503 no room to hold it (or the client is closed). */
   status: 204 | 400 | 401 | 413 | 503;
   /** The JSON error body, for status >= 400. */
   error?: { error: string; message: string };
@@ -208,6 +208,10 @@ export class Client {
     this.#callbackUrl = opts.callbackUrl ?? "";
     if (this.#receiverOpt === false && this.#callbackUrl === "") {
       throw new Error("asyncmesh client: callbackUrl is required without the embedded receiver");
+    }
+    if (this.#receiverOpt !== false && ["0.0.0.0", "::", ""].includes(this.#receiverOpt.host ?? "127.0.0.1") && this.#callbackUrl === "") {
+      // The listening address says nothing of how the collector reaches it.
+      throw new Error("asyncmesh client: callbackUrl is required with a receiver on every address");
     }
     this.#fetch = opts.fetch ?? globalThis.fetch;
     this.#timeoutMs = opts.requestTimeoutMs ?? 60_000;
@@ -395,6 +399,10 @@ export class Client {
    * error). The request's handler runs after this returns, once per id.
    */
   handleCallback(headers: HeaderSource, body: Uint8Array): CallbackOutcome {
+    if (this.#closed) {
+      // No handler may start once close has returned; the collector retries.
+      return { status: 503, error: { error: "closed", message: "this client is closed" } };
+    }
     const webhookId = headerOf(headers, HEADER_ID);
     try {
       verify(headers, body, this.#secrets, this.#now());

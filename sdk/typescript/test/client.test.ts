@@ -318,6 +318,15 @@ describe("receiving in a server of your own", () => {
 });
 
 describe("handlers", () => {
+  it("after close, callbacks are refused with 503 (the collector retries)", async () => {
+    const c = new Client({ baseUrl: "http://x", secrets: [SECRET], receiver: false, callbackUrl: "http://cb", logger: memoryLogger() });
+    await c.close();
+    const id = "0190b3c2-7d6e-7a1b-8c3d-0000000000d1";
+    const body = Buffer.from(payload(id));
+    assert.equal(c.handleCallback(sign([parseSecret(SECRET)], id, body), body).status, 503);
+    await assert.rejects(c.do({ url: "/x" }, () => {}), /closed/);
+  });
+
   it("a handler that throws is logged; close waits for running handlers", async () => {
     const sc = await sidecar({ deliveries: 1 });
     const log = memoryLogger();
@@ -377,6 +386,7 @@ describe("configuration", () => {
     ["a baseUrl of another scheme", { baseUrl: "ftp://x", secrets: [SECRET] }],
     ["a bad key", { baseUrl: "http://x", secrets: [SECRET], key: "c2hvcnQ=" }],
     ["no receiver and no callbackUrl", { baseUrl: "http://x", secrets: [SECRET], receiver: false }],
+    ["a receiver on every address and no callbackUrl", { baseUrl: "http://x", secrets: [SECRET], receiver: { host: "0.0.0.0" } }],
   ] as const) {
     it(`refuses ${name}`, () => {
       assert.throws(() => new Client(opts as never));
