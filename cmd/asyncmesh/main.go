@@ -192,8 +192,9 @@ func sidecar(args []string, out io.Writer) error {
 		name, bin, health string
 		env, args         []string
 	}{
-		{"controlplane", filepath.Join(bin, "controlplane"), "http://" + metrics + "/healthz", nil,
-			[]string{"serve", "-rules", rulesPath, "-wasm", filepath.Join(bin, "asyncmesh.wasm"), "-listen", xdsAddr, "-metrics", metrics}},
+		{"controlplane", filepath.Join(bin, "controlplane"), "http://" + metrics + "/healthz", []string{"ASYNCMESH_ADMIN_TOKEN=" + adminToken},
+			[]string{"serve", "-rules", rulesPath, "-wasm", filepath.Join(bin, "asyncmesh.wasm"), "-listen", xdsAddr, "-metrics", metrics,
+				"-operator-token-env", "ASYNCMESH_ADMIN_TOKEN"}},
 		{"collector", filepath.Join(bin, "collector"), collectorURL + "/healthz",
 			[]string{replayEnv + "=" + replaySecret, "ASYNCMESH_ADMIN_TOKEN=" + adminToken},
 			[]string{"-listen", collector, "-db", filepath.Join(o.data, "asyncmesh.db"), "-replay-url", listenURL,
