@@ -41,6 +41,7 @@ func TestTypeScriptSDK(t *testing.T) {
 	if err != nil {
 		t.Fatalf("node run.mjs: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr.String())
 	}
+	t.Logf("run.mjs:\n%s", stdout)
 	type event struct {
 		Event, ID, TraceID, Status, Body, Record string
 		ResponseStatus                           int
