@@ -95,7 +95,8 @@ func TestTypeScriptSDK(t *testing.T) {
 			t.Fatalf("handler of %s ran %d times", id, n)
 		}
 	}
-	if wait.ID != calls[0].ID || wait.Status != "completed" || wait.ResponseStatus != 200 || !strings.Contains(wait.Body, `\"i\":0`) {
+	// The request's trace id (the read through Envoy has a trace of its own).
+	if wait.ID != calls[0].ID || wait.TraceID != calls[0].TraceID || wait.Status != "completed" || wait.ResponseStatus != 200 || !strings.Contains(wait.Body, `\"i\":0`) {
 		t.Fatalf("wait %+v", wait)
 	}
 	if syncEv.ID == "" || syncEv.ResponseStatus != 200 || !strings.Contains(syncEv.Body, "quick") || !syncEv.Token ||

@@ -169,7 +169,7 @@ export class Client {
   readonly #early = new Map<string, Early>(); // insertion order is arrival order
   #earlyBytes = 0;
   readonly #seen = new Set<string>(); // request ids whose handler ran (or will): insertion order is eviction order
-  readonly #tokens = new Map<string, string>(); // request id → access token, for wait(id)
+  readonly #tokens = new Map<string, { token: string; traceId: string }>(); // request id → its access token and trace id, for wait(id)
   readonly #running = new Set<Promise<void>>();
 
   /**
@@ -307,7 +307,7 @@ export class Client {
         call.id = id;
         call.traceId = resp.headers.get("x-async-trace-id") ?? "";
         call.accessToken = resp.headers.get("x-async-access-token") ?? "";
-        this.#keepToken(id, call.accessToken);
+        this.#keepToken(id, call.accessToken, call.traceId);
         this.#takeEarly(id);
         if (!this.#seen.has(id)) this.#markSeen(id);
       }
@@ -335,7 +335,7 @@ export class Client {
     if (call.accessToken === "" && call.statusUrl !== "") {
       call.accessToken = new URL(call.statusUrl).searchParams.get("token") ?? "";
     }
-    this.#keepToken(id, call.accessToken);
+    this.#keepToken(id, call.accessToken, call.traceId);
 
     // No await from here on: the callback cannot slip in between.
     const early = this.#takeEarly(id);
@@ -354,7 +354,9 @@ export class Client {
    */
   async wait(call: Call | string, opts: WaitOptions = {}): Promise<Result> {
     const id = typeof call === "string" ? call : call.id;
-    const token = (typeof call === "string" ? "" : call.accessToken) || this.#tokens.get(id) || "";
+    const kept = this.#tokens.get(id);
+    const token = (typeof call === "string" ? "" : call.accessToken) || kept?.token || "";
+    const traceId = (typeof call === "string" ? "" : call.traceId) || kept?.traceId || "";
     if (id === "" || token === "") {
       throw new Error("asyncmesh client: wait needs the call's access token (from do's 202)");
     }
@@ -370,7 +372,10 @@ export class Client {
       switch (resp.status) {
         case 200: {
           const r = decodeResult(body);
-          if (r.traceId === "") r.traceId = resp.headers.get("x-async-trace-id") ?? "";
+          // The result has no trace id, and this read's x-async-trace-id is
+          // the read's own trace (Envoy tags every request): the request's
+          // is the one its 202 gave.
+          if (r.traceId === "") r.traceId = traceId;
           return r;
         }
         case 202: // not done yet: the long-poll has waited; ask again
@@ -549,10 +554,10 @@ export class Client {
     }
   }
 
-  #keepToken(id: string, token: string): void {
+  #keepToken(id: string, token: string, traceId: string): void {
     if (token === "") return;
     this.#tokens.delete(id);
-    this.#tokens.set(id, token);
+    this.#tokens.set(id, { token, traceId });
     if (this.#tokens.size > this.#limits.maxSeen) {
       this.#tokens.delete(this.#tokens.keys().next().value as string);
     }

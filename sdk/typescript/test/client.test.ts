@@ -234,12 +234,12 @@ describe("wait long-polls the result with the access token", () => {
   it("202 then 200", async () => {
     const col = await collector([
       { status: 202, body: { id, status: "queued" }, headers: { "retry-after": "1" } },
-      { status: 200, body: { id, status: "completed", response: { status: 200, body: "AP8=", bodyEncoding: "base64" } }, headers: { "x-async-trace-id": TRACE } },
+      { status: 200, body: { id, status: "completed", response: { status: 200, body: "AP8=", bodyEncoding: "base64" } }, headers: { "x-async-trace-id": "0".repeat(31) + "1" } },
     ]);
     const c = new Client({ baseUrl: col.url, secrets: [SECRET], receiver: false, callbackUrl: "http://cb" });
-    const r = await c.wait({ id, traceId: "", accessToken: "t/k+n", statusUrl: "" });
+    const r = await c.wait({ id, traceId: TRACE, accessToken: "t/k+n", statusUrl: "" });
     assert.equal(r.status, "completed");
-    assert.equal(r.traceId, TRACE);
+    assert.equal(r.traceId, TRACE, "the request's trace id, not the read's");
     assert.deepEqual([...r.response!.body], [0, 255]);
     assert.deepEqual(col.urls, Array(2).fill(`/async/v1/requests/${id}/result?token=t%2Fk%2Bn&wait=30s`));
     await col.close();
