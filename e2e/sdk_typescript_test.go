@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/asyncmesh/asyncmesh/examples/stack"
+	"github.com/asyncmesh/asyncmesh/internal/webhook"
 )
 
 // TestTypeScriptSDK: the TypeScript SDK (sdk/typescript, built: make
@@ -22,6 +25,46 @@ import (
 // Prefer: wait request answered synchronously whose later callback the SDK
 // acknowledges without running the handler.
 func TestTypeScriptSDK(t *testing.T) {
+	runTypeScriptSDK(t, st, st.WebhookSecret, "")
+}
+
+// TestTypeScriptSDKSealedAndRotated: the same on a stack of its own whose
+// rule seals callbacks with JWE and signs them with two secrets (a rotation:
+// the secret holds the new and the old one); the SDK has the old secret
+// only, and the key.
+func TestTypeScriptSDKSealedAndRotated(t *testing.T) {
+	newSecret, oldSecret, key := webhook.NewSecret(), webhook.NewSecret(), "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	rulesYAML := `filter:
+  collectorCluster: asyncmesh_collector
+  collectorTimeout: 2s
+  statusPrefix: /async
+  replaySecretEnv: ASYNCMESH_REPLAY_SECRET
+secrets:
+  rotated: {env: ASYNCMESH_SECRET_ROTATED}
+  seal-key: {env: ASYNCMESH_SECRET_SEAL_KEY}
+rules:
+  - name: sealed
+    match: {pathPrefix: /slow}
+    mode: async
+    timeout: 20s
+    callback: {allowOverride: true, allowedHosts: ["127.0.0.1"], allowNetworks: [127.0.0.0/8], secretRef: rotated, encryption: {type: jwe, keyRef: seal-key}}
+    retry: {maxAttempts: 5, initialBackoff: 200ms, maxBackoff: 2s}
+`
+	root, _ := filepath.Abs("..")
+	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: os.Getenv("ASYNCMESH_BIN"),
+		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir(), Rules: rulesYAML,
+		CollectorEnv: []string{"ASYNCMESH_SECRET_ROTATED=" + newSecret + "\n" + oldSecret, "ASYNCMESH_SECRET_SEAL_KEY=" + key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	runTypeScriptSDK(t, s, oldSecret, key)
+}
+
+// runTypeScriptSDK runs sdk/typescript/e2e/run.mjs against stack s with the
+// SDK's secret and key, and checks what it printed and the records.
+func runTypeScriptSDK(t *testing.T, s *stack.Stack, secret, key string) {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatal("node (20 or later) is needed for the TypeScript SDK's e2e test")
@@ -34,7 +77,7 @@ func TestTypeScriptSDK(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "e2e", "run.mjs"))
-	cmd.Env = append(os.Environ(), "ASYNCMESH_BASE_URL="+st.EnvoyURL, "ASYNCMESH_SECRET="+st.WebhookSecret, "ASYNCMESH_REQUESTS=3")
+	cmd.Env = append(os.Environ(), "ASYNCMESH_BASE_URL="+s.EnvoyURL, "ASYNCMESH_SECRET="+secret, "ASYNCMESH_KEY="+key, "ASYNCMESH_REQUESTS=3")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.Output()
@@ -50,11 +93,11 @@ func TestTypeScriptSDK(t *testing.T) {
 	}
 	var calls, callbacks []event
 	var wait, syncEv, done *event
-	sc := bufio.NewScanner(bytes.NewReader(stdout))
-	for sc.Scan() {
+	lines := bufio.NewScanner(bytes.NewReader(stdout))
+	for lines.Scan() {
 		var e event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("line %q: %v", sc.Text(), err)
+		if err := json.Unmarshal(lines.Bytes(), &e); err != nil {
+			t.Fatalf("line %q: %v", lines.Text(), err)
 		}
 		switch e.Event {
 		case "call":
@@ -106,7 +149,7 @@ func TestTypeScriptSDK(t *testing.T) {
 	// The collector delivered each callback to the SDK's own receiver (the
 	// caller's x-async-callback), not to the rule's.
 	for _, c := range calls {
-		resp, err := st.OperatorGet(ctx, "/v1/requests/"+c.ID)
+		resp, err := s.OperatorGet(ctx, "/v1/requests/"+c.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +159,7 @@ func TestTypeScriptSDK(t *testing.T) {
 		}
 		err = json.NewDecoder(resp.Body).Decode(&rec)
 		resp.Body.Close()
-		if err != nil || rec.Status != "delivered" || !strings.HasPrefix(rec.Request.Callback, "http://127.0.0.1:") || strings.HasPrefix(rec.Request.Callback, st.ReceiverURL) {
+		if err != nil || rec.Status != "delivered" || !strings.HasPrefix(rec.Request.Callback, "http://127.0.0.1:") || strings.HasPrefix(rec.Request.Callback, s.ReceiverURL) {
 			t.Fatalf("record of %s: %+v, %v", c.ID, rec, err)
 		}
 	}

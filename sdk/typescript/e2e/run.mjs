@@ -5,6 +5,7 @@
 //
 //   ASYNCMESH_BASE_URL  the sidecar's Envoy
 //   ASYNCMESH_SECRET    the rule's signing secret (whsec_...)
+//   ASYNCMESH_KEY       the rule's sealing key, when it seals callbacks
 //   ASYNCMESH_REQUESTS  how many async requests (default 3)
 
 import { Client } from "../dist/index.js";
@@ -28,7 +29,8 @@ const guard = setTimeout(() => {
   process.exit(3);
 }, 90_000);
 
-const c = await Client.create({ baseUrl, secrets: [secret], logger });
+const key = process.env.ASYNCMESH_KEY || undefined;
+const c = await Client.create({ baseUrl, secrets: [secret], logger, ...(key ? { key } : {}) });
 const runs = new Map();
 let pending = n;
 let allDone;
