@@ -20,7 +20,9 @@ env) echo "$venv/bin/python" ;;
 test)
   cd "$root/sdk/python"
   "$venv/bin/python" -m mypy src tests examples
-  "$venv/bin/python" -m pytest -W error
+  # Exceptions in threads (receiver, handlers) fail the run; dependencies'
+  # deprecation warnings do not.
+  "$venv/bin/python" -m pytest -W error::pytest.PytestUnhandledThreadExceptionWarning -W error::pytest.PytestUnraisableExceptionWarning
   ;;
 *) echo "usage: $0 env|test" >&2; exit 2 ;;
 esac
