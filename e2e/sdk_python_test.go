@@ -101,7 +101,7 @@ func runRoundtrip(t *testing.T, s *stack.Stack, args ...string) pyRoundtrip {
 	}
 	check("sync Client", "sdk=python-sync", out.Sync.Calls, out.Sync.Results)
 	check("AsyncClient", "sdk=python-asyncio", out.Asyncio.Calls, out.Asyncio.Results)
-	if w := out.Sync.Waited; w.ID != out.Sync.Calls[0].ID || w.Status != "completed" || !strings.Contains(w.Body, "sdk=python-sync") {
+	if w := out.Sync.Waited; w.ID != out.Sync.Calls[0].ID || w.TraceID != out.Sync.Calls[0].TraceID || w.Status != "completed" || !strings.Contains(w.Body, "sdk=python-sync") {
 		t.Fatalf("wait(): %+v", w)
 	}
 	if out.Sync.Pending != 0 {

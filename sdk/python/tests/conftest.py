@@ -84,7 +84,9 @@ class FakeSidecar:
                     n = side.polls[rid]
                 if n <= side.polls_before_result:
                     return self._send(202, json.dumps({"id": rid, "status": "queued"}).encode(), {"retry-after": "1"})
-                return self._send(200, json.dumps(side.payload(rid)).encode(), {"content-type": "application/json", "x-async-trace-id": TRACE})
+                # As the collector: no traceId in the body; the read's own trace in the header.
+                result = {k: v for k, v in side.payload(rid).items() if k != "traceId"}
+                return self._send(200, json.dumps(result).encode(), {"content-type": "application/json", "x-async-trace-id": "0" * 32})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))

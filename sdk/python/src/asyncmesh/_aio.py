@@ -110,7 +110,7 @@ class AsyncClient:
     async def wait(self, call: Call | str, *, token: str | None = None, timeout: float | None = None) -> Result:
         """Long-poll until the request has a result; as :meth:`Client.wait`.
         ``asyncio.timeout`` around it works too."""
-        rid, tok = (call.id, token or call.access_token) if isinstance(call, Call) else (call, token or "")
+        rid, tok, trace = (call.id, token or call.access_token, call.trace_id) if isinstance(call, Call) else (call, token or "", "")
         url = _http.result_url(self.base_url, self._status_prefix, rid, tok)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -122,7 +122,7 @@ class AsyncClient:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"asyncmesh: no result for {rid} within {timeout}s") from None
                 raise
-            out = _http.poll_outcome(r, rid)
+            out = _http.poll_outcome(r, rid, trace)
             if isinstance(out, Result):
                 return out
             if deadline is not None and time.monotonic() + out >= deadline:

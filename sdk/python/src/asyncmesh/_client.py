@@ -132,12 +132,14 @@ class Client:
         """Long-poll the collector API (through the sidecar) until the
         request has a result, for callers that cannot receive callbacks.
 
-        ``call`` is what ``do`` returned, or a request id with its ``token``.
+        ``call`` is what ``do`` returned, or a request id with its ``token``
+        (the result's ``trace_id`` is then empty: the read's own trace is
+        not the request's).
         Raises ``TimeoutError`` after ``timeout`` seconds (default: no limit),
         :class:`RequestError` when the API answers an error (404: unknown
         id, or not this token).
         """
-        rid, tok = (call.id, token or call.access_token) if isinstance(call, Call) else (call, token or "")
+        rid, tok, trace = (call.id, token or call.access_token, call.trace_id) if isinstance(call, Call) else (call, token or "", "")
         url = _http.result_url(self.base_url, self._status_prefix, rid, tok)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -149,7 +151,7 @@ class Client:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"asyncmesh: no result for {rid} within {timeout}s") from None
                 raise
-            out = _http.poll_outcome(r, rid)
+            out = _http.poll_outcome(r, rid, trace)
             if isinstance(out, Result):
                 return out
             if deadline is not None and time.monotonic() + out >= deadline:

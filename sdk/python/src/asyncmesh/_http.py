@@ -93,11 +93,15 @@ def result_url(base_url: str, status_prefix: str, request_id: str, token: str) -
     )
 
 
-def poll_outcome(r: httpx.Response, request_id: str) -> Result | float:
+def poll_outcome(r: httpx.Response, request_id: str, trace_id: str) -> Result | float:
     """A long-poll answer: the :class:`Result`, or how long to wait before
-    asking again. Raises :class:`RequestError` on an error answer."""
+    asking again. Raises :class:`RequestError` on an error answer.
+
+    ``trace_id`` is the request's (its 202's): the answer's own
+    ``x-async-trace-id`` is the trace of this read through Envoy, not the
+    request's."""
     if r.status_code == 200:
-        return decode_result(r.content, r.headers.get("x-async-trace-id", ""))
+        return decode_result(r.content, trace_id)
     if r.status_code == 202:
         return 0.0
     if r.status_code in (429, 503):
