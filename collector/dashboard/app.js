@@ -293,7 +293,7 @@ async function requestPage(signal, parts) {
           h('details', {}, h('summary', {}, 'Headers'), h('pre', {}, hs || '(none)')),
           h('pre', { 'aria-label': 'Response body' }, r.response.body || '(empty body)'));
       } else if (r.error) {
-        resp.append(h('p', { class: 'error' }, 'The service could not be reached: ' + r.error));
+        resp.append(h('p', { class: 'error' }, 'No response stored: ' + r.error));
       } else {
         resp.append(h('p', { class: 'meta' }, 'Not executed yet (' + r.status + ').'));
       }
