@@ -192,7 +192,7 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 		chromedp.Click(chromedp.CSS("form.filters button[type=submit]")),
 		chromedp.WaitVisible(chromedp.CSS("#replay-count")),
 	)
-	if got := eval(`document.getElementById('replay-count').textContent`); !strings.HasPrefix(got, "1 delivered request match") {
+	if got := eval(`document.getElementById('replay-count').textContent`); !strings.HasPrefix(got, "1 delivered request matches") {
 		t.Fatalf("dry run: %q", got)
 	}
 	step("bulk replay: confirm", 60*time.Second,

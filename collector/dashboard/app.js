@@ -83,7 +83,7 @@ function login(message) {
     setToken(input.value.trim());
     try {
       await api('v1/rules');
-      location.hash = location.hash && !location.hash.startsWith('#/login') ? location.hash : '#/requests';
+      if (!location.hash) history.replaceState(null, '', '#/requests');
       route();
     } catch (e) {
       setToken('');
@@ -130,7 +130,7 @@ function filterForm(params, { statuses, live }) {
       input = h('input', { id, name: k, type: 'text', autocomplete: 'off', spellcheck: 'false' });
     }
     if (params.get(k)) input.value = params.get(k);
-    return h('div', {}, h('label', { for: id }, label), input);
+    return h('div', { class: k === 'since' || k === 'until' ? 'wide' : '' }, h('label', { for: id }, label), input);
   });
   const extra = [];
   if (live) {
@@ -174,7 +174,9 @@ async function requestLog(signal, _parts, params) {
     if (!fd.get('live')) p.set('live', 'off');
     location.hash = '#/requests' + (p.toString() ? '?' + p : '');
   });
-  form.addEventListener('reset', () => { setTimeout(() => { location.hash = '#/requests'; }, 0); });
+  form.addEventListener('reset', () => {
+    setTimeout(() => { if (location.hash === '#/requests') route(); else location.hash = '#/requests'; }, 0);
+  });
 
   const countNow = async () => {
     try {
@@ -457,7 +459,8 @@ async function bulkReplayPage(signal, _parts, params) {
     clear(result);
     const filter = body();
     const { matched } = await api('v1/deliveries/replay', { method: 'POST', body: { ...filter, dryRun: true }, signal });
-    const msg = h('p', { id: 'replay-count' }, h('strong', {}, matched.toLocaleString()), ` ${filter.status || 'dead'} request${matched === 1 ? '' : 's'} match.`);
+    const msg = h('p', { id: 'replay-count' }, h('strong', {}, matched.toLocaleString()),
+      matched === 1 ? ` ${filter.status || 'dead'} request matches.` : ` ${filter.status || 'dead'} requests match.`);
     result.append(msg);
     if (matched === 0) return;
     const go = h('button', { type: 'button', class: 'danger', id: 'replay-start' }, `Replay ${matched.toLocaleString()} requests…`);
