@@ -386,6 +386,18 @@ func TestOperatorEndpointsRefuseOthers(t *testing.T) {
 	if strings.Contains(string(page), en.ID) || strings.Contains(string(page), en.TraceID) {
 		t.Fatal("the dashboard's page holds a record")
 	}
+	// Its modules and style sheet are served with types a browser takes
+	// under nosniff.
+	for path, ctype := range map[string]string{"app.js": "text/javascript", "api.js": "text/javascript", "dom.js": "text/javascript", "app.css": "text/css"} {
+		resp, err := http.Get(e.api.URL + "/dashboard/" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("content-type"), ctype) {
+			t.Errorf("/dashboard/%s: %s %s", path, resp.Status, resp.Header.Get("content-type"))
+		}
+	}
 }
 
 func TestRulesStatus(t *testing.T) {
