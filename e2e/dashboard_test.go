@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,14 +127,14 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 		chromedp.WaitVisible(chromedp.CSS("#token")),
 		chromedp.SendKeys(chromedp.CSS("#token"), "not-the-token"),
 		chromedp.Click(chromedp.CSS("form.login button[type=submit]")),
-		chromedp.WaitVisible(chromedp.CSS("#login-error")),
+		chromedp.Poll[chromedp.Void](`document.getElementById('login-error').textContent !== ''`, chromedp.WithPollingInterval(100*time.Millisecond)),
 	)
 	if msg := eval(`document.getElementById('login-error').textContent`); !strings.Contains(msg, "refused") {
 		t.Fatalf("a wrong token: %q", msg)
 	}
 	checkLabels("sign-in")
 	step("sign in", 30*time.Second,
-		chromedp.SetValue(chromedp.CSS("#token"), ""),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('token').value = ''`),
 		chromedp.SendKeys(chromedp.CSS("#token"), s.AdminToken),
 		chromedp.Click(chromedp.CSS("form.login button[type=submit]")),
 		chromedp.WaitVisible(chromedp.CSS("#log-rows")),
@@ -150,6 +151,8 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 	if n := eval(`String(document.querySelectorAll('#log-rows tr[data-id]').length)`); n == "0" {
 		t.Fatal("the log is empty")
 	}
+	step("the count follows", 30*time.Second,
+		chromedp.Poll[chromedp.Void](`document.getElementById('match-count').textContent === '1 request matches'`, chromedp.WithPollingInterval(100*time.Millisecond)))
 	checkLabels("request log")
 	shot("log-1280")
 
@@ -179,6 +182,21 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 	)
 	shot("request-1280")
 
+	// Collectors merge endpoint health into the store once a second.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r, err := s.OperatorGet(context.Background(), "/v1/endpoints")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if strings.Contains(string(b), `"url"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no endpoint after 15s: %s", b)
+		}
+	}
 	step("endpoints", 30*time.Second,
 		chromedp.Navigate(dashboard+"#/endpoints"),
 		chromedp.WaitVisible(chromedp.CSS("table tbody tr[data-id]")),
@@ -187,7 +205,7 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 	step("bulk replay: the dry-run count", 30*time.Second,
 		chromedp.Navigate(dashboard+"#/replay"),
 		chromedp.WaitVisible(chromedp.CSS("#f-status")),
-		chromedp.SetValue(chromedp.CSS("#f-status"), "delivered"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('f-status').value = 'delivered'`),
 		chromedp.SendKeys(chromedp.CSS("#f-traceId"), traceID),
 		chromedp.Click(chromedp.CSS("form.filters button[type=submit]")),
 		chromedp.WaitVisible(chromedp.CSS("#replay-count")),

@@ -228,7 +228,12 @@ async function requestLog(signal, _parts, params) {
       if (all.length > PAGE) { all[all.length - 1].remove(); next = all[all.length - 2].dataset.id; older.disabled = false; }
       fresh++;
       clearTimeout(recount);
-      recount = setTimeout(() => { countNow(); announce(fresh === 1 ? '1 new request' : fresh + ' new requests'); fresh = 0; }, 1500);
+      recount = setTimeout(() => {
+        countNow();
+        setTimeout(countNow, 2000); // Elasticsearch counts a write after its next refresh
+        announce(fresh === 1 ? '1 new request' : fresh + ' new requests');
+        fresh = 0;
+      }, 1000);
     },
   }).catch((e) => showError(e, signal));
 }
