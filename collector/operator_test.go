@@ -402,9 +402,11 @@ func TestOperatorEndpointsRefuseOthers(t *testing.T) {
 
 func TestRulesStatus(t *testing.T) {
 	cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v1/nodes":
-			fmt.Fprint(w, `{"nodes":[{"node":"n1","cluster":"c","served":"v2","acked":"v1","nacks":1,"lastNack":"bad rule","connected":true,"secret":"x","nested":{"a":1}}]}`)
+		switch {
+		case r.Header.Get("authorization") != "Bearer cp-token":
+			http.Error(w, `{"error":"unauthorized"}`, 401)
+		case r.URL.Path == "/v1/nodes":
+			fmt.Fprint(w, `{"rulesFileOk":true,"nodes":[{"node":"n1","cluster":"c","collector":true,"served":"v2","acked":"v1","nacks":1,"lastNack":"bad rule","connected":true,"secret":"x","nested":{"a":1}}]}`)
 		default:
 			http.NotFound(w, r)
 		}
@@ -417,15 +419,17 @@ func TestRulesStatus(t *testing.T) {
 		t.Fatalf("without -controlplane-url: %d %v", code, v)
 	}
 	for _, tc := range []struct {
-		name, url, want string
-		nodes           int
+		name, url, want, token string
+		nodes                  int
 	}{
-		{"a control plane", cp.URL + "/", "ok", 1},
-		{"a failing control plane", broken.URL, "unavailable", 0},
-		{"no control plane", "http://127.0.0.1:1", "unavailable", 0},
+		{"a control plane", cp.URL + "/", "ok", "cp-token", 1},
+		{"a control plane, without its token", cp.URL, "unavailable", "", 0},
+		{"a control plane, with a wrong token", cp.URL, "unavailable", "not-it", 0},
+		{"a failing control plane", broken.URL, "unavailable", "cp-token", 0},
+		{"no control plane", "http://127.0.0.1:1", "unavailable", "cp-token", 0},
 	} {
 		e.tune = func(c *Config) {
-			c.ControlPlaneURL, c.NodeID = tc.url, "collector-1"
+			c.ControlPlaneURL, c.NodeID, c.ControlPlaneToken = tc.url, "collector-1", []byte(tc.token)
 			c.Rules = versionedRules{ruleMap{}, "v7"}
 		}
 		e.stop()
@@ -437,7 +441,7 @@ func TestRulesStatus(t *testing.T) {
 		}
 		if tc.nodes == 1 {
 			n := v["nodes"].([]any)[0].(map[string]any)
-			if n["node"] != "n1" || n["served"] != "v2" || n["acked"] != "v1" || n["nacks"] != float64(1) || n["lastNack"] != "bad rule" || n["connected"] != true {
+			if n["node"] != "n1" || n["served"] != "v2" || n["acked"] != "v1" || n["nacks"] != float64(1) || n["lastNack"] != "bad rule" || n["connected"] != true || n["collector"] != true {
 				t.Fatalf("node: %v", n)
 			}
 			if _, ok := n["secret"]; ok || n["nested"] != nil {

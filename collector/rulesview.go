@@ -16,9 +16,11 @@ import (
 //	{"collector": {"node": "...", "version": "..."},
 //	 "controlplane": "ok" | "not configured" | "unavailable",
 //	 "error": "why unavailable",
-//	 "nodes": [{"node", "cluster", "served", "acked", "nacks", "lastNack", "connected"}]}
+//	 "nodes": [{"node", "cluster", "collector", "served", "acked", "nacks", "lastNack", "connected"}]}
 //
-// The control plane is another party: its answer is bounded
+// The control plane's /v1/nodes asks for its operator token
+// (Config.ControlPlaneToken, -controlplane-token-env). The control plane is
+// another process: its answer is bounded
 // (maxNodesAnswer), only the fields above are passed on, and a failure to
 // reach it is reported in the answer (200), so that the collector's own
 // part still shows.
@@ -27,7 +29,7 @@ import (
 const maxNodesAnswer = 4 << 20
 
 // nodeFields are the fields of a node passed on from the control plane.
-var nodeFields = []string{"node", "cluster", "served", "acked", "nacks", "lastNack", "connected"}
+var nodeFields = []string{"node", "cluster", "collector", "served", "acked", "nacks", "lastNack", "connected"}
 
 // versioned is a RuleSource that knows its version (xdsrules.Rules).
 type versioned interface{ Version() string }
@@ -68,6 +70,9 @@ func (c *Collector) fetchNodes(r *http.Request) ([]map[string]any, error) {
 		return nil, fmt.Errorf("control plane URL: %w", err)
 	}
 	req.Header.Set("accept", "application/json")
+	if len(c.cfg.ControlPlaneToken) > 0 {
+		req.Header.Set("authorization", "Bearer "+string(c.cfg.ControlPlaneToken))
+	}
 	resp, err := c.controlPlane.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET /v1/nodes: %w", err)

@@ -225,8 +225,12 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 		chromedp.WaitVisible(chromedp.CSS("dl.facts")),
 	)
 	rules := eval(`document.getElementById('main').innerText`)
-	if !strings.Contains(rules, "Control plane") {
-		t.Fatalf("rules page: %s", rules)
+	// The control plane served this stack's Envoy (sidecar-1) and its
+	// collector; the collector applies the version it was served.
+	version := eval(`document.querySelector('dl.facts dd:nth-of-type(2)').textContent`)
+	if !strings.Contains(rules, "Control plane\nok") || !strings.Contains(rules, "sidecar-1") || len(version) < 4 ||
+		eval(`String(document.querySelectorAll('#nodes tbody tr').length)`) == "0" || !strings.Contains(rules, version) {
+		t.Fatalf("rules page:\n%s", rules)
 	}
 	t.Logf("rules page:\n%s", rules)
 	checkLabels("rules")

@@ -523,19 +523,26 @@ async function rulesPage(signal) {
     main.append(h('p', { class: 'notice' }, 'Start the collector with -controlplane-url to see each node\'s rules version.'));
     return;
   }
+  // The state in a word, as the CLI's asyncmesh rules says it.
+  const state = (n) => {
+    if (!n.connected) return ['disconnected', 's-failed'];
+    if (n.acked === n.served) return ['applied', 's-delivered'];
+    if (n.nacks > 0 && n.lastNack) return ['refused', 's-dead'];
+    return ['applying', 's-held'];
+  };
   const rows = res.nodes.map((n) => {
-    const inSync = n.served && n.served === n.acked;
-    return h('tr', {},
-      h('td', { class: 'mono' }, String(n.node ?? '')), h('td', {}, String(n.cluster ?? '')),
+    const [word, cls] = state(n);
+    return h('tr', { 'data-node': String(n.node ?? '') },
+      h('td', { class: 'mono' }, String(n.node ?? '')), h('td', {}, n.collector ? 'collector' : 'Envoy'), h('td', {}, String(n.cluster ?? '')),
       h('td', { class: 'mono' }, String(n.served ?? '')), h('td', { class: 'mono' }, String(n.acked ?? '')),
-      h('td', {}, inSync ? h('span', { class: 'badge s-delivered' }, 'in sync') : h('span', { class: 'badge s-held' }, 'behind')),
+      h('td', {}, h('span', { class: 'badge ' + cls }, word)),
       h('td', {}, String(n.nacks ?? 0)), h('td', { class: n.lastNack ? 'error' : '' }, String(n.lastNack ?? '')),
       h('td', {}, n.connected ? 'yes' : 'no'));
   });
   main.append(h('div', { class: 'table-wrap' }, h('table', { id: 'nodes' },
     h('caption', { class: 'sr-only' }, 'Rules version per node'),
-    h('thead', {}, h('tr', {}, ...['Node', 'Cluster', 'Served', 'Acknowledged', 'State', 'NACKs', 'Last NACK', 'Connected'].map((t) => h('th', { scope: 'col' }, t)))),
-    h('tbody', {}, ...(rows.length ? rows : [h('tr', {}, h('td', { colspan: '8' }, 'No nodes.'))])))));
+    h('thead', {}, h('tr', {}, ...['Node', 'Kind', 'Cluster', 'Served', 'Acknowledged', 'State', 'NACKs', 'Last NACK', 'Connected'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, ...(rows.length ? rows : [h('tr', {}, h('td', { colspan: '9' }, 'No nodes.'))])))));
 }
 
 window.addEventListener('hashchange', route);

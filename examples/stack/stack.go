@@ -157,9 +157,9 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 			if !opt.ControlPlane {
 				return nil
 			}
-			return s.spawn("controlplane", filepath.Join(opt.BinDir, "controlplane"), nil, "serve",
+			return s.spawn("controlplane", filepath.Join(opt.BinDir, "controlplane"), []string{"ASYNCMESH_ADMIN_TOKEN=" + s.AdminToken}, "serve",
 				"-rules", s.RulesPath(), "-wasm", filepath.Join(opt.BinDir, "asyncmesh.wasm"),
-				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort))
+				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort), "-operator-token-env", "ASYNCMESH_ADMIN_TOKEN")
 		}, s.ControlPlaneMetricsURL + "/healthz"},
 		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
 		{"envoy", func() error {
@@ -310,7 +310,7 @@ func (s *Stack) StartCollector() error {
 	}
 	if s.opt.ControlPlane {
 		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo",
-			"-controlplane-url", s.ControlPlaneMetricsURL) // GET /v1/rules, the dashboard's rules page
+			"-controlplane-url", s.ControlPlaneMetricsURL, "-controlplane-token-env", "ASYNCMESH_ADMIN_TOKEN") // GET /v1/rules, the dashboard's rules page
 	}
 	args = append(args, s.opt.CollectorArgs...)
 	args = append(args, s.collectorExtra...)
