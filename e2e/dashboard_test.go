@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,43 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 	if n := eval(`String(document.querySelectorAll('#log-rows tr[data-id]').length)`); n == "0" {
 		t.Fatal("the log is empty")
 	}
+	// The keyboard alone: Tab walks the controls in reading order (from the
+	// skip link: navigation, sign-out, filters, the rows), each with a
+	// visible focus ring (a date field's own parts draw theirs), and Enter
+	// on a row's link opens the request.
+	keyboard := []string{}
+	step("keyboard: from the page's first control", 10*time.Second,
+		chromedp.Evaluate[chromedp.Void](`document.querySelector('a.skip').focus()`))
+	for range 40 {
+		step("keyboard: Tab", 10*time.Second, chromedp.KeyEvent("\t"))
+		focused := eval(`(() => { const e = document.activeElement; if (!e || e === document.body) return '';
+			const s = getComputedStyle(e); const ring = e.type === 'datetime-local' || s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2;
+			return (ring ? '' : 'NO-RING ') + e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + ':' + (e.getAttribute('href') || e.textContent.trim().slice(0, 20)); })()`)
+		keyboard = append(keyboard, focused)
+		if strings.Contains(focused, "#/request/"+id) {
+			break
+		}
+	}
+	t.Logf("Tab order: %s", strings.Join(keyboard, " → "))
+	last := -1
+	for _, want := range []string{"#/requests", "#/endpoints", "#/replay", "#/rules", "Sign out", "select#f-status", "input#f-rule", "Apply", "#/request/" + id} {
+		j := slices.IndexFunc(keyboard, func(f string) bool { return strings.Contains(f, want) })
+		if j <= last {
+			t.Fatalf("Tab did not reach %q after the one before: %v", want, keyboard)
+		}
+		last = j
+	}
+	for _, f := range keyboard {
+		if strings.HasPrefix(f, "NO-RING") {
+			t.Errorf("no visible focus ring on %s", f)
+		}
+	}
+	step("keyboard: Enter opens the request", 30*time.Second,
+		chromedp.KeyEvent("\r"),
+		chromedp.WaitVisible(chromedp.CSS("#req-trace")),
+		chromedp.NavigateBack(),
+		chromedp.WaitVisible(chromedp.CSS(row)),
+	)
 	step("the count follows", 30*time.Second,
 		chromedp.Poll[chromedp.Void](`document.getElementById('match-count').textContent === '1 request matches'`, chromedp.WithPollingInterval(100*time.Millisecond)))
 	checkLabels("request log")
