@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -469,5 +470,47 @@ func TestParseCursor(t *testing.T) {
 		if _, err := parseCursor(bad); err == nil {
 			t.Errorf("parseCursor(%q) took it", bad)
 		}
+	}
+}
+
+// TestStreamDropsAClientThatDoesNotRead: a client that stops reading is
+// dropped once a write has waited streamWriteTimeout, and its place is
+// freed: the collector buffers nothing for it but the connection's own
+// buffers.
+func TestStreamDropsAClientThatDoesNotRead(t *testing.T) {
+	was := streamWriteTimeout
+	t.Cleanup(func() { streamWriteTimeout = was }) // last: after the collector has stopped
+	streamWriteTimeout = 300 * time.Millisecond
+	e := newEnv(t)
+	e.tune = func(c *Config) { c.Workers, c.DeliveryWorkers, c.MaxStreams = -1, -1, 1 }
+	e.stop()
+	e.start()
+	conn, err := net.Dial("tcp", e.api.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(1024)
+	fmt.Fprintf(conn, "GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", adminToken)
+	// The stream has its place; then changes pour in, and nobody reads.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(e.c.streams) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	body := strings.Repeat("x", 2000)
+	for i := 0; len(e.c.streams) > 0; i++ {
+		if time.Now().After(deadline.Add(50 * time.Second)) {
+			t.Fatalf("a client that reads nothing still holds its stream after %d records", i)
+		}
+		en := e.envelope("/work/"+body, nil)
+		if err := e.c.store.Create(context.Background(), store.NewRecord(en, time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, _ := e.openStream(""); resp.StatusCode != 200 {
+		t.Fatalf("after the drop, a new stream: %s", resp.Status)
 	}
 }
