@@ -41,13 +41,13 @@ import (
 //   - A comment every 15 s keeps proxies from closing an idle stream; a
 //     stream ends after MaxOperatorStream, and the client resumes.
 const (
-	streamPoll         = time.Second
-	streamMinGap       = 200 * time.Millisecond
-	streamLookback     = 3 * time.Second
-	streamPage         = 200
-	streamMaxPerPoll   = 2000
-	streamMaxSeen      = 20000
-	streamHeartbeat    = 15 * time.Second
+	streamPoll       = time.Second
+	streamMinGap     = 200 * time.Millisecond
+	streamLookback   = 3 * time.Second
+	streamPage       = 200
+	streamMaxPerPoll = 2000
+	streamMaxSeen    = 20000
+	streamHeartbeat  = 15 * time.Second
 	// MaxOperatorStream bounds one GET /v1/stream; the client resumes with
 	// Last-Event-ID.
 	MaxOperatorStream = 10 * time.Minute
