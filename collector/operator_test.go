@@ -514,3 +514,39 @@ func TestStreamDropsAClientThatDoesNotRead(t *testing.T) {
 		t.Fatalf("after the drop, a new stream: %s", resp.Status)
 	}
 }
+
+// TestStreamSeesLateWrites: a change stamped before the last one sent but
+// written (or, on Elasticsearch, searchable) after it is still streamed,
+// once; what was sent is not sent again.
+func TestStreamSeesLateWrites(t *testing.T) {
+	e := newEnv(t)
+	e.tune = func(c *Config) { c.Workers, c.DeliveryWorkers, c.RelayAge = -1, -1, time.Hour } // records stay as written
+	e.stop()
+	e.start()
+	start := time.Now()
+	_, events := e.openStream("")
+	only := func(id string) {
+		t.Helper()
+		select {
+		case ev := <-events:
+			if !strings.Contains(ev.data, `"id":"`+id+`"`) {
+				t.Fatalf("streamed %s, want %s", ev.data, id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s was not streamed", id)
+		}
+	}
+	time.Sleep(1200 * time.Millisecond)
+	a := e.createAs("", "")
+	only(a.ID)
+	late := store.NewRecord(e.envelope("/late", nil), start.Add(600*time.Millisecond)) // stamped before a
+	if err := e.c.store.Create(context.Background(), late); err != nil {
+		t.Fatal(err)
+	}
+	only(late.ID)
+	select {
+	case ev := <-events:
+		t.Fatalf("sent again: %s", ev.data)
+	case <-time.After(2500 * time.Millisecond): // polls, each looking back
+	}
+}
