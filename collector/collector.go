@@ -138,7 +138,7 @@ type Config struct {
 	// configured.
 	ControlPlaneURL string
 	// ControlPlaneToken is the bearer token the control plane's GET
-	// /v1/nodes asks for (its -operator-token-env); empty: none is sent.
+	// /v1/nodes asks for (controlplane serve -operator-token-env).
 	ControlPlaneToken []byte
 	Logger            *slog.Logger
 }

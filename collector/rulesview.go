@@ -11,16 +11,14 @@ import (
 // GET /v1/rules (operator): the rules version this collector applies, and
 // the version the control plane served each node and the one the node
 // acknowledged, from the control plane's GET /v1/nodes (on its -metrics
-// listener, Config.ControlPlaneURL):
+// listener, Config.ControlPlaneURL, with Config.ControlPlaneToken):
 //
 //	{"collector": {"node": "...", "version": "..."},
 //	 "controlplane": "ok" | "not configured" | "unavailable",
 //	 "error": "why unavailable",
 //	 "nodes": [{"node", "cluster", "collector", "served", "acked", "nacks", "lastNack", "connected"}]}
 //
-// The control plane's /v1/nodes asks for its operator token
-// (Config.ControlPlaneToken, -controlplane-token-env). The control plane is
-// another process: its answer is bounded
+// The control plane is another party: its answer is bounded
 // (maxNodesAnswer), only the fields above are passed on, and a failure to
 // reach it is reported in the answer (200), so that the collector's own
 // part still shows.

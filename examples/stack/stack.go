@@ -309,8 +309,7 @@ func (s *Stack) StartCollector() error {
 		args = append(args, "-store", "elasticsearch", "-es-prefix", "asyncmesh-e2e-"+strconv.Itoa(s.collectorPort), "-es-replicas", "0")
 	}
 	if s.opt.ControlPlane {
-		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo",
-			"-controlplane-url", s.ControlPlaneMetricsURL, "-controlplane-token-env", "ASYNCMESH_ADMIN_TOKEN") // GET /v1/rules, the dashboard's rules page
+		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo", "-controlplane-url", s.ControlPlaneMetricsURL)
 	}
 	args = append(args, s.opt.CollectorArgs...)
 	args = append(args, s.collectorExtra...)

@@ -110,15 +110,17 @@ func run() error {
 			return fmt.Errorf("-controlplane-url: want http(s)://host:port, got %q", o.controlPlaneURL)
 		}
 	}
-	if o.controlPlaneTokenEnv != "" {
-		if cfg.ControlPlaneToken = []byte(os.Getenv(o.controlPlaneTokenEnv)); len(cfg.ControlPlaneToken) == 0 {
-			return fmt.Errorf("-controlplane-token-env: %s is not set", o.controlPlaneTokenEnv)
-		}
-	}
 	if o.adminTokenEnv != "" {
 		if cfg.AdminToken = []byte(os.Getenv(o.adminTokenEnv)); len(cfg.AdminToken) < 16 {
 			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
 		}
+	}
+	if o.controlPlaneTokenEnv != "" {
+		if cfg.ControlPlaneToken = []byte(os.Getenv(o.controlPlaneTokenEnv)); len(cfg.ControlPlaneToken) < 16 {
+			return fmt.Errorf("-controlplane-token-env: %s must hold a token of at least 16 characters", o.controlPlaneTokenEnv)
+		}
+	} else if o.controlPlaneURL != "" {
+		cfg.ControlPlaneToken = cfg.AdminToken
 	}
 	xdsTLSConfig, err := xdsTLS.config(o.xdsAddr, log)
 	if err != nil {
