@@ -207,6 +207,10 @@ async function requestLog(signal, _parts, params) {
     liveState.textContent = values.get('until') ? 'Live updates off (a time range that ends)' : 'Live updates off';
     return;
   }
+  // Changes that do not add a row (other pages, a status that leaves the
+  // filter) move the count too: read it again now and then.
+  const recounter = setInterval(countNow, 10000);
+  signal.addEventListener('abort', () => clearInterval(recounter));
   const since = values.get('since') ? new Date(values.get('since')) : null;
   let recount = 0;
   let fresh = 0;
