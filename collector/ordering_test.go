@@ -42,6 +42,7 @@ type orderedStack struct {
 	done     map[string]time.Time  // callback time, by id
 	sent     map[string]time.Time  // intake time, by id
 	count    map[string]int        // callbacks, by id
+	drop     map[string]int        // executions still to fail, by id
 }
 
 type orderedReq struct {
@@ -54,7 +55,7 @@ func newOrderedStack(t *testing.T) *orderedStack {
 	orderRecheckMin, orderRecheckMax = 10*time.Millisecond, 100*time.Millisecond
 	t.Cleanup(func() { orderRecheckMin, orderRecheckMax = minWas, maxWas })
 	s := &orderedStack{t: t, req: map[string]orderedReq{}, events: map[string][]string{}, inflight: map[string]int{},
-		done: map[string]time.Time{}, sent: map[string]time.Time{}, count: map[string]int{}}
+		done: map[string]time.Time{}, sent: map[string]time.Time{}, count: map[string]int{}, drop: map[string]int{}}
 	s.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if err := verifyReplay(r, body); err != nil {
@@ -64,6 +65,17 @@ func newOrderedStack(t *testing.T) *orderedStack {
 		q := r.URL.Query()
 		i, _ := strconv.Atoi(q.Get("i"))
 		s.mu.Lock()
+		if id := r.Header.Get("x-async-request-id"); s.drop[id] > 0 {
+			// Unreachable, as far as the worker can tell: a replay that fails.
+			s.drop[id]--
+			s.mu.Unlock()
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					conn.Close()
+				}
+			}
+			return
+		}
 		s.events[q.Get("key")] = append(s.events[q.Get("key")], fmt.Sprintf("run %d", i))
 		s.mu.Unlock()
 		if d, err := time.ParseDuration(q.Get("sleep")); err == nil {
@@ -172,6 +184,23 @@ func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *enve
 		s.t.Fatalf("intake of %s %d answered %d", key, i, resp.StatusCode)
 	}
 	return en
+}
+
+// get reads record id through collector 0's API.
+func (s *orderedStack) get(id string) (int, map[string]any) {
+	s.mu.Lock()
+	api := s.apis[0]
+	s.mu.Unlock()
+	req, _ := http.NewRequest("GET", api.URL+"/v1/requests/"+id, nil)
+	req.Header.Set("authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rec map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&rec)
+	return resp.StatusCode, rec
 }
 
 // waitAll waits until every request sent was called back.
@@ -329,21 +358,31 @@ func TestOrderTurn(t *testing.T) {
 	}
 }
 
-// TestTurnWaitsAreNotRuns: the deliveries a work message spent waiting
-// for its turn are not counted as runs: once its turn comes, the replay
-// has its full budget of retries (replayAttempts) however long it waited.
-func TestTurnWaitsAreNotRuns(t *testing.T) {
+// TestTurnWaitIsNotARun: a work message whose request waits for its turn
+// goes back as a queue.Wait (the queue does not count it: queuetest's
+// WaitIsNotCounted), whatever its deliveries, and counts in
+// asyncmesh_collector_ordering_waits_total; a wait past orderStuckAfter is
+// reported stuck. Once its turn comes it runs with the deliveries it had.
+func TestTurnWaitIsNotARun(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
+	stuckWas := orderStuckAfter
+	t.Cleanup(func() { orderStuckAfter = stuckWas })
 	prev := walk(t, e.c.store, e.envelope("/x", nil), store.Queued, 0)
 	en := e.envelope("/y", nil)
 	en.OrderKey, en.OrderAfter = "k", &envelope.OrderLink{ID: prev.ID}
-	r := store.NewRecord(en, time.Now())
-	waits := replayAttempts + 3
-	for i := 1; i <= waits; i++ {
-		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: i}
-		if err := e.c.awaitTurn(ctx, &m, r); !waitingTurn(err) {
-			t.Fatalf("delivery %d with its predecessor queued: %v, want a wait", i, err)
+	r := store.NewRecord(en, e.c.store.Now().Add(-time.Minute)) // taken in a minute ago
+	for i := 1; i <= replayAttempts+3; i++ {
+		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: 1}
+		if i == replayAttempts+3 {
+			orderStuckAfter = 61 * time.Second // the last wait (a minute and its 2 s) reports the key stuck
+		}
+		err := e.c.awaitTurn(ctx, &m, r)
+		if !waitingTurn(err) || !queue.IsWait(err) || m.Deliveries != 1 {
+			t.Fatalf("wait %d with its predecessor queued: %v (deliveries %d), want a queue.Wait", i, err, m.Deliveries)
+		}
+		if d, _ := queue.RetryDelay(err); d != orderRecheckMax {
+			t.Errorf("wait %d after a minute: recheck in %s, want %s", i, d, orderRecheckMax)
 		}
 	}
 	for _, ev := range []store.Event{store.Complete, store.StartDelivery, store.Deliver} {
@@ -351,8 +390,82 @@ func TestTurnWaitsAreNotRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: waits + 1}
+	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: 1}
 	if err := e.c.awaitTurn(ctx, &m, r); err != nil || m.Deliveries != 1 {
 		t.Fatalf("its turn: %v, deliveries %d; want it to run as on its first delivery", err, m.Deliveries)
+	}
+	req, _ := http.NewRequest("GET", e.api.URL+"/metrics", nil)
+	req.Header.Set("authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`asyncmesh_collector_ordering_waits_total{rule="r"} %d`, replayAttempts+3),
+		`asyncmesh_collector_ordering_stuck_total{rule="r"} 1`,
+		`asyncmesh_collector_ordering_turn_seconds_count{rule="r"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestOrderRecheck: the recheck delay grows with the time waited, within
+// its bounds; crosses marks a wait that reaches the next multiple of its
+// period, once per period.
+func TestOrderRecheck(t *testing.T) {
+	for _, tt := range []struct {
+		waited time.Duration
+		want   time.Duration
+	}{
+		{0, orderRecheckMin}, {400 * time.Millisecond, orderRecheckMin}, {2 * time.Second, 250 * time.Millisecond},
+		{8 * time.Second, time.Second}, {time.Minute, orderRecheckMax}, {time.Hour, orderRecheckMax},
+	} {
+		if got := orderRecheck(tt.waited); got != tt.want {
+			t.Errorf("orderRecheck(%s) = %s, want %s", tt.waited, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		waited, next, every time.Duration
+		want                bool
+	}{
+		{time.Second, time.Second, 30 * time.Second, false},
+		{29 * time.Second, time.Second, 30 * time.Second, true},
+		{30 * time.Second, time.Second, 30 * time.Second, false}, // reported by the wait before
+		{59 * time.Second, 2 * time.Second, 30 * time.Second, true},
+		{time.Second, time.Second, 0, false},
+	} {
+		if got := crosses(tt.waited, tt.next, tt.every); got != tt.want {
+			t.Errorf("crosses(%s, %s, %s) = %v, want %v", tt.waited, tt.next, tt.every, got, tt.want)
+		}
+	}
+}
+
+// TestOrderedWaitsSpendNoRetries: a request that waited for its turn many
+// times, on both collectors (more waits than replayAttempts), still has
+// all its replay retries when its turn comes: the service dropping its
+// first connections (fewer than replayAttempts) does not fail it.
+func TestOrderedWaitsSpendNoRetries(t *testing.T) {
+	s := newOrderedStack(t)
+	s.send(0, "account-3", 0, 1500*time.Millisecond) // slow: its successor waits ~20 times
+	next := s.send(1, "account-3", 1, 0)
+	s.mu.Lock()
+	s.drop[next.ID] = replayAttempts - 2
+	s.mu.Unlock()
+	s.waitAll(60 * time.Second)
+	s.checkOrder("account-3", 2)
+	code, rec := s.get(next.ID)
+	if code != 200 || rec["status"] != "delivered" || rec["error"] != nil {
+		t.Fatalf("the request that waited, then failed to reach the service %d times: %d %v (error %v)", replayAttempts-2, code, rec["status"], rec["error"])
+	}
+	statuses := []string{}
+	for _, h := range rec["history"].([]any) {
+		statuses = append(statuses, h.(map[string]any)["status"].(string))
+	}
+	if !slices.Contains(statuses, "completed") || slices.Contains(statuses, "failed") {
+		t.Fatalf("its history %v, want it completed, never failed", statuses)
 	}
 }

@@ -227,11 +227,12 @@ const (
 	RETURNING seq, key, trace_id, body, deliveries`
 	qDeleteMessage    = `DELETE FROM queue WHERE seq = ?`
 	qDelayMessage     = `UPDATE queue SET visible_at = ? WHERE seq = ?`
+	qWaitMessage      = `UPDATE queue SET visible_at = ?, deliveries = MAX(deliveries - 1, 0) WHERE seq = ?`
 	qInsertDeadLetter = `INSERT INTO dead_letters(topic, key, body, deliveries, reason, at) VALUES (?,?,?,?,?,?)`
 	qNextDue          = `SELECT MIN(visible_at) FROM queue WHERE topic = ?`
 )
 
-var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qInsertDeadLetter, qClaimMessages,
+var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord, qUpdateRecord, qInsertMessage, qDeleteMessage, qDelayMessage, qWaitMessage, qInsertDeadLetter, qClaimMessages,
 	qExpireRecords, qExpireDeadLetters, // retention.go
 	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
 	qEndpoint, qInsertEndpoint, qUpdateEndpoint, // endpoints.go

@@ -149,6 +149,15 @@ func (q *sqlQueue) requeue(ctx context.Context, seq int64, after time.Duration) 
 	})
 }
 
+// wait requeues a message after a queue.Wait: this delivery is not
+// counted (the claim counted it).
+func (q *sqlQueue) wait(ctx context.Context, seq int64, after time.Duration) error {
+	return q.db().tx(ctx, func(t wtx) error {
+		_, err := t.exec(qWaitMessage, time.Now().Add(after).UnixNano(), seq)
+		return err
+	})
+}
+
 func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) error {
 	return q.db().tx(ctx, func(t wtx) error {
 		if _, err := t.exec(qInsertDeadLetter,
@@ -325,7 +334,11 @@ func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
 			d = queue.Backoff(c.msg.Deliveries)
 			slog.Warn("queue: handler failed, will retry", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "in", d, "err", err)
 		}
-		settle = q.requeue(ctx, c.seq, d)
+		if queue.IsWait(err) {
+			settle = q.wait(ctx, c.seq, d)
+		} else {
+			settle = q.requeue(ctx, c.seq, d)
+		}
 	}
 	if settle != nil {
 		// The lease will expire and the message come back: at least once.
