@@ -177,12 +177,9 @@ func (c *Collector) turn(ctx context.Context, after *envelope.OrderLink, now tim
 	return orderRecheckMax, "request " + after.ID + " before it is " + string(prev.Status), nil
 }
 
-// orderDone reports whether p no longer blocks the requests after it: it
-// is delivered or dead, or was once (a replay sends an old callback again,
-// and does not stop its key).
-func orderDone(p *store.Record) bool {
-	return p.Status.Terminal() || !p.Last(store.Deliver, store.GiveUp, store.Abandon).IsZero()
-}
+// orderDone reports whether p no longer blocks the requests after it
+// (store.OrderDone).
+func orderDone(p *store.Record) bool { return store.OrderDone(p) }
 
 // orderRecheck is the delay of a message whose request has waited for
 // waited: an eighth of it, within orderRecheckMin and orderRecheckMax.

@@ -201,6 +201,7 @@ CREATE TABLE IF NOT EXISTS order_keys (
 	deadline   INTEGER NOT NULL DEFAULT 0,
 	updated_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS order_keys_updated ON order_keys(updated_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
@@ -236,7 +237,7 @@ var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord,
 	qExpireRecords, qExpireDeadLetters, // retention.go
 	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
 	qEndpoint, qInsertEndpoint, qUpdateEndpoint, // endpoints.go
-	qOrderLast, qPutOrder} // ordering.go
+	qOrderLast, qPutOrder, qExpireOrder} // ordering.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.
