@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,12 +9,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,10 +34,11 @@ import (
 type orderedStack struct {
 	t        *testing.T
 	db       *embedded.DB
+	path     string // its file
 	env      *env // envelopes, the service's replay check and the receiver's URL
 	service  *httptest.Server
 	receiver *httptest.Server
-	apis     [2]*httptest.Server
+	apis     [2]string // the collectors' API URLs
 	stops    [2]func()
 
 	mu       sync.Mutex
@@ -108,7 +114,8 @@ func newOrderedStack(t *testing.T) *orderedStack {
 		s.mu.Unlock()
 	}))
 	t.Cleanup(func() { s.service.Close(); s.receiver.Close() })
-	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
+	s.path = filepath.Join(t.TempDir(), "c.db")
+	db, err := embedded.Open(context.Background(), s.path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +150,7 @@ func (s *orderedStack) start(n int) {
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	s.mu.Lock()
-	s.apis[n] = api
+	s.apis[n] = api.URL
 	s.mu.Unlock()
 	s.stops[n] = func() {
 		cancel()
@@ -175,7 +182,7 @@ func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *enve
 	api := s.apis[n]
 	s.mu.Unlock()
 	data, _ := json.Marshal(en)
-	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
+	resp, err := http.Post(api+"/v1/intake", "application/json", bytes.NewReader(data))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -186,12 +193,27 @@ func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *enve
 	return en
 }
 
-// get reads record id through collector 0's API.
+// waitEvent waits until key has event ev.
+func (s *orderedStack) waitEvent(key, ev string, timeout time.Duration) {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		seen := slices.Contains(s.events[key], ev)
+		s.mu.Unlock()
+		if seen {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no %q for key %s after %s", ev, key, timeout)
+		}
+	}
+}
+
+// get reads record id through collector 1's API.
 func (s *orderedStack) get(id string) (int, map[string]any) {
 	s.mu.Lock()
-	api := s.apis[0]
+	api := s.apis[1]
 	s.mu.Unlock()
-	req, _ := http.NewRequest("GET", api.URL+"/v1/requests/"+id, nil)
+	req, _ := http.NewRequest("GET", api+"/v1/requests/"+id, nil)
 	req.Header.Set("authorization", "Bearer "+adminToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -468,4 +490,143 @@ func TestOrderedWaitsSpendNoRetries(t *testing.T) {
 	if !slices.Contains(statuses, "completed") || slices.Contains(statuses, "failed") {
 		t.Fatalf("its history %v, want it completed, never failed", statuses)
 	}
+}
+
+// The collector a test kills: TestOrderedKeySurvivesKill runs this test
+// binary again as a process of its own (killedCollectorEnv naming the
+// database file, serviceURLEnv the service), which runs a collector on the
+// shared embedded database, prints its API URL and runs until it is
+// killed. Its leases are short (the message lease, the delivery lease), so
+// that the survivor takes its work over within seconds.
+const (
+	killedCollectorEnv = "ASYNCMESH_TEST_KILLED_COLLECTOR_DB"
+	serviceURLEnv      = "ASYNCMESH_TEST_KILLED_COLLECTOR_SERVICE"
+)
+
+func TestKilledCollectorProcess(t *testing.T) {
+	path := os.Getenv(killedCollectorEnv)
+	if path == "" {
+		t.Skip("run by TestOrderedKeySurvivesKill only")
+	}
+	db, err := embedded.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMessageLease(2 * time.Second)
+	leaseMargin = time.Second
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{
+		ReplayURL: os.Getenv(serviceURLEnv), ReplaySecret: replaySecret, Secrets: testSecrets{},
+		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
+		APIURL: "http://" + ln.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
+	}, db.Store(), db.Queue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.sender.Timeout = 2 * time.Second
+	go func() { _ = http.Serve(ln, c.Handler()) }()
+	fmt.Printf("api http://%s\n", ln.Addr())
+	_ = c.Run(context.Background()) // until killed
+}
+
+// startKilled runs collector n as a process of its own (TestKilledCollectorProcess)
+// and returns it; killing it is the test's.
+func (s *orderedStack) startKilled(n int) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKilledCollectorProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), killedCollectorEnv+"="+s.path, serviceURLEnv+"="+s.service.URL)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := bufio.NewScanner(out)
+	for lines.Scan() {
+		if url, ok := strings.CutPrefix(lines.Text(), "api "); ok {
+			s.mu.Lock()
+			s.apis[n] = url
+			s.mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			return cmd
+		}
+	}
+	s.t.Fatalf("the collector process printed no API URL: %v", lines.Err())
+	return nil
+}
+
+// checkOrderAfterKill checks key's n requests as checkOrder does, where a
+// killed collector may have run a request or sent its callback without
+// recording it (so that another runs it, or calls back, again): the first
+// callbacks come in intake order, and no run of a request comes before
+// the first callback of the one before it.
+func (s *orderedStack) checkOrderAfterKill(key string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	called := -1 // the last request called back
+	seen := map[int]bool{}
+	for _, ev := range s.events[key] {
+		var what string
+		var i int
+		if _, err := fmt.Sscanf(ev, "%s %d", &what, &i); err != nil {
+			s.t.Fatalf("event %q", ev)
+		}
+		switch {
+		case what == "run" && i > called+1:
+			s.t.Fatalf("key %s: request %d ran before request %d was called back; events %v", key, i, i-1, s.events[key])
+		case what == "callback" && !seen[i]:
+			if i != called+1 {
+				s.t.Fatalf("key %s: request %d called back after request %d; events %v", key, i, called, s.events[key])
+			}
+			seen[i], called = true, i
+		}
+	}
+	if called != n-1 {
+		s.t.Fatalf("key %s: the last request called back is %d of %d", key, called, n)
+	}
+}
+
+// TestOrderedKeySurvivesKill: a collector process killed (SIGKILL) while
+// a key's requests are under way — some taken in by it, queued, running or
+// being called back — loses none of them, and the key keeps its order: the
+// survivor on the same embedded store takes its work over once its leases
+// end, and runs and calls back the rest in intake order, one at a time.
+func TestOrderedKeySurvivesKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a collector process and kills it")
+	}
+	s := newOrderedStack(t)
+	s.stops[0]()
+	killed := s.startKilled(0)
+	const n, killAt = 24, 12
+	for i := range n {
+		sleep := time.Duration(0)
+		if i%3 == 0 {
+			sleep = 150 * time.Millisecond // in flight when the kill comes
+		}
+		via := i % 2
+		if i > killAt {
+			via = 1
+		}
+		s.send(via, "account-9", i, sleep)
+		if i == killAt {
+			// Killed as the receiver takes request 4's callback: the
+			// callback may be the killed one's, not yet recorded, and the
+			// requests after it are queued, waiting, on both collectors.
+			s.waitEvent("account-9", "callback 4", 30*time.Second)
+			if err := killed.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s.waitAll(90 * time.Second)
+	s.checkOrderAfterKill("account-9", n)
+	s.mu.Lock()
+	t.Logf("events of the key: %v", s.events["account-9"])
+	s.mu.Unlock()
 }

@@ -66,6 +66,8 @@ type DB struct {
 	// pollMax, when set, replaces idlePoll (tests make it long, so that
 	// only wakeups and due times can move a consumer).
 	pollMax time.Duration
+	// msgLease, when set, replaces lease (SetMessageLease).
+	msgLease atomic.Int64
 
 	ops       chan *writeOp
 	committed chan struct{} // a commit since the last checkpoint (checkpoints)
