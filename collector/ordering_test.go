@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -35,7 +35,7 @@ type orderedStack struct {
 	t        *testing.T
 	db       *embedded.DB
 	path     string // its file
-	env      *env // envelopes, the service's replay check and the receiver's URL
+	env      *env   // envelopes, the service's replay check and the receiver's URL
 	service  *httptest.Server
 	receiver *httptest.Server
 	apis     [2]string // the collectors' API URLs
