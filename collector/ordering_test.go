@@ -480,6 +480,9 @@ func TestOrderedWaitsSpendNoRetries(t *testing.T) {
 	s.waitAll(60 * time.Second)
 	s.checkOrder("account-3", 2)
 	code, rec := s.get(next.ID)
+	for deadline := time.Now().Add(10 * time.Second); rec["status"] == "delivering" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, rec = s.get(next.ID) // called back; its outcome is being written
+	}
 	if code != 200 || rec["status"] != "delivered" || rec["error"] != nil {
 		t.Fatalf("the request that waited, then failed to reach the service %d times: %d %v (error %v)", replayAttempts-2, code, rec["status"], rec["error"])
 	}
