@@ -137,7 +137,10 @@ type Config struct {
 	// served and acknowledged (GET /v1/rules passes it on); empty: not
 	// configured.
 	ControlPlaneURL string
-	Logger          *slog.Logger
+	// ControlPlaneToken is the bearer token the control plane's GET
+	// /v1/nodes asks for (controlplane serve -operator-token-env).
+	ControlPlaneToken []byte
+	Logger            *slog.Logger
 }
 
 // RuleSource gives the current rule of a name (collector/xdsrules).

@@ -390,8 +390,10 @@ func TestOperatorEndpointsRefuseOthers(t *testing.T) {
 
 func TestRulesStatus(t *testing.T) {
 	cp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v1/nodes":
+		switch {
+		case r.Header.Get("authorization") != "Bearer control-plane-token-0123":
+			http.Error(w, `{"error":"unauthorized"}`, 401)
+		case r.URL.Path == "/v1/nodes":
 			fmt.Fprint(w, `{"nodes":[{"node":"n1","cluster":"c","served":"v2","acked":"v1","nacks":1,"lastNack":"bad rule","connected":true,"secret":"x","nested":{"a":1}}]}`)
 		default:
 			http.NotFound(w, r)
@@ -405,15 +407,16 @@ func TestRulesStatus(t *testing.T) {
 		t.Fatalf("without -controlplane-url: %d %v", code, v)
 	}
 	for _, tc := range []struct {
-		name, url, want string
-		nodes           int
+		name, url, want, token string
+		nodes                  int
 	}{
-		{"a control plane", cp.URL + "/", "ok", 1},
-		{"a failing control plane", broken.URL, "unavailable", 0},
-		{"no control plane", "http://127.0.0.1:1", "unavailable", 0},
+		{"a control plane", cp.URL + "/", "ok", "control-plane-token-0123", 1},
+		{"another token", cp.URL, "unavailable", "someone-elses-token-0123", 0},
+		{"a failing control plane", broken.URL, "unavailable", "control-plane-token-0123", 0},
+		{"no control plane", "http://127.0.0.1:1", "unavailable", "control-plane-token-0123", 0},
 	} {
 		e.tune = func(c *Config) {
-			c.ControlPlaneURL, c.NodeID = tc.url, "collector-1"
+			c.ControlPlaneURL, c.NodeID, c.ControlPlaneToken = tc.url, "collector-1", []byte(tc.token)
 			c.Rules = versionedRules{ruleMap{}, "v7"}
 		}
 		e.stop()

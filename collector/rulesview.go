@@ -11,12 +11,12 @@ import (
 // GET /v1/rules (operator): the rules version this collector applies, and
 // the version the control plane served each node and the one the node
 // acknowledged, from the control plane's GET /v1/nodes (on its -metrics
-// listener, Config.ControlPlaneURL):
+// listener, Config.ControlPlaneURL, with Config.ControlPlaneToken):
 //
 //	{"collector": {"node": "...", "version": "..."},
 //	 "controlplane": "ok" | "not configured" | "unavailable",
 //	 "error": "why unavailable",
-//	 "nodes": [{"node", "cluster", "served", "acked", "nacks", "lastNack", "connected"}]}
+//	 "nodes": [{"node", "cluster", "collector", "served", "acked", "nacks", "lastNack", "connected"}]}
 //
 // The control plane is another party: its answer is bounded
 // (maxNodesAnswer), only the fields above are passed on, and a failure to
@@ -27,7 +27,7 @@ import (
 const maxNodesAnswer = 4 << 20
 
 // nodeFields are the fields of a node passed on from the control plane.
-var nodeFields = []string{"node", "cluster", "served", "acked", "nacks", "lastNack", "connected"}
+var nodeFields = []string{"node", "cluster", "collector", "served", "acked", "nacks", "lastNack", "connected"}
 
 // versioned is a RuleSource that knows its version (xdsrules.Rules).
 type versioned interface{ Version() string }
@@ -68,6 +68,9 @@ func (c *Collector) fetchNodes(r *http.Request) ([]map[string]any, error) {
 		return nil, fmt.Errorf("control plane URL: %w", err)
 	}
 	req.Header.Set("accept", "application/json")
+	if len(c.cfg.ControlPlaneToken) > 0 {
+		req.Header.Set("authorization", "Bearer "+string(c.cfg.ControlPlaneToken))
+	}
 	resp, err := c.controlPlane.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET /v1/nodes: %w", err)

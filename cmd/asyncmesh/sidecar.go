@@ -186,7 +186,7 @@ func sidecar(ctx context.Context, args []string, out io.Writer) error {
 			[]string{replayEnv + "=" + replaySecret, "ASYNCMESH_ADMIN_TOKEN=" + adminToken},
 			[]string{"-listen", collector, "-db", filepath.Join(o.data, "asyncmesh.db"), "-replay-url", listenURL,
 				"-replay-secret-env", replayEnv, "-api-url", collectorURL, "-admin-token-env", "ASYNCMESH_ADMIN_TOKEN",
-				"-xds", xdsAddr, "-node-id", o.nodeID, "-node-cluster", o.nodeCluster}},
+				"-xds", xdsAddr, "-node-id", o.nodeID, "-node-cluster", o.nodeCluster, "-controlplane-url", "http://" + metrics}},
 		{"envoy", envoy, "http://" + admin + "/ready", []string{replayEnv + "=" + replaySecret},
 			[]string{"-c", bootPath, "--base-id", strconv.Itoa(ports[1]), "-l", "warning"}},
 	}

@@ -115,6 +115,13 @@ func run() error {
 			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
 		}
 	}
+	if o.controlPlaneTokenEnv != "" {
+		if cfg.ControlPlaneToken = []byte(os.Getenv(o.controlPlaneTokenEnv)); len(cfg.ControlPlaneToken) < 16 {
+			return fmt.Errorf("-controlplane-token-env: %s must hold a token of at least 16 characters", o.controlPlaneTokenEnv)
+		}
+	} else if o.controlPlaneURL != "" {
+		cfg.ControlPlaneToken = cfg.AdminToken
+	}
 	xdsTLSConfig, err := xdsTLS.config(o.xdsAddr, log)
 	if err != nil {
 		return err
