@@ -167,6 +167,24 @@ func TestOperatorCommands(t *testing.T) {
 		t.Fatalf("after the replay, %d attempts, want 2", len(r.Attempts))
 	}
 
+	// Bulk replay: counted, refused without --yes and no terminal, asked on
+	// a terminal (no: nothing), then done.
+	if code, out, _ = s.run("replay", "--status", "dead", "--dry-run"); code != 0 || !strings.Contains(out, "1 dead requests would be delivered again") {
+		t.Fatalf("replay --dry-run: %d %s", code, out)
+	}
+	if code, _, errs = s.run("replay", "--status", "dead"); code != exitUsage || !strings.Contains(errs, "--yes") {
+		t.Fatalf("a bulk replay without --yes nor a terminal: %d %s", code, errs)
+	}
+	var out2, errs2 bytes.Buffer
+	code = run(context.Background(), []string{"replay", "--status", "dead", "--data", s.data}, strings.NewReader("n\n"), &out2, &errs2, true)
+	if code != 0 || !strings.Contains(errs2.String(), "[y/N]") || !strings.Contains(errs2.String(), "nothing replayed") {
+		t.Fatalf("answering no: %d %s %s", code, out2.String(), errs2.String())
+	}
+	if code, out, _ = s.run("replay", "--status", "dead", "--rule", "reports", "--yes"); code != 0 || !strings.Contains(out, "replayed 1 requests") {
+		t.Fatalf("replay --yes: %d %s", code, out)
+	}
+	s.waitFor(failed, "dead")
+
 	deadline := time.Now().Add(10 * time.Second) // the collector merges its counts once a second
 	for {
 		code, out, _ = s.run("endpoints")
@@ -282,5 +300,45 @@ func TestHelpAndCompletion(t *testing.T) {
 	}
 	if code, _, _ := (*stack)(nil).run("completion", "powershell"); code != exitUsage {
 		t.Errorf("completion powershell: %d", code)
+	}
+}
+
+// TestTailAndCount: tail follows the changes of the rule it filters on, live, from the real
+// collector's stream until --max; search --count and rules answer.
+func TestTailAndCount(t *testing.T) {
+	s := newStack(t)
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errs := s.run("tail", "--rule", "tailed", "--max", "1", "-o", "json")
+		done <- result{code, out, errs}
+	}()
+	time.Sleep(300 * time.Millisecond) // the stream is open
+	s.accept("other", "/ok")
+	id := s.accept("tailed", "/ok")
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("tail --max 1 did not end")
+	}
+	lines := strings.Split(strings.TrimSpace(r.out), "\n")
+	if r.code != 0 || len(lines) != 1 {
+		t.Fatalf("tail: %d %q %s", r.code, r.out, r.err)
+	}
+	for _, l := range lines {
+		var rec record
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.ID != id || rec.Rule != "tailed" {
+			t.Fatalf("tail printed %q (%v), want only %s's changes", l, err, id)
+		}
+	}
+	if code, out, _ := s.run("search", "--rule", "tailed", "--count"); code != 0 || strings.TrimSpace(out) != "1" {
+		t.Fatalf("search --count: %d %q", code, out)
+	}
+	if code, out, _ := s.run("rules"); code != 0 || !strings.Contains(out, "control plane: not configured") {
+		t.Fatalf("rules: %d %q", code, out)
 	}
 }

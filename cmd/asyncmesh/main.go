@@ -42,6 +42,8 @@ import (
 	"slices"
 	"sort"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Exit codes (the package doc).
@@ -282,9 +284,9 @@ func flagNames(c *command) []string {
 	return names
 }
 
-// isTerminal reports whether f is a character device (a terminal, not a
-// pipe or file): only then does a bulk replay ask for confirmation.
+// isTerminal reports whether f is a terminal (not a pipe, a file or
+// /dev/null): only then does a bulk replay ask for confirmation.
 func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -133,13 +133,14 @@ func init() {
 	var sf filters
 	var all, count bool
 	var limit int
-	var cursor string
+	var cursor, order string
 	commands = append(commands, &command{
 		name: "search", args: "[--trace ID] [--status S] [--rule R] [--package P] [--caller C] [--since 1h] [--until T] [--count] [--all]", operator: true,
-		summary: "list requests, oldest first, by trace id, status, rule, package, caller and time",
+		summary: "list requests, newest first, by trace id, status, rule, package, caller and time",
 		flags: func(fs *flag.FlagSet) {
 			sf.add(fs, "requests", true)
 			fs.IntVar(&limit, "limit", 50, "requests per page (1-500)")
+			fs.StringVar(&order, "order", "desc", "desc (newest first) or asc")
 			fs.StringVar(&cursor, "cursor", "", "the page after this cursor (a search prints it when there is more)")
 			fs.BoolVar(&all, "all", false, "follow every page (at most 100,000 requests)")
 			fs.BoolVar(&count, "count", false, "print only how many requests match")
@@ -147,6 +148,9 @@ func init() {
 		run: func(e *env, args []string) error {
 			if len(args) != 0 {
 				return usagef("unexpected argument %q (filters are flags)", args[0])
+			}
+			if order != "desc" && order != "asc" {
+				return usagef("--order %q: want desc or asc", order)
 			}
 			if limit < 1 || limit > store.MaxLimit {
 				return usagef("--limit %d: want 1-%d", limit, store.MaxLimit)
@@ -171,6 +175,7 @@ func init() {
 				return err
 			}
 			q.Set("limit", strconv.Itoa(limit))
+			q.Set("order", order)
 			return search(e, q, cursor, all)
 		},
 	})
