@@ -362,6 +362,12 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	}
 	leave, err := c.limits.enter(ctx, r.Envelope, r.ID)
 	if err != nil {
+		// Refused after the claim (a message checked under other limits, or
+		// none): release the lease, or the message's short wait would find
+		// the record leased for the whole attempt's lease (20 s by default).
+		if _, rerr := c.move(ctx, r.ID, store.Change{Event: store.Reclaim}); rerr != nil && !store.IsConflict(rerr) {
+			log.Info("delivery: releasing the lease of a throttled callback; it waits for the lease", "err", rerr)
+		}
 		return err
 	}
 	defer leave()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/elastic"
 	"github.com/asyncmesh/asyncmesh/collector/embedded"
 	"github.com/asyncmesh/asyncmesh/collector/queue"
+	"github.com/asyncmesh/asyncmesh/collector/rabbitmq"
 	"github.com/asyncmesh/asyncmesh/collector/store"
 	"github.com/asyncmesh/asyncmesh/internal/envelope"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
@@ -127,7 +130,7 @@ func runLimited(tb testing.TB, backend limitBackend, collectors, n int, perSecon
 			ReplayURL: service.URL, ReplaySecret: replaySecret, Secrets: testSecrets{}, Rules: live,
 			Workers: 8, DeliveryWorkers: 16,
 			RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
-			APIURL: "http://" + api.Listener.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
+			APIURL: "http://" + api.Listener.Addr().String(), AdminToken: []byte(adminToken), Logger: limitTestLogger(),
 		}, st, q)
 		if err != nil {
 			tb.Fatal(err)
@@ -248,6 +251,37 @@ func embeddedBackend(tb testing.TB) func() (store.Store, queue.Queue, func()) {
 	}
 }
 
+// elasticRabbitBackend: Elasticsearch (ASYNCMESH_TEST_ES_URL) and RabbitMQ
+// (ASYNCMESH_TEST_AMQP_URL) under a fresh prefix; skipped without them.
+func elasticRabbitBackend(tb testing.TB) func() (store.Store, queue.Queue, func()) {
+	esURL, amqpURL := os.Getenv("ASYNCMESH_TEST_ES_URL"), os.Getenv("ASYNCMESH_TEST_AMQP_URL")
+	if esURL == "" || amqpURL == "" {
+		tb.Skip("ASYNCMESH_TEST_ES_URL and ASYNCMESH_TEST_AMQP_URL are not both set (scripts/start-elasticsearch.sh, scripts/start-rabbitmq.sh)")
+	}
+	prefix := fmt.Sprintf("asyncmesh-test-limits-%d", time.Now().UnixNano())
+	tb.Cleanup(func() {
+		for _, p := range []string{"/" + prefix + "-*", "/_index_template/" + prefix + "-*"} {
+			req, _ := http.NewRequest(http.MethodDelete, esURL+p, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+	})
+	return func() (store.Store, queue.Queue, func()) {
+		log := limitTestLogger()
+		es, err := elastic.Open(context.Background(), elastic.Config{URL: esURL, Prefix: prefix, Logger: log})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		q, err := rabbitmq.Open(context.Background(), rabbitmq.Config{URL: amqpURL, Prefix: prefix, Logger: log})
+		if err != nil {
+			es.Close()
+			tb.Fatal(err)
+		}
+		return es, q, func() { q.Close(); es.Close() }
+	}
+}
+
 func describe(r *store.Record) string {
 	if r == nil {
 		return "no record"
@@ -259,6 +293,11 @@ func describe(r *store.Record) string {
 // rateLimit and maxInFlight: the receiver sees the limits hold across both
 // (not each), both deliver, and no callback spends an attempt on waiting.
 func TestEndpointLimitsAcrossCollectors(t *testing.T) { testEndpointLimits(t, embeddedBackend) }
+
+// The same on Elasticsearch and RabbitMQ, when both are given.
+func TestEndpointLimitsOnElasticsearchAndRabbitMQ(t *testing.T) {
+	testEndpointLimits(t, elasticRabbitBackend)
+}
 
 func testEndpointLimits(t *testing.T, backend limitBackend) {
 	t.Run("rate", func(t *testing.T) {
@@ -327,4 +366,11 @@ func BenchmarkEndpointLimits(b *testing.B) {
 			b.ReportMetric(res.Rate/(maxInFlight/delay.Seconds()), "used")
 		}
 	})
+}
+
+func limitTestLogger() *slog.Logger {
+	if os.Getenv("LIMITS_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
 }
