@@ -375,6 +375,9 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	protocol := r.Envelope.Callback.Protocol
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))
 	res := c.sender.Send(ctx, r, attempts)
+	// The receiver is done with it: its place is free before the result's
+	// write (maxInFlight bounds what the receiver serves at once).
+	leave()
 	outcome := map[delivery.Outcome]string{delivery.Delivered: "delivered", delivery.Retry: "retry", delivery.Gone: "gone", delivery.Refused: "refused"}[res.Outcome]
 	c.obs.attempts.WithLabelValues(r.Rule, protocol, outcome).Inc()
 	c.obs.attemptSeconds.WithLabelValues(r.Rule, protocol).Observe(res.Attempt.Latency.Seconds())
