@@ -355,10 +355,10 @@ type limitState struct {
 	holders               int                  // callbacks waiting here for a token or a place (hold)
 	freed                 chan struct{}        // closed (and replaced) when a place frees
 	// The demand since the last heartbeat (reported in the next one).
-	since    time.Time
-	started  int  // callbacks admitted
-	peak     int  // most in flight at once
-	starved  bool // some were refused for want of a token or a place
+	since   time.Time
+	started int  // callbacks admitted
+	peak    int  // most in flight at once
+	starved bool // some were refused for want of a token or a place
 }
 
 func newLimiter(st store.Store, log *slog.Logger, reg *prometheus.Registry) *limiter {
@@ -489,7 +489,7 @@ func (l *limiter) tryAdmit(lim endpointLimit, key string, now time.Time) (t *tic
 			if s.sh.Rate > 0 {
 				wait = time.Duration((1 - s.tokens) / s.sh.Rate * float64(time.Second))
 			}
-				return nil, s, max(wait, time.Millisecond), "rate"
+			return nil, s, max(wait, time.Millisecond), "rate"
 		}
 		s.tokens--
 	}

@@ -600,7 +600,7 @@ func TestSharesFollowUnevenDemand(t *testing.T) {
 			started, lightStarted, lightOffered := 0, 0, 0
 			var placeSteps, steps int
 			ctx := context.Background()
-			for step := 0; step < int((warmup + measure) / time.Millisecond); step++ {
+			for step := 0; step < int((warmup+measure)/time.Millisecond); step++ {
 				clock.add(time.Millisecond)
 				now := clock.now()
 				measuring := now.Sub(start) >= warmup
