@@ -43,6 +43,10 @@ if [ "$(id -u)" = 0 ]; then
   chmod o+x "$root" "$tools" 2>/dev/null || true
   run=(runuser -u asyncmesh-es --)
 fi
+# The server outlives this script: it must not hold the script's other open
+# files (a caller's flock, a test's pipe) for its whole life.
+closefds() { for fd in /proc/self/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-" 2>/dev/null; done; true; }
+closefds
 nohup "${run[@]}" env ES_JAVA_HOME="$java_home" ES_JAVA_OPTS="-Xms512m -Xmx512m" \
   "$home/bin/elasticsearch" -E discovery.type=single-node -E network.host="$host" \
   -E http.port="$port" -E transport.port=0 -E path.data="$state/data" -E path.logs="$state/logs" \

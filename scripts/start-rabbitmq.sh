@@ -46,7 +46,10 @@ echo "loopback_users = none" > "$base/rabbitmq.conf"
 # default, that message then comes back 3 minutes late.
 echo "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]." > "$base/advanced.config"
 export RABBITMQ_ADVANCED_CONFIG_FILE="$base/advanced.config"
-nohup rabbitmq-server > "$base/server.out" 2>&1 &
+# The server outlives this script: it must not hold the script's other open
+# files (a caller's flock, a test's pipe) for its whole life.
+closefds() { for fd in /proc/self/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-" 2>/dev/null; done; true; }
+(closefds; exec nohup rabbitmq-server > "$base/server.out" 2>&1) &
 # check_port_connectivity connects through the node's host name (localhost),
 # where a node listening on another address does not answer: such a node is
 # ready once its listener runs.
