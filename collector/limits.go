@@ -74,6 +74,9 @@ const (
 	// (hold): about the smallest delay the queues give (RabbitMQ's first
 	// delay bucket).
 	limitHoldMax = 250 * time.Millisecond
+	// limitNoShareWait is about the delay of a callback refused by a
+	// collector that has no share of its endpoint's budget.
+	limitNoShareWait = 250 * time.Millisecond
 	// limitMaxWait bounds the delay of a refused callback.
 	limitMaxWait = 30 * time.Second
 	// limitWaitGrace: a refused callback not back this long after it was
@@ -626,12 +629,15 @@ func (s *limitState) spreadWait(now time.Time, base time.Duration) time.Duration
 		if s.latency == 0 {
 			lat = 100 * time.Millisecond
 		}
-		pace = min(pace, float64(max(s.sh.Slots, 1))/lat.Seconds())
+		pace = min(pace, float64(s.sh.Slots)/lat.Seconds())
 	}
-	spread := time.Second
-	if pace > 0 {
-		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(4*pace)*float64(time.Second)))
+	if pace <= 0 {
+		// No share here (the others hold the budget, or a newcomer waits
+		// for them to make room): the callback is for another collector,
+		// which the queue may bring it to — soon, not after a second.
+		return limitNoShareWait + jitter(limitNoShareWait)
 	}
+	spread := min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(4*pace)*float64(time.Second)))
 	return min(limitMaxWait, max(base, time.Millisecond)+jitter(spread))
 }
 
