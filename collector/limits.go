@@ -155,8 +155,8 @@ func computeShare(others []store.EndpointLimiter, self string, demand *store.End
 	for _, o := range others {
 		ids = append(ids, o.Collector)
 		demands = append(demands, o.Demand)
-		usedRate += o.Rate
-		usedSlots += o.InFlight
+		usedRate += max(0, o.Rate) // a negative figure must not make room
+		usedSlots += max(0, o.InFlight)
 	}
 	ids = append(ids, self)
 	demands = append(demands, demand)
@@ -209,7 +209,10 @@ func fillRate(limit float64, demands []*store.EndpointDemand) []float64 {
 	for i, d := range demands {
 		need[i] = math.Inf(1)
 		if d != nil && !d.Starved {
-			need[i] = d.Rate*rateHeadroom + limit*rateFloor
+			// A heartbeat is another collector's word, read back from the
+			// store: a negative or absurd figure must not raise the others'
+			// parts over the limit.
+			need[i] = max(0, min(d.Rate, limit))*rateHeadroom + limit*rateFloor
 		}
 	}
 	return maxMinFill(limit, need)
@@ -265,6 +268,10 @@ func fillSlots(c int, demands []*store.EndpointDemand) []int {
 	idx := make([]int, 0, n)
 	for i, d := range demands {
 		starved[i] = d == nil || d.Starved
+		if !starved[i] && (d.InFlight < 0 || d.InFlight > c) { // see fillRate
+			d = &store.EndpointDemand{InFlight: min(max(d.InFlight, 0), c)}
+			demands[i] = d
+		}
 		idx = append(idx, i)
 	}
 	// the not starved by need, then the starved (stable: by id)

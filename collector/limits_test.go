@@ -847,3 +847,19 @@ func TestHoldForAPlace(t *testing.T) {
 		t.Fatalf("%d still counted as holding", l.holders)
 	}
 }
+
+// A heartbeat with negative or absurd figures (another collector's word,
+// read back from the store) does not raise a share over the limit.
+func TestShareIgnoresAbsurdHeartbeats(t *testing.T) {
+	lim := endpointLimit{Endpoint: "e", PerSecond: 10, Burst: 2, MaxInFlight: 4}
+	for _, o := range []store.EndpointLimiter{
+		{Collector: "b", Rate: -100, InFlight: -100, Demand: &store.EndpointDemand{Rate: -100, InFlight: -100}},
+		{Collector: "b", Rate: 1e300, InFlight: 1 << 30, Demand: &store.EndpointDemand{Rate: 1e300, InFlight: 1 << 30}},
+	} {
+		o.Seen = time.Now()
+		sh := computeShare([]store.EndpointLimiter{o}, "a", nil, lim)
+		if sh.Rate > lim.PerSecond || sh.Rate < 0 || sh.Slots > lim.MaxInFlight || sh.Slots < 0 || math.IsNaN(sh.Rate) {
+			t.Fatalf("with %+v: share %+v, limit %+v", o, sh, lim)
+		}
+	}
+}
