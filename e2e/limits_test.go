@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,6 +27,14 @@ import (
 // over it plus the burst (within 10 %) — and every request is called back
 // once.
 func TestEndpointLimitsThroughEnvoy(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { testEndpointLimits(t, nil) })
+	// The same with the collectors on Elasticsearch and RabbitMQ, when given.
+	t.Run("elasticsearch+rabbitmq", func(t *testing.T) {
+		testEndpointLimits(t, []string{"ASYNCMESH_TEST_ES_URL", "ASYNCMESH_TEST_AMQP_URL"})
+	})
+}
+
+func testEndpointLimits(t *testing.T, backends []string) {
 	const (
 		perSecond, burst, maxInFlight = 10, 2, 2
 		n                             = 40
@@ -66,14 +73,8 @@ rules:
       rateLimit: {perSecond: ` + fmt.Sprint(perSecond) + `, burst: ` + fmt.Sprint(burst) + `}
       maxInFlight: ` + fmt.Sprint(maxInFlight) + `
 `
-	root, _ := filepath.Abs("..")
 	bin := os.Getenv("ASYNCMESH_BIN")
-	s, err := stack.Start(context.Background(), stack.Options{Root: root, BinDir: bin,
-		EnvoyBin: os.Getenv("ENVOY_BIN"), WorkDir: t.TempDir(), Rules: rulesYAML})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := backendStackWith(t, func(o *stack.Options) { o.Rules = rulesYAML }, backends...)
 	// A second collector process on the same database (store and queue):
 	// the limits hold across both, not per process.
 	ports, err := stack.FreePorts(1)
@@ -81,10 +82,16 @@ rules:
 		t.Fatal(err)
 	}
 	second := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	if err := s.Spawn("collector-2", filepath.Join(bin, "collector"),
-		[]string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_ADMIN_TOKEN=" + s.AdminToken},
-		"-listen", second, "-db", s.DBPath(), "-replay-url", s.EnvoyURL, "-api-url", "http://"+second,
-		"-admin-token-env", "ASYNCMESH_ADMIN_TOKEN"); err != nil {
+	env := []string{"ASYNCMESH_REPLAY_SECRET=" + s.ReplaySecret, "ASYNCMESH_ADMIN_TOKEN=" + s.AdminToken}
+	args := []string{"-listen", second, "-db", s.DBPath(), "-replay-url", s.EnvoyURL, "-api-url", "http://" + second,
+		"-admin-token-env", "ASYNCMESH_ADMIN_TOKEN"}
+	if len(backends) > 0 { // the first collector's queue and store, by the stack's prefixes
+		first := s.CollectorURL[strings.LastIndex(s.CollectorURL, ":")+1:]
+		env = append(env, "ASYNCMESH_AMQP_URL="+os.Getenv("ASYNCMESH_TEST_AMQP_URL"), "ASYNCMESH_ES_URL="+os.Getenv("ASYNCMESH_TEST_ES_URL"))
+		args = append(args, "-queue", "rabbitmq", "-amqp-prefix", "asyncmesh-"+first,
+			"-store", "elasticsearch", "-es-prefix", "asyncmesh-e2e-"+first, "-es-replicas", "0")
+	}
+	if err := s.Spawn("collector-2", filepath.Join(bin, "collector"), env, args...); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
