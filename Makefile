@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
 
-.PHONY: all build wasm images demo test unit deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short chaos-cluster chaos-cluster-short clean
+.PHONY: all build wasm images demo test unit deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short chaos-cluster chaos-cluster-short clean sdk-ts-build sdk-ts-test
 
 all: build
 
@@ -27,10 +27,21 @@ demo: build
 unit:
 	$(GO) test -race -count=1 ./...
 
-e2e: build
+e2e: build sdk-ts-build
 	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
-test: lint unit deploy-check e2e chaos-short chaos-cluster-short fuzz-short
+test: lint unit sdk-ts-test deploy-check e2e chaos-short chaos-cluster-short fuzz-short
+
+# sdk-ts-test: the TypeScript SDK's unit tests (node's test runner: the shared
+# vectors of sdk/testdata, interoperability with the standardwebhooks package,
+# once per id, buffering, rotation); its e2e test is e2e's TestTypeScriptSDK.
+# npm ci installs the locked devDependencies (TypeScript, @types/node,
+# standardwebhooks) into sdk/typescript/node_modules; it needs Node.js 20+.
+sdk-ts-build:
+	cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+sdk-ts-test: sdk-ts-build
+	cd sdk/typescript && npm run --silent build:test && node --test build/test/*.test.js
 
 # deploy-check renders the Helm chart and controlplane render's output and
 # decodes them strictly into Kubernetes', Istio's and Envoy Gateway's types

@@ -289,26 +289,10 @@ func (c *Client) receive(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unreadable body", http.StatusBadRequest)
 		return
 	}
-	if err := webhook.Verify(r.Header, body, c.secrets, time.Now()); err != nil {
-		c.log.Warn("client: refused callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
-		http.Error(w, err.Error(), http.StatusUnauthorized)
-		return
-	}
-	if c.key != nil {
-		alg := seal.AESGCM
-		if strings.HasPrefix(r.Header.Get("content-type"), seal.ContentTypeJWE) {
-			alg = seal.JWE
-		}
-		if body, err = seal.Open(alg, c.key, r.Header.Get(webhook.HeaderID), body); err != nil {
-			c.log.Warn("client: callback not sealed with our key", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-	}
-	res, err := decode(body)
+	res, code, err := c.accept(r.Header, body, time.Now())
 	if err != nil {
-		c.log.Warn("client: undecodable callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		c.log.Warn("client: refused callback", "webhook_id", r.Header.Get(webhook.HeaderID), "err", err)
+		http.Error(w, err.Error(), code)
 		return
 	}
 	c.mu.Lock()
@@ -331,6 +315,32 @@ func (c *Client) receive(w http.ResponseWriter, r *http.Request) {
 	if registered && !dup {
 		c.run(h, res)
 	}
+}
+
+// accept verifies, opens and decodes one callback, as the receiver does for
+// each POST before the once-per-id bookkeeping; on refusal it returns the
+// status to answer (401: not signed by our secrets; 400: not sealed with our
+// key, or not a callback payload). The shared SDK test vectors
+// (sdk/testdata/vectors.json) are checked against it.
+func (c *Client) accept(h http.Header, body []byte, now time.Time) (Result, int, error) {
+	if err := webhook.Verify(h, body, c.secrets, now); err != nil {
+		return Result{}, http.StatusUnauthorized, err
+	}
+	if c.key != nil {
+		alg := seal.AESGCM
+		if strings.HasPrefix(h.Get("content-type"), seal.ContentTypeJWE) {
+			alg = seal.JWE
+		}
+		var err error
+		if body, err = seal.Open(alg, c.key, h.Get(webhook.HeaderID), body); err != nil {
+			return Result{}, http.StatusBadRequest, fmt.Errorf("callback not sealed with our key: %w", err)
+		}
+	}
+	res, err := decode(body)
+	if err != nil {
+		return Result{}, http.StatusBadRequest, err
+	}
+	return res, 0, nil
 }
 
 // run runs a handler in its own goroutine, recovering a panic.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -61,10 +62,16 @@ func (c *Collector) Handler() http.Handler {
 // OperatorHandler returns the operator endpoints, each behind the
 // operator's bearer token (Config.AdminToken):
 //
-//	GET  /v1/requests?traceId=&status=&rule=&since=&until=&cursor=&limit=
+//	GET  /v1/requests?traceId=&status=&rule=&caller=&package=&since=&until=&cursor=&limit=&order=asc|desc
+//	GET  /v1/requests/count?<the filters of the search>  {"count": N}
+//	GET  /v1/stream?status=&rule=&package=&caller=&traceId=  every request's changes (stream.go)
 //	POST /v1/requests/{id}/replay       deliver again (see replay.go)
-//	POST /v1/deliveries/replay          bulk replay by filter
+//	POST /v1/deliveries/replay          bulk replay by filter; "dryRun": true counts
+//	GET  /v1/endpoints...               endpoint health (endpoints.go)
+//	GET  /v1/rules                      the rules version of this collector and each node (rulesview.go)
 //	GET  /metrics                       Prometheus (see observe.go)
+//	GET  /dashboard/                    the operator's web dashboard (dashboard.go; its
+//	                                    assets are public, every datum it shows asks for the token)
 //
 // and the reads of Handler, which an operator may make for any request.
 // Serve it on a listener of its own (collector -operator-listen) that no
@@ -106,6 +113,10 @@ func (c *Collector) operatorRoutes(mux *http.ServeMux) {
 		}
 	}
 	mux.HandleFunc("GET /v1/requests", op(c.search))
+	mux.HandleFunc("GET /v1/requests/count", op(c.count))
+	mux.HandleFunc("GET /v1/stream", op(c.stream))
+	mux.HandleFunc("GET /v1/rules", op(c.rulesStatus))
+	c.dashboardRoutes(mux)
 	mux.HandleFunc("POST /v1/requests/{id}/replay", op(c.replayOne))
 	mux.HandleFunc("POST /v1/deliveries/replay", op(c.replayMany))
 	mux.HandleFunc("GET /v1/endpoints", op(c.listEndpoints))
@@ -309,6 +320,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c.obs.intake.WithLabelValues(env.Rule, "accepted").Inc()
 		c.obs.intakeSeconds.WithLabelValues(env.Rule).Observe(since(start))
+		c.notify.broadcast(rec.ID) // the operator's streams: a new record
 	}
 	if owed {
 		// The message is out; the store says so once markQueued has run:
@@ -561,20 +573,34 @@ func parseWait(v string) (time.Duration, error) {
 	return d, nil
 }
 
-func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
+// filterParams are the query parameters that select records (search,
+// count, the stream take them alike).
+var filterParams = []string{"traceId", "status", "rule", "caller", "package", "since", "until"}
+
+// parseQuery reads a store.Query from r's query parameters: the filters,
+// and extra (cursor, limit) where the endpoint takes them. It answers 400
+// itself and returns false on an unknown parameter or a bad value.
+func parseQuery(w http.ResponseWriter, r *http.Request, extra ...string) (store.Query, bool) {
 	q := r.URL.Query()
-	for k := range q {
-		switch k {
-		case "traceId", "status", "rule", "since", "until", "cursor", "limit":
-		default:
+	for k, vs := range q {
+		if !slices.Contains(filterParams, k) && !slices.Contains(extra, k) {
 			writeError(w, http.StatusBadRequest, "bad_parameter", k+": unknown parameter")
-			return
+			return store.Query{}, false
+		}
+		if len(vs) > 1 {
+			writeError(w, http.StatusBadRequest, "bad_parameter", k+": given more than once")
+			return store.Query{}, false
+		}
+		if len(vs[0]) > maxParam {
+			writeError(w, http.StatusBadRequest, "bad_parameter", k+": over "+strconv.Itoa(maxParam)+" bytes")
+			return store.Query{}, false
 		}
 	}
-	sq := store.Query{TraceID: q.Get("traceId"), Status: store.Status(q.Get("status")), Rule: q.Get("rule"), Cursor: q.Get("cursor"), Limit: 100}
+	sq := store.Query{TraceID: q.Get("traceId"), Status: store.Status(q.Get("status")), Rule: q.Get("rule"),
+		Caller: q.Get("caller"), Package: q.Get("package"), Cursor: q.Get("cursor"), Limit: 100}
 	if sq.Status != "" && !sq.Status.Valid() {
 		writeError(w, http.StatusBadRequest, "bad_parameter", "status: "+string(sq.Status)+" is not a status")
-		return
+		return store.Query{}, false
 	}
 	for _, p := range []struct {
 		name string
@@ -584,7 +610,7 @@ func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
 				writeError(w, http.StatusBadRequest, "bad_parameter", p.name+": want an RFC 3339 time")
-				return
+				return store.Query{}, false
 			}
 			*p.dst = t
 		}
@@ -593,9 +619,28 @@ func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > store.MaxLimit {
 			writeError(w, http.StatusBadRequest, "bad_parameter", "limit: want 1.."+strconv.Itoa(store.MaxLimit))
-			return
+			return store.Query{}, false
 		}
 		sq.Limit = n
+	}
+	switch v := q.Get("order"); v {
+	case "", "asc":
+	case "desc":
+		sq.Desc = true
+	default:
+		writeError(w, http.StatusBadRequest, "bad_parameter", "order: want asc or desc")
+		return store.Query{}, false
+	}
+	return sq, true
+}
+
+// maxParam bounds one query parameter's value (ids, names, times).
+const maxParam = 1024
+
+func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
+	sq, ok := parseQuery(w, r, "cursor", "limit", "order")
+	if !ok {
+		return
 	}
 	page, err := c.store.Search(r.Context(), sq)
 	if err != nil {
@@ -611,6 +656,36 @@ func (c *Collector) search(w http.ResponseWriter, r *http.Request) {
 		out.Records = append(out.Records, viewOf(rec, true)) // an operator endpoint
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// count answers GET /v1/requests/count: how many records the filters of a
+// search select, without paging through them.
+func (c *Collector) count(w http.ResponseWriter, r *http.Request) {
+	sq, ok := parseQuery(w, r)
+	if !ok {
+		return
+	}
+	n, ok := c.countRecords(w, r.Context(), sq)
+	if ok {
+		writeJSON(w, http.StatusOK, map[string]int64{"count": n})
+	}
+}
+
+// countRecords counts what q selects, answering 501 or 503 itself when it
+// cannot.
+func (c *Collector) countRecords(w http.ResponseWriter, ctx context.Context, q store.Query) (int64, bool) {
+	counter, ok := c.store.(store.Counter)
+	if !ok {
+		writeError(w, http.StatusNotImplemented, "not_supported", "this store cannot count")
+		return 0, false
+	}
+	n, err := counter.Count(ctx, q)
+	if err != nil {
+		c.log.Error("api: count", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "count failed")
+		return 0, false
+	}
+	return n, true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

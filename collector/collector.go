@@ -125,7 +125,22 @@ type Config struct {
 	// metrics) off Handler: they are served by OperatorHandler alone, on a
 	// listener of their own.
 	SeparateOperator bool
-	Logger           *slog.Logger
+	// MaxStreams bounds the operator's streams (GET /v1/stream) this
+	// collector serves at once (default 16); past it they answer 503. Each
+	// polls the store once a second.
+	MaxStreams int
+	// NodeID is this collector's node id (its sidecar's), shown by GET
+	// /v1/rules.
+	NodeID string
+	// ControlPlaneURL is the base URL of the control plane's metrics
+	// listener, whose GET /v1/nodes lists the rules version each node was
+	// served and acknowledged (GET /v1/rules passes it on); empty: not
+	// configured.
+	ControlPlaneURL string
+	// ControlPlaneToken is the bearer token the control plane's GET
+	// /v1/nodes asks for (controlplane serve -operator-token-env).
+	ControlPlaneToken []byte
+	Logger            *slog.Logger
 }
 
 // RuleSource gives the current rule of a name (collector/xdsrules).
@@ -153,7 +168,9 @@ type Collector struct {
 	stopping     chan struct{}
 	stoppingOnce sync.Once
 	waiters      chan struct{} // a place per long-poll or event stream (MaxWaiters)
-	decided      *decisions    // ids intake accepted before the filter's deadline
+	streams      chan struct{} // a place per operator stream (MaxStreams)
+	controlPlane *http.Client
+	decided      *decisions // ids intake accepted before the filter's deadline
 	// execSlots and deliverySlots hold a place per execution (Workers) and
 	// per callback attempt in flight (DeliveryWorkers).
 	execSlots, deliverySlots chan struct{}
@@ -192,6 +209,9 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	if cfg.MaxWaiters <= 0 {
 		cfg.MaxWaiters = 1024
 	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = 16
+	}
 	defD(&cfg.RelayInterval, time.Second)
 	defD(&cfg.RelayAge, 2*time.Second)
 	defD(&cfg.RelayIdle, time.Minute)
@@ -214,9 +234,12 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		notify:    newNotifier(),
-		stopping:  make(chan struct{}),
-		waiters:   make(chan struct{}, cfg.MaxWaiters),
+		notify:   newNotifier(),
+		stopping: make(chan struct{}),
+		waiters:  make(chan struct{}, cfg.MaxWaiters),
+		streams:  make(chan struct{}, cfg.MaxStreams),
+		controlPlane: &http.Client{Timeout: 5 * time.Second,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		decided:   newDecisions(),
 		execSlots: make(chan struct{}, max(cfg.Workers, 1)), deliverySlots: make(chan struct{}, max(cfg.DeliveryWorkers, 1)),
 		relayWake: make(chan struct{}, 1),
@@ -607,6 +630,19 @@ func (c *Collector) sweepOnce(ctx context.Context, now time.Time) (int, error) {
 type notifier struct {
 	mu      sync.Mutex
 	waiters map[string][]chan struct{}
+	any     chan struct{} // closed at the next change of any record (waitAny)
+}
+
+// waitAny returns a channel closed at the next change of any record: the
+// operator's streams wake on this collector's own changes at once (they
+// poll the store for the others').
+func (n *notifier) waitAny() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.any == nil {
+		n.any = make(chan struct{})
+	}
+	return n.any
 }
 
 func newNotifier() *notifier { return &notifier{waiters: map[string][]chan struct{}{}} }
@@ -639,6 +675,10 @@ func (n *notifier) broadcast(id string) {
 	n.mu.Lock()
 	ws := n.waiters[id]
 	delete(n.waiters, id)
+	if n.any != nil {
+		close(n.any)
+		n.any = nil
+	}
 	n.mu.Unlock()
 	for _, ch := range ws {
 		close(ch)

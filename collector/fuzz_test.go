@@ -101,6 +101,10 @@ func FuzzSearchQuery(f *testing.F) {
 		{"traceId=" + done.TraceID, 0x10},
 		{"traceId=" + done.TraceID, 0},
 		{"status=delivered&rule=rule-0", 0x10},
+		{"caller=alice&package=billing", 0x10},
+		{"order=desc&limit=1&cursor=" + done.ID, 0x10},
+		{"order=sideways", 0x10},
+		{"caller=&package=%00", 0x10},
 		{"status=DELIVERED", 0x10},
 		{"status=", 0x10},
 		{"since=2024-01-01T00:00:00Z&until=2099-01-01T00:00:00.123456789%2B02:00", 0x10},
@@ -271,6 +275,8 @@ func checkPage(t *testing.T, q url.Values, body []byte, recs []fuzzRecord) {
 			TraceID   string    `json:"traceId"`
 			Rule      string    `json:"rule"`
 			Status    string    `json:"status"`
+			Caller    string    `json:"caller"`
+			Package   string    `json:"package"`
 			CreatedAt time.Time `json:"createdAt"`
 		} `json:"records"`
 		Next string `json:"next"`
@@ -287,12 +293,16 @@ func checkPage(t *testing.T, q url.Values, body []byte, recs []fuzzRecord) {
 	}
 	since, _ := time.Parse(time.RFC3339Nano, q.Get("since"))
 	until, _ := time.Parse(time.RFC3339Nano, q.Get("until"))
-	matches := func(id, traceID, rule, status string, created time.Time) bool {
+	matches := func(id, traceID, rule, status, caller, pkg string, created time.Time) bool {
 		switch {
+		case q.Get("caller") != "" && caller != q.Get("caller"),
+			q.Get("package") != "" && pkg != q.Get("package"):
+			return false
 		case q.Get("traceId") != "" && traceID != q.Get("traceId"),
 			q.Get("status") != "" && status != q.Get("status"),
 			q.Get("rule") != "" && rule != q.Get("rule"),
-			q.Get("cursor") != "" && id <= q.Get("cursor"),
+			q.Get("cursor") != "" && q.Get("order") != "desc" && id <= q.Get("cursor"),
+			q.Get("cursor") != "" && q.Get("order") == "desc" && id >= q.Get("cursor"),
 			q.Get("since") != "" && created.Before(since),
 			q.Get("until") != "" && !created.Before(until):
 			return false
@@ -301,7 +311,7 @@ func checkPage(t *testing.T, q url.Values, body []byte, recs []fuzzRecord) {
 	}
 	got := map[string]bool{}
 	for _, r := range page.Records {
-		if !matches(r.ID, r.TraceID, r.Rule, r.Status, r.CreatedAt) {
+		if !matches(r.ID, r.TraceID, r.Rule, r.Status, r.Caller, r.Package, r.CreatedAt) {
 			t.Fatalf("search %q answered a record that does not match: %+v", q, r)
 		}
 		got[r.ID] = true
@@ -311,7 +321,7 @@ func checkPage(t *testing.T, q url.Values, body []byte, recs []fuzzRecord) {
 	}
 	for _, fr := range recs {
 		r := fr.rec
-		if matches(r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt) && !got[r.ID] {
+		if matches(r.ID, r.TraceID, r.Rule, string(r.Status), r.Envelope.Caller, r.Envelope.Package, r.CreatedAt) && !got[r.ID] {
 			t.Fatalf("search %q left out the matching record %s (%s, %s, created %s): %s", q, r.ID, r.Rule, r.Status, r.CreatedAt, body)
 		}
 	}

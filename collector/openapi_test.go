@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -111,7 +112,29 @@ func TestOpenAPI(t *testing.T) {
 		!strings.Contains(string(b), `"request":{"method":"POST"`) || !strings.Contains(string(b), `"response":{"status":"200 OK"`) {
 		t.Fatalf("search without the attempt log: %d %s", code, b)
 	}
-	call("GET", "/v1/requests?status=delivered", "", admin...)
+	call("GET", "/v1/requests?status=delivered&order=desc", "", admin...)
+	if code, b := call("GET", "/v1/requests?caller=nobody&package=none", "", admin...); code != 200 || !strings.Contains(string(b), `"records":[]`) {
+		t.Fatalf("search by caller and package: %d %s", code, b)
+	}
+	if code, b := call("GET", "/v1/requests/count?status=delivered&rule=r", "", admin...); code != 200 || !strings.Contains(string(b), `"count":1`) {
+		t.Fatalf("count: %d %s", code, b)
+	}
+	call("GET", "/v1/requests/count?cursor=x", "", admin...)
+	call("GET", "/v1/requests/count", "")
+	call("GET", "/v1/rules", "", admin...)
+	call("GET", "/v1/stream?since=2026-01-01T00:00:00Z", "", admin...)
+	// A stream that runs until the client leaves: its answer is checked
+	// once it has.
+	func() {
+		ctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/stream?status=delivered", nil)
+		req.Header.Set("authorization", "Bearer "+adminToken)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
 	call("GET", "/v1/requests?status=delivered", "")
 	call("POST", "/v1/requests/"+en.ID+"/complete", `{"status":200}`)
 	call("POST", "/v1/requests/"+en.ID+"/replay", "")
@@ -119,6 +142,9 @@ func TestOpenAPI(t *testing.T) {
 		t.Fatalf("replay %d %s", code, b)
 	}
 	call("POST", "/v1/deliveries/replay", `{"status":"dead","limit":5}`, admin...)
+	if code, b := call("POST", "/v1/deliveries/replay", `{"status":"delivered","caller":"nobody","package":"none","dryRun":true}`, admin...); code != 200 || !strings.Contains(string(b), `"matched":0`) {
+		t.Fatalf("dry run: %d %s", code, b)
+	}
 	// Endpoints: the one this test's callbacks went to.
 	epID := endpointOf(en)
 	e.c.health.flush(ctx) // merged every second; now

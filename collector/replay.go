@@ -99,11 +99,17 @@ func (c *Collector) replayOne(w http.ResponseWriter, r *http.Request) {
 type bulkReplay struct {
 	Status  store.Status `json:"status"` // dead (default) or delivered
 	Rule    string       `json:"rule"`
+	Caller  string       `json:"caller"`
+	Package string       `json:"package"`
 	TraceID string       `json:"traceId"`
 	Since   time.Time    `json:"since"`
 	Until   time.Time    `json:"until"`
 	Cursor  string       `json:"cursor"`
 	Limit   int          `json:"limit"` // 1..store.MaxLimit, default 100
+	// DryRun answers {"matched": N}, how many records the filter selects
+	// (cursor and limit aside), and replays nothing: the count an operator
+	// confirms before replaying page by page.
+	DryRun bool `json:"dryRun"`
 }
 
 func (c *Collector) replayMany(w http.ResponseWriter, r *http.Request) {
@@ -135,7 +141,14 @@ func (c *Collector) replayMany(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_body", "limit: want 1.."+strconv.Itoa(store.MaxLimit))
 		return
 	}
-	page, err := c.store.Search(r.Context(), store.Query{Status: q.Status, Rule: q.Rule, TraceID: q.TraceID, Since: q.Since, Until: q.Until, Cursor: q.Cursor, Limit: q.Limit})
+	sq := store.Query{Status: q.Status, Rule: q.Rule, Caller: q.Caller, Package: q.Package, TraceID: q.TraceID, Since: q.Since, Until: q.Until, Cursor: q.Cursor, Limit: q.Limit}
+	if q.DryRun {
+		if n, ok := c.countRecords(w, r.Context(), sq); ok {
+			writeJSON(w, http.StatusOK, map[string]int64{"matched": n})
+		}
+		return
+	}
+	page, err := c.store.Search(r.Context(), sq)
 	if err != nil {
 		c.log.Error("replay: search", "err", err)
 		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "search failed")
@@ -159,6 +172,6 @@ func (c *Collector) replayMany(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	c.log.Info("replay: bulk", "status", q.Status, "rule", q.Rule, "replayed", len(out.Replayed), "skipped", len(out.Skipped))
+	c.log.Info("replay: bulk", "status", q.Status, "rule", q.Rule, "caller", q.Caller, "package", q.Package, "replayed", len(out.Replayed), "skipped", len(out.Skipped))
 	writeJSON(w, http.StatusOK, out)
 }

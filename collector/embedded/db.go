@@ -167,10 +167,13 @@ CREATE TABLE IF NOT EXISTS requests (
 	doc        BLOB NOT NULL,
 	version    INTEGER NOT NULL DEFAULT 0,
 	req_body   BLOB,
-	resp_body  BLOB
+	resp_body  BLOB,
+	caller     TEXT NOT NULL DEFAULT '',
+	package    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS requests_trace ON requests(trace_id, id);
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, updated_at);
+CREATE INDEX IF NOT EXISTS requests_updated ON requests(updated_at, id);
 CREATE TABLE IF NOT EXISTS queue (
 	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
 	topic      TEXT NOT NULL,
@@ -218,7 +221,7 @@ const (
 	qSavepoint     = "SAVEPOINT op"
 	qRollbackTo    = "ROLLBACK TO op"
 	qRelease       = "RELEASE op"
-	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc, req_body, resp_body) VALUES (?,?,?,?,?,?,?,?,?)`
+	qInsertRecord  = `INSERT INTO requests(id, trace_id, rule, status, created_at, updated_at, doc, req_body, resp_body, caller, package) VALUES (?,?,?,?,?,?,?,?,?,?,?)`
 	qRecordVersion = `SELECT doc, version, req_body, resp_body FROM requests WHERE id = ?`
 	qUpdateRecord  = `UPDATE requests SET status = ?, updated_at = ?, doc = ?, req_body = ?, resp_body = ?, version = version + 1 WHERE id = ? AND version = ?`
 	qInsertMessage = `INSERT INTO queue(topic, key, trace_id, body, visible_at) VALUES (?,?,?,?,?)`
@@ -246,6 +249,18 @@ var migrations = []string{
 	// before keep theirs inside doc, and read as ever).
 	`ALTER TABLE requests ADD COLUMN req_body BLOB`,
 	`ALTER TABLE requests ADD COLUMN resp_body BLOB`,
+	// The operator searches by caller and package (GET /v1/requests): rows
+	// written before have them in doc only, copied out below.
+	`ALTER TABLE requests ADD COLUMN caller TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE requests ADD COLUMN package TEXT NOT NULL DEFAULT ''`,
+}
+
+// backfills run after migrations added their columns: each is idempotent
+// and cheap once done (it touches only rows the migration left empty
+// whose document says otherwise).
+var backfills = []string{
+	`UPDATE requests SET caller = json_extract(doc, '$.envelope.caller') WHERE caller = '' AND json_extract(doc, '$.envelope.caller') != ''`,
+	`UPDATE requests SET package = json_extract(doc, '$.envelope.package') WHERE package = '' AND json_extract(doc, '$.envelope.package') != ''`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -281,10 +296,21 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		w.Close()
 		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
 	}
+	added := false // a migration added a column: backfills run
 	for _, m := range migrations {
-		if _, err := w.ExecContext(ctx, m); err != nil && !strings.Contains(err.Error(), "duplicate column name") {
+		_, err := w.ExecContext(ctx, m)
+		if err != nil && !strings.Contains(err.Error(), "duplicate column name") {
 			w.Close()
 			return nil, fmt.Errorf("migrating schema in %s (%s): %w", path, m, err)
+		}
+		added = added || err == nil
+	}
+	if added {
+		for _, b := range backfills {
+			if _, err := w.ExecContext(ctx, b); err != nil {
+				w.Close()
+				return nil, fmt.Errorf("migrating schema in %s (%s): %w", path, b, err)
+			}
 		}
 	}
 	stmts := map[string]*sql.Stmt{}

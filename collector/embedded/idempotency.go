@@ -57,8 +57,7 @@ func (s *sqlStore) CreateKeyed(ctx context.Context, r *store.Record, k store.Key
 			held = &store.KeyHeldError{Held: h}
 			return held // rolls this operation back: nothing is written
 		}
-		if _, err := t.exec(qInsertRecord,
-			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc, reqBody, respBody); err != nil {
+		if err := insertRecord(t, r, doc, reqBody, respBody); err != nil {
 			return err
 		}
 		return insertMessage(t, m)

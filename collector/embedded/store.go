@@ -43,8 +43,7 @@ func (s *sqlStore) CreatePublish(ctx context.Context, r *store.Record, m *queue.
 		return err
 	}
 	err = s.db().tx(ctx, func(t wtx) error {
-		if _, err := t.exec(qInsertRecord,
-			r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc, reqBody, respBody); err != nil {
+		if err := insertRecord(t, r, doc, reqBody, respBody); err != nil {
 			return err
 		}
 		return insertMessage(t, m)
@@ -58,6 +57,17 @@ func (s *sqlStore) CreatePublish(ctx context.Context, r *store.Record, m *queue.
 	s.recent.Put(r, store.Version{})
 	s.wakeFor(m)
 	return nil
+}
+
+// insertRecord inserts r, encoded, with its searchable columns.
+func insertRecord(t wtx, r *store.Record, doc, reqBody, respBody []byte) error {
+	var caller, pkg string
+	if e := r.Envelope; e != nil {
+		caller, pkg = e.Caller, e.Package
+	}
+	_, err := t.exec(qInsertRecord,
+		r.ID, r.TraceID, r.Rule, string(r.Status), r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), doc, reqBody, respBody, caller, pkg)
+	return err
 }
 
 func (s *sqlStore) Transition(ctx context.Context, id string, c store.Change) (*store.Record, error) {
@@ -209,10 +219,9 @@ func (s *sqlStore) Peek(ctx context.Context, id string) (*store.Record, error) {
 	return r, err
 }
 
-func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error) {
-	var where []string
-	var args []any
-	add := func(cond string, arg any) { where = append(where, cond); args = append(args, arg) }
+// where renders q's filters (its Cursor and Limit aside) as SQL.
+func where(q store.Query) (conds []string, args []any) {
+	add := func(cond string, arg any) { conds = append(conds, cond); args = append(args, arg) }
 	if q.TraceID != "" {
 		add("trace_id = ?", q.TraceID)
 	}
@@ -222,28 +231,73 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 	if q.Rule != "" {
 		add("rule = ?", q.Rule)
 	}
+	if q.Caller != "" {
+		add("caller = ?", q.Caller)
+	}
+	if q.Package != "" {
+		add("package = ?", q.Package)
+	}
 	if !q.Since.IsZero() {
 		add("created_at >= ?", unixNano(q.Since))
 	}
 	if !q.Until.IsZero() {
 		add("created_at < ?", unixNano(q.Until))
 	}
+	return conds, args
+}
+
+func whereClause(conds []string) string {
+	if len(conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(conds, " AND ")
+}
+
+func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error) {
+	conds, args := where(q)
+	order, next := "id", "id > ?"
+	if q.Desc {
+		order, next = "id DESC", "id < ?"
+	}
 	if q.Cursor != "" {
-		add("id > ?", q.Cursor)
+		conds, args = append(conds, next), append(args, q.Cursor)
 	}
 	limit := q.PageLimit()
 	// Without the body columns: a page of search results never loads a
 	// request's or a response's body.
-	query := `SELECT doc, NULL, NULL FROM requests`
-	if len(where) > 0 {
-		query += " WHERE " + strings.Join(where, " AND ")
-	}
-	query += " ORDER BY id LIMIT ?"
+	query := `SELECT doc, NULL, NULL FROM requests` + whereClause(conds) + " ORDER BY " + order + " LIMIT ?"
 	recs, err := s.list(ctx, query, append(args, limit+1)...)
 	if err != nil {
 		return store.Page{}, fmt.Errorf("searching records: %w", err)
 	}
 	return store.NewPage(recs, limit), nil
+}
+
+// Count implements store.Counter.
+func (s *sqlStore) Count(ctx context.Context, q store.Query) (int64, error) {
+	conds, args := where(q)
+	var n int64
+	if err := s.db().readRow(ctx, `SELECT COUNT(*) FROM requests`+whereClause(conds), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("counting records: %w", err)
+	}
+	return n, nil
+}
+
+// Changes implements store.ChangeLister, on the index requests_updated.
+func (s *sqlStore) Changes(ctx context.Context, q store.Query, after store.ChangeCursor, limit int) ([]*store.Record, error) {
+	conds, args := where(q)
+	if !after.At.IsZero() || after.ID != "" {
+		// (updated_at, id) > (at, id), written so that the index's range
+		// on updated_at applies.
+		at := unixNano(after.At)
+		conds = append(conds, "updated_at >= ? AND (updated_at > ? OR id > ?)")
+		args = append(args, at, at, after.ID)
+	}
+	recs, err := s.list(ctx, `SELECT doc, NULL, NULL FROM requests`+whereClause(conds)+" ORDER BY updated_at, id LIMIT ?", append(args, max(limit, 1))...)
+	if err != nil {
+		return nil, fmt.Errorf("listing changed records: %w", err)
+	}
+	return recs, nil
 }
 
 func (s *sqlStore) Stale(ctx context.Context, st store.Status, before time.Time, limit int) ([]*store.Record, error) {
@@ -288,3 +342,8 @@ func scanOne(row scanner) (*store.Record, error) {
 	}
 	return r, nil
 }
+
+var (
+	_ store.Counter      = (*sqlStore)(nil)
+	_ store.ChangeLister = (*sqlStore)(nil)
+)

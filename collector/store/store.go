@@ -139,15 +139,51 @@ type Record struct {
 }
 
 // Query selects records; empty fields match all. Results are ordered by id
-// (creation time); Cursor is the last id of the previous page.
+// (creation time); Cursor is the last id of the previous page. Caller and
+// Package are the envelope's (the caller's name, the rule's package);
+// Since and Until bound the creation time.
 type Query struct {
 	TraceID string
 	Status  Status
 	Rule    string
+	Caller  string
+	Package string
 	Since   time.Time
 	Until   time.Time
 	Cursor  string
 	Limit   int
+	// Desc orders the results by id descending, newest first (the
+	// dashboard's log); Cursor is then the last id of the previous page
+	// still, and the next page holds the older ones.
+	Desc bool
+}
+
+// Counter is a store that counts the records a Query selects, its Cursor
+// and Limit aside: the operator's "how many match" (GET
+// /v1/requests/count, the dry run of a bulk replay) without paging
+// through them. Both stores are Counters (storetest checks it).
+type Counter interface {
+	Count(ctx context.Context, q Query) (int64, error)
+}
+
+// ChangeCursor is a place in the order of changes: a record's UpdatedAt,
+// then its id, at the store's precision (Elasticsearch keeps milliseconds).
+type ChangeCursor struct {
+	At time.Time
+	ID string
+}
+
+// ChangeLister is a store that lists records by the time of their last
+// change: the operator's stream (GET /v1/stream) polls it, so that it sees
+// the changes every collector on the store makes, not only its own. Both
+// stores are ChangeListers (storetest checks it).
+type ChangeLister interface {
+	// Changes returns up to limit records of q (its Cursor and Limit aside)
+	// whose (UpdatedAt, ID) comes after after, in that order, without
+	// bodies. Like Search it may see a write late (Elasticsearch: after
+	// the next refresh), and a change is stamped before it is written: a
+	// poller looks back a little and drops what it has seen.
+	Changes(ctx context.Context, q Query, after ChangeCursor, limit int) ([]*Record, error)
 }
 
 // MaxLimit bounds one page.

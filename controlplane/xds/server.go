@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -258,6 +259,51 @@ func (s *Server) Metrics(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "asyncmesh_controlplane_nacks_total{node=%s} %d\n", strconv.Quote(id), s.nodes[id].nacks)
 	}
 	io.WriteString(w, b.String())
+}
+
+// NodeStatus is what the control plane knows of one node: the version of
+// the rules it was served and the one it last acknowledged (they differ
+// while a node applies a change, or for good when it refused one: then
+// Nacks and LastNack say why). GET /v1/nodes lists them.
+type NodeStatus struct {
+	Node      string `json:"node"`
+	Cluster   string `json:"cluster"`
+	Collector bool   `json:"collector"`
+	Served    string `json:"served"`
+	Acked     string `json:"acked"`
+	Nacks     int    `json:"nacks"`
+	LastNack  string `json:"lastNack,omitempty"`
+	Connected bool   `json:"connected"`
+}
+
+// Status is the body of GET /v1/nodes: every known node, by id, and whether
+// the rules file last loaded (a refused edit keeps the last good rules).
+type Status struct {
+	RulesFileOK bool         `json:"rulesFileOk"`
+	RulesError  string       `json:"rulesError,omitempty"`
+	Nodes       []NodeStatus `json:"nodes"`
+}
+
+// Status returns the nodes' status, sorted by node id.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{RulesFileOK: s.lastErr == "", RulesError: s.lastErr, Nodes: make([]NodeStatus, 0, len(s.nodes))}
+	for _, n := range s.nodes {
+		st.Nodes = append(st.Nodes, NodeStatus{Node: n.id, Cluster: n.cluster, Collector: n.collector, Served: n.served,
+			Acked: n.acked, Nacks: n.nacks, LastNack: n.lastNack, Connected: n.streams > 0})
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool {
+		a, b := st.Nodes[i], st.Nodes[j]
+		return a.Node < b.Node || a.Node == b.Node && !a.Collector && b.Collector
+	})
+	return st
+}
+
+// ServeStatus answers GET /v1/nodes with Status as JSON.
+func (s *Server) ServeStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("content-type", "application/json")
+	_ = json.NewEncoder(w).Encode(s.Status())
 }
 
 // NodeVersions returns node id → acknowledged version (tests, status pages).

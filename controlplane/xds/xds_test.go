@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -144,6 +145,17 @@ func TestReloadKeepsLastGoodAndCountsNacks(t *testing.T) {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("metrics lack %s:\n%s", want, rec.Body)
 		}
+	}
+
+	rec = httptest.NewRecorder()
+	s.ServeStatus(rec, nil)
+	var st Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
+		t.Fatalf("GET /v1/nodes: %v: %s", err, rec.Body)
+	}
+	want := NodeStatus{Node: "a", Cluster: "reports", Served: served, Acked: served, Nacks: 1, LastNack: "bad wasm", Connected: true}
+	if st.RulesFileOK || !strings.Contains(st.RulesError, "duplicate rule name") || len(st.Nodes) != 1 || st.Nodes[0] != want {
+		t.Fatalf("GET /v1/nodes = %+v, want rules refused and %+v", st, want)
 	}
 
 	// The watcher follows a rename (as editors and config maps write).

@@ -157,9 +157,9 @@ func Start(ctx context.Context, opt Options) (*Stack, error) {
 			if !opt.ControlPlane {
 				return nil
 			}
-			return s.spawn("controlplane", filepath.Join(opt.BinDir, "controlplane"), nil, "serve",
+			return s.spawn("controlplane", filepath.Join(opt.BinDir, "controlplane"), []string{"ASYNCMESH_ADMIN_TOKEN=" + s.AdminToken}, "serve",
 				"-rules", s.RulesPath(), "-wasm", filepath.Join(opt.BinDir, "asyncmesh.wasm"),
-				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort))
+				"-listen", addr(s.xdsPort), "-metrics", addr(s.metricsPort), "-operator-token-env", "ASYNCMESH_ADMIN_TOKEN")
 		}, s.ControlPlaneMetricsURL + "/healthz"},
 		{"collector", s.StartCollector, s.CollectorURL + "/healthz"},
 		{"envoy", func() error {
@@ -309,7 +309,7 @@ func (s *Stack) StartCollector() error {
 		args = append(args, "-store", "elasticsearch", "-es-prefix", "asyncmesh-e2e-"+strconv.Itoa(s.collectorPort), "-es-replicas", "0")
 	}
 	if s.opt.ControlPlane {
-		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo")
+		args = append(args, "-xds", addr(s.xdsPort), "-node-id", "sidecar-1", "-node-cluster", "demo", "-controlplane-url", s.ControlPlaneMetricsURL)
 	}
 	args = append(args, s.opt.CollectorArgs...)
 	args = append(args, s.collectorExtra...)

@@ -16,7 +16,9 @@ import (
 type options struct {
 	listen, replayURL, replayEnv, secretsDir, apiURL string
 	adminTokenEnv, otlpEndpoint, debugListen         string
-	operatorListen                                   string
+	operatorListen, controlPlaneURL                  string
+	controlPlaneTokenEnv                             string
+	maxStreams                                       int
 	rulesPath                                        string
 	workers, deliveryWorkers                         int
 
@@ -57,6 +59,9 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.storeKind, kindStore, "embedded", o.backends.usage(kindStore))
 	fs.StringVar(&o.queueKind, kindQueue, "embedded", o.backends.usage(kindQueue))
 	fs.StringVar(&o.xdsAddr, "xds", "", "control plane xDS address (host:port): follow its rules live (empty: the rules travel in each envelope)")
+	fs.StringVar(&o.controlPlaneTokenEnv, "controlplane-token-env", "", "environment variable holding the bearer token of the control plane's GET /v1/nodes (controlplane serve -operator-token-env); default: -admin-token-env's")
+	fs.StringVar(&o.controlPlaneURL, "controlplane-url", "", "base URL of the control plane's -metrics listener, whose GET /v1/nodes the operator's GET /v1/rules and the dashboard show (the rules version each node was served and acknowledged); empty: not shown")
+	fs.IntVar(&o.maxStreams, "max-streams", 16, "operator event streams (GET /v1/stream, the dashboard's live log) served at once; more answer 503")
 	fs.StringVar(&o.nodeID, "node-id", "", "with -xds: the Envoy node id of this collector's sidecar")
 	fs.StringVar(&o.nodeCluster, "node-cluster", "", "with -xds: the Envoy cluster of this collector's sidecar")
 }

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -103,10 +104,23 @@ func run() error {
 		cfg.DeliveryWorkers = -1
 	}
 	cfg.SeparateOperator = o.operatorListen != ""
+	cfg.NodeID, cfg.ControlPlaneURL, cfg.MaxStreams = o.nodeID, o.controlPlaneURL, o.maxStreams
+	if o.controlPlaneURL != "" {
+		if u, err := url.Parse(o.controlPlaneURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-controlplane-url: want http(s)://host:port, got %q", o.controlPlaneURL)
+		}
+	}
 	if o.adminTokenEnv != "" {
 		if cfg.AdminToken = []byte(os.Getenv(o.adminTokenEnv)); len(cfg.AdminToken) < 16 {
 			return fmt.Errorf("-admin-token-env: %s must hold a token of at least 16 characters", o.adminTokenEnv)
 		}
+	}
+	if o.controlPlaneTokenEnv != "" {
+		if cfg.ControlPlaneToken = []byte(os.Getenv(o.controlPlaneTokenEnv)); len(cfg.ControlPlaneToken) < 16 {
+			return fmt.Errorf("-controlplane-token-env: %s must hold a token of at least 16 characters", o.controlPlaneTokenEnv)
+		}
+	} else if o.controlPlaneURL != "" {
+		cfg.ControlPlaneToken = cfg.AdminToken
 	}
 	xdsTLSConfig, err := xdsTLS.config(o.xdsAddr, log)
 	if err != nil {

@@ -279,6 +279,28 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 			}
 			return ""
 		})
+		eventually(t, "paged search newest first", func() string {
+			var got []string
+			page, err := s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Desc: true})
+			for err == nil {
+				for _, r := range page.Records {
+					got = append(got, r.ID)
+				}
+				if page.Next == "" {
+					break
+				}
+				page, err = s.Search(ctx, store.Query{TraceID: tid, Limit: 2, Cursor: page.Next, Desc: true})
+			}
+			want := slices.Clone(ids)
+			slices.Reverse(want)
+			if err != nil {
+				return err.Error()
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Sprintf("found %v, want %v", got, want)
+			}
+			return ""
+		})
 		eventually(t, "search by rule", func() string {
 			p, err := s.Search(ctx, store.Query{Rule: "b"})
 			if err != nil || len(p.Records) != 1 {
@@ -294,6 +316,145 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 		if p, err := s.Search(ctx, store.Query{TraceID: tid, Until: time.Now().Add(-time.Hour)}); err != nil || len(p.Records) != 0 {
 			t.Fatalf("until search found %d (%v)", len(p.Records), err)
+		}
+	})
+
+	// createAs creates a record whose envelope names a caller and a package.
+	createAs := func(t *testing.T, s store.Store, caller, pkg string) *store.Record {
+		t.Helper()
+		e := NewEnvelope("r", "")
+		e.Caller, e.Package = caller, pkg
+		r := store.NewRecord(e, time.Now())
+		if err := s.Create(ctx, r); err != nil {
+			t.Fatalf("Create: %v", err)
+		}
+		return r
+	}
+
+	t.Run("SearchCallerPackage", func(t *testing.T) {
+		s := open(t)
+		alice := createAs(t, s, "alice", "billing")
+		createAs(t, s, "bob", "billing")
+		createAs(t, s, "", "")
+		for _, tc := range []struct {
+			name string
+			q    store.Query
+			want int
+		}{
+			{"caller", store.Query{Caller: "alice"}, 1},
+			{"package", store.Query{Package: "billing"}, 2},
+			{"both", store.Query{Caller: "bob", Package: "billing"}, 1},
+			{"caller of another package", store.Query{Caller: "alice", Package: "other"}, 0},
+			{"no such caller", store.Query{Caller: "carol"}, 0},
+		} {
+			eventually(t, "search by "+tc.name, func() string {
+				p, err := s.Search(ctx, tc.q)
+				if err != nil || len(p.Records) != tc.want {
+					return fmt.Sprintf("found %d (%v), want %d", len(p.Records), err, tc.want)
+				}
+				if tc.name == "caller" && p.Records[0].ID != alice.ID {
+					return "found " + p.Records[0].ID + ", want " + alice.ID
+				}
+				return ""
+			})
+		}
+	})
+
+	t.Run("Count", func(t *testing.T) {
+		s := open(t)
+		c, ok := s.(store.Counter)
+		if !ok {
+			t.Fatal("the store is not a store.Counter")
+		}
+		tid := trace.NewParent().TraceIDString()
+		for range 3 {
+			create(t, s, "a", tid)
+		}
+		r := createAs(t, s, "alice", "billing")
+		if _, err := s.Transition(ctx, r.ID, store.Change{Event: store.Enqueue}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			q    store.Query
+			want int64
+		}{
+			{"all", store.Query{}, 4},
+			{"trace id", store.Query{TraceID: tid}, 3},
+			{"trace id, cursor and limit aside", store.Query{TraceID: tid, Cursor: "~", Limit: 1}, 3},
+			{"rule", store.Query{Rule: "r"}, 1},
+			{"status", store.Query{Status: store.Queued}, 1},
+			{"caller", store.Query{Caller: "alice"}, 1},
+			{"package", store.Query{Package: "billing", Status: store.Persisted}, 0},
+			{"since", store.Query{Since: time.Now().Add(time.Hour)}, 0},
+			{"until", store.Query{Until: time.Now().Add(time.Hour)}, 4},
+		} {
+			eventually(t, "count by "+tc.name, func() string {
+				n, err := c.Count(ctx, tc.q)
+				if err != nil || n != tc.want {
+					return fmt.Sprintf("counted %d (%v), want %d", n, err, tc.want)
+				}
+				return ""
+			})
+		}
+	})
+
+	t.Run("Changes", func(t *testing.T) {
+		s := open(t)
+		cl, ok := s.(store.ChangeLister)
+		if !ok {
+			t.Fatal("the store is not a store.ChangeLister")
+		}
+		a := createAs(t, s, "alice", "billing")
+		b := create(t, s, "a", "")
+		time.Sleep(5 * time.Millisecond) // a later millisecond than both creations
+		a2, err := s.Transition(ctx, a.ID, store.Change{Event: store.Enqueue})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// every: all changes in (updatedAt, id) order, paged one at a time.
+		every := func(q store.Query, from store.ChangeCursor) ([]string, error) {
+			var ids []string
+			for range 10 {
+				recs, err := cl.Changes(ctx, q, from, 1)
+				if err != nil || len(recs) == 0 {
+					return ids, err
+				}
+				if len(recs) > 1 {
+					return nil, fmt.Errorf("limit 1 gave %d records", len(recs))
+				}
+				r := recs[0]
+				if r.Envelope != nil && len(r.Envelope.Body) > 0 {
+					return nil, errors.New("Changes loaded a body")
+				}
+				ids = append(ids, r.ID)
+				from = store.ChangeCursor{At: r.UpdatedAt, ID: r.ID}
+			}
+			return ids, nil
+		}
+		eventually(t, "changes in order of update", func() string {
+			got, err := every(store.Query{}, store.ChangeCursor{})
+			if want := []string{b.ID, a.ID}; err != nil || !slices.Equal(got, want) {
+				return fmt.Sprintf("changes %v (%v), want %v (b created after a, a moved after both)", got, err, want)
+			}
+			return ""
+		})
+		eventually(t, "changes with a filter", func() string {
+			got, err := every(store.Query{Caller: "alice", Status: store.Queued}, store.ChangeCursor{})
+			if want := []string{a.ID}; err != nil || !slices.Equal(got, want) {
+				return fmt.Sprintf("changes %v (%v), want %v", got, err, want)
+			}
+			return ""
+		})
+		eventually(t, "changes after a cursor", func() string {
+			got, err := every(store.Query{}, store.ChangeCursor{At: b.UpdatedAt, ID: b.ID})
+			if want := []string{a.ID}; err != nil || !slices.Equal(got, want) {
+				return fmt.Sprintf("changes after %s: %v (%v), want %v", b.ID, got, err, want)
+			}
+			return ""
+		})
+		if recs, err := cl.Changes(ctx, store.Query{}, store.ChangeCursor{At: a2.UpdatedAt.Add(time.Second)}, 10); err != nil || len(recs) != 0 {
+			t.Fatalf("changes after the last one: %d (%v)", len(recs), err)
 		}
 	})
 

@@ -36,6 +36,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"flag"
 	"fmt"
@@ -289,6 +290,7 @@ func serve(args []string) error {
 	fs.StringVar(&tlsFiles.ClientCA, "client-ca", "", "with -tls-cert: CA bundle (PEM) of client certificates; set, every node must present one whose SPIFFE ID spiffe://<trust-domain>/ns/<cluster>/sa/<node-id> names the node it asks as")
 	fs.StringVar(&tlsFiles.TrustDomain, "trust-domain", "", "with -client-ca: the only SPIFFE trust domain accepted (default: any the CA signs)")
 	nodeGrace := fs.Duration("node-grace", xds.DefaultNodeGrace, "how long a node's snapshot and metrics are kept after its last stream closed")
+	tokenEnv := fs.String("operator-token-env", "", "environment variable holding the operator's bearer token, which GET /v1/nodes (on -metrics) asks for; unset: /v1/nodes is off")
 	maxNodes := fs.Int("max-nodes", xds.DefaultMaxNodes, "most nodes known at once (past it the longest idle is forgotten, or a new node refused)")
 	fs.Parse(args)
 	if *wasmPath == "" {
@@ -299,6 +301,12 @@ func serve(args []string) error {
 	}
 	if tlsFiles.Cert == "" && (tlsFiles.Key != "" || tlsFiles.ClientCA != "" || tlsFiles.TrustDomain != "") {
 		return errors.New("-tls-cert: required with -tls-key, -client-ca or -trust-domain")
+	}
+	var token []byte
+	if *tokenEnv != "" {
+		if token = []byte(os.Getenv(*tokenEnv)); len(token) < 16 {
+			return fmt.Errorf("-operator-token-env: %s must hold a token of at least 16 characters", *tokenEnv)
+		}
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	s, err := xds.NewServer(*rulesPath, xds.WasmOptions{Path: *wasmPath}, log)
@@ -336,6 +344,9 @@ func serve(args []string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", s.Metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	if *tokenEnv != "" {
+		mux.Handle("GET /v1/nodes", operatorOnly(token, http.HandlerFunc(s.ServeStatus)))
+	}
 	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go msrv.Serve(mln)
 	defer msrv.Close()
@@ -347,4 +358,20 @@ func serve(args []string) error {
 	log.Info("controlplane: serving", "xds", ln.Addr().String(), "metrics", mln.Addr().String(), "rules", *rulesPath,
 		"tls", tlsFiles.Cert != "", "client_certificates", tlsFiles.ClientCA != "")
 	return s.Serve(ctx, ln)
+}
+
+// operatorOnly serves h to requests that carry the operator's bearer token,
+// and 401 with a JSON error to any other.
+func operatorOnly(token []byte, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
+			w.Header().Set("content-type", "application/json")
+			w.Header().Set("www-authenticate", `Bearer realm="asyncmesh-operator"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintln(w, `{"error":"unauthorized","message":"the operator's bearer token is required"}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

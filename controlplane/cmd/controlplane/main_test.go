@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,6 +114,39 @@ func TestRenderCommand(t *testing.T) {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())
 				}
+			}
+		})
+	}
+}
+
+// TestNodesNeedTheOperator: GET /v1/nodes answers only the operator's
+// bearer token; no token, another token, a prefix of it, or the token in
+// the query string get 401 and no node.
+func TestNodesNeedTheOperator(t *testing.T) {
+	const token = "operator-token-0123456789"
+	h := operatorOnly([]byte(token), http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, `{"nodes":[{"node":"secret-node"}]}`)
+	}))
+	for _, tc := range []struct {
+		name, auth, query string
+		want              int
+	}{
+		{"operator", "Bearer " + token, "", 200},
+		{"none", "", "", 401},
+		{"other token", "Bearer operator-token-9876543210", "", 401},
+		{"prefix", "Bearer " + token[:10], "", 401},
+		{"basic", "Basic " + token, "", 401},
+		{"in the query", "", "?token=" + token, 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/v1/nodes"+tc.query, nil)
+			if tc.auth != "" {
+				r.Header.Set("authorization", tc.auth)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.want || (tc.want != 200) == strings.Contains(w.Body.String(), "secret-node") {
+				t.Fatalf("%d %s, want %d", w.Code, w.Body, tc.want)
 			}
 		})
 	}

@@ -74,6 +74,8 @@ the gateway's Envoy calls it over the network.
     - -xds={{ include "asyncmesh.controlplane" . }}:{{ $v.controlplane.xdsPort }}
     - -node-id=$(POD_NAME)
     - -node-cluster={{ $v.app.name }}
+    {{- /* The dashboard's and asyncmesh rules' view of what each node applied (GET /v1/nodes, the operator's token). */}}
+    - -controlplane-url=http://{{ include "asyncmesh.controlplane" . }}:{{ $v.controlplane.metricsPort }}
     {{- else }}
     {{- /* No control plane: the rules travel in each envelope; the secrets: section is read at start. */}}
     - -rules=/etc/asyncmesh/rules/rules.yaml
