@@ -194,7 +194,7 @@ const (
 	// rateHeadroom: a collector that was not starved needs the rate it used
 	// times this, plus rateFloor of the limit (so that an idle one can start
 	// at once, and one whose demand grows has room before it is starved).
-	rateHeadroom = 1.2
+	rateHeadroom = 1.1
 	rateFloor    = 0.01
 )
 

@@ -705,9 +705,9 @@ func TestFillByDemand(t *testing.T) {
 		want    []float64
 	}{
 		{"all starved or silent: even", 90, []*store.EndpointDemand{nil, starved, nil}, []float64{30, 30, 30}},
-		{"a light one needs its rate with headroom", 100, []*store.EndpointDemand{light(10, 0), starved}, []float64{13, 87}},
+		{"a light one needs its rate with headroom", 100, []*store.EndpointDemand{light(10, 0), starved}, []float64{12, 88}},
 		{"a light one over the level gets the level", 100, []*store.EndpointDemand{light(60, 0), starved}, []float64{50, 50}},
-		{"none starved: the rest evenly", 100, []*store.EndpointDemand{light(10, 0), light(20, 0)}, []float64{13 + 31, 25 + 31}},
+		{"none starved: the rest evenly", 100, []*store.EndpointDemand{light(10, 0), light(20, 0)}, []float64{12 + 32.5, 23 + 32.5}},
 		{"idle: the floor", 100, []*store.EndpointDemand{light(0, 0), starved, starved}, []float64{1, 49.5, 49.5}},
 	}
 	for _, tt := range rates {
@@ -759,8 +759,8 @@ func TestFillByDemand(t *testing.T) {
 	if got, want := computeShare(others, "a", nil, lim), (share{Rate: 50, Burst: 5, Slots: 5}); got != want {
 		t.Fatalf("while b still advertises half: %+v, want %+v", got, want)
 	}
-	others[0].Rate, others[0].InFlight = 13, 1
-	if got, want := computeShare(others, "a", nil, lim), (share{Rate: 87, Burst: 8.7, Slots: 9}); math.Abs(got.Rate-want.Rate) > 1e-9 || math.Abs(got.Burst-want.Burst) > 1e-9 || got.Slots != want.Slots {
+	others[0].Rate, others[0].InFlight = 12, 1
+	if got, want := computeShare(others, "a", nil, lim), (share{Rate: 88, Burst: 8.8, Slots: 9}); math.Abs(got.Rate-want.Rate) > 1e-9 || math.Abs(got.Burst-want.Burst) > 1e-9 || got.Slots != want.Slots {
 		t.Fatalf("once b lowered its share: %+v, want %+v", got, want)
 	}
 }
