@@ -2,6 +2,7 @@
 GO      ?= go
 BIN     := build
 ENVOY_BIN = $(shell scripts/install-envoy.sh)
+CHROMIUM_BIN = $(shell scripts/install-chromium.sh)
 
 .PHONY: all build wasm images demo test unit deploy-check e2e lint fuzz fuzz-short proto bench bench-run chaos chaos-short chaos-cluster chaos-cluster-short clean sdk-ts-build sdk-ts-test
 
@@ -28,7 +29,7 @@ unit:
 	$(GO) test -race -count=1 ./...
 
 e2e: build sdk-ts-build
-	ENVOY_BIN="$(ENVOY_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
+	ENVOY_BIN="$(ENVOY_BIN)" CHROMIUM_BIN="$(CHROMIUM_BIN)" ASYNCMESH_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout 15m ./e2e/
 
 test: lint unit sdk-ts-test deploy-check e2e chaos-short chaos-cluster-short fuzz-short
 

@@ -420,7 +420,9 @@ func (c *Client) Wait(ctx context.Context, call Call) (Result, error) {
 		case http.StatusOK:
 			r, err := decode(body)
 			if err == nil && r.TraceID == "" {
-				r.TraceID = resp.Header.Get("x-async-trace-id")
+				// The request's trace is the 202's: this read, through
+				// Envoy, is a trace of its own (its x-async-trace-id).
+				r.TraceID = call.TraceID
 			}
 			return r, err
 		case http.StatusAccepted: // not done yet: poll again

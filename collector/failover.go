@@ -32,7 +32,7 @@ import (
 // waits before looking again. The record stays processing, unleased: it is
 // neither failed (the caller was told it was accepted, and an operator may
 // enable a node) nor run.
-const nodesDisabledRetry = 30 * time.Second
+var nodesDisabledRetry = 30 * time.Second
 
 // nodeEndpoint returns the endpoint health id of a declared node ("node:"
 // name as the caller, protocol "node"), and the caller and protocol kept

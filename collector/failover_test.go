@@ -188,3 +188,47 @@ func TestNodesAllRefuse(t *testing.T) {
 		t.Fatalf("error %q", msg)
 	}
 }
+
+// TestNodesDisabledWaitsSpendNoRetries: while a rule's only node is
+// disabled, the request's work message comes back (every
+// nodesDisabledRetry) as a queue.Wait, many more times than replayAttempts.
+// Once an operator enables the node and it fails again, the dispatch still
+// has its retries: the request waits again, it is not failed.
+func TestNodesDisabledWaitsSpendNoRetries(t *testing.T) {
+	was := nodesDisabledRetry
+	nodesDisabledRetry = 20 * time.Millisecond
+	t.Cleanup(func() { nodesDisabledRetry = was })
+	e := nodeEnv(t)
+	e.stop()
+	e.tune = func(c *Config) { c.EndpointDisableAfter, c.EndpointFailingFor = 1, -1 }
+	e.start()
+	a := newFailingNode(t, e)
+	en := e.envelope("/ledger", []byte("1"))
+	en.Target = namedTarget(a.node)
+	e.intake(en)
+	waitHits := func(n int32) {
+		for deadline := time.Now().Add(10 * time.Second); a.hits.Load() < n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("node a tried %d times, want %d", a.hits.Load(), n)
+			}
+		}
+	}
+	stillWaiting := func(when string) {
+		// Long enough for many more waits than replayAttempts.
+		time.Sleep(time.Duration(4*replayAttempts) * nodesDisabledRetry * 5)
+		if _, rec := e.get("/v1/requests/" + en.ID); rec["status"] != "processing" || rec["error"] != nil {
+			t.Fatalf("%s: the request is %v (error %v), want it processing", when, rec["status"], rec["error"])
+		}
+	}
+	waitHits(1) // its first dispatch fails, and disables the node
+	stillWaiting("node a disabled")
+	id, _, _ := nodeEndpoint("a", a.node.Endpoint)
+	if resp := e.postAs("/v1/endpoints/"+id+"/enable", nil, adminToken); resp.StatusCode != 200 {
+		t.Fatalf("enabling node a: %d", resp.StatusCode)
+	}
+	waitHits(2) // dispatched again: it fails again, a retry of the dispatch's budget
+	stillWaiting("node a failed once more")
+	if n := a.hits.Load(); n != 2 {
+		t.Fatalf("node a tried %d times, want 2 (disabled again after its second failure)", n)
+	}
+}

@@ -65,7 +65,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	// and read after that: intake may have abandoned it meanwhile.
 	switch v, wait := c.runnable(ctx, id, deadline, time.Now()); v {
 	case waitForIt:
-		return queue.RetryAfter(wait, "intake has not answered the filter yet")
+		return queue.Wait(wait, "intake has not answered the filter yet") // not a run: the replay's retries are not spent
 	case abandonIt: // intake could not: the store was failing
 		if err := c.abandonIfExists(ctx, c.decided.unsettled(id)); err != nil {
 			return queue.RetryAfter(time.Second, "abandoning a request intake refused: "+err.Error())

@@ -72,7 +72,10 @@ func (c *Collector) dispatchExternal(ctx context.Context, m queue.Message, r *st
 		if _, rerr := c.move(ctx, id, store.Change{Event: store.Release}); rerr != nil && !store.IsConflict(rerr) {
 			log.Warn("external: releasing lease", "err", rerr)
 		}
-		return queue.RetryAfter(nodesDisabledRetry, "every node of the rule is disabled")
+		// A wait, not a run (queue.Wait): while the nodes stay disabled
+		// the message comes back every nodesDisabledRetry without spending
+		// the retries (replayAttempts) the dispatch has once one is enabled.
+		return queue.Wait(nodesDisabledRetry, "every node of the rule is disabled")
 	}
 	if err != nil {
 		// Permanent: the node refused the task, or the SSRF guard refused

@@ -46,6 +46,9 @@ type metrics struct {
 	// Endpoint health (health.go).
 	endpointEvents    *prometheus.CounterVec
 	endpointsDisabled prometheus.Gauge
+	// Ordering keys (ordering.go).
+	orderWaits, orderStuck *prometheus.CounterVec
+	orderTurnSeconds       *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -72,8 +75,15 @@ func newMetrics() *metrics {
 			Help: "Callback endpoints disabled in the store, as this collector last read them: their deliveries are held."}),
 		rulePackage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "asyncmesh_collector_rule_package",
 			Help: "1 for each rule of a package (rules file packages:) this collector has seen a request of: join per-rule series on rule to sum them by package."}, []string{"rule", "package"}),
+		orderWaits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_ordering_waits_total",
+			Help: "Work messages of ordered requests put back to wait for the request before them in their ordering key, by rule."}, []string{"rule"}),
+		orderStuck: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_ordering_stuck_total",
+			Help: "Ordered requests found still waiting for their turn after 5 minutes (counted once per 5 minutes of waiting), by rule."}, []string{"rule"}),
+		orderTurnSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "asyncmesh_collector_ordering_turn_seconds",
+			Help: "From intake to the turn of an ordered request (its predecessor done), by rule.", Buckets: buckets}, []string{"rule"}),
 	}
 	m.reg.MustRegister(m.intake, m.intakeSeconds, m.transitions, m.executeSeconds, m.attempts, m.attemptSeconds, m.endToEnd, m.rulePackage, m.endpointEvents, m.endpointsDisabled,
+		m.orderWaits, m.orderStuck, m.orderTurnSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

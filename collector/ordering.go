@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/asyncmesh/asyncmesh/collector/queue"
@@ -40,12 +39,23 @@ import (
 // none (filters before deadlines): its intake has long answered by then.
 const orderIntakeBound = time.Minute
 
-// Waiting for a predecessor: the delay grows with the message's deliveries
-// from orderRecheckMin to orderRecheckMax, so that a long queue behind a
-// slow request reads the store a few times a second, not thousands.
+// Waiting for a predecessor: the delay grows with how long the request
+// has waited (since its intake) from orderRecheckMin to orderRecheckMax,
+// so that a long queue behind a slow request reads the store a few times a
+// second, not thousands, while a key that keeps up starts each request soon
+// after the one before it.
 var (
 	orderRecheckMin = 100 * time.Millisecond
 	orderRecheckMax = 2 * time.Second
+)
+
+// A request that has waited for its turn longer than orderStuckAfter is
+// reported (a warning, asyncmesh_collector_ordering_stuck_total) once per
+// orderStuckAfter while it keeps waiting; one waiting longer than
+// orderNoteAfter gets an info line as often. Shorter waits log at debug.
+var (
+	orderStuckAfter = 5 * time.Minute
+	orderNoteAfter  = 30 * time.Second
 )
 
 // chainOrder links env, whose record intake is about to write, to the
@@ -79,11 +89,10 @@ func (c *Collector) chainOrder(ctx context.Context, env *envelope.Envelope, dead
 
 // awaitTurn returns nil when record r, queued, may run: it is not ordered,
 // or its predecessor is done. Otherwise it returns the delayed redelivery
-// of its message m (or the error of reading the predecessor).
-//
-// It also takes the deliveries the message spent waiting in this process
-// off m.Deliveries: run bounds the replay's retries by deliveries
-// (replayAttempts), and waits are not failed runs.
+// of its message m (a queue.Wait: the waits are not deliveries, so that
+// the replay's retries, bounded by deliveries (replayAttempts), are all
+// there when its turn comes, whichever collectors saw it wait), or the
+// error of reading the predecessor.
 func (c *Collector) awaitTurn(ctx context.Context, m *queue.Message, r *store.Record) error {
 	if r.Envelope == nil || r.Envelope.OrderAfter == nil {
 		return nil
@@ -93,22 +102,38 @@ func (c *Collector) awaitTurn(ctx context.Context, m *queue.Message, r *store.Re
 	if err != nil {
 		return err
 	}
+	// How long it has waited: since its intake, on the store's clock (its
+	// CreatedAt's).
+	waited := max(c.store.Now().Sub(r.CreatedAt), 0)
 	if wait <= 0 {
-		if n := turnWaits.done(r.ID); n > 0 {
-			m.Deliveries = max(1, m.Deliveries-n)
+		if m.Deliveries <= 1 { // its first run, not a retry after a failed one
+			c.obs.orderTurnSeconds.WithLabelValues(r.Rule).Observe(waited.Seconds())
 		}
 		return nil
 	}
-	turnWaits.add(r.ID)
-	wait = min(wait, orderRecheck(m.Deliveries))
-	// Logged on its first wait and now and then after: a key that stays
-	// blocked shows in the log by the request it waits for.
+	wait = min(wait, orderRecheck(waited))
+	c.obs.orderWaits.WithLabelValues(r.Rule).Inc()
 	level := slog.LevelDebug
-	if m.Deliveries <= 1 || m.Deliveries%50 == 0 {
+	msg := "ordering: waiting for the request before it in its ordering key"
+	switch {
+	case crosses(waited, wait, orderStuckAfter):
+		// Once per orderStuckAfter while it waits: a key that does not
+		// move shows by the request it waits for.
+		level, msg = slog.LevelWarn, "ordering: key stuck: waiting for the request before it in its ordering key"
+		c.obs.orderStuck.WithLabelValues(r.Rule).Inc()
+	case crosses(waited, wait, orderNoteAfter):
 		level = slog.LevelInfo
 	}
-	c.log.Log(ctx, level, "ordering: waiting for the request before it in its ordering key", "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule, "after", after.ID, "why", why, "deliveries", m.Deliveries)
-	return turnWait{queue.RetryAfter(wait, "ordering: "+why)}
+	c.log.Log(ctx, level, msg, "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule, "after", after.ID, "why", why,
+		"waited", waited.Round(time.Second).String(), "deliveries", m.Deliveries)
+	return turnWait{queue.Wait(wait, "ordering: "+why)}
+}
+
+// crosses reports whether a wait of next after having waited waited
+// reaches the next multiple of every (so that what it marks happens once
+// per every, without keeping anything between deliveries).
+func crosses(waited, next, every time.Duration) bool {
+	return every > 0 && waited+next >= every && (waited+next)/every != waited/every
 }
 
 // turnWait is awaitTurn's delayed redelivery. handleWork keeps intake's
@@ -152,60 +177,12 @@ func (c *Collector) turn(ctx context.Context, after *envelope.OrderLink, now tim
 	return orderRecheckMax, "request " + after.ID + " before it is " + string(prev.Status), nil
 }
 
-// orderDone reports whether p no longer blocks the requests after it: it
-// is delivered or dead, or was once (a replay sends an old callback again,
-// and does not stop its key).
-func orderDone(p *store.Record) bool {
-	return p.Status.Terminal() || !p.Last(store.Deliver, store.GiveUp, store.Abandon).IsZero()
-}
+// orderDone reports whether p no longer blocks the requests after it
+// (store.OrderDone).
+func orderDone(p *store.Record) bool { return store.OrderDone(p) }
 
-// waitCounts counts, by request, the deliveries its work message spent
-// waiting for its turn in this process. An entry whose request ran on
-// another collector is never done here: entries are dropped an hour after
-// their last wait.
-type waitCounts struct {
-	mu     sync.Mutex
-	m      map[string]waitCount
-	pruned time.Time
-}
-
-type waitCount struct {
-	n    int
-	last time.Time
-}
-
-var turnWaits = waitCounts{m: map[string]waitCount{}}
-
-func (w *waitCounts) add(id string) {
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if now.Sub(w.pruned) > time.Minute {
-		w.pruned = now
-		for k, v := range w.m {
-			if now.Sub(v.last) > time.Hour {
-				delete(w.m, k)
-			}
-		}
-	}
-	w.m[id] = waitCount{n: w.m[id].n + 1, last: now}
-}
-
-// done forgets id's waits and returns how many there were.
-func (w *waitCounts) done(id string) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := w.m[id].n
-	delete(w.m, id)
-	return n
-}
-
-// orderRecheck is the delay of a waiting message on its deliveries-th
-// delivery.
-func orderRecheck(deliveries int) time.Duration {
-	d := orderRecheckMin
-	for i := 1; i < deliveries && d < orderRecheckMax; i++ {
-		d = d * 5 / 4
-	}
-	return min(d, orderRecheckMax)
+// orderRecheck is the delay of a message whose request has waited for
+// waited: an eighth of it, within orderRecheckMin and orderRecheckMax.
+func orderRecheck(waited time.Duration) time.Duration {
+	return min(max(waited/8, orderRecheckMin), orderRecheckMax)
 }

@@ -1,19 +1,24 @@
 package collector
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,10 +34,11 @@ import (
 type orderedStack struct {
 	t        *testing.T
 	db       *embedded.DB
-	env      *env // envelopes, the service's replay check and the receiver's URL
+	path     string // its file
+	env      *env   // envelopes, the service's replay check and the receiver's URL
 	service  *httptest.Server
 	receiver *httptest.Server
-	apis     [2]*httptest.Server
+	apis     [2]string // the collectors' API URLs
 	stops    [2]func()
 
 	mu       sync.Mutex
@@ -42,6 +48,7 @@ type orderedStack struct {
 	done     map[string]time.Time  // callback time, by id
 	sent     map[string]time.Time  // intake time, by id
 	count    map[string]int        // callbacks, by id
+	drop     map[string]int        // executions still to fail, by id
 }
 
 type orderedReq struct {
@@ -54,7 +61,7 @@ func newOrderedStack(t *testing.T) *orderedStack {
 	orderRecheckMin, orderRecheckMax = 10*time.Millisecond, 100*time.Millisecond
 	t.Cleanup(func() { orderRecheckMin, orderRecheckMax = minWas, maxWas })
 	s := &orderedStack{t: t, req: map[string]orderedReq{}, events: map[string][]string{}, inflight: map[string]int{},
-		done: map[string]time.Time{}, sent: map[string]time.Time{}, count: map[string]int{}}
+		done: map[string]time.Time{}, sent: map[string]time.Time{}, count: map[string]int{}, drop: map[string]int{}}
 	s.service = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if err := verifyReplay(r, body); err != nil {
@@ -64,6 +71,17 @@ func newOrderedStack(t *testing.T) *orderedStack {
 		q := r.URL.Query()
 		i, _ := strconv.Atoi(q.Get("i"))
 		s.mu.Lock()
+		if id := r.Header.Get("x-async-request-id"); s.drop[id] > 0 {
+			// Unreachable, as far as the worker can tell: a replay that fails.
+			s.drop[id]--
+			s.mu.Unlock()
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					conn.Close()
+				}
+			}
+			return
+		}
 		s.events[q.Get("key")] = append(s.events[q.Get("key")], fmt.Sprintf("run %d", i))
 		s.mu.Unlock()
 		if d, err := time.ParseDuration(q.Get("sleep")); err == nil {
@@ -96,7 +114,8 @@ func newOrderedStack(t *testing.T) *orderedStack {
 		s.mu.Unlock()
 	}))
 	t.Cleanup(func() { s.service.Close(); s.receiver.Close() })
-	db, err := embedded.Open(context.Background(), filepath.Join(t.TempDir(), "c.db"))
+	s.path = filepath.Join(t.TempDir(), "c.db")
+	db, err := embedded.Open(context.Background(), s.path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +150,7 @@ func (s *orderedStack) start(n int) {
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	s.mu.Lock()
-	s.apis[n] = api
+	s.apis[n] = api.URL
 	s.mu.Unlock()
 	s.stops[n] = func() {
 		cancel()
@@ -163,7 +182,7 @@ func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *enve
 	api := s.apis[n]
 	s.mu.Unlock()
 	data, _ := json.Marshal(en)
-	resp, err := http.Post(api.URL+"/v1/intake", "application/json", bytes.NewReader(data))
+	resp, err := http.Post(api+"/v1/intake", "application/json", bytes.NewReader(data))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -172,6 +191,38 @@ func (s *orderedStack) send(n int, key string, i int, sleep time.Duration) *enve
 		s.t.Fatalf("intake of %s %d answered %d", key, i, resp.StatusCode)
 	}
 	return en
+}
+
+// waitEvent waits until key has event ev.
+func (s *orderedStack) waitEvent(key, ev string, timeout time.Duration) {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		seen := slices.Contains(s.events[key], ev)
+		s.mu.Unlock()
+		if seen {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no %q for key %s after %s", ev, key, timeout)
+		}
+	}
+}
+
+// get reads record id through collector 1's API.
+func (s *orderedStack) get(id string) (int, map[string]any) {
+	s.mu.Lock()
+	api := s.apis[1]
+	s.mu.Unlock()
+	req, _ := http.NewRequest("GET", api+"/v1/requests/"+id, nil)
+	req.Header.Set("authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rec map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&rec)
+	return resp.StatusCode, rec
 }
 
 // waitAll waits until every request sent was called back.
@@ -329,21 +380,31 @@ func TestOrderTurn(t *testing.T) {
 	}
 }
 
-// TestTurnWaitsAreNotRuns: the deliveries a work message spent waiting
-// for its turn are not counted as runs: once its turn comes, the replay
-// has its full budget of retries (replayAttempts) however long it waited.
-func TestTurnWaitsAreNotRuns(t *testing.T) {
+// TestTurnWaitIsNotARun: a work message whose request waits for its turn
+// goes back as a queue.Wait (the queue does not count it: queuetest's
+// WaitIsNotCounted), whatever its deliveries, and counts in
+// asyncmesh_collector_ordering_waits_total; a wait past orderStuckAfter is
+// reported stuck. Once its turn comes it runs with the deliveries it had.
+func TestTurnWaitIsNotARun(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
+	stuckWas := orderStuckAfter
+	t.Cleanup(func() { orderStuckAfter = stuckWas })
 	prev := walk(t, e.c.store, e.envelope("/x", nil), store.Queued, 0)
 	en := e.envelope("/y", nil)
 	en.OrderKey, en.OrderAfter = "k", &envelope.OrderLink{ID: prev.ID}
-	r := store.NewRecord(en, time.Now())
-	waits := replayAttempts + 3
-	for i := 1; i <= waits; i++ {
-		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: i}
-		if err := e.c.awaitTurn(ctx, &m, r); !waitingTurn(err) {
-			t.Fatalf("delivery %d with its predecessor queued: %v, want a wait", i, err)
+	r := store.NewRecord(en, e.c.store.Now().Add(-time.Minute)) // taken in a minute ago
+	for i := 1; i <= replayAttempts+3; i++ {
+		m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: 1}
+		if i == replayAttempts+3 {
+			orderStuckAfter = 61 * time.Second // the last wait (a minute and its 2 s) reports the key stuck
+		}
+		err := e.c.awaitTurn(ctx, &m, r)
+		if !waitingTurn(err) || !queue.IsWait(err) || m.Deliveries != 1 {
+			t.Fatalf("wait %d with its predecessor queued: %v (deliveries %d), want a queue.Wait", i, err, m.Deliveries)
+		}
+		if d, _ := queue.RetryDelay(err); d != orderRecheckMax {
+			t.Errorf("wait %d after a minute: recheck in %s, want %s", i, d, orderRecheckMax)
 		}
 	}
 	for _, ev := range []store.Event{store.Complete, store.StartDelivery, store.Deliver} {
@@ -351,8 +412,224 @@ func TestTurnWaitsAreNotRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: waits + 1}
+	m := queue.Message{Topic: queue.TopicWork, Key: r.ID, Deliveries: 1}
 	if err := e.c.awaitTurn(ctx, &m, r); err != nil || m.Deliveries != 1 {
 		t.Fatalf("its turn: %v, deliveries %d; want it to run as on its first delivery", err, m.Deliveries)
 	}
+	req, _ := http.NewRequest("GET", e.api.URL+"/metrics", nil)
+	req.Header.Set("authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`asyncmesh_collector_ordering_waits_total{rule="r"} %d`, replayAttempts+3),
+		`asyncmesh_collector_ordering_stuck_total{rule="r"} 1`,
+		`asyncmesh_collector_ordering_turn_seconds_count{rule="r"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestOrderRecheck: the recheck delay grows with the time waited, within
+// its bounds; crosses marks a wait that reaches the next multiple of its
+// period, once per period.
+func TestOrderRecheck(t *testing.T) {
+	for _, tt := range []struct {
+		waited time.Duration
+		want   time.Duration
+	}{
+		{0, orderRecheckMin}, {400 * time.Millisecond, orderRecheckMin}, {2 * time.Second, 250 * time.Millisecond},
+		{8 * time.Second, time.Second}, {time.Minute, orderRecheckMax}, {time.Hour, orderRecheckMax},
+	} {
+		if got := orderRecheck(tt.waited); got != tt.want {
+			t.Errorf("orderRecheck(%s) = %s, want %s", tt.waited, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		waited, next, every time.Duration
+		want                bool
+	}{
+		{time.Second, time.Second, 30 * time.Second, false},
+		{29 * time.Second, time.Second, 30 * time.Second, true},
+		{30 * time.Second, time.Second, 30 * time.Second, false}, // reported by the wait before
+		{59 * time.Second, 2 * time.Second, 30 * time.Second, true},
+		{time.Second, time.Second, 0, false},
+	} {
+		if got := crosses(tt.waited, tt.next, tt.every); got != tt.want {
+			t.Errorf("crosses(%s, %s, %s) = %v, want %v", tt.waited, tt.next, tt.every, got, tt.want)
+		}
+	}
+}
+
+// TestOrderedWaitsSpendNoRetries: a request that waited for its turn many
+// times, on both collectors (more waits than replayAttempts), still has
+// all its replay retries when its turn comes: the service dropping its
+// first connections (fewer than replayAttempts) does not fail it.
+func TestOrderedWaitsSpendNoRetries(t *testing.T) {
+	s := newOrderedStack(t)
+	s.send(0, "account-3", 0, 1500*time.Millisecond) // slow: its successor waits ~20 times
+	next := s.send(1, "account-3", 1, 0)
+	s.mu.Lock()
+	s.drop[next.ID] = replayAttempts - 2
+	s.mu.Unlock()
+	s.waitAll(60 * time.Second)
+	s.checkOrder("account-3", 2)
+	code, rec := s.get(next.ID)
+	for deadline := time.Now().Add(10 * time.Second); rec["status"] == "delivering" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, rec = s.get(next.ID) // called back; its outcome is being written
+	}
+	if code != 200 || rec["status"] != "delivered" || rec["error"] != nil {
+		t.Fatalf("the request that waited, then failed to reach the service %d times: %d %v (error %v)", replayAttempts-2, code, rec["status"], rec["error"])
+	}
+	statuses := []string{}
+	for _, h := range rec["history"].([]any) {
+		statuses = append(statuses, h.(map[string]any)["status"].(string))
+	}
+	if !slices.Contains(statuses, "completed") || slices.Contains(statuses, "failed") {
+		t.Fatalf("its history %v, want it completed, never failed", statuses)
+	}
+}
+
+// The collector a test kills: TestOrderedKeySurvivesKill runs this test
+// binary again as a process of its own (killedCollectorEnv naming the
+// database file, serviceURLEnv the service), which runs a collector on the
+// shared embedded database, prints its API URL and runs until it is
+// killed. Its leases are short (the message lease, the delivery lease), so
+// that the survivor takes its work over within seconds.
+const (
+	killedCollectorEnv = "ASYNCMESH_TEST_KILLED_COLLECTOR_DB"
+	serviceURLEnv      = "ASYNCMESH_TEST_KILLED_COLLECTOR_SERVICE"
+)
+
+func TestKilledCollectorProcess(t *testing.T) {
+	path := os.Getenv(killedCollectorEnv)
+	if path == "" {
+		t.Skip("run by TestOrderedKeySurvivesKill only")
+	}
+	db, err := embedded.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMessageLease(2 * time.Second)
+	leaseMargin = time.Second
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{
+		ReplayURL: os.Getenv(serviceURLEnv), ReplaySecret: replaySecret, Secrets: testSecrets{},
+		RelayInterval: 50 * time.Millisecond, RelayAge: 50 * time.Millisecond,
+		APIURL: "http://" + ln.Addr().String(), AdminToken: []byte(adminToken), Logger: slog.New(slog.DiscardHandler),
+	}, db.Store(), db.Queue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.sender.Timeout = 2 * time.Second
+	go func() { _ = http.Serve(ln, c.Handler()) }()
+	fmt.Printf("api http://%s\n", ln.Addr())
+	_ = c.Run(context.Background()) // until killed
+}
+
+// startKilled runs collector n as a process of its own (TestKilledCollectorProcess)
+// and returns it; killing it is the test's.
+func (s *orderedStack) startKilled(n int) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKilledCollectorProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), killedCollectorEnv+"="+s.path, serviceURLEnv+"="+s.service.URL)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := bufio.NewScanner(out)
+	for lines.Scan() {
+		if url, ok := strings.CutPrefix(lines.Text(), "api "); ok {
+			s.mu.Lock()
+			s.apis[n] = url
+			s.mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			return cmd
+		}
+	}
+	s.t.Fatalf("the collector process printed no API URL: %v", lines.Err())
+	return nil
+}
+
+// checkOrderAfterKill checks key's n requests as checkOrder does, where a
+// killed collector may have run a request or sent its callback without
+// recording it (so that another runs it, or calls back, again): the first
+// callbacks come in intake order, and no run of a request comes before
+// the first callback of the one before it.
+func (s *orderedStack) checkOrderAfterKill(key string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	called := -1 // the last request called back
+	seen := map[int]bool{}
+	for _, ev := range s.events[key] {
+		var what string
+		var i int
+		if _, err := fmt.Sscanf(ev, "%s %d", &what, &i); err != nil {
+			s.t.Fatalf("event %q", ev)
+		}
+		switch {
+		case what == "run" && i > called+1:
+			s.t.Fatalf("key %s: request %d ran before request %d was called back; events %v", key, i, i-1, s.events[key])
+		case what == "callback" && !seen[i]:
+			if i != called+1 {
+				s.t.Fatalf("key %s: request %d called back after request %d; events %v", key, i, called, s.events[key])
+			}
+			seen[i], called = true, i
+		}
+	}
+	if called != n-1 {
+		s.t.Fatalf("key %s: the last request called back is %d of %d", key, called, n)
+	}
+}
+
+// TestOrderedKeySurvivesKill: a collector process killed (SIGKILL) while
+// a key's requests are under way — some taken in by it, queued, running or
+// being called back — loses none of them, and the key keeps its order: the
+// survivor on the same embedded store takes its work over once its leases
+// end, and runs and calls back the rest in intake order, one at a time.
+func TestOrderedKeySurvivesKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a collector process and kills it")
+	}
+	s := newOrderedStack(t)
+	s.stops[0]()
+	killed := s.startKilled(0)
+	const n, killAt = 24, 12
+	for i := range n {
+		sleep := time.Duration(0)
+		if i%3 == 0 {
+			sleep = 150 * time.Millisecond // in flight when the kill comes
+		}
+		via := i % 2
+		if i > killAt {
+			via = 1
+		}
+		s.send(via, "account-9", i, sleep)
+		if i == killAt {
+			// Killed as the receiver takes request 4's callback: the
+			// callback may be the killed one's, not yet recorded, and the
+			// requests after it are queued, waiting, on both collectors.
+			s.waitEvent("account-9", "callback 4", 30*time.Second)
+			if err := killed.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s.waitAll(90 * time.Second)
+	s.checkOrderAfterKill("account-9", n)
+	s.mu.Lock()
+	t.Logf("events of the key: %v", s.events["account-9"])
+	s.mu.Unlock()
 }

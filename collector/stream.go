@@ -41,14 +41,13 @@ import (
 //   - A comment every 15 s keeps proxies from closing an idle stream; a
 //     stream ends after MaxOperatorStream, and the client resumes.
 const (
-	streamPoll         = time.Second
-	streamMinGap       = 200 * time.Millisecond
-	streamLookback     = 3 * time.Second
-	streamPage         = 200
-	streamMaxPerPoll   = 2000
-	streamMaxSeen      = 20000
-	streamWriteTimeout = 10 * time.Second
-	streamHeartbeat    = 15 * time.Second
+	streamPoll       = time.Second
+	streamMinGap     = 200 * time.Millisecond
+	streamLookback   = 3 * time.Second
+	streamPage       = 200
+	streamMaxPerPoll = 2000
+	streamMaxSeen    = 20000
+	streamHeartbeat  = 15 * time.Second
 	// MaxOperatorStream bounds one GET /v1/stream; the client resumes with
 	// Last-Event-ID.
 	MaxOperatorStream = 10 * time.Minute
@@ -56,6 +55,10 @@ const (
 
 // formatCursor renders a change cursor as an event id: the update time in
 // Unix nanoseconds, a dot, the record id.
+// streamWriteTimeout is how long one write to a stream may take before the
+// client is dropped (a variable for the test of a client that stops reading).
+var streamWriteTimeout = 10 * time.Second
+
 func formatCursor(c store.ChangeCursor) string {
 	return strconv.FormatInt(c.At.UnixNano(), 10) + "." + c.ID
 }

@@ -38,7 +38,7 @@ func TestClientSDK(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	r, err := c.Wait(ctx, call)
-	if err != nil || r.Status != "completed" || !strings.Contains(string(r.Response.Body), "sdk") {
-		t.Fatalf("Wait = %+v, %v", r, err)
+	if err != nil || r.Status != "completed" || r.TraceID != call.TraceID || !strings.Contains(string(r.Response.Body), "sdk") {
+		t.Fatalf("Wait = %+v, %v (trace id: want the 202's %s)", r, err, call.TraceID)
 	}
 }

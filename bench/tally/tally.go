@@ -21,8 +21,12 @@ type Summary struct {
 	// Crossed counts requests run by a service other than the one that
 	// accepted them (chaoscluster's shared-backends check).
 	Crossed int
-	Faults  map[string]int
-	Took    time.Duration
+	// Ordered counts the accepted requests of ordering keys, and
+	// OrderViolations the pairs of a key's consecutive requests whose first
+	// callbacks came out of intake order or overlapped (Order).
+	Ordered, OrderViolations int
+	Faults                   map[string]int
+	Took                     time.Duration
 }
 
 // String is the one summary line: name: accepted=… faults=kind×n,… took=….
@@ -33,12 +37,93 @@ func (s Summary) String(name string) string {
 			f = append(f, fmt.Sprintf("%s×%d", k, n))
 		}
 	}
-	return fmt.Sprintf("%s: accepted=%d delivered=%d lost=%d duplicates=%d stuck=%d crossed=%d faults=%s took=%s",
-		name, s.Accepted, s.Delivered, s.Lost, s.Duplicates, s.Stuck, s.Crossed, strings.Join(f, ","), s.Took.Round(time.Second))
+	order := ""
+	if s.Ordered > 0 || s.OrderViolations > 0 {
+		order = fmt.Sprintf(" ordered=%d order_violations=%d", s.Ordered, s.OrderViolations)
+	}
+	return fmt.Sprintf("%s: accepted=%d delivered=%d lost=%d duplicates=%d stuck=%d crossed=%d%s faults=%s took=%s",
+		name, s.Accepted, s.Delivered, s.Lost, s.Duplicates, s.Stuck, s.Crossed, order, strings.Join(f, ","), s.Took.Round(time.Second))
 }
 
-// Failed reports whether the run lost, stranded or crossed a request.
-func (s Summary) Failed() bool { return s.Lost > 0 || s.Stuck > 0 || s.Crossed > 0 }
+// Failed reports whether the run lost, stranded or crossed a request, or
+// broke an ordering key's order.
+func (s Summary) Failed() bool {
+	return s.Lost > 0 || s.Stuck > 0 || s.Crossed > 0 || s.OrderViolations > 0
+}
+
+// Callback is one callback as the example receiver lists it.
+type Callback struct {
+	WebhookID string    `json:"webhookId"`
+	At        time.Time `json:"at"`
+	// Answered is when the receiver answered it 2xx (just before).
+	Answered time.Time `json:"answered"`
+}
+
+// Order checks ordering keys from the receiver's side. keys holds, by
+// key, the ids of its accepted requests in intake order (each sent once
+// the one before it was answered); got is every callback in arrival order.
+// For each key, the first callback of each of its requests (by
+// webhook-id; a later one is a duplicate the receiver dedupes) must come
+// in intake order, and not before the previous request's first callback
+// was answered: otherwise the pair is a violation, described in why
+// (at most 20). A request never called back is skipped (Count counts it
+// lost). It sets Ordered and OrderViolations.
+func (s *Summary) Order(keys map[string][]string, got []Callback) (why []string) {
+	first := map[string]Callback{}
+	for _, c := range got {
+		if _, seen := first[c.WebhookID]; !seen {
+			first[c.WebhookID] = c
+		}
+	}
+	s.Ordered, s.OrderViolations = 0, 0
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		var prev *Callback
+		prevID := ""
+		for i, id := range keys[k] {
+			s.Ordered++
+			c, ok := first[id]
+			if !ok {
+				continue
+			}
+			if prev != nil {
+				bad := ""
+				switch {
+				case c.At.Before(prev.At):
+					bad = "called back before"
+				case c.At.Before(prev.Answered):
+					bad = "called back while the receiver was still answering"
+				}
+				if bad != "" {
+					s.OrderViolations++
+					if len(why) < 20 {
+						why = append(why, fmt.Sprintf("key %s: request %d (%s) %s request before it (%s)", k, i, id, bad, prevID))
+					}
+				}
+			}
+			prev, prevID = &c, id
+		}
+	}
+	return why
+}
+
+// Callbacks lists the callbacks of the example receiver (GET /received) in
+// arrival order.
+func Callbacks(ctx context.Context, c *http.Client, receiverURL string) ([]Callback, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, receiverURL+"/received", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading the receiver's callbacks: %w", err)
+	}
+	defer resp.Body.Close()
+	var all []Callback
+	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
+		return nil, fmt.Errorf("decoding the receiver's callbacks: %w", err)
+	}
+	return all, nil
+}
 
 // Count sets Accepted, Delivered, Lost and Duplicates from the ids that got
 // a 202 and the callbacks received by webhook-id.
@@ -57,20 +142,9 @@ func (s *Summary) Count(accepted map[string]bool, got map[string]int) {
 // Received counts the callbacks of the example receiver (GET /received) by
 // webhook-id.
 func Received(ctx context.Context, c *http.Client, receiverURL string) (map[string]int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, receiverURL+"/received", nil)
+	all, err := Callbacks(ctx, c, receiverURL)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the receiver's callbacks: %w", err)
-	}
-	defer resp.Body.Close()
-	var all []struct {
-		WebhookID string `json:"webhookId"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
-		return nil, fmt.Errorf("decoding the receiver's callbacks: %w", err)
 	}
 	n := map[string]int{}
 	for _, r := range all {

@@ -21,3 +21,42 @@ func TestCountAndString(t *testing.T) {
 		t.Error("a run with a lost request did not fail")
 	}
 }
+
+// TestOrder: first callbacks in intake order, each after the one before
+// was answered, are in order; a duplicate of an earlier request arriving
+// late is not a violation; a request called back before its predecessor,
+// or while its predecessor's callback was being answered, is; a lost
+// request is skipped.
+func TestOrder(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	cb := func(id string, ms, answered int) Callback {
+		return Callback{WebhookID: id, At: at(ms), Answered: at(answered)}
+	}
+	for _, tt := range []struct {
+		name string
+		keys map[string][]string
+		got  []Callback
+		want int
+	}{
+		{"in order", map[string][]string{"k": {"a", "b", "c"}},
+			[]Callback{cb("a", 0, 5), cb("b", 10, 15), cb("a", 12, 13), cb("c", 20, 25)}, 0},
+		{"a lost request is skipped", map[string][]string{"k": {"a", "b", "c"}},
+			[]Callback{cb("a", 0, 5), cb("c", 20, 25)}, 0},
+		{"out of order", map[string][]string{"k": {"a", "b", "c"}},
+			[]Callback{cb("b", 0, 5), cb("a", 10, 15), cb("c", 20, 25)}, 1},
+		{"overlapping", map[string][]string{"k": {"a", "b"}},
+			[]Callback{cb("a", 0, 50), cb("b", 10, 15)}, 1},
+		{"keys are apart", map[string][]string{"k": {"a", "b"}, "l": {"x", "y"}},
+			[]Callback{cb("x", 0, 5), cb("a", 1, 6), cb("y", 7, 8), cb("b", 9, 10)}, 0},
+	} {
+		var s Summary
+		why := s.Order(tt.keys, tt.got)
+		if s.OrderViolations != tt.want || len(why) != tt.want {
+			t.Errorf("%s: %d violations (%v), want %d", tt.name, s.OrderViolations, why, tt.want)
+		}
+		if tt.want > 0 && !s.Failed() {
+			t.Errorf("%s: a run with order violations did not fail", tt.name)
+		}
+	}
+}

@@ -83,7 +83,7 @@ function login(message) {
     setToken(input.value.trim());
     try {
       await api('v1/rules');
-      location.hash = location.hash && !location.hash.startsWith('#/login') ? location.hash : '#/requests';
+      if (!location.hash) history.replaceState(null, '', '#/requests');
       route();
     } catch (e) {
       setToken('');
@@ -130,7 +130,7 @@ function filterForm(params, { statuses, live }) {
       input = h('input', { id, name: k, type: 'text', autocomplete: 'off', spellcheck: 'false' });
     }
     if (params.get(k)) input.value = params.get(k);
-    return h('div', {}, h('label', { for: id }, label), input);
+    return h('div', { class: k === 'since' || k === 'until' ? 'wide' : '' }, h('label', { for: id }, label), input);
   });
   const extra = [];
   if (live) {
@@ -174,7 +174,9 @@ async function requestLog(signal, _parts, params) {
     if (!fd.get('live')) p.set('live', 'off');
     location.hash = '#/requests' + (p.toString() ? '?' + p : '');
   });
-  form.addEventListener('reset', () => { setTimeout(() => { location.hash = '#/requests'; }, 0); });
+  form.addEventListener('reset', () => {
+    setTimeout(() => { if (location.hash === '#/requests') route(); else location.hash = '#/requests'; }, 0);
+  });
 
   const countNow = async () => {
     try {
@@ -205,6 +207,10 @@ async function requestLog(signal, _parts, params) {
     liveState.textContent = values.get('until') ? 'Live updates off (a time range that ends)' : 'Live updates off';
     return;
   }
+  // Changes that do not add a row (other pages, a status that leaves the
+  // filter) move the count too: read it again now and then.
+  const recounter = setInterval(countNow, 10000);
+  signal.addEventListener('abort', () => clearInterval(recounter));
   const since = values.get('since') ? new Date(values.get('since')) : null;
   let recount = 0;
   let fresh = 0;
@@ -226,7 +232,12 @@ async function requestLog(signal, _parts, params) {
       if (all.length > PAGE) { all[all.length - 1].remove(); next = all[all.length - 2].dataset.id; older.disabled = false; }
       fresh++;
       clearTimeout(recount);
-      recount = setTimeout(() => { countNow(); announce(fresh === 1 ? '1 new request' : fresh + ' new requests'); fresh = 0; }, 1500);
+      recount = setTimeout(() => {
+        countNow();
+        setTimeout(countNow, 2000); // Elasticsearch counts a write after its next refresh
+        announce(fresh === 1 ? '1 new request' : fresh + ' new requests');
+        fresh = 0;
+      }, 1000);
     },
   }).catch((e) => showError(e, signal));
 }
@@ -293,7 +304,7 @@ async function requestPage(signal, parts) {
           h('details', {}, h('summary', {}, 'Headers'), h('pre', {}, hs || '(none)')),
           h('pre', { 'aria-label': 'Response body' }, r.response.body || '(empty body)'));
       } else if (r.error) {
-        resp.append(h('p', { class: 'error' }, 'The service could not be reached: ' + r.error));
+        resp.append(h('p', { class: 'error' }, 'No response stored: ' + r.error));
       } else {
         resp.append(h('p', { class: 'meta' }, 'Not executed yet (' + r.status + ').'));
       }
@@ -457,7 +468,8 @@ async function bulkReplayPage(signal, _parts, params) {
     clear(result);
     const filter = body();
     const { matched } = await api('v1/deliveries/replay', { method: 'POST', body: { ...filter, dryRun: true }, signal });
-    const msg = h('p', { id: 'replay-count' }, h('strong', {}, matched.toLocaleString()), ` ${filter.status || 'dead'} request${matched === 1 ? '' : 's'} match.`);
+    const msg = h('p', { id: 'replay-count' }, h('strong', {}, matched.toLocaleString()),
+      matched === 1 ? ` ${filter.status || 'dead'} request matches.` : ` ${filter.status || 'dead'} requests match.`);
     result.append(msg);
     if (matched === 0) return;
     const go = h('button', { type: 'button', class: 'danger', id: 'replay-start' }, `Replay ${matched.toLocaleString()} requests…`);
@@ -515,19 +527,26 @@ async function rulesPage(signal) {
     main.append(h('p', { class: 'notice' }, 'Start the collector with -controlplane-url to see each node\'s rules version.'));
     return;
   }
+  // The state in a word, as the CLI's asyncmesh rules says it.
+  const state = (n) => {
+    if (!n.connected) return ['disconnected', 's-failed'];
+    if (n.acked === n.served) return ['applied', 's-delivered'];
+    if (n.nacks > 0 && n.lastNack) return ['refused', 's-dead'];
+    return ['applying', 's-held'];
+  };
   const rows = res.nodes.map((n) => {
-    const inSync = n.served && n.served === n.acked;
-    return h('tr', {},
-      h('td', { class: 'mono' }, String(n.node ?? '')), h('td', {}, String(n.cluster ?? '')),
+    const [word, cls] = state(n);
+    return h('tr', { 'data-node': String(n.node ?? '') },
+      h('td', { class: 'mono' }, String(n.node ?? '')), h('td', {}, n.collector ? 'collector' : 'Envoy'), h('td', {}, String(n.cluster ?? '')),
       h('td', { class: 'mono' }, String(n.served ?? '')), h('td', { class: 'mono' }, String(n.acked ?? '')),
-      h('td', {}, inSync ? h('span', { class: 'badge s-delivered' }, 'in sync') : h('span', { class: 'badge s-held' }, 'behind')),
+      h('td', {}, h('span', { class: 'badge ' + cls }, word)),
       h('td', {}, String(n.nacks ?? 0)), h('td', { class: n.lastNack ? 'error' : '' }, String(n.lastNack ?? '')),
       h('td', {}, n.connected ? 'yes' : 'no'));
   });
   main.append(h('div', { class: 'table-wrap' }, h('table', { id: 'nodes' },
     h('caption', { class: 'sr-only' }, 'Rules version per node'),
-    h('thead', {}, h('tr', {}, ...['Node', 'Cluster', 'Served', 'Acknowledged', 'State', 'NACKs', 'Last NACK', 'Connected'].map((t) => h('th', { scope: 'col' }, t)))),
-    h('tbody', {}, ...(rows.length ? rows : [h('tr', {}, h('td', { colspan: '8' }, 'No nodes.'))])))));
+    h('thead', {}, h('tr', {}, ...['Node', 'Kind', 'Cluster', 'Served', 'Acknowledged', 'State', 'NACKs', 'Last NACK', 'Connected'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, ...(rows.length ? rows : [h('tr', {}, h('td', { colspan: '9' }, 'No nodes.'))])))));
 }
 
 window.addEventListener('hashchange', route);

@@ -330,6 +330,10 @@ func (s *Store) putMappings(ctx context.Context) error {
 	if err := s.call(ctx, http.MethodPut, "/"+s.requestsPattern()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", requestsMapping, nil); err != nil {
 		return fmt.Errorf("elasticsearch: updating the mappings of existing indices: %w", err)
 	}
+	// The ordering keys' at (ordering.go), on an index made before it.
+	if err := s.call(ctx, http.MethodPut, "/"+s.orderIndex()+"/_mapping?allow_no_indices=true&ignore_unavailable=true", orderMapping, nil); err != nil {
+		return fmt.Errorf("elasticsearch: updating the mapping of the ordering keys: %w", err)
+	}
 	return nil
 }
 

@@ -96,7 +96,7 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 	var out []claimed
 	now := time.Now()
 	err := q.db().tx(ctx, func(t wtx) error {
-		rows, err := t.query(qClaimMessages, now.Add(lease).UnixNano(), topic, now.UnixNano(), n)
+		rows, err := t.query(qClaimMessages, now.Add(q.lease()).UnixNano(), topic, now.UnixNano(), n)
 		if err != nil {
 			return err
 		}
@@ -114,6 +114,21 @@ func (q *sqlQueue) claim(ctx context.Context, topic string, n int) ([]claimed, e
 }
 
 // idlePoll is the longest wait of an idle consumer (see the constant).
+// lease is how long this process's claims hold a message (lease, unless
+// SetMessageLease changed it).
+func (q *sqlQueue) lease() time.Duration {
+	if d := time.Duration(q.msgLease.Load()); d > 0 {
+		return d
+	}
+	return lease
+}
+
+// SetMessageLease sets how long a message claimed by this process stays
+// invisible to the others on the same file (default 30 s; in-flight
+// messages are re-leased every third of it), so that a test of crash
+// recovery does not wait half a minute for a killed process's messages.
+func (db *DB) SetMessageLease(d time.Duration) { db.msgLease.Store(int64(d)) }
+
 func (q *sqlQueue) idlePoll() time.Duration {
 	if q.pollMax > 0 {
 		return q.pollMax
@@ -149,6 +164,15 @@ func (q *sqlQueue) requeue(ctx context.Context, seq int64, after time.Duration) 
 	})
 }
 
+// wait requeues a message after a queue.Wait: this delivery is not
+// counted (the claim counted it).
+func (q *sqlQueue) wait(ctx context.Context, seq int64, after time.Duration) error {
+	return q.db().tx(ctx, func(t wtx) error {
+		_, err := t.exec(qWaitMessage, time.Now().Add(after).UnixNano(), seq)
+		return err
+	})
+}
+
 func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) error {
 	return q.db().tx(ctx, func(t wtx) error {
 		if _, err := t.exec(qInsertDeadLetter,
@@ -162,7 +186,7 @@ func (q *sqlQueue) deadLetter(ctx context.Context, c claimed, reason string) err
 
 func (q *sqlQueue) extend(ctx context.Context, seqs []int64) error {
 	return q.db().tx(ctx, func(t wtx) error {
-		until := time.Now().Add(lease).UnixNano()
+		until := time.Now().Add(q.lease()).UnixNano()
 		for _, s := range seqs {
 			if _, err := t.exec(qDelayMessage, until, s); err != nil {
 				return err
@@ -205,7 +229,7 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	nextExtend := time.Now().Add(lease / 3)
+	nextExtend := time.Now().Add(q.lease() / 3)
 	poll := time.Duration(0) // the last poll's wait; 0 after activity
 	defer wg.Wait()
 	for {
@@ -280,7 +304,7 @@ func (q *sqlQueue) Consume(ctx context.Context, topic string, workers int, h que
 					slog.Warn("queue: extending leases", "topic", topic, "err", err)
 				}
 			}
-			nextExtend = time.Now().Add(lease / 3)
+			nextExtend = time.Now().Add(q.lease() / 3)
 		}
 		wait := pollInterval
 		if poll > 0 {
@@ -325,7 +349,11 @@ func (q *sqlQueue) handle(ctx context.Context, c claimed, h queue.Handler) {
 			d = queue.Backoff(c.msg.Deliveries)
 			slog.Warn("queue: handler failed, will retry", "topic", c.msg.Topic, "key", c.msg.Key, "trace_id", c.msg.TraceID, "in", d, "err", err)
 		}
-		settle = q.requeue(ctx, c.seq, d)
+		if queue.IsWait(err) {
+			settle = q.wait(ctx, c.seq, d)
+		} else {
+			settle = q.requeue(ctx, c.seq, d)
+		}
 	}
 	if settle != nil {
 		// The lease will expire and the message come back: at least once.

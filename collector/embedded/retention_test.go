@@ -186,3 +186,49 @@ func TestExpiredPagesAreReused(t *testing.T) {
 	}
 	t.Logf("file after %d rounds of %d records (%d KiB of bodies each round): %.1f MiB", rounds, n, n*size>>10, float64(fi.Size())/(1<<20))
 }
+
+// TestRetentionExpiresOrderKeys: the retention job deletes an ordering
+// key whose last request is done once that request is past the retention,
+// with the record, and keeps a key whose last request is not done.
+func TestRetentionExpiresOrderKeys(t *testing.T) {
+	db := open(t)
+	s := db.Store()
+	ctx := context.Background()
+	o, _ := store.OrdererOf(s)
+	done := terminalRecords(t, s, 1, 10)[0]
+	waiting := storetest.NewEnvelope("r", "")
+	if err := s.Create(ctx, store.NewRecord(waiting, s.Now())); err != nil {
+		t.Fatal(err)
+	}
+	for scope, id := range map[string]string{"done": done, "waiting": waiting.ID} {
+		if _, err := o.Chain(ctx, scope, store.Link{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := func() []string {
+		rows, err := db.read(ctx, `SELECT scope FROM order_keys ORDER BY scope`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	db.startRetention(100*time.Millisecond, 20*time.Millisecond)
+	waitGone(t, s, done)
+	for deadline := time.Now().Add(10 * time.Second); len(keys()) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ordering keys %v 10 s after their retention, want [waiting]", keys())
+		}
+	}
+	if got := keys(); got[0] != "waiting" {
+		t.Fatalf("ordering keys %v, want [waiting]", got)
+	}
+}

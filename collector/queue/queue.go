@@ -27,8 +27,9 @@ type Message struct {
 	Key     string // the request id
 	TraceID string // carried beside the body (an AMQP header on RabbitMQ)
 	Body    []byte
-	// Deliveries counts deliveries of this message, this one included (set on
-	// delivery; ignored by Publish).
+	// Deliveries counts deliveries of this message, this one included, but
+	// not those its handlers answered with Wait (set on delivery; ignored
+	// by Publish).
 	Deliveries int
 	// Local, on Publish, keeps the message for this process's own consumers
 	// for up to that long; past it any consumer of the topic may take it.
@@ -41,7 +42,8 @@ type Message struct {
 
 // Handler processes one message. nil acks it; an error from RetryAfter requeues
 // it after the given delay, as often as the handler asks (it bounds its own
-// retries, like delivery by the rule's maxAttempts); Poison sends it to the
+// retries, like delivery by the rule's maxAttempts); Wait does the same
+// without counting the delivery (Message.Deliveries); Poison sends it to the
 // dead letters at once; any other error requeues it with Backoff and, from
 // MaxDeliveries deliveries on, dead-letters it.
 type Handler func(ctx context.Context, m Message) error
@@ -72,14 +74,30 @@ type DeadLetter struct {
 type retryError struct {
 	after  time.Duration
 	reason string
+	wait   bool // Wait: this delivery is not counted
 }
 
 func (e *retryError) Error() string { return "retry after " + e.after.String() + ": " + e.reason }
 
 // RetryAfter asks for redelivery after d.
-func RetryAfter(d time.Duration, reason string) error { return &retryError{d, reason} }
+func RetryAfter(d time.Duration, reason string) error { return &retryError{d, reason, false} }
 
-// RetryDelay returns the delay asked by a RetryAfter error.
+// Wait asks for redelivery after d, like RetryAfter, of a message the
+// handler only looked at: it waits for something else (the request before
+// it in an ordering key, a node to be enabled) and ran nothing. The queue
+// does not count this delivery: the next one has the Deliveries this one
+// had, so that a handler that bounds its retries by deliveries (the
+// collector's replays) spends none of them on waits, whichever consumer
+// waited. A redelivery after a consumer was lost still counts.
+func Wait(d time.Duration, reason string) error { return &retryError{d, reason, true} }
+
+// IsWait reports whether err came from Wait.
+func IsWait(err error) bool {
+	var r *retryError
+	return errors.As(err, &r) && r.wait
+}
+
+// RetryDelay returns the delay asked by a RetryAfter or Wait error.
 func RetryDelay(err error) (time.Duration, bool) {
 	var r *retryError
 	if errors.As(err, &r) {

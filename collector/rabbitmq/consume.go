@@ -155,7 +155,11 @@ func (q *Queue) handle(ctx context.Context, topic string, d amqp.Delivery, h que
 			after = queue.Backoff(m.Deliveries)
 			log.Warn("rabbitmq: handler failed, will retry", "in", after, "err", err)
 		}
-		q.settle(log, d, q.republish(ctx, topic, d, m.Deliveries, after))
+		runs := m.Deliveries
+		if queue.IsWait(err) {
+			runs-- // a wait is not counted (queue.Wait)
+		}
+		q.settle(log, d, q.republish(ctx, topic, d, runs, after))
 	}
 }
 

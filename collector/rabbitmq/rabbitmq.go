@@ -47,8 +47,8 @@
 // # Deliveries
 //
 // Message.Deliveries = x-asyncmesh-deliveries (handler runs before this
-// copy was republished) + x-delivery-count (broker redeliveries after a
-// consumer was lost) + 1.
+// copy was republished, not counting those answered with queue.Wait) +
+// x-delivery-count (broker redeliveries after a consumer was lost) + 1.
 //
 // # Faults
 //

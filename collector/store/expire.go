@@ -33,8 +33,9 @@ const RetentionInterval = time.Hour
 
 // Retain runs a retention pass of e at once and then every interval until
 // ctx ends: records terminal for longer than retention by the store's clock
-// (now: Store.Now, the clock its records' times are on) are deleted. A pass
-// that fails is logged and tried again at the next interval. Backends start
+// (now: Store.Now, the clock its records' times are on) are deleted, and,
+// when e is an Orderer, the ordering keys whose last request is done and
+// older than that (ExpireOrder). A pass that fails is logged and tried again at the next interval. Backends start
 // it on open and stop it on Close, each with its own e.
 func Retain(ctx context.Context, e Expirer, now func() time.Time, retention, interval time.Duration, log *slog.Logger) {
 	t := time.NewTimer(0)
@@ -51,6 +52,17 @@ func Retain(ctx context.Context, e Expirer, now func() time.Time, retention, int
 			log.Warn("retention: expiring terminal records", "err", err, "deleted", n)
 		case n > 0:
 			log.Info("retention: expired terminal records", "deleted", n, "retention", retention.String())
+		}
+		// Ordering keys go with the records: a key whose last request is
+		// done and was taken in before the cutoff.
+		if o, ok := e.(Orderer); ok {
+			n, err := o.ExpireOrder(ctx, now().Add(-retention))
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("retention: expiring ordering keys", "err", err, "deleted", n)
+			case n > 0:
+				log.Info("retention: expired ordering keys", "deleted", n)
+			}
 		}
 		// Idempotency keys expire by their own window, not the
 		// retention (which may be 0: keep records forever).

@@ -24,6 +24,23 @@ type Orderer interface {
 	// compare-and-set: of concurrent Chain calls on one scope each returns
 	// a different predecessor, so that the requests form one sequence.
 	Chain(ctx context.Context, scope string, l Link) (prev Link, err error)
+	// ExpireOrder deletes the documents of the keys whose last request was
+	// chained before before (on the store's clock) and is done (OrderDone:
+	// delivered or dead; or without a record and with an intake deadline
+	// before before: never written, or deleted by retention), and returns
+	// how many it deleted. Such a key's next request follows nothing, as
+	// it would have run at once after its predecessor anyway. The delete is
+	// conditioned on the document it checked: a key chained to meanwhile
+	// is kept. A key whose last request is not done is kept however old.
+	// Retain runs it with the records' cutoff.
+	ExpireOrder(ctx context.Context, before time.Time) (int, error)
+}
+
+// OrderDone reports whether record r, the predecessor of requests in an
+// ordering key, no longer blocks them: it is delivered or dead, or was
+// once (a replay sends an old callback again, and does not stop its key).
+func OrderDone(r *Record) bool {
+	return r.Status.Terminal() || !r.Last(Deliver, GiveUp, Abandon).IsZero()
 }
 
 // OrderScope is the stored name of ordering key key of rule rule: fixed

@@ -40,6 +40,11 @@ var rank = map[Status]int{
 	Delivering: 4, Held: 4, Delivered: 5, Dead: 5,
 }
 
+// Statuses returns every status, in lifecycle order.
+func Statuses() []Status {
+	return []Status{Persisted, Queued, Processing, Completed, Failed, Delivering, Held, Delivered, Dead}
+}
+
 // Valid reports whether s is a known status.
 func (s Status) Valid() bool { _, ok := rank[s]; return ok }
 

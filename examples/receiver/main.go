@@ -37,13 +37,17 @@ import (
 
 // Received is one callback as the receiver saw it.
 type Received struct {
-	Protocol  string          `json:"protocol"`
-	WebhookID string          `json:"webhookId"`
-	TraceID   string          `json:"traceId"`
-	Verified  bool            `json:"verified"`
-	URI       string          `json:"uri,omitempty"` // http: path and query the callback was sent to
-	At        time.Time       `json:"at"`
-	Body      json.RawMessage `json:"body"` // the payload as JSON (soap: decoded from the envelope)
+	Protocol  string    `json:"protocol"`
+	WebhookID string    `json:"webhookId"`
+	TraceID   string    `json:"traceId"`
+	Verified  bool      `json:"verified"`
+	URI       string    `json:"uri,omitempty"` // http: path and query the callback was sent to
+	At        time.Time `json:"at"`
+	// Answered is when the receiver answered an http callback 2xx (just
+	// before its acknowledgement; zero for other protocols): a fault test
+	// checks that a key's next callback did not start before it.
+	Answered time.Time       `json:"answered,omitzero"`
+	Body     json.RawMessage `json:"body"` // the payload as JSON (soap: decoded from the envelope)
 }
 
 // receiver keeps what arrived.
@@ -95,10 +99,16 @@ func (rc *receiver) stall() bool {
 // accept verifies a callback's signature over body and records it with
 // payload (the JSON form of the callback).
 func (rc *receiver) accept(protocol string, h http.Header, body, payload []byte, uri string) error {
+	_, err := rc.acceptAt(protocol, h, body, payload, uri)
+	return err
+}
+
+// acceptAt is accept, and returns the callback's index in what was received.
+func (rc *receiver) acceptAt(protocol string, h http.Header, body, payload []byte, uri string) (int, error) {
 	rec := Received{Protocol: protocol, WebhookID: h.Get(webhook.HeaderID), TraceID: h.Get("x-async-trace-id"), URI: uri, At: time.Now()}
 	if err := webhook.Verify(h, body, rc.secrets, time.Now()); err != nil {
 		slog.Warn("receiver: refused callback", "protocol", protocol, "webhook_id", rec.WebhookID, "err", err)
-		return err
+		return -1, err
 	}
 	rec.Verified = true
 	if json.Valid(payload) {
@@ -106,9 +116,10 @@ func (rc *receiver) accept(protocol string, h http.Header, body, payload []byte,
 	}
 	rc.mu.Lock()
 	rc.got = append(rc.got, rec)
+	i := len(rc.got) - 1
 	rc.mu.Unlock()
 	fmt.Printf("receiver: verified %s callback webhook-id=%s trace=%s body=%s\n", protocol, rec.WebhookID, rec.TraceID, payload)
-	return nil
+	return i, nil
 }
 
 func main() {
@@ -194,10 +205,16 @@ func main() {
 			http.Error(w, "unreadable body", http.StatusBadRequest)
 			return
 		}
-		if err := rc.accept("http", r.Header, body, body, r.URL.RequestURI()); err != nil {
+		i, err := rc.acceptAt("http", r.Header, body, body, r.URL.RequestURI())
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
 		}
+		// Noted just before the answer: no callback that follows it can
+		// have started before this time.
+		rc.mu.Lock()
+		rc.got[i].Answered = time.Now()
+		rc.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /soap", func(w http.ResponseWriter, r *http.Request) {

@@ -4,8 +4,18 @@
 // while, and stalls the callback receiver. Then it counts from the
 // receiver's side, by webhook-id: every request that got a 202 must be
 // called back (none lost), duplicates are counted, and no record may be left
-// in a non-terminal status. It prints one summary line and exits 1 on any
-// loss or stuck record. Everything runs on 127.0.0.1 and is bounded in time.
+// in a non-terminal status.
+//
+// Beside that unordered load, a few ordering keys (the demo's orders rule
+// with ordering: {header: x-account}) each get a request after another,
+// the next sent once the one before was answered 202, throughout the
+// faults: SIGKILL of the collector among them. Per key, the first callback
+// of each request must arrive in intake order and not before the receiver
+// answered the previous one (tally.Order): any pair that does not is an
+// order violation.
+//
+// It prints one summary line and exits 1 on any loss, stuck record or
+// order violation. Everything runs on 127.0.0.1 and is bounded in time.
 //
 // RabbitMQ and Elasticsearch faults run when ASYNCMESH_TEST_AMQP_URL and
 // ASYNCMESH_TEST_ES_URL are set (scripts/with-backends.sh); otherwise the
@@ -41,6 +51,9 @@ func main() {
 	dur := flag.Duration("duration", 60*time.Second, "how long the load and the faults last")
 	every := flag.Duration("every", 8*time.Second, "time between faults")
 	settle := flag.Duration("settle", 4*time.Minute, "how long to wait for the last callbacks after the load")
+	var ord ordered
+	flag.IntVar(&ord.keys, "ordered-keys", 4, "ordering keys that get ordered requests (0: none)")
+	flag.DurationVar(&ord.every, "ordered-every", 1500*time.Millisecond, "time between the requests of one ordering key")
 	flag.Parse()
 	if *envoy == "" {
 		fmt.Fprintln(os.Stderr, "chaos: -envoy: required")
@@ -48,7 +61,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	sum, err := run(ctx, *envoy, *bin, *rate, *dur, *every, *settle)
+	sum, err := run(ctx, *envoy, *bin, *rate, *dur, *every, *settle, ord)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(1)
@@ -59,7 +72,17 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settle time.Duration) (tally.Summary, error) {
+// ordered is the ordered load: keys keys, a request every every on each.
+type ordered struct {
+	keys  int
+	every time.Duration
+}
+
+// orderedRule is the line after which the chaos run adds the ordering key
+// to the demo's orders rule.
+const orderedRule = "match: {pathPrefix: /orders}"
+
+func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settle time.Duration, ord ordered) (tally.Summary, error) {
 	start := time.Now()
 	sum := tally.Summary{Faults: map[string]int{}}
 	root, _ := filepath.Abs(".")
@@ -69,6 +92,17 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 	}
 	opt := stack.Options{Root: root, BinDir: bin, EnvoyBin: envoy, WorkDir: work,
 		AMQPURL: os.Getenv("ASYNCMESH_TEST_AMQP_URL"), ESURL: os.Getenv("ASYNCMESH_TEST_ES_URL")}
+	if ord.keys > 0 {
+		raw, err := os.ReadFile(filepath.Join(root, "examples", "rules.yaml"))
+		if err != nil {
+			return sum, err
+		}
+		line := "\n    " + orderedRule + "\n"
+		if !strings.Contains(string(raw), line) {
+			return sum, fmt.Errorf("examples/rules.yaml: no orders rule (%q) to order", orderedRule)
+		}
+		opt.Rules = strings.Replace(string(raw), line, line+"    ordering: {header: x-account}\n", 1)
+	}
 	s, err := stack.Start(ctx, opt)
 	if err != nil {
 		return sum, err
@@ -107,6 +141,27 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 		})
 	}()
 
+	// The ordered load: per key, one request after another.
+	keys := map[string][]string{} // by key, the accepted ids in intake order
+	var orderedWG sync.WaitGroup
+	for k := range ord.keys {
+		key := fmt.Sprintf("chaos-%d", k)
+		orderedWG.Go(func() {
+			end := time.Now().Add(dur)
+			for n := 0; time.Now().Before(end) && ctx.Err() == nil; n++ {
+				next := time.Now().Add(ord.every)
+				id, err := sendOrdered(ctx, s.EnvoyURL, key, n)
+				if err == nil {
+					mu.Lock()
+					keys[key] = append(keys[key], id)
+					accepted[id] = true
+					mu.Unlock()
+				}
+				time.Sleep(time.Until(next))
+			}
+		})
+	}
+
 	deadline := time.Now().Add(dur)
 	for i := 0; time.Now().Add(every).Before(deadline); i++ {
 		select {
@@ -122,13 +177,42 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 		sum.Faults[f]++
 	}
 	<-loadDone
+	orderedWG.Wait()
 
 	// Count at the receiver, by webhook-id, until every 202 is called back.
 	err = sum.Settle(ctx, accepted, settle, func(ctx context.Context) (map[string]int, error) {
 		return tally.Received(ctx, http.DefaultClient, s.ReceiverURL)
 	}, func(ctx context.Context) (int, error) { return tally.Unfinished(ctx, s.OperatorGet) })
+	if err == nil && ord.keys > 0 {
+		var got []tally.Callback
+		if got, err = tally.Callbacks(ctx, http.DefaultClient, s.ReceiverURL); err == nil {
+			for _, why := range sum.Order(keys, got) {
+				fmt.Fprintln(os.Stderr, "chaos: order violation:", why)
+			}
+		}
+	}
 	sum.Took = time.Since(start)
 	return sum, err
+}
+
+// sendOrdered sends request n of ordering key key and returns its id once
+// it is accepted (202).
+func sendOrdered(ctx context.Context, envoyURL, key string, n int) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", envoyURL+"/orders?ms=20", strings.NewReader(fmt.Sprintf(`{"chaos":"ordered","key":%q,"n":%d}`, key, n)))
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set("x-account", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return "", errors.New(resp.Status)
+	}
+	return resp.Header.Get("x-async-request-id"), nil
 }
 
 // inject applies one fault and returns once the system is back.

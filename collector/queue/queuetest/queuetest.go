@@ -135,6 +135,37 @@ func Run(t *testing.T, open func(t *testing.T) queue.Queue) {
 		}
 	})
 
+	// Waits are not deliveries: a message waited on twice (Wait), then
+	// failed once (RetryAfter), then waited on again comes back as its
+	// second delivery, whichever consumer waited.
+	t.Run("WaitIsNotCounted", func(t *testing.T) {
+		q := open(t)
+		if err := q.Publish(ctx, queue.Message{Topic: "t", Key: "k", Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		var deliveries []int
+		done := make(chan struct{})
+		answers := []error{queue.Wait(50*time.Millisecond, "waiting"), queue.Wait(50*time.Millisecond, "waiting"),
+			queue.RetryAfter(50*time.Millisecond, "failed"), queue.Wait(50*time.Millisecond, "waiting")}
+		stop := consume(t, q, "t", 1, func(ctx context.Context, m queue.Message) error {
+			deliveries = append(deliveries, m.Deliveries)
+			if n := len(deliveries); n <= len(answers) {
+				return answers[n-1]
+			}
+			close(done)
+			return nil
+		})
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("delivered %d times: %v", len(deliveries), deliveries)
+		}
+		stop()
+		if want := []int{1, 1, 1, 2, 2}; fmt.Sprint(deliveries) != fmt.Sprint(want) {
+			t.Fatalf("deliveries %v, want %v", deliveries, want)
+		}
+	})
+
 	t.Run("PoisonDeadLetters", func(t *testing.T) {
 		q := open(t)
 		if err := q.Publish(ctx, queue.Message{Topic: "t", Key: "bad", Body: []byte("x")}); err != nil {

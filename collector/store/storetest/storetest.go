@@ -506,6 +506,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Retention", func(t *testing.T) { retention(t, open) }) // retention.go
 	t.Run("Endpoints", func(t *testing.T) { endpoints(t, open) }) // endpoints.go
 	t.Run("Ordering", func(t *testing.T) { ordering(t, open) })   // ordering.go
+	t.Run("OrderingExpiry", func(t *testing.T) { orderingExpiry(t, open) })
 
 	t.Run("EndpointLimiters", func(t *testing.T) { endpointLimiters(t, open) }) // limits.go
 
