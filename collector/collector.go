@@ -258,6 +258,9 @@ func New(cfg Config, st store.Store, q queue.Queue) (*Collector, error) {
 	c.health = newHealth(st, cfg.EndpointDisableAfter, cfg.EndpointFailingFor, cfg.Logger, c.obs, c.endpointEvents)
 	c.health.resume = c.resumeHeld
 	c.limits = newLimiter(st, cfg.Logger, c.obs.reg)
+	// A quarter of the delivery workers at most wait for an endpoint's
+	// token or place (limits.go, hold): the rest serve other endpoints.
+	c.limits.maxHolders = max(1, cfg.DeliveryWorkers/4)
 	c.lastMove.Store(time.Now().UnixNano()) // records a previous run left: swept at SweepInterval for a while
 	return c, nil
 }

@@ -362,6 +362,12 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	}
 	leave, err := c.limits.enter(ctx, r.Envelope, r.ID)
 	if err != nil {
+		// Refused after the claim (a message checked under other limits, or
+		// none): release the lease, or the message's short wait would find
+		// the record leased for the whole attempt's lease (20 s by default).
+		if _, rerr := c.move(ctx, r.ID, store.Change{Event: store.Reclaim}); rerr != nil && !store.IsConflict(rerr) {
+			log.Info("delivery: releasing the lease of a throttled callback; it waits for the lease", "err", rerr)
+		}
 		return err
 	}
 	defer leave()
@@ -369,6 +375,9 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	protocol := r.Envelope.Callback.Protocol
 	ctx, span := spanFor(ctx, r.Envelope, "asyncmesh.deliver", attribute.String("asyncmesh.protocol", protocol), attribute.Int("asyncmesh.attempt", attempts))
 	res := c.sender.Send(ctx, r, attempts)
+	// The receiver is done with it: its place is free before the result's
+	// write (maxInFlight bounds what the receiver serves at once).
+	leave()
 	outcome := map[delivery.Outcome]string{delivery.Delivered: "delivered", delivery.Retry: "retry", delivery.Gone: "gone", delivery.Refused: "refused"}[res.Outcome]
 	c.obs.attempts.WithLabelValues(r.Rule, protocol, outcome).Inc()
 	c.obs.attemptSeconds.WithLabelValues(r.Rule, protocol).Observe(res.Attempt.Latency.Seconds())

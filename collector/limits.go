@@ -69,6 +69,14 @@ const (
 	// maxWaitingKnown bounds the waiting callbacks remembered per endpoint
 	// (to spread their retries, see refuse).
 	maxWaitingKnown = 10_000
+	// limitHoldMax bounds how long a refused delivery message waits for
+	// its token or place at the collector before it goes back to the queue
+	// (hold): about the smallest delay the queues give (RabbitMQ's first
+	// delay bucket).
+	limitHoldMax = 250 * time.Millisecond
+	// limitNoShareWait is about the delay of a callback refused by a
+	// collector that has no share of its endpoint's budget.
+	limitNoShareWait = 250 * time.Millisecond
 	// limitMaxWait bounds the delay of a refused callback.
 	limitMaxWait = 30 * time.Second
 	// limitWaitGrace: a refused callback not back this long after it was
@@ -126,40 +134,184 @@ type share struct {
 }
 
 // computeShare is collector self's share of lim, given the fresh
-// heartbeats of the others: 1/N of the rate and of the places in flight
-// (N counting self; the places' remainder goes one each to the first
-// collectors by id, so that all of them are used), and never more than the
-// others' heartbeats leave: a collector that has not lowered its share yet
-// (it learns of a newcomer at its next heartbeat) keeps the newcomer's small
-// until it has. The burst is shared as the rate is, at least one.
-func computeShare(others []store.EndpointLimiter, self string, lim endpointLimit) share {
+// heartbeats of the others and self's own demand (nil: wanting more). The
+// budget is divided max-min fair by demand (fillRate, fillSlots): a
+// collector that was not starved over its last interval needs what it used
+// (with headroom for the rate), the starved ones split the rest equally,
+// and what no one needs is spread over all of them; when every collector is
+// starved (or says nothing of its demand) that is 1/N each, the places'
+// remainder one each to the first collectors by id. Each collector computes
+// the whole division from the same heartbeats, and takes its part — never
+// more than the others' heartbeats leave: a collector that has not lowered
+// its share yet (it learns of a newcomer, or of another's demand, at its
+// next heartbeat) keeps the other's small until it has. The burst is shared
+// as the rate is, at least one.
+func computeShare(others []store.EndpointLimiter, self string, demand *store.EndpointDemand, lim endpointLimit) share {
 	n := len(others) + 1
-	rank := 0
+	ids := make([]string, 0, n)
+	demands := make([]*store.EndpointDemand, 0, n)
 	var usedRate float64
 	usedSlots := 0
 	for _, o := range others {
-		if o.Collector < self {
-			rank++
+		ids = append(ids, o.Collector)
+		demands = append(demands, o.Demand)
+		usedRate += max(0, o.Rate) // a negative figure must not make room
+		usedSlots += max(0, o.InFlight)
+	}
+	ids = append(ids, self)
+	demands = append(demands, demand)
+	// by id: the places' remainder goes to the first ones
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
+	sortedDemands := make([]*store.EndpointDemand, n)
+	selfAt := 0
+	for k, i := range order {
+		sortedDemands[k] = demands[i]
+		if i == n-1 {
+			selfAt = k
 		}
-		usedRate += o.Rate
-		usedSlots += o.InFlight
 	}
 	sh := share{Rate: math.Inf(1), Burst: math.Inf(1), Slots: -1}
 	if lim.PerSecond > 0 {
-		sh.Rate = max(0, min(lim.PerSecond/float64(n), lim.PerSecond-usedRate))
+		target := fillRate(lim.PerSecond, sortedDemands)[selfAt]
+		sh.Rate = max(0, min(target, lim.PerSecond-usedRate))
 		sh.Burst = 0
 		if sh.Rate > 0 {
 			sh.Burst = max(1, float64(max(lim.Burst, 1))*sh.Rate/lim.PerSecond)
 		}
 	}
 	if c := lim.MaxInFlight; c > 0 {
-		fair := c / n
-		if rank < c%n {
-			fair++
-		}
-		sh.Slots = max(0, min(fair, c-usedSlots))
+		target := fillSlots(c, sortedDemands)[selfAt]
+		sh.Slots = max(0, min(target, c-usedSlots))
 	}
 	return sh
+}
+
+const (
+	// rateHeadroom: a collector that was not starved needs the rate it used
+	// times this, plus rateFloor of the limit (so that an idle one can start
+	// at once, and one whose demand grows has room before it is starved).
+	rateHeadroom = 1.1
+	rateFloor    = 0.01
+)
+
+// fillRate divides limit between collectors of the given demands (nil:
+// starved), max-min fair: each not starved gets its need (rateHeadroom,
+// rateFloor) unless that is over the level the starved ones get, and what
+// is left when every need is met is spread evenly. The parts add up to
+// limit.
+func fillRate(limit float64, demands []*store.EndpointDemand) []float64 {
+	n := len(demands)
+	need := make([]float64, n)
+	for i, d := range demands {
+		need[i] = math.Inf(1)
+		if d != nil && !d.Starved {
+			// A heartbeat is another collector's word, read back from the
+			// store: a negative or absurd figure must not raise the others'
+			// parts over the limit.
+			need[i] = max(0, min(d.Rate, limit))*rateHeadroom + limit*rateFloor
+		}
+	}
+	return maxMinFill(limit, need)
+}
+
+// maxMinFill is the max-min fair division of total by needs (+Inf: as much
+// as it can get); when every need is met, the rest is spread evenly.
+func maxMinFill(total float64, need []float64) []float64 {
+	n := len(need)
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmpFloat(need[a], need[b]) })
+	out := make([]float64, n)
+	left := total
+	for k, i := range idx {
+		level := left / float64(n-k)
+		if need[i] > level {
+			for _, j := range idx[k:] {
+				out[j] = level
+			}
+			return out
+		}
+		out[i] = need[i]
+		left -= need[i]
+	}
+	for i := range out { // every need met: the rest evenly
+		out[i] += left / float64(n)
+	}
+	return out
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// fillSlots divides c places between collectors of the given demands (by
+// collector id), max-min fair as fillRate: one not starved needs the most
+// it had in flight; the starved ones split the rest, its remainder one each
+// to the first by id; places no one needs go one each to the first by id.
+// The parts add up to c.
+func fillSlots(c int, demands []*store.EndpointDemand) []int {
+	n := len(demands)
+	out := make([]int, n)
+	starved := make([]bool, n)
+	idx := make([]int, 0, n)
+	for i, d := range demands {
+		starved[i] = d == nil || d.Starved
+		if !starved[i] && (d.InFlight < 0 || d.InFlight > c) { // see fillRate
+			d = &store.EndpointDemand{InFlight: min(max(d.InFlight, 0), c)}
+			demands[i] = d
+		}
+		idx = append(idx, i)
+	}
+	// the not starved by need, then the starved (stable: by id)
+	slices.SortStableFunc(idx, func(a, b int) int {
+		switch {
+		case starved[a] != starved[b]:
+			if starved[a] {
+				return 1
+			}
+			return -1
+		case starved[a]:
+			return 0
+		}
+		return demands[a].InFlight - demands[b].InFlight
+	})
+	left := c
+	for k, i := range idx {
+		rest := idx[k:]
+		level := left / len(rest)
+		if starved[i] || demands[i].InFlight > level {
+			// the rest split evenly, the remainder to the first by id
+			slices.Sort(rest)
+			for r, j := range rest {
+				out[j] = level
+				if r < left%len(rest) {
+					out[j]++
+				}
+			}
+			return out
+		}
+		out[i] = demands[i].InFlight
+		left -= out[i]
+	}
+	for i := range out { // every need met: the rest evenly, by id
+		out[i] += left / n
+		if i < left%n {
+			out[i]++
+		}
+	}
+	return out
 }
 
 // freshOthers is the heartbeats of e other than self's, without the stale
@@ -185,6 +337,13 @@ type limiter struct {
 	now       func() time.Time
 	kick      chan struct{} // an endpoint waits for its first share
 	admitted  atomic.Int64  // callbacks admitted (tests and benchmarks read it)
+	// holdMax bounds how long a refused delivery message waits here for
+	// its token or place before it goes back to the queue (0: never), and
+	// maxHolders how many wait so across endpoints (they hold a delivery
+	// worker each).
+	holdMax    time.Duration
+	maxHolders int
+	holders    int // l.mu
 
 	mu   sync.Mutex
 	ends map[string]*limitState
@@ -203,10 +362,18 @@ type limitState struct {
 	lastBeat              time.Time            // when the last heartbeat landed
 	latency               time.Duration        // how long a place is held, on average (recent)
 	waiting               map[string]time.Time // refused message keys, when they are due back
+	holders               int                  // callbacks waiting here for a token or a place (hold)
+	freed                 chan struct{}        // closed (and replaced) when a place frees
+	// The demand since the last heartbeat (reported in the next one).
+	since   time.Time
+	started int  // callbacks admitted
+	peak    int  // most in flight at once
+	starved bool // some were refused for want of a token or a place
 }
 
 func newLimiter(st store.Store, log *slog.Logger, reg *prometheus.Registry) *limiter {
 	l := &limiter{self: collectorID(), log: log, now: time.Now, kick: make(chan struct{}, 1), ends: map[string]*limitState{},
+		holdMax: limitHoldMax, maxHolders: 16,
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "asyncmesh_collector_callbacks_throttled_total",
 			Help: "Callbacks put back on the queue by an endpoint's rateLimit or maxInFlight, by reason (rate, inflight, share: waiting for this collector's share, capacity: too many limited endpoints)."}, []string{"reason"}),
 		tracked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "asyncmesh_collector_limited_endpoints",
@@ -245,6 +412,8 @@ func (t *ticket) release() {
 		t.l.mu.Lock()
 		defer t.l.mu.Unlock()
 		t.s.inFlight--
+		close(t.s.freed) // wakes the callbacks holding for a place
+		t.s.freed = make(chan struct{})
 		if t.used { // the places' pace, for the spread of waits (refuse)
 			held := t.l.now().Sub(t.at)
 			if t.s.latency == 0 {
@@ -269,18 +438,18 @@ func (l *limiter) state(lim endpointLimit, now time.Time) *limitState {
 		if len(l.ends) >= maxLimitedEndpoints {
 			return nil
 		}
-		s = &limitState{lim: lim, filled: now, waiting: map[string]time.Time{}}
+		s = &limitState{lim: lim, filled: now, waiting: map[string]time.Time{}, freed: make(chan struct{}), since: now}
 		l.ends[lim.Endpoint] = s
 		l.tracked.Set(float64(len(l.ends)))
 		if l.eps == nil {
-			s.setShare(computeShare(nil, l.self, lim), now)
+			s.setShare(computeShare(nil, l.self, nil, lim), now)
 			s.known = true
 		}
 		return s
 	}
 	if s.lim != lim {
 		s.lim = lim
-		sh := computeShare(nil, l.self, lim)
+		sh := computeShare(nil, l.self, nil, lim)
 		if l.eps == nil {
 			s.setShare(sh, now)
 		} else {
@@ -292,14 +461,25 @@ func (l *limiter) state(lim endpointLimit, now time.Time) *limitState {
 
 // admit takes a token and a place for a callback to lim's endpoint; key
 // names the message. Refused, it returns the delay after which to try again
-// and why.
+// (spread: refuse) and why.
 func (l *limiter) admit(lim endpointLimit, key string) (*ticket, time.Duration, string) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.state(lim, now)
+	t, s, base, reason := l.tryAdmit(lim, key, now)
+	if t != nil || s == nil {
+		return t, base, reason
+	}
+	return nil, s.refuse(key, now, base), reason
+}
+
+// tryAdmit is admit without the spread of a refusal's delay: base is the
+// time until a token is due (or a guess, for a place). s is nil past
+// maxLimitedEndpoints. l.mu held.
+func (l *limiter) tryAdmit(lim endpointLimit, key string, now time.Time) (t *ticket, s *limitState, base time.Duration, reason string) {
+	s = l.state(lim, now)
 	if s == nil {
-		return nil, time.Second + jitter(time.Second), "capacity"
+		return nil, nil, time.Second + jitter(time.Second), "capacity"
 	}
 	s.lastUse = now
 	if l.eps != nil && (!s.known || now.Sub(s.lastBeat) > limitFenceAfter) {
@@ -307,10 +487,10 @@ func (l *limiter) admit(lim endpointLimit, key string) (*ticket, time.Duration, 
 		case l.kick <- struct{}{}:
 		default:
 		}
-		return nil, s.refuse(key, now, 100*time.Millisecond), "share"
+		return nil, s, 100 * time.Millisecond, "share"
 	}
 	if s.sh.Slots >= 0 && s.inFlight >= s.sh.Slots {
-		return nil, s.refuse(key, now, 20*time.Millisecond), "inflight"
+		return nil, s, 20 * time.Millisecond, "inflight"
 	}
 	if !math.IsInf(s.sh.Rate, 1) {
 		s.fill(now)
@@ -319,14 +499,105 @@ func (l *limiter) admit(lim endpointLimit, key string) (*ticket, time.Duration, 
 			if s.sh.Rate > 0 {
 				wait = time.Duration((1 - s.tokens) / s.sh.Rate * float64(time.Second))
 			}
-			return nil, s.refuse(key, now, wait), "rate"
+			return nil, s, max(wait, time.Millisecond), "rate"
 		}
 		s.tokens--
 	}
 	s.inFlight++
+	s.started++
+	s.peak = max(s.peak, s.inFlight)
 	delete(s.waiting, key)
 	l.admitted.Add(1)
-	return &ticket{l: l, s: s, id: lim.Endpoint, at: now}, 0, ""
+	return &ticket{l: l, s: s, id: lim.Endpoint, at: now}, s, 0, ""
+}
+
+// hold makes a delivery message refused for want of a token or a place
+// wait here for it, up to holdMax, instead of going back to the queue: the
+// queue brings waiting callbacks back at random moments (and on RabbitMQ
+// no sooner than its smallest delay bucket, 250 ms), so a share's tokens
+// and places would otherwise go unused between two returns — the budget
+// is used only when a callback is at hand the moment it frees. Few wait so:
+// per endpoint about the tokens due within holdMax (or the share's places),
+// and maxHolders across endpoints, since each holds a delivery worker (not
+// a lease, not an attempt). The rest go back to the queue (refuse).
+func (l *limiter) hold(ctx context.Context, lim endpointLimit, key string) (*ticket, time.Duration, string) {
+	l.mu.Lock()
+	t, s, base, reason := l.tryAdmit(lim, key, l.now())
+	if t != nil || s == nil {
+		l.mu.Unlock()
+		return t, base, reason
+	}
+	holdable := (reason == "rate" || reason == "inflight") && l.holdMax > 0 &&
+		l.holders < l.maxHolders && s.holders < s.maxHold(l.holdMax) &&
+		(reason != "rate" || base <= l.holdMax)
+	if !holdable {
+		defer l.mu.Unlock()
+		return nil, s.refuse(key, l.now(), base), reason
+	}
+	l.holders++
+	s.holders++
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.holders--
+		s.holders--
+		l.mu.Unlock()
+	}()
+	deadline := time.Now().Add(l.holdMax)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		left := time.Until(deadline)
+		l.mu.Lock()
+		freed := s.freed
+		l.mu.Unlock()
+		if reason == "rate" {
+			left = min(left, base)
+		}
+		if left <= 0 {
+			break
+		}
+		timer.Reset(left)
+		select {
+		case <-ctx.Done():
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return nil, s.refuse(key, l.now(), base), reason
+		case <-timer.C:
+		case <-freed:
+		}
+		l.mu.Lock()
+		t, s2, b, r := l.tryAdmit(lim, key, l.now())
+		l.mu.Unlock()
+		if t != nil || s2 != s || (r != "rate" && r != "inflight") || time.Now().After(deadline) {
+			if t != nil {
+				return t, 0, ""
+			}
+			base, reason = b, r
+			break
+		}
+		base, reason = b, r
+		if reason == "rate" && base > time.Until(deadline) {
+			break
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return nil, s.refuse(key, l.now(), base), reason
+}
+
+// maxHold is how many callbacks may hold for this endpoint at once: the
+// tokens due within d at the share's rate, and no more than the share's
+// places, at least one.
+func (s *limitState) maxHold(d time.Duration) int {
+	n := math.MaxInt
+	if !math.IsInf(s.sh.Rate, 1) {
+		n = int(math.Ceil(s.sh.Rate * d.Seconds()))
+	}
+	if s.sh.Slots >= 0 {
+		n = min(n, s.sh.Slots)
+	}
+	return max(1, n)
 }
 
 func minSlots(a, b int) int {
@@ -345,6 +616,7 @@ func minSlots(a, b int) int {
 // can go and no faster (a fixed short delay would make every waiting
 // callback a queue round trip every few milliseconds).
 func (s *limitState) refuse(key string, now time.Time, base time.Duration) time.Duration {
+	s.starved = true // it would have used more (a callback that held, then went, did not count)
 	wait := s.spreadWait(now, base)
 	if _, ok := s.waiting[key]; ok || len(s.waiting) < maxWaitingKnown {
 		s.waiting[key] = now.Add(wait)
@@ -364,12 +636,15 @@ func (s *limitState) spreadWait(now time.Time, base time.Duration) time.Duration
 		if s.latency == 0 {
 			lat = 100 * time.Millisecond
 		}
-		pace = min(pace, float64(max(s.sh.Slots, 1))/lat.Seconds())
+		pace = min(pace, float64(s.sh.Slots)/lat.Seconds())
 	}
-	spread := time.Second
-	if pace > 0 {
-		spread = min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(4*pace)*float64(time.Second)))
+	if pace <= 0 {
+		// No share here (the others hold the budget, or a newcomer waits
+		// for them to make room): the callback is for another collector,
+		// which the queue may bring it to — soon, not after a second.
+		return limitNoShareWait + jitter(limitNoShareWait)
 	}
+	spread := min(limitMaxWait, time.Duration(float64(len(s.waiting)+1)/(4*pace)*float64(time.Second)))
 	return min(limitMaxWait, max(base, time.Millisecond)+jitter(spread))
 }
 
@@ -421,7 +696,7 @@ func (l *limiter) admitMessage(ctx context.Context, m queue.Message) (context.Co
 		l.log.Warn("limits: a delivery message names a bad limit; checked at the attempt instead", "id", m.Key, "err", err)
 		return ctx, func() {}, nil
 	}
-	t, wait, reason := l.admit(*msg.Limit, m.Key)
+	t, wait, reason := l.hold(ctx, *msg.Limit, m.Key)
 	if t == nil {
 		l.throttled.WithLabelValues(reason).Inc()
 		return ctx, nil, queue.RetryAfter(wait, "endpoint limit: "+reason)
@@ -469,7 +744,7 @@ func (l *limiter) enter(ctx context.Context, e *envelope.Envelope, id string) (f
 		if s := l.state(*lim, l.now()); s != nil && s.url == "" {
 			s.url, s.protocol, s.caller = e.Callback.URL, e.Callback.Protocol, e.Caller
 		}
-		return func() {}, nil
+		return t.release, nil // deliver gives the place back once the receiver answered
 	}
 	nt, wait, reason := l.admit(*lim, id)
 	if nt == nil {
@@ -551,6 +826,7 @@ func (l *limiter) beat(ctx context.Context, id string) error {
 	lim, cur, inFlight := s.lim, s.sh, s.inFlight
 	url, protocol, caller := s.url, s.protocol, s.caller
 	idle := l.now().Sub(s.lastUse) > limitIdleAfter && inFlight == 0
+	demand := s.takeDemand(l.now())
 	if idle {
 		s.known = false // until the heartbeat is back: the others may take its share
 	}
@@ -568,11 +844,11 @@ func (l *limiter) beat(ctx context.Context, id string) error {
 			sh = share{Slots: 0}
 			return nil
 		}
-		sh = computeShare(others, l.self, lim)
+		sh = computeShare(others, l.self, demand, lim)
 		// What this collector may use until its next heartbeat: the new
 		// share, or the one in effect until this write lands, or what is
 		// in flight already (a lowered share drains).
-		adv := store.EndpointLimiter{Collector: l.self, Seen: at.UTC()}
+		adv := store.EndpointLimiter{Collector: l.self, Seen: at.UTC(), Demand: demand}
 		if lim.PerSecond > 0 {
 			adv.Rate = max(sh.Rate, finite(cur.Rate))
 		}
@@ -603,6 +879,18 @@ func (l *limiter) beat(ctx context.Context, id string) error {
 	s.setShare(sh, at)
 	s.known, s.lastBeat = true, at
 	return nil
+}
+
+// takeDemand is the demand since the last heartbeat, and starts the next
+// interval. l.mu held.
+func (s *limitState) takeDemand(now time.Time) *store.EndpointDemand {
+	// An interval shorter than a quarter second (a first heartbeat, kicked
+	// by the first callback) counts as one: a rate from a few milliseconds
+	// means nothing.
+	dt := max(now.Sub(s.since), limitBeatEvery/4).Seconds()
+	d := &store.EndpointDemand{Rate: float64(s.started) / dt, InFlight: max(s.peak, s.inFlight), Starved: s.starved}
+	s.since, s.started, s.peak, s.starved = now, 0, s.inFlight, false
+	return d
 }
 
 // finite is x, or 0 for no bound (a share before the first heartbeat).

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -49,7 +50,7 @@ func TestComputeShare(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := computeShare(tt.others, tt.self, tt.lim); got != tt.want {
+			if got := computeShare(tt.others, tt.self, nil, tt.lim); got != tt.want {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
@@ -134,6 +135,7 @@ func (m *memEndpoints) ListEndpoints(context.Context, store.EndpointQuery) ([]*s
 func testLimiter(eps store.Endpoints, clock *fakeClock, id string) *limiter {
 	l := newLimiter(nil, slog.New(slog.DiscardHandler), nil)
 	l.eps, l.now, l.self = eps, clock.now, id
+	l.holdMax = 0 // refusals go back to the queue at once: the fake clock does not sleep
 	return l
 }
 
@@ -429,13 +431,13 @@ func TestEnterUsesTheTicket(t *testing.T) {
 	if err != nil {
 		t.Fatalf("with its ticket: %v", err)
 	}
-	leave()
 	if !tk.used {
 		t.Fatal("the ticket was not marked used")
 	}
 	if _, err := l.enter(context.Background(), e, "id2"); err == nil {
 		t.Fatal("without a ticket, past maxInFlight: admitted")
 	}
+	leave() // the receiver answered: the place is free before the handler ends
 	tk.release()
 	leave, err = l.enter(context.Background(), e, "id2")
 	if err != nil {
@@ -541,5 +543,323 @@ func TestHeartbeatCoversCallbacksStartedDuringItsWrite(t *testing.T) {
 	}
 	if len(held) != 7 {
 		t.Fatalf("a started %d during its heartbeat, want 7 (its share then)", len(held))
+	}
+}
+
+// The shares follow the collectors' demands: with demand above the limit
+// at some collectors and below it at others, the callbacks started across
+// all of them reach at least 90 % of the limit (and never more than it,
+// plus the buckets' bursts), and at least 90 % of the places are in use.
+// A deterministic schedule on a fake clock, in steps of a millisecond: a
+// busy collector has callbacks waiting at every step (as the queue brings
+// them back); a light one gets a new callback every so often, which tries
+// again at each step until it goes; each collector heartbeats every
+// second, at its own offset.
+func TestSharesFollowUnevenDemand(t *testing.T) {
+	const busy = 0 // every step
+	type want struct {
+		every  time.Duration // busy: always; else a new callback this often; -1: one at the start, then none
+		holdMS int           // how long a callback holds its place
+	}
+	tests := []struct {
+		name string
+		lim  endpointLimit
+		cols []want
+	}{
+		{"rate: one busy, one light", endpointLimit{Endpoint: testEndpoint, PerSecond: 50, Burst: 5}, []want{{busy, 0}, {200 * time.Millisecond, 0}}},
+		{"rate: one busy, one gone idle", endpointLimit{Endpoint: testEndpoint, PerSecond: 50, Burst: 5}, []want{{busy, 0}, {-1, 0}}},
+		{"rate: both busy", endpointLimit{Endpoint: testEndpoint, PerSecond: 50, Burst: 5}, []want{{busy, 0}, {busy, 0}}},
+		{"rate: two busy, one light", endpointLimit{Endpoint: testEndpoint, PerSecond: 90, Burst: 3}, []want{{busy, 0}, {100 * time.Millisecond, 0}, {busy, 0}}},
+		{"rate: three light, one busy", endpointLimit{Endpoint: testEndpoint, PerSecond: 40, Burst: 4}, []want{{250 * time.Millisecond, 0}, {500 * time.Millisecond, 0}, {time.Second, 0}, {busy, 0}}},
+		{"places: one busy, one light", endpointLimit{Endpoint: testEndpoint, MaxInFlight: 10}, []want{{busy, 50}, {300 * time.Millisecond, 50}}},
+		{"places: two busy, one light", endpointLimit{Endpoint: testEndpoint, MaxInFlight: 20}, []want{{busy, 30}, {busy, 30}, {time.Second, 100}}},
+		{"both: one busy, one light", endpointLimit{Endpoint: testEndpoint, PerSecond: 100, Burst: 10, MaxInFlight: 8}, []want{{busy, 50}, {100 * time.Millisecond, 50}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+			eps := &memEndpoints{eps: map[string]store.Endpoint{}}
+			type col struct {
+				l       *limiter
+				w       want
+				backlog int
+				next    time.Time
+				held    []*ticket
+				until   []time.Time
+			}
+			start := clock.now()
+			var cols []*col
+			for i, w := range tt.cols {
+				c := &col{l: testLimiter(eps, clock, string(rune('a'+i))), w: w, next: start}
+				if w.every < 0 {
+					c.backlog = 1
+				}
+				cols = append(cols, c)
+			}
+			const warmup, measure = 10 * time.Second, 20 * time.Second
+			started, lightStarted, lightOffered := 0, 0, 0
+			var placeSteps, steps int
+			ctx := context.Background()
+			for step := 0; step < int((warmup+measure)/time.Millisecond); step++ {
+				clock.add(time.Millisecond)
+				now := clock.now()
+				measuring := now.Sub(start) >= warmup
+				for i, c := range cols {
+					if now.Sub(start)%limitBeatEvery == time.Duration(i*137)*time.Millisecond%limitBeatEvery {
+						c.l.beatAll(ctx, false)
+					}
+					for k := 0; k < len(c.held); k++ { // places freed
+						if !now.Before(c.until[k]) {
+							c.held[k].release()
+							c.held = slices.Delete(c.held, k, k+1)
+							c.until = slices.Delete(c.until, k, k+1)
+							k--
+						}
+					}
+					if c.w.every > 0 && !now.Before(c.next) {
+						c.backlog++
+						c.next = c.next.Add(c.w.every)
+						if measuring {
+							lightOffered++
+						}
+					}
+					if c.w.every == busy || c.backlog > 0 {
+						tk, _, _ := c.l.admit(tt.lim, "k")
+						if tk == nil {
+							if c.w.every == -1 && now.Sub(start) < time.Second {
+								continue
+							}
+							continue
+						}
+						tk.used = true
+						if c.backlog > 0 {
+							c.backlog--
+						}
+						if measuring {
+							started++
+							if c.w.every != busy {
+								lightStarted++
+							}
+						}
+						if c.w.holdMS == 0 {
+							tk.release()
+						} else {
+							c.held = append(c.held, tk)
+							c.until = append(c.until, now.Add(time.Duration(c.w.holdMS)*time.Millisecond))
+						}
+					}
+				}
+				if measuring {
+					steps++
+					for _, c := range cols {
+						placeSteps += len(c.held)
+					}
+					if tt.lim.MaxInFlight > 0 {
+						total := 0
+						for _, c := range cols {
+							total += len(c.held)
+						}
+						if total > tt.lim.MaxInFlight {
+							t.Fatalf("%v: %d in flight, limit %d", now.Sub(start), total, tt.lim.MaxInFlight)
+						}
+					}
+				}
+			}
+			rate := float64(started) / measure.Seconds()
+			places := float64(placeSteps) / float64(steps)
+			t.Logf("%.1f callbacks/s (light ones: %d of %d offered), %.2f in flight on average", rate, lightStarted, lightOffered, places)
+			if lim := tt.lim.PerSecond; lim > 0 {
+				bursts := 0.0
+				for range cols {
+					bursts += float64(tt.lim.Burst)
+				}
+				if rate < 0.9*lim {
+					t.Errorf("%.1f callbacks/s, limit %g/s: under 90 %%", rate, lim)
+				}
+				if float64(started) > lim*measure.Seconds()+bursts {
+					t.Errorf("%d callbacks in %v, limit %g/s", started, measure, lim)
+				}
+			}
+			if c := tt.lim.MaxInFlight; c > 0 && tt.lim.PerSecond == 0 && places < 0.9*float64(c) {
+				t.Errorf("%.2f places in use on average, limit %d: under 90 %%", places, c)
+			}
+			// The light collectors are served: what they were offered goes
+			// (but for the last few, still waiting at the end).
+			if lightOffered > 0 && float64(lightStarted) < 0.95*float64(lightOffered)-2 {
+				t.Errorf("light collectors started %d of the %d callbacks they had", lightStarted, lightOffered)
+			}
+		})
+	}
+}
+
+// The division by demand: max-min fair, the parts add up to the budget.
+func TestFillByDemand(t *testing.T) {
+	light := func(rate float64, inFlight int) *store.EndpointDemand {
+		return &store.EndpointDemand{Rate: rate, InFlight: inFlight}
+	}
+	starved := &store.EndpointDemand{Starved: true, Rate: 1000, InFlight: 1000}
+	rates := []struct {
+		name    string
+		limit   float64
+		demands []*store.EndpointDemand
+		want    []float64
+	}{
+		{"all starved or silent: even", 90, []*store.EndpointDemand{nil, starved, nil}, []float64{30, 30, 30}},
+		{"a light one needs its rate with headroom", 100, []*store.EndpointDemand{light(10, 0), starved}, []float64{12, 88}},
+		{"a light one over the level gets the level", 100, []*store.EndpointDemand{light(60, 0), starved}, []float64{50, 50}},
+		{"none starved: the rest evenly", 100, []*store.EndpointDemand{light(10, 0), light(20, 0)}, []float64{12 + 32.5, 23 + 32.5}},
+		{"idle: the floor", 100, []*store.EndpointDemand{light(0, 0), starved, starved}, []float64{1, 49.5, 49.5}},
+	}
+	for _, tt := range rates {
+		t.Run(tt.name, func(t *testing.T) {
+			got := fillRate(tt.limit, tt.demands)
+			var sum float64
+			for i := range got {
+				sum += got[i]
+				if math.Abs(got[i]-tt.want[i]) > 1e-9 {
+					t.Fatalf("got %v, want %v", got, tt.want)
+				}
+			}
+			if math.Abs(sum-tt.limit) > 1e-9 {
+				t.Fatalf("parts add up to %g, limit %g", sum, tt.limit)
+			}
+		})
+	}
+	slots := []struct {
+		name    string
+		c       int
+		demands []*store.EndpointDemand
+		want    []int
+	}{
+		{"all starved: even, the remainder to the first by id", 7, []*store.EndpointDemand{nil, starved, nil}, []int{3, 2, 2}},
+		{"a light one keeps what it had in flight", 10, []*store.EndpointDemand{starved, light(0, 1), starved}, []int{5, 1, 4}},
+		{"an idle one none", 4, []*store.EndpointDemand{light(0, 0), starved}, []int{0, 4}},
+		{"a light one over the level gets the level", 5, []*store.EndpointDemand{light(0, 4), starved}, []int{3, 2}},
+		{"none starved: the rest one each by id", 10, []*store.EndpointDemand{light(0, 1), light(0, 2), light(0, 0)}, []int{4, 4, 2}},
+		{"more collectors than places", 2, []*store.EndpointDemand{starved, starved, starved}, []int{1, 1, 0}},
+	}
+	for _, tt := range slots {
+		t.Run(tt.name, func(t *testing.T) {
+			got := fillSlots(tt.c, tt.demands)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			sum := 0
+			for _, n := range got {
+				sum += n
+			}
+			if sum != tt.c {
+				t.Fatalf("parts add up to %d, limit %d", sum, tt.c)
+			}
+		})
+	}
+	// computeShare takes its part, and never more than the others leave.
+	others := []store.EndpointLimiter{{Collector: "b", Seen: time.Now(), Rate: 50, InFlight: 5, Demand: light(10, 1)}}
+	lim := endpointLimit{Endpoint: "e", PerSecond: 100, Burst: 10, MaxInFlight: 10}
+	if got, want := computeShare(others, "a", nil, lim), (share{Rate: 50, Burst: 5, Slots: 5}); got != want {
+		t.Fatalf("while b still advertises half: %+v, want %+v", got, want)
+	}
+	others[0].Rate, others[0].InFlight = 12, 1
+	if got, want := computeShare(others, "a", nil, lim), (share{Rate: 88, Burst: 8.8, Slots: 9}); math.Abs(got.Rate-want.Rate) > 1e-9 || math.Abs(got.Burst-want.Burst) > 1e-9 || got.Slots != want.Slots {
+		t.Fatalf("once b lowered its share: %+v, want %+v", got, want)
+	}
+}
+
+// A delivery message refused for want of a place holds for it at the
+// collector (bounded per endpoint and across endpoints) and goes as soon as
+// a place frees; one that cannot hold, or whose token is not due within
+// holdMax, goes back to the queue at once.
+func TestHoldForAPlace(t *testing.T) {
+	l := newLimiter(nil, slog.New(slog.DiscardHandler), nil)
+	l.holdMax, l.maxHolders = time.Hour, 4 // no timing in this test: a place frees, or the context ends
+	body := func(lim endpointLimit) []byte {
+		b, _ := json.Marshal(taskMessage{ID: "id", Limit: &lim})
+		return b
+	}
+	slot := endpointLimit{Endpoint: testEndpoint, MaxInFlight: 1}
+	_, first, err := l.admitMessage(context.Background(), queue.Message{Key: "1", Body: body(slot)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() {
+		_, done, err := l.admitMessage(context.Background(), queue.Message{Key: "2", Body: body(slot)})
+		if err == nil {
+			done()
+		}
+		held <- err
+	}()
+	for { // the second holds
+		l.mu.Lock()
+		n := l.holders
+		l.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	// The endpoint's one place: no one else holds for it.
+	if _, _, err := l.admitMessage(context.Background(), queue.Message{Key: "3", Body: body(slot)}); err == nil {
+		t.Fatal("a third admitted past maxInFlight 1")
+	} else if _, ok := queue.RetryDelay(err); !ok {
+		t.Fatalf("a third: %v, want a delayed redelivery", err)
+	}
+	first()
+	if err := <-held; err != nil {
+		t.Fatalf("the held one, once the place freed: %v", err)
+	}
+	// Its context ends while it holds: back to the queue.
+	_, first, _ = l.admitMessage(context.Background(), queue.Message{Key: "4", Body: body(slot)})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for {
+			l.mu.Lock()
+			n := l.holders
+			l.mu.Unlock()
+			if n == 1 {
+				cancel()
+				return
+			}
+			runtime.Gosched()
+		}
+	}()
+	if _, _, err := l.admitMessage(ctx, queue.Message{Key: "5", Body: body(slot)}); err == nil {
+		t.Fatal("admitted past maxInFlight 1")
+	} else if _, ok := queue.RetryDelay(err); !ok {
+		t.Fatalf("context ended: %v, want a delayed redelivery", err)
+	}
+	first()
+	// A token due later than holdMax: no hold.
+	l.holdMax = 100 * time.Millisecond
+	slow := endpointLimit{Endpoint: "fedcba9876543210fedcba9876543210", PerSecond: 0.1, Burst: 1}
+	if ctx, done, err := l.admitMessage(context.Background(), queue.Message{Key: "6", Body: body(slow)}); err != nil {
+		t.Fatal(err)
+	} else {
+		ctx.Value(ticketKey{}).(*ticket).used = true // its token is spent
+		done()
+	}
+	if _, _, err := l.admitMessage(context.Background(), queue.Message{Key: "7", Body: body(slow)}); err == nil {
+		t.Fatal("admitted past the rate")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holders != 0 {
+		t.Fatalf("%d still counted as holding", l.holders)
+	}
+}
+
+// A heartbeat with negative or absurd figures (another collector's word,
+// read back from the store) does not raise a share over the limit.
+func TestShareIgnoresAbsurdHeartbeats(t *testing.T) {
+	lim := endpointLimit{Endpoint: "e", PerSecond: 10, Burst: 2, MaxInFlight: 4}
+	for _, o := range []store.EndpointLimiter{
+		{Collector: "b", Rate: -100, InFlight: -100, Demand: &store.EndpointDemand{Rate: -100, InFlight: -100}},
+		{Collector: "b", Rate: 1e300, InFlight: 1 << 30, Demand: &store.EndpointDemand{Rate: 1e300, InFlight: 1 << 30}},
+	} {
+		o.Seen = time.Now()
+		sh := computeShare([]store.EndpointLimiter{o}, "a", nil, lim)
+		if sh.Rate > lim.PerSecond || sh.Rate < 0 || sh.Slots > lim.MaxInFlight || sh.Slots < 0 || math.IsNaN(sh.Rate) {
+			t.Fatalf("with %+v: share %+v, limit %+v", o, sh, lim)
+		}
 	}
 }

@@ -57,7 +57,12 @@ func (c *Collector) message(topic string, r *store.Record) (queue.Message, error
 		}
 	}
 	if topic == queue.TopicDelivery {
-		msg.Limit = limitOf(r.Envelope)
+		// The live rule's limits, whatever envelope r carries: without an
+		// outbox the message is built from the record as the store returned
+		// it (advance), whose envelope is the one accepted, and a message
+		// without the limits skips the check before the claim — its callback
+		// would then be refused after the claim, in deliver.
+		msg.Limit = limitOf(c.applyRules(r.Envelope))
 	}
 	body, err := json.Marshal(msg)
 	if err != nil {
