@@ -17,14 +17,27 @@ import (
 //	POST /v1/endpoints/{id}/enable    enable; its held deliveries resume, oldest first
 //	POST /v1/endpoints/{id}/disable   disable; its deliveries are held from the next one
 
-// endpointView is the API's rendering of an endpoint.
+// endpointView is the API's rendering of an endpoint. Held, for a
+// disabled endpoint, counts its held deliveries (absent for an enabled one,
+// which holds none but those its enabling is resuming, and when the store
+// cannot count).
 type endpointView struct {
 	*store.Endpoint
 	SuccessRatio float64 `json:"successRatio"`
+	Held         *int64  `json:"held,omitempty"`
 }
 
-func viewOfEndpoint(e *store.Endpoint) endpointView {
-	return endpointView{Endpoint: e, SuccessRatio: e.SuccessRatio()}
+func (c *Collector) viewOfEndpoint(ctx context.Context, e *store.Endpoint) endpointView {
+	v := endpointView{Endpoint: e, SuccessRatio: e.SuccessRatio()}
+	if counter, ok := c.store.(store.Counter); ok && e.Disabled {
+		n, err := counter.Count(ctx, store.Query{Status: store.Held, Endpoint: e.ID})
+		if err != nil {
+			c.log.Warn("endpoints: counting held deliveries", "endpoint", e.ID, "err", err)
+		} else {
+			v.Held = &n
+		}
+	}
+	return v
 }
 
 // endpointsAPI reports (answering 404 when it does not) whether the store
@@ -69,7 +82,7 @@ func (c *Collector) listEndpoints(w http.ResponseWriter, r *http.Request) {
 		Next      string         `json:"next,omitempty"`
 	}{Endpoints: []endpointView{}}
 	for _, e := range eps {
-		out.Endpoints = append(out.Endpoints, viewOfEndpoint(e))
+		out.Endpoints = append(out.Endpoints, c.viewOfEndpoint(r.Context(), e))
 	}
 	if limit := cmp.Or(q.Limit, store.MaxLimit); len(eps) > 0 && len(eps) == limit { // a full page: maybe more
 		out.Next = eps[len(eps)-1].ID
@@ -111,29 +124,25 @@ func (c *Collector) writeEndpoint(w http.ResponseWriter, r *http.Request, e *sto
 		writeJSON(w, http.StatusOK, struct {
 			endpointView
 			Resumed int `json:"resumed"`
-		}{viewOfEndpoint(e), resumed})
+		}{c.viewOfEndpoint(r.Context(), e), resumed})
 	default:
-		writeJSON(w, http.StatusOK, viewOfEndpoint(e))
+		writeJSON(w, http.StatusOK, c.viewOfEndpoint(r.Context(), e))
 	}
 }
 
 // resumeHeld moves the held deliveries of endpoint id back to delivering,
 // oldest first (ids are in acceptance order), each with its delivery
-// message. Held records are found by status and matched to the endpoint
-// here, page by page: the work is linear in the held records of all
-// endpoints, which a store that indexed records by endpoint would avoid.
+// message. A held record names its endpoint (store.Record.Endpoint, set by
+// Hold), so only this endpoint's held records are read.
 func (c *Collector) resumeHeld(ctx context.Context, id string) (int, error) {
 	n := 0
-	q := store.Query{Status: store.Held, Limit: store.MaxLimit}
+	q := store.Query{Status: store.Held, Endpoint: id, Limit: store.MaxLimit}
 	for {
 		page, err := c.store.Search(ctx, q)
 		if err != nil {
 			return n, err
 		}
 		for _, rec := range page.Records {
-			if rec.Envelope == nil || endpointOf(c.applyRules(rec.Envelope)) != id {
-				continue
-			}
 			if _, err := c.advance(ctx, rec, store.Change{Event: store.Unhold, Detail: "endpoint enabled"}); err != nil && !store.IsConflict(err) {
 				return n, err
 			}

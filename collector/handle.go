@@ -354,7 +354,7 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	log := c.log.With("id", r.ID, "trace_id", r.TraceID, "rule", r.Rule)
 	r.Envelope = c.applyRules(r.Envelope)
 	if reason, off := c.health.isDisabled(r.Envelope); off {
-		if _, err := c.advance(ctx, r, store.Change{Event: store.Hold, Detail: "endpoint disabled: " + reason}); err != nil && !store.IsConflict(err) {
+		if _, err := c.advance(ctx, r, store.Change{Event: store.Hold, Endpoint: endpointOf(r.Envelope), Detail: "endpoint disabled: " + reason}); err != nil && !store.IsConflict(err) {
 			return err
 		}
 		log.Info("delivery: held, its endpoint is disabled", "endpoint", endpointOf(r.Envelope), "reason", reason)
@@ -396,7 +396,7 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	case disabled:
 		// The endpoint is disabled now (410 Gone, or this failure reached the
 		// threshold): held with the endpoint's other deliveries.
-		ch = store.Change{Event: store.Hold, Attempt: &res.Attempt, Detail: "endpoint disabled: " + res.Attempt.Error}
+		ch = store.Change{Event: store.Hold, Endpoint: endpointOf(r.Envelope), Attempt: &res.Attempt, Detail: "endpoint disabled: " + res.Attempt.Error}
 	case res.Outcome == delivery.Gone:
 		ch = store.Change{Event: store.GiveUp, Attempt: &res.Attempt, Detail: "endpoint gone (410)"}
 	case res.Outcome == delivery.Refused:

@@ -150,7 +150,7 @@ func TestFailingEndpointIsDisabledAndHeld(t *testing.T) {
 		t.Fatalf("disabled endpoints: %d %v", code, list)
 	}
 	ep := eps[0].(map[string]any)
-	if ep["url"] != fr.URL+"/cb" || ep["disabled"] != true || ep["consecutiveFailures"].(float64) < 4 || ep["successRatio"].(float64) != 0 {
+	if ep["url"] != fr.URL+"/cb" || ep["disabled"] != true || ep["consecutiveFailures"].(float64) < 4 || ep["successRatio"].(float64) != 0 || ep["held"] != float64(3) {
 		t.Fatalf("endpoint %v", ep)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,6 +83,7 @@ rules:
 		Endpoints []struct {
 			ID, URL, Reason string
 			Disabled        bool
+			Held            int
 		}
 	}
 	r, err := s.OperatorGet(context.Background(), "/v1/endpoints?disabled=true")
@@ -90,8 +92,12 @@ rules:
 	}
 	json.NewDecoder(r.Body).Decode(&list)
 	r.Body.Close()
-	if len(list.Endpoints) != 1 || list.Endpoints[0].URL != rcv.URL+"/hooks" || !list.Endpoints[0].Disabled {
+	if len(list.Endpoints) != 1 || list.Endpoints[0].URL != rcv.URL+"/hooks" || !list.Endpoints[0].Disabled || list.Endpoints[0].Held != 2 {
 		t.Fatalf("disabled endpoints %+v", list)
+	}
+	// The operator's CLI shows the same.
+	if code, out := cli(t, s, "endpoints", "--disabled"); code != 0 || !strings.Contains(out, "disabled, 2 held") {
+		t.Fatalf("asyncmesh endpoints --disabled: %d\n%s", code, out)
 	}
 	status.Store(200)
 	r, err = s.Operator(context.Background(), "POST", "/v1/endpoints/"+list.Endpoints[0].ID+"/enable")

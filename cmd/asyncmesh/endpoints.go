@@ -15,6 +15,7 @@ import (
 type endpointView struct {
 	store.Endpoint
 	SuccessRatio float64 `json:"successRatio"`
+	Held         *int64  `json:"held,omitempty"` // of a disabled endpoint
 }
 
 func init() {
@@ -92,8 +93,11 @@ func printEndpoints(e *env, eps []endpointView) error {
 		state := "enabled"
 		if ep.Disabled {
 			state = "disabled"
+			if ep.Held != nil {
+				state += fmt.Sprintf(", %d held", *ep.Held)
+			}
 			if ep.Reason != "" {
-				state += " (" + ep.Reason + ")"
+				state += " (" + oneLine(ep.Reason, 40) + ")"
 			}
 		}
 		failing := "-"

@@ -271,7 +271,7 @@ var requestsMapping = map[string]any{
 	"dynamic": "strict",
 	"properties": map[string]any{
 		"id": keyword, "traceId": keyword, "rule": keyword, "status": keyword,
-		"method": keyword, "authority": keyword, "caller": keyword, "package": keyword,
+		"method": keyword, "authority": keyword, "caller": keyword, "package": keyword, "endpoint": keyword,
 		"path":      map[string]any{"type": "keyword", "ignore_above": 2048},
 		"error":     map[string]any{"type": "keyword", "ignore_above": 1024},
 		"createdAt": date, "updatedAt": date, "leaseUntil": date,

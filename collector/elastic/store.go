@@ -280,6 +280,7 @@ func filter(q store.Query) map[string]any {
 	term("rule", q.Rule)
 	term("caller", q.Caller)
 	term("package", q.Package)
+	term("endpoint", q.Endpoint)
 	rng := map[string]any{}
 	if !q.Since.IsZero() {
 		rng["gte"] = q.Since.UTC().Format(time.RFC3339Nano)

@@ -56,6 +56,37 @@ func BenchmarkLifecycle(b *testing.B) {
 	}
 }
 
+// plan is SQLite's plan of query.
+func plan(t *testing.T, db *DB, query string, args []any) string {
+	t.Helper()
+	rows, err := db.r.Query("EXPLAIN QUERY PLAN "+query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	return strings.Join(plan, "; ")
+}
+
+// TestHeldByEndpointUsesItsIndex: enabling an endpoint reads its held
+// records by the partial index requests_endpoint, not every held record.
+func TestHeldByEndpointUsesItsIndex(t *testing.T) {
+	db := open(t)
+	q := store.Query{Status: store.Held, Endpoint: "3147bc82b88953e0ddddceaf35914488", Cursor: "01a24a4d-db30-7c19-9622-aa7622fa3d66"}
+	query, args := searchQuery(q, 501)
+	if got := plan(t, db, query, args); !strings.Contains(got, "INDEX requests_endpoint") {
+		t.Fatalf("plan %s", got)
+	}
+}
+
 // TestChangesUseTheStatusIndex: the operator's stream polls Changes every
 // second; it reads ranges of requests_status, never the whole table.
 func TestChangesUseTheStatusIndex(t *testing.T) {
@@ -63,21 +94,7 @@ func TestChangesUseTheStatusIndex(t *testing.T) {
 	after := store.ChangeCursor{At: time.Now(), ID: "01a24a4d-db30-7c19-9622-aa7622fa3d66"}
 	for _, q := range []store.Query{{}, {Status: store.Delivered}, {Caller: "alice", Rule: "r"}} {
 		query, args := changesQuery(q, after, 200)
-		rows, err := db.r.Query("EXPLAIN QUERY PLAN "+query, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, notused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
-		got := strings.Join(plan, "; ")
+		got := plan(t, db, query, args)
 		if !strings.Contains(got, "USING INDEX requests_status") || strings.Contains(got, "SCAN requests") {
 			t.Errorf("%+v: plan %s", q, got)
 		}

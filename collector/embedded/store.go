@@ -108,7 +108,7 @@ func (s *sqlStore) TransitionPublish(ctx context.Context, id string, c store.Cha
 			return nil, err
 		}
 		err = s.db().tx(ctx, func(t wtx) error {
-			res, err := t.exec(qUpdateRecord, string(r.Status), r.UpdatedAt.UnixNano(), doc, reqBody, respBody, id, ver.Seq)
+			res, err := t.exec(qUpdateRecord, string(r.Status), r.UpdatedAt.UnixNano(), doc, reqBody, respBody, r.Endpoint, id, ver.Seq)
 			if err != nil {
 				return err
 			}
@@ -237,6 +237,9 @@ func where(q store.Query) (conds []string, args []any) {
 	if q.Package != "" {
 		add("package = ?", q.Package)
 	}
+	if q.Endpoint != "" { // "!= ''" lets SQLite use the partial index requests_endpoint
+		add("endpoint != '' AND endpoint = ?", q.Endpoint)
+	}
 	if !q.Since.IsZero() {
 		add("created_at >= ?", unixNano(q.Since))
 	}
@@ -254,6 +257,19 @@ func whereClause(conds []string) string {
 }
 
 func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error) {
+	limit := q.PageLimit()
+	query, args := searchQuery(q, limit+1)
+	recs, err := s.list(ctx, query, args...)
+	if err != nil {
+		return store.Page{}, fmt.Errorf("searching records: %w", err)
+	}
+	return store.NewPage(recs, limit), nil
+}
+
+// searchQuery is the SQL of a page of q, n rows at most. Without the body
+// columns: a page of search results never loads a request's or a
+// response's body.
+func searchQuery(q store.Query, n int) (string, []any) {
 	conds, args := where(q)
 	order, next := "id", "id > ?"
 	if q.Desc {
@@ -262,15 +278,7 @@ func (s *sqlStore) Search(ctx context.Context, q store.Query) (store.Page, error
 	if q.Cursor != "" {
 		conds, args = append(conds, next), append(args, q.Cursor)
 	}
-	limit := q.PageLimit()
-	// Without the body columns: a page of search results never loads a
-	// request's or a response's body.
-	query := `SELECT doc, NULL, NULL FROM requests` + whereClause(conds) + " ORDER BY " + order + " LIMIT ?"
-	recs, err := s.list(ctx, query, append(args, limit+1)...)
-	if err != nil {
-		return store.Page{}, fmt.Errorf("searching records: %w", err)
-	}
-	return store.NewPage(recs, limit), nil
+	return `SELECT doc, NULL, NULL FROM requests` + whereClause(conds) + " ORDER BY " + order + " LIMIT ?", append(args, n)
 }
 
 // Count implements store.Counter.

@@ -130,6 +130,9 @@ type Change struct {
 	// declared node) too.
 	Detail string
 	Node   string
+	// Endpoint, with Hold, is the disabled endpoint the record waits for
+	// (Record.Endpoint).
+	Endpoint string
 	// Claim requires the record's lease to have expired.
 	Claim bool
 	// Lease leases the record for this long from the change (the store's
@@ -190,6 +193,9 @@ func (c Change) Apply(r *Record) error {
 	}
 	if c.Attempt != nil {
 		r.Attempts = append(r.Attempts, *c.Attempt)
+	}
+	if c.Endpoint != "" {
+		r.Endpoint = c.Endpoint
 	}
 	r.UpdatedAt = c.At
 	return nil

@@ -139,24 +139,31 @@ type Record struct {
 	// message waits for it instead of running the request or the callback
 	// twice. It is on the store's clock (Store.Now).
 	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
-	CreatedAt  time.Time `json:"createdAt"`
-	UpdatedAt  time.Time `json:"updatedAt"`
+	// Endpoint is the callback endpoint (EndpointID) whose being disabled
+	// held the record, set by Hold (Change.Endpoint) and kept after: with
+	// Status held, Query.Endpoint finds an endpoint's held deliveries
+	// without reading the others'.
+	Endpoint  string    `json:"endpoint,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // Query selects records; empty fields match all. Results are ordered by id
 // (creation time); Cursor is the last id of the previous page. Caller and
 // Package are the envelope's (the caller's name, the rule's package);
-// Since and Until bound the creation time.
+// Endpoint is the record's (set when it was held); Since and Until bound
+// the creation time.
 type Query struct {
-	TraceID string
-	Status  Status
-	Rule    string
-	Caller  string
-	Package string
-	Since   time.Time
-	Until   time.Time
-	Cursor  string
-	Limit   int
+	TraceID  string
+	Status   Status
+	Rule     string
+	Caller   string
+	Package  string
+	Endpoint string
+	Since    time.Time
+	Until    time.Time
+	Cursor   string
+	Limit    int
 	// Desc orders the results by id descending, newest first (the
 	// dashboard's log); Cursor is then the last id of the previous page
 	// still, and the next page holds the older ones.

@@ -360,6 +360,52 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("SearchHeldByEndpoint", func(t *testing.T) {
+		s := open(t)
+		hold := func(endpoint string) *store.Record {
+			t.Helper()
+			r := create(t, s, "a", "")
+			for _, c := range []store.Change{{Event: store.Enqueue}, {Event: store.Complete, Response: &store.Response{Status: 200}},
+				{Event: store.Hold, Endpoint: endpoint, Detail: "endpoint disabled"}} {
+				if _, err := s.Transition(ctx, r.ID, c); err != nil {
+					t.Fatalf("Transition %s: %v", c.Event, err)
+				}
+			}
+			return r
+		}
+		a1, a2, b := hold("endpoint-a"), hold("endpoint-a"), hold("endpoint-b")
+		create(t, s, "a", "") // never held
+		if got, err := s.Get(ctx, b.ID); err != nil || got.Endpoint != "endpoint-b" || got.Status != store.Held {
+			t.Fatalf("held record: %+v, %v", got, err)
+		}
+		eventually(t, "the held records of endpoint-a, oldest first", func() string {
+			p, err := s.Search(ctx, store.Query{Status: store.Held, Endpoint: "endpoint-a"})
+			if err != nil || len(p.Records) != 2 || p.Records[0].ID != a1.ID || p.Records[1].ID != a2.ID {
+				return fmt.Sprintf("found %d (%v), want %s and %s", len(p.Records), err, a1.ID, a2.ID)
+			}
+			return ""
+		})
+		// Unheld, a record keeps its endpoint, and leaves the held search.
+		if _, err := s.Transition(ctx, a1.ID, store.Change{Event: store.Unhold}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "endpoint-a once a1 is resumed", func() string {
+			p, err := s.Search(ctx, store.Query{Status: store.Held, Endpoint: "endpoint-a"})
+			if err != nil || len(p.Records) != 1 || p.Records[0].ID != a2.ID {
+				return fmt.Sprintf("found %d (%v), want %s", len(p.Records), err, a2.ID)
+			}
+			return ""
+		})
+		if c, ok := s.(store.Counter); ok {
+			eventually(t, "count of endpoint-b", func() string {
+				if n, err := c.Count(ctx, store.Query{Status: store.Held, Endpoint: "endpoint-b"}); err != nil || n != 1 {
+					return fmt.Sprintf("count %d (%v), want 1", n, err)
+				}
+				return ""
+			})
+		}
+	})
+
 	t.Run("Count", func(t *testing.T) {
 		s := open(t)
 		c, ok := s.(store.Counter)
