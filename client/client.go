@@ -340,6 +340,12 @@ func (c *Client) accept(h http.Header, body []byte, now time.Time) (Result, int,
 	if err != nil {
 		return Result{}, http.StatusBadRequest, err
 	}
+	// The collector signs a callback under its request's id: a payload
+	// naming another id is not that request's result (as the TypeScript
+	// and Python SDKs refuse it too).
+	if id := h.Get(webhook.HeaderID); res.ID != id {
+		return Result{}, http.StatusBadRequest, fmt.Errorf("callback payload: id %q is not the webhook-id %q", res.ID, id)
+	}
 	return res, 0, nil
 }
 

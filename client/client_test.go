@@ -125,6 +125,24 @@ func TestForgedCallbackRefused(t *testing.T) {
 	}
 }
 
+// TestCallbackOfAnotherIDRefused: a callback correctly signed under one
+// request's webhook-id whose payload names another request (a receiver's
+// sender replaying one request's signed body as another's) runs no handler.
+func TestCallbackOfAnotherIDRefused(t *testing.T) {
+	c, err := New(Config{BaseURL: "http://127.0.0.1:9", Secrets: []string{secret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := []byte(`{"id":"01a24a25-0000-7000-8000-000000000002","status":"completed"}`)
+	h := http.Header{}
+	sec, _ := webhook.ParseSecret(secret)
+	webhook.Sign(h, []webhook.Secret{sec}, "01a24a25-0000-7000-8000-000000000001", time.Now(), body)
+	if _, code, err := c.accept(h, body, time.Now()); code != http.StatusBadRequest || err == nil {
+		t.Fatalf("accept = %d, %v; want 400", code, err)
+	}
+}
+
 func TestSyncAnswerIsReturned(t *testing.T) {
 	sc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "now") }))
 	defer sc.Close()
