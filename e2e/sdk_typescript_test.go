@@ -74,7 +74,7 @@ func runTypeScriptSDK(t *testing.T, s *stack.Stack, secret, key string) {
 	if _, err := os.Stat(filepath.Join(dir, "dist", "index.js")); err != nil {
 		t.Fatal("the TypeScript SDK is not built: make sdk-ts-build (make e2e does)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "e2e", "run.mjs"))
 	cmd.Env = append(os.Environ(), "ASYNCMESH_BASE_URL="+s.EnvoyURL, "ASYNCMESH_SECRET="+secret, "ASYNCMESH_KEY="+key, "ASYNCMESH_REQUESTS=3")

@@ -18,16 +18,21 @@ if (!baseUrl || !secret) {
   process.exit(2);
 }
 
-const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+// Each line carries ms, the time since the start: where a slow run spent it.
+const start = Date.now();
+const out = (o) => process.stdout.write(JSON.stringify({ ...o, ms: Date.now() - start }) + "\n");
 const logger = {
   warn: (m, a) => console.error("warn", m, JSON.stringify(a ?? {})),
   error: (m, a) => console.error("error", m, JSON.stringify(a ?? {})),
 };
-// A guard, not a measurement: the Go test has its own deadline too.
+// A guard, not a measurement: the Go test has its own deadline too. Its
+// steps may take up to about 50 s on a loaded machine (Prefer: wait=10,
+// then a long-poll of up to 30 s), after the callbacks.
 const guard = setTimeout(() => {
-  console.error("run.mjs: not done within 90s");
+  console.error(`run.mjs: not done within 150s (${step})`);
   process.exit(3);
-}, 90_000);
+}, 150_000);
+let step = "starting";
 
 const key = process.env.ASYNCMESH_KEY || undefined;
 const c = await Client.create({ baseUrl, secrets: [secret], logger, ...(key ? { key } : {}) });
@@ -50,9 +55,11 @@ for (let i = 0; i < n; i++) {
   calls.push(call);
   out({ event: "call", id: call.id, traceId: call.traceId, token: call.accessToken !== "", statusUrl: call.statusUrl !== "", sync: call.sync !== undefined });
 }
+step = "the callbacks";
 await done;
 
 // wait(id): the long-poll, with the token do recorded for the id.
+step = "wait(id)";
 const w = await c.wait(calls[0].id);
 out({ event: "wait", id: w.id, traceId: w.traceId, status: w.status, responseStatus: w.response?.status, body: w.response?.text() });
 
@@ -61,15 +68,18 @@ out({ event: "wait", id: w.id, traceId: w.traceId, status: w.status, responseSta
 // record's long-poll returns once it is delivered, so by then the receiver
 // has answered it.
 let syncRuns = 0;
+step = "do with Prefer: wait";
 const s = await c.do({ url: "/slow?ms=50", method: "POST", body: JSON.stringify({ quick: 1 }), wait: 10 }, () => void syncRuns++);
 const syncBody = s.sync ? await s.sync.text() : "";
 let delivered = "";
+step = "the sync request's record";
 if (s.id && s.accessToken) {
   const u = new URL(`/async/v1/requests/${encodeURIComponent(s.id)}`, baseUrl);
   u.search = new URLSearchParams({ token: s.accessToken, wait: "30s" }).toString();
   const rec = await (await fetch(u)).json();
   delivered = rec.status;
 }
+step = "close";
 await c.close();
 out({ event: "sync", id: s.id, responseStatus: s.sync?.status, body: syncBody, token: s.accessToken !== "", record: delivered, handlerRuns: syncRuns });
 out({ event: "done", handlerRuns: Object.fromEntries(runs) });
