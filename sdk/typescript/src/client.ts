@@ -274,7 +274,14 @@ export class Client {
       const srv = this.#server;
       if (srv !== null) {
         await new Promise<void>((resolve) => {
-          srv.close(() => resolve());
+          // A keep-alive connection busy at this moment goes idle after it,
+          // and would then hold close() until its peer drops it (the
+          // collector's Go client: 90 s): close each as it goes idle.
+          const sweep = setInterval(() => srv.closeIdleConnections(), 50);
+          srv.close(() => {
+            clearInterval(sweep);
+            resolve();
+          });
           srv.closeIdleConnections();
         });
       }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
+import { Agent, createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import { Client, parseKey, parseSecret, seal, sign, type Result } from "../src/index.js";
@@ -314,6 +314,41 @@ describe("receiving in a server of your own", () => {
     const big = Buffer.alloc(5000, 1);
     assert.equal((await c.fetchHandler(req(big, sign([parseSecret(SECRET)], id, big)))).status, 413);
     assert.equal((await c.fetchHandler(new Request("http://cb/callbacks"))).status, 405);
+  });
+});
+
+describe("close", () => {
+  // The collector's Go client keeps its connection to the receiver open
+  // between callbacks (90 s). One busy when close() begins goes idle after:
+  // close() must not wait for the collector to drop it. (The test's timeout
+  // is the hang detector: without the sweep, close() waits for the
+  // server's keep-alive timeout or the peer.)
+  it("does not wait for a keep-alive connection that goes idle after it", { timeout: 4000 }, async () => {
+    const sc = await sidecar({ deliveries: 0 });
+    const c = await Client.create({ baseUrl: sc.url, secrets: [SECRET], logger: memoryLogger() });
+    const id = "0190b3c2-7d6e-7a1b-8c3d-0000000000e1";
+    const body = Buffer.from(payload(id));
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const u = new URL(c.callbackUrl);
+    const post = () => {
+      const answered = deferred<number>();
+      const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: "POST", agent,
+        headers: { "content-type": "application/json", "content-length": String(body.length), ...sign([parseSecret(SECRET)], id, body) } },
+        (res) => { res.resume(); res.on("end", () => answered.resolve(res.statusCode ?? 0)); });
+      return { req, answered: answered.promise };
+    };
+    const first = post(); // the connection, kept alive
+    first.req.end(body);
+    assert.ok((await first.answered) < 500);
+    const second = post();
+    second.req.write(body.subarray(0, 10)); // busy: its body is still coming
+    await new Promise((r) => setTimeout(r, 100)); // the receiver has its headers
+    const closed = c.close();
+    second.req.end(body.subarray(10));
+    assert.equal(await second.answered, 503); // closed: the collector retries it elsewhere
+    await closed; // while the agent still keeps the connection
+    agent.destroy();
+    await sc.close();
   });
 });
 
