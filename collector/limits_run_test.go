@@ -406,8 +406,12 @@ func testEndpointLimits(t *testing.T, backend limitBackend) {
 		checkBothDelivered(t, res)
 	})
 	t.Run("inflight", func(t *testing.T) {
+		// 120 callbacks of 100 ms through 3 places: about 4 s, several
+		// heartbeats, so that the collector that found no place first has
+		// reported its demand and got a share (40 lasted one heartbeat
+		// under load in CI, and one collector did everything).
 		const maxInFlight = 3
-		res := runLimited(t, backend, 2, 40, 0, 0, maxInFlight, 100*time.Millisecond)
+		res := runLimited(t, backend, 2, 120, 0, 0, maxInFlight, 100*time.Millisecond)
 		t.Logf("max in flight %d (limit %d), admitted by collector %v, %v", res.MaxInFlight, maxInFlight, res.Admitted, res.Elapsed)
 		if res.MaxInFlight > maxInFlight {
 			t.Errorf("receiver saw %d callbacks at once, limit %d", res.MaxInFlight, maxInFlight)
