@@ -73,7 +73,7 @@ type bulkBody struct {
 // replayMany counts what f matches, asks (or takes --yes), then replays
 // page by page.
 func replayMany(e *env, f filters, dryRun, yes bool) error {
-	q, err := f.query(time.Now())
+	since, until, err := f.times(time.Now())
 	if err != nil {
 		return err
 	}
@@ -83,8 +83,7 @@ func replayMany(e *env, f filters, dryRun, yes bool) error {
 		return usagef("--status %s: only dead or delivered requests are replayed", f.status)
 	}
 	body := bulkBody{Status: f.status, Rule: f.rule, Package: f.pkg, Caller: f.caller, TraceID: f.trace, Limit: store.MaxLimit}
-	body.Since, _ = time.Parse(time.RFC3339Nano, q.Get("since"))
-	body.Until, _ = time.Parse(time.RFC3339Nano, q.Get("until"))
+	body.Since, body.Until = since, until
 
 	count := body
 	count.DryRun, count.Limit = true, 0

@@ -70,17 +70,32 @@ func (f *filters) query(now time.Time) (url.Values, error) {
 	if f.status != "" && !store.Status(f.status).Valid() {
 		return nil, usagef("--status %q: not a status", f.status)
 	}
-	for _, t := range []struct{ name, v string }{{"since", f.since}, {"until", f.until}} {
+	since, until, err := f.times(now)
+	if err != nil {
+		return nil, err
+	}
+	for name, t := range map[string]time.Time{"since": since, "until": until} {
+		if !t.IsZero() {
+			q.Set(name, t.Format(time.RFC3339Nano))
+		}
+	}
+	return q, nil
+}
+
+// times reads --since and --until (zero when not given).
+func (f *filters) times(now time.Time) (since, until time.Time, err error) {
+	for _, t := range []struct {
+		name, v string
+		at      *time.Time
+	}{{"since", f.since, &since}, {"until", f.until, &until}} {
 		if t.v == "" {
 			continue
 		}
-		at, err := parseWhen(t.v, now)
-		if err != nil {
-			return nil, usagef("--%s %q: %v", t.name, t.v, err)
+		if *t.at, err = parseWhen(t.v, now); err != nil {
+			return time.Time{}, time.Time{}, usagef("--%s %q: %v", t.name, t.v, err)
 		}
-		q.Set(t.name, at.Format(time.RFC3339Nano))
 	}
-	return q, nil
+	return since, until, nil
 }
 
 // parseWhen reads "1h" (that long before now), an RFC 3339 time or a date.
