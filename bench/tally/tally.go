@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -156,44 +157,159 @@ func Received(ctx context.Context, c *http.Client, receiverURL string) (map[stri
 // Unfinished counts the records a collector still has in a non-terminal
 // status; get reads a path of its operator API (with the token).
 func Unfinished(ctx context.Context, get func(ctx context.Context, path string) (*http.Response, error)) (int, error) {
-	n := 0
+	recs, err := UnfinishedRecords(ctx, get)
+	return len(recs), err
+}
+
+// Stuck is a record that UnfinishedRecords found in a non-terminal status:
+// its id and status as the search listed it, and the record as the
+// operator API renders it (status, history, attempts, times).
+type Stuck struct {
+	// Service names the store it is in, when a run has several (set by
+	// the caller).
+	Service string
+	ID      string
+	Status  string
+	Record  json.RawMessage
+}
+
+// UnfinishedRecords lists the records a collector still has in a
+// non-terminal status (as Unfinished counts them, held aside: that one
+// waits for an operator); get reads a path of its operator API.
+func UnfinishedRecords(ctx context.Context, get func(ctx context.Context, path string) (*http.Response, error)) ([]Stuck, error) {
+	var out []Stuck
 	for _, st := range []string{"persisted", "queued", "processing", "completed", "failed", "delivering"} {
 		cursor := ""
 		for {
 			resp, err := get(ctx, "/v1/requests?limit=500&status="+st+"&cursor="+cursor)
 			if err != nil {
-				return 0, fmt.Errorf("listing %s records: %w", st, err)
+				return nil, fmt.Errorf("listing %s records: %w", st, err)
 			}
 			var page struct {
 				Records []json.RawMessage `json:"records"`
 				Next    string            `json:"next"`
 			}
+			if resp.StatusCode != http.StatusOK {
+				resp.Body.Close()
+				return nil, fmt.Errorf("listing %s records: %s", st, resp.Status)
+			}
 			err = json.NewDecoder(resp.Body).Decode(&page)
 			resp.Body.Close()
 			if err != nil {
-				return 0, fmt.Errorf("decoding %s records: %w", st, err)
+				return nil, fmt.Errorf("decoding %s records: %w", st, err)
 			}
-			n += len(page.Records)
+			for _, raw := range page.Records {
+				var head struct{ ID, Status string }
+				_ = json.Unmarshal(raw, &head)
+				out = append(out, Stuck{ID: head.ID, Status: head.Status, Record: raw})
+			}
 			if page.Next == "" {
 				break
 			}
 			cursor = page.Next
 		}
 	}
-	return n, nil
+	return out, nil
+}
+
+// Reread reads each record of stuck again, by id (GET /v1/requests/{id}:
+// the store's own read, where the search may lag), at most max of them,
+// and returns them as read; a record whose read fails keeps its listed
+// copy, and says why in Status.
+func Reread(ctx context.Context, get func(ctx context.Context, path string) (*http.Response, error), stuck []Stuck, max int) []Stuck {
+	var out []Stuck
+	for i, s := range stuck {
+		if i == max {
+			break
+		}
+		resp, err := get(ctx, "/v1/requests/"+s.ID)
+		if err != nil {
+			s.Status += " (reread failed: " + err.Error() + ")"
+			out = append(out, s)
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		var head struct{ Status string }
+		if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(body, &head) != nil {
+			s.Status += fmt.Sprintf(" (reread: %s %v)", resp.Status, err)
+			out = append(out, s)
+			continue
+		}
+		if head.Status != s.Status {
+			s.Status = head.Status + " (listed " + s.Status + ")"
+		}
+		s.Record = body
+		out = append(out, s)
+	}
+	return out
+}
+
+// Report describes a stuck record for a log: its service, id and status,
+// its history one transition a line, its attempts, whether its caller got
+// a 202 (accepted), and the callbacks the receiver got for it (got).
+func (s Stuck) Report(accepted bool, got []Callback) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "stuck record %s", s.ID)
+	if s.Service != "" {
+		fmt.Fprintf(&b, " (service %s)", s.Service)
+	}
+	fmt.Fprintf(&b, ": status %s, accepted (202) %v, callbacks received %d\n", s.Status, accepted, len(got))
+	var r struct {
+		CreatedAt, UpdatedAt time.Time
+		Error                string
+		History              []struct {
+			Status, Event, Note, Node string
+			At                        time.Time
+		}
+		Attempts []struct {
+			At         time.Time
+			StatusCode int
+			LatencyMs  float64
+			Error      string
+		}
+	}
+	if err := json.Unmarshal(s.Record, &r); err != nil {
+		fmt.Fprintf(&b, "  record (undecodable: %v): %s\n", err, s.Record)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "  created %s, updated %s", r.CreatedAt.Format(time.RFC3339Nano), r.UpdatedAt.Format(time.RFC3339Nano))
+	if r.Error != "" {
+		fmt.Fprintf(&b, ", error %q", r.Error)
+	}
+	b.WriteString("\n")
+	for _, h := range r.History {
+		fmt.Fprintf(&b, "  history %s %-14s → %s", h.At.Format(time.RFC3339Nano), h.Event, h.Status)
+		if h.Node != "" {
+			fmt.Fprintf(&b, " node %s", h.Node)
+		}
+		if h.Note != "" {
+			fmt.Fprintf(&b, " (%s)", h.Note)
+		}
+		b.WriteString("\n")
+	}
+	for _, a := range r.Attempts {
+		fmt.Fprintf(&b, "  attempt %s status %d latency %.1fms %s\n", a.At.Format(time.RFC3339Nano), a.StatusCode, a.LatencyMs, a.Error)
+	}
+	for _, c := range got {
+		fmt.Fprintf(&b, "  callback received %s answered %s\n", c.At.Format(time.RFC3339Nano), c.Answered.Format(time.RFC3339Nano))
+	}
+	fmt.Fprintf(&b, "  record: %s\n", s.Record)
+	return b.String()
 }
 
 // Settle counts the callbacks (received reads them by webhook-id) every 2 s
 // until every accepted request is called back or settle has passed, then
-// counts the unfinished records (unfinished) every 2 s until there are none
+// lists the unfinished records (unfinished) every 2 s until there are none
 // or a minute has passed: records whose caller got no 202 are finished too,
-// and Elasticsearch's search is near-real-time.
+// and Elasticsearch's search is near-real-time. It returns the records
+// still unfinished at the end (Stuck is their count).
 func (s *Summary) Settle(ctx context.Context, accepted map[string]bool, settle time.Duration,
-	received func(context.Context) (map[string]int, error), unfinished func(context.Context) (int, error)) error {
+	received func(context.Context) (map[string]int, error), unfinished func(context.Context) ([]Stuck, error)) ([]Stuck, error) {
 	for end := time.Now().Add(settle); ; {
 		got, err := received(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		s.Count(accepted, got)
 		if s.Lost == 0 || time.Now().After(end) || ctx.Err() != nil {
@@ -203,13 +319,13 @@ func (s *Summary) Settle(ctx context.Context, accepted map[string]bool, settle t
 	}
 	for wait := time.Now().Add(time.Minute); ; {
 		time.Sleep(2 * time.Second)
-		n, err := unfinished(ctx)
+		stuck, err := unfinished(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		s.Stuck = n
-		if n == 0 || time.Now().After(wait) || ctx.Err() != nil {
-			return nil
+		s.Stuck = len(stuck)
+		if len(stuck) == 0 || time.Now().After(wait) || ctx.Err() != nil {
+			return stuck, nil
 		}
 	}
 }

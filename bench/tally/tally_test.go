@@ -1,6 +1,11 @@
 package tally
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -57,6 +62,61 @@ func TestOrder(t *testing.T) {
 		}
 		if tt.want > 0 && !s.Failed() {
 			t.Errorf("%s: a run with order violations did not fail", tt.name)
+		}
+	}
+}
+
+// TestUnfinishedRecords: the non-terminal statuses are listed page by page,
+// and Reread reads each listed record again by id, keeping the status it
+// is in now and its history, which Report prints.
+func TestUnfinishedRecords(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/requests", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Query().Get("status") + "/" + r.URL.Query().Get("cursor") {
+		case "delivering/":
+			fmt.Fprint(w, `{"records":[{"id":"r1","status":"delivering"}],"next":"r1"}`)
+		case "delivering/r1":
+			fmt.Fprint(w, `{"records":[{"id":"r2","status":"delivering"}]}`)
+		case "queued/":
+			fmt.Fprint(w, `{"records":[{"id":"r3","status":"queued"}]}`)
+		default:
+			fmt.Fprint(w, `{"records":[]}`)
+		}
+	})
+	mux.HandleFunc("GET /v1/requests/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") == "r3" {
+			http.Error(w, "no", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, `{"id":%q,"status":"delivering","createdAt":"2026-01-01T00:00:00Z","history":[{"status":"queued","at":"2026-01-01T00:00:00Z","event":"enqueue"},{"status":"delivering","at":"2026-01-01T00:00:01Z","event":"start-delivery","note":"why"}],"attempts":[{"at":"2026-01-01T00:00:02Z","statusCode":503,"latencyMs":3}]}`, r.PathValue("id"))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	get := func(ctx context.Context, path string) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		return http.DefaultClient.Do(req)
+	}
+	n, err := Unfinished(t.Context(), get)
+	if err != nil || n != 3 {
+		t.Fatalf("Unfinished: %d, %v; want 3", n, err)
+	}
+	recs, _ := UnfinishedRecords(t.Context(), get)
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.ID+":"+r.Status)
+	}
+	if got := strings.Join(ids, ","); got != "r3:queued,r1:delivering,r2:delivering" {
+		t.Fatalf("UnfinishedRecords: %s", got)
+	}
+	again := Reread(t.Context(), get, recs, 2)
+	if len(again) != 2 || again[0].Status != "queued (reread: 503 Service Unavailable <nil>)" || again[1].Status != "delivering" {
+		t.Fatalf("Reread: %+v", again)
+	}
+	rep := again[1].Report(true, []Callback{{WebhookID: "r1", At: time.Date(2026, 1, 1, 0, 0, 2, 0, time.UTC)}})
+	for _, want := range []string{"stuck record r1: status delivering, accepted (202) true, callbacks received 1",
+		"start-delivery → delivering (why)", "attempt 2026-01-01T00:00:02Z status 503", "callback received 2026-01-01T00:00:02Z"} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("Report lacks %q:\n%s", want, rep)
 		}
 	}
 }

@@ -180,9 +180,12 @@ func run(ctx context.Context, envoy, bin string, rate float64, dur, every, settl
 	orderedWG.Wait()
 
 	// Count at the receiver, by webhook-id, until every 202 is called back.
-	err = sum.Settle(ctx, accepted, settle, func(ctx context.Context) (map[string]int, error) {
+	stuck, err := sum.Settle(ctx, accepted, settle, func(ctx context.Context) (map[string]int, error) {
 		return tally.Received(ctx, http.DefaultClient, s.ReceiverURL)
-	}, func(ctx context.Context) (int, error) { return tally.Unfinished(ctx, s.OperatorGet) })
+	}, func(ctx context.Context) ([]tally.Stuck, error) { return tally.UnfinishedRecords(ctx, s.OperatorGet) })
+	if len(stuck) > 0 {
+		describeStuck(ctx, s, stuck, accepted)
+	}
 	if err == nil && ord.keys > 0 {
 		var got []tally.Callback
 		if got, err = tally.Callbacks(ctx, http.DefaultClient, s.ReceiverURL); err == nil {
@@ -253,4 +256,37 @@ func script(root, stopScript, startScript string, down time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// describeStuck prints, for each record left unfinished (at most 20), its
+// history and attempts as the operator API reads it now, whether its caller
+// got a 202, the callbacks the receiver got for it, and the collector's log
+// lines that name it; and writes the same into stuck.txt in the work
+// directory (kept, with the logs).
+func describeStuck(ctx context.Context, s *stack.Stack, stuck []tally.Stuck, accepted map[string]bool) {
+	var b strings.Builder
+	got, err := tally.Callbacks(ctx, http.DefaultClient, s.ReceiverURL)
+	if err != nil {
+		fmt.Fprintf(&b, "reading the receiver's callbacks: %v\n", err)
+	}
+	byID := map[string][]tally.Callback{}
+	for _, c := range got {
+		byID[c.WebhookID] = append(byID[c.WebhookID], c)
+	}
+	text, _ := os.ReadFile(s.LogPath("collector"))
+	for _, st := range tally.Reread(ctx, s.OperatorGet, stuck, 20) {
+		b.WriteString(st.Report(accepted[st.ID], byID[st.ID]))
+		for line := range strings.Lines(string(text)) {
+			if strings.Contains(line, st.ID) {
+				fmt.Fprintf(&b, "  collector: %s", line)
+			}
+		}
+	}
+	fmt.Fprint(os.Stderr, b.String())
+	path := filepath.Join(filepath.Dir(s.LogPath("collector")), "stuck.txt")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "chaos: writing the stuck records:", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "chaos: %d records left unfinished, described in %s (logs beside it)\n", len(stuck), path)
 }

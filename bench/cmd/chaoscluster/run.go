@@ -67,6 +67,7 @@ func inner(ctx context.Context, c config) error {
 		client:   &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 		accepted: map[string]string{}}
 	defer r.procs.StopAll(r.names()...)
+	slog.Info("work directory: logs, backends' state (kept when the run fails, or with -keep)", "dir", work)
 	sum, err := r.test(ctx)
 	sum.Took = time.Since(start)
 	if err != nil {
@@ -408,21 +409,27 @@ func (r *run) count(ctx context.Context, sum *tally.Summary) error {
 		accepted[id] = true
 	}
 	r.mu.Unlock()
-	err := sum.Settle(ctx, accepted, r.c.settle, func(ctx context.Context) (map[string]int, error) {
+	stuck, err := sum.Settle(ctx, accepted, r.c.settle, func(ctx context.Context) (map[string]int, error) {
 		return tally.Received(ctx, r.client, "http://"+receiverAddr)
-	}, func(ctx context.Context) (int, error) {
-		total := 0
+	}, func(ctx context.Context) ([]tally.Stuck, error) {
+		var all []tally.Stuck
 		for _, s := range services {
-			n, err := tally.Unfinished(ctx, r.operatorGet(s.collectors[0]))
+			recs, err := tally.UnfinishedRecords(ctx, r.operatorGet(s.collectors[0]))
 			if err != nil {
-				return 0, fmt.Errorf("service %s: %w", s.name, err)
+				return nil, fmt.Errorf("service %s: %w", s.name, err)
 			}
-			total += n
+			for i := range recs {
+				recs[i].Service = s.name
+			}
+			all = append(all, recs...)
 		}
-		return total, nil
+		return all, nil
 	})
 	if err != nil {
 		return err
+	}
+	if len(stuck) > 0 {
+		r.describeStuck(ctx, stuck, accepted)
 	}
 	// Each service's pods must have run only requests its own Envoys took
 	// (and have run some: the check is not empty).
@@ -462,4 +469,60 @@ func (r *run) operatorGet(col string) func(ctx context.Context, path string) (*h
 		req.Header.Set("authorization", "Bearer "+r.admin)
 		return r.client.Do(req)
 	}
+}
+
+// describeStuck prints, for each record left unfinished (at most 20), its
+// history and attempts as the operator API reads it now, whether its caller
+// got a 202, the callbacks the receiver got for it, and every line of the
+// collectors' logs that names it; and writes the same into stuck.txt in the
+// work directory, which a failing run keeps.
+func (r *run) describeStuck(ctx context.Context, stuck []tally.Stuck, accepted map[string]bool) {
+	var b strings.Builder
+	got, err := tally.Callbacks(ctx, r.client, "http://"+receiverAddr)
+	if err != nil {
+		fmt.Fprintf(&b, "reading the receiver's callbacks: %v\n", err)
+	}
+	byID := map[string][]tally.Callback{}
+	for _, c := range got {
+		byID[c.WebhookID] = append(byID[c.WebhookID], c)
+	}
+	var logs []string
+	for _, s := range services {
+		for _, col := range s.collectors {
+			logs = append(logs, "collector-"+col)
+		}
+		for _, p := range s.pods {
+			logs = append(logs, "service-"+p)
+		}
+	}
+	for _, s := range services {
+		var mine []tally.Stuck
+		for _, st := range stuck {
+			if st.Service == s.name {
+				mine = append(mine, st)
+			}
+		}
+		for _, st := range tally.Reread(ctx, r.operatorGet(s.collectors[0]), mine, 20) {
+			st.Service = s.name
+			b.WriteString(st.Report(accepted[st.ID], byID[st.ID]))
+			for _, name := range logs {
+				text, err := os.ReadFile(r.procs.LogPath(name))
+				if err != nil {
+					continue
+				}
+				for line := range strings.Lines(string(text)) {
+					if strings.Contains(line, st.ID) {
+						fmt.Fprintf(&b, "  %s: %s", name, line)
+					}
+				}
+			}
+		}
+	}
+	fmt.Fprint(os.Stderr, b.String())
+	path := filepath.Join(r.work, "stuck.txt")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		slog.Error("writing the stuck records", "err", err)
+		return
+	}
+	slog.Error("records left unfinished", "count", len(stuck), "described in", path)
 }
