@@ -304,10 +304,20 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		}
 		c.obs.intake.WithLabelValues(env.Rule, "duplicate").Inc()
 		// The filter retried a call whose answer it lost: answer with what is stored.
-		if rec, err = c.store.Get(r.Context(), env.ID); err != nil {
+		stored, err := c.store.Get(r.Context(), env.ID)
+		if err != nil {
+			// The id exists — this intake's own write, landed twice (the
+			// store's client retried it), or the first intake's — but the
+			// caller is told it failed: so it must never run, and the work
+			// message this intake published is dropped as refused.
+			if aerr := c.abandonIfExists(ctx, rec); aerr != nil {
+				log.Error("intake: abandoning a record that could not be read back; its worker will", "err", aerr)
+				c.decided.leave(rec)
+			}
 			writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the request could not be read back")
 			return
 		}
+		rec = stored
 		if rec.TraceID != env.TraceID {
 			writeError(w, http.StatusConflict, "id_conflict", "id: already used by another request")
 			return

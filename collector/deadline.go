@@ -2,12 +2,16 @@ package collector
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/asyncmesh/asyncmesh/collector/queue"
 	"github.com/asyncmesh/asyncmesh/collector/store"
+	"github.com/asyncmesh/asyncmesh/internal/envelope"
+	"github.com/asyncmesh/asyncmesh/internal/trace"
 )
 
 // Intake deadlines: nothing the caller was told failed is ever run.
@@ -30,7 +34,9 @@ import (
 //     when that intake has decided — unless its commit took longer than the
 //     whole collector timeout plus workerGrace, the one window left (both
 //     then race on the record's compare-and-set, and intake abandons it only
-//     if it wins).
+//     if it wins). A worker that finds no record then takes its id with a
+//     tombstone before dropping the message (abandonMissing): the write
+//     may still land, from an intake that could not abandon it.
 //   - Prefer: wait ends in time for the answer to reach the filter.
 //
 // Records from filters that set no deadline run as before.
@@ -72,8 +78,13 @@ func (c *Collector) abandonIfExists(ctx context.Context, r *store.Record) error 
 		if err == nil {
 			if err := c.abandon(ctx, got); err != nil {
 				var ce *store.ConflictError
-				if errors.As(err, &ce) && ce.Current == store.Dead {
-					return nil // abandoned already
+				if errors.As(err, &ce) {
+					// Abandoned already (dead), or it has run meanwhile: no
+					// abandon can stop it now, and retrying would loop.
+					if ce.Current != store.Dead {
+						c.log.Warn("abandoning: the record has moved on; it runs", "id", r.ID, "trace_id", r.TraceID, "status", ce.Current)
+					}
+					return nil
 				}
 				return err
 			}
@@ -93,6 +104,37 @@ func (c *Collector) abandonIfExists(ctx context.Context, r *store.Record) error 
 		// The write landed meanwhile: abandon it.
 	}
 	return fmt.Errorf("abandoning %s: the record kept changing", r.ID)
+}
+
+// abandonMissing makes sure that the request of work message m, whose
+// record a worker did not find once its intake deadline (plus workerGrace)
+// had passed, never runs. Its intake had not committed the record in time,
+// so the caller was told it failed; but the write may still be on its way
+// — a bulk sent before a partition lands when the partition heals, long
+// after the deadline — and that intake may be unable to abandon it (its
+// store was unreachable: it left it to its own worker, whose message this
+// is) or be gone. Without this the record would land queued, with no
+// message left to run or abandon it: stuck until the sweeper. So the id is
+// taken by a tombstone, as intake does (abandonIfExists), and a record that
+// landed meanwhile is abandoned.
+func (c *Collector) abandonMissing(ctx context.Context, m queue.Message, deadline time.Time) error {
+	var msg taskMessage
+	_ = json.Unmarshal(m.Body, &msg)
+	var e *envelope.Envelope
+	if len(msg.Envelope) > 0 {
+		var inline envelope.Envelope
+		if json.Unmarshal(msg.Envelope, &inline) == nil && inline.ID == m.Key {
+			e = &inline
+		}
+	}
+	if e == nil { // too large to come along (or undecodable): the tombstone names the request only
+		e = &envelope.Envelope{Version: envelope.Version, ID: m.Key, TraceID: m.TraceID, Deadline: deadline.UnixMilli()}
+	}
+	created, ok := trace.RequestIDTime(m.Key)
+	if !ok {
+		created = deadline
+	}
+	return c.abandonIfExists(ctx, store.NewRecord(e, created))
 }
 
 // mayHaveCommitted reports whether a write that failed with err may have

@@ -85,8 +85,12 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 	r, err := c.store.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) && !deadline.IsZero() {
 		// Published before its record (accept), and its intake has decided
-		// (another collector's, by the deadline): it created none, and the
-		// caller was told the request failed.
+		// (another collector's, by the deadline): it had created none by
+		// then, and the caller was told the request failed. Its write may
+		// still land (abandonMissing), so the id is taken first.
+		if err := c.abandonMissing(ctx, m, deadline); err != nil {
+			return queue.RetryAfter(time.Second, "abandoning a request intake did not accept: "+err.Error())
+		}
 		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
 		return nil
 	}
