@@ -338,6 +338,36 @@ func (c *Collector) moved(r *store.Record, ch store.Change) {
 // the record as written; a conflict is returned as it is, with nothing
 // published: whoever moved the record published its message.
 func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Change) (*store.Record, error) {
+	got, err := c.advanceHeld(ctx, r, ch)
+	var lost *unpublishedError
+	if errors.As(err, &lost) {
+		c.log.Warn("publishing failed; the sweeper will republish", "id", r.ID, "trace_id", r.TraceID, "topic", lost.topic, "status", got.Status, "err", lost.err)
+		return got, nil
+	}
+	return got, err
+}
+
+// unpublishedError is advanceHeld's: the change was written, the message
+// that follows it was not published.
+type unpublishedError struct {
+	topic string
+	err   error
+}
+
+func (e *unpublishedError) Error() string {
+	return "written, but its " + e.topic + " message was not published: " + e.err.Error()
+}
+
+// advanceHeld is advance for a handler of a queue message: when the
+// message that follows the change could not be published after the write
+// (no outbox), it returns the record as written with an *unpublishedError,
+// which the handler returns, so that the queue redelivers the message it
+// handles instead of taking its ack — the redelivered one follows the
+// record's status (drive) as the lost one would have. Acked, it would leave
+// the record with no message at all (delivering after a failed attempt,
+// completed after a result written alone) until the sweeper, SweepAge
+// later.
+func (c *Collector) advanceHeld(ctx context.Context, r *store.Record, ch store.Change) (*store.Record, error) {
 	topic := ch.Next()
 	if topic == "" {
 		return c.move(ctx, r.ID, ch)
@@ -358,7 +388,7 @@ func (c *Collector) advance(ctx context.Context, r *store.Record, ch store.Chang
 		return nil, err
 	}
 	if err := c.publish(ctx, topic, got); err != nil {
-		c.log.Warn("publishing failed; the sweeper will republish", "id", r.ID, "trace_id", r.TraceID, "topic", topic, "status", got.Status, "err", err)
+		return got, &unpublishedError{topic: topic, err: err}
 	}
 	return got, nil
 }

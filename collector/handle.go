@@ -249,7 +249,7 @@ func (c *Collector) finishRun(ctx context.Context, m queue.Message, r *store.Rec
 		}
 		ch.Then, ch.Lease = store.StartDelivery, c.deliveryLease()
 	}
-	got, err := c.advance(ctx, r, ch)
+	got, err := c.advanceHeld(ctx, r, ch)
 	if err == nil && got.Status == store.Delivering {
 		defer release()
 		return c.deliver(ctx, got)
@@ -410,9 +410,15 @@ func (c *Collector) deliver(ctx context.Context, r *store.Record) error {
 	case attempts >= r.Envelope.Retry.MaxAttempts:
 		ch = store.Change{Event: store.GiveUp, Attempt: &res.Attempt, Detail: fmt.Sprintf("gave up after %d attempts", attempts)}
 	}
-	if _, err := c.advance(ctx, r, ch); err != nil {
+	if _, err := c.advanceHeld(ctx, r, ch); err != nil {
 		if store.IsConflict(err) {
 			return nil // someone else finished it
+		}
+		var lost *unpublishedError
+		if errors.As(err, &lost) {
+			// The next attempt's message: the one being handled stands for
+			// it, redelivered (advanceHeld).
+			log.Warn("delivery: attempt failed and recorded, but its next attempt's message was not published; this message will carry it", "attempt", attempts, "err", lost.err)
 		}
 		return err
 	}

@@ -188,3 +188,70 @@ func TestIntakeAbandonsWhatItCannotReadBack(t *testing.T) {
 		t.Fatalf("a request intake answered 503 was called back %d times", n)
 	}
 }
+
+// losingQueue refuses the next publish of topic once armed, as a broker
+// that does not confirm in time, and calls then (when set) at that moment.
+type losingQueue struct {
+	queue.Queue
+	topic string
+	armed sync.Mutex
+	lose  bool
+	then  func()
+}
+
+func (q *losingQueue) arm(then func()) {
+	q.armed.Lock()
+	q.lose, q.then = true, then
+	q.armed.Unlock()
+}
+
+func (q *losingQueue) Publish(ctx context.Context, m queue.Message) error {
+	q.armed.Lock()
+	lose, then := q.lose && m.Topic == q.topic, q.then
+	if lose {
+		q.lose = false
+	}
+	q.armed.Unlock()
+	if lose {
+		if then != nil {
+			then()
+		}
+		return errors.New("no confirm from the broker: context deadline exceeded")
+	}
+	return q.Queue.Publish(ctx, m)
+}
+
+// TestLostRetryMessageIsCarriedByTheHandledOne: without an outbox, a
+// failed callback attempt is written (retry, leased until the next is due)
+// and then its delivery message is published. When that publish fails, the
+// message being handled is not acked: redelivered, it makes the next
+// attempt. Acked, it left the record delivering with no message at all —
+// a callback the receiver may already have had (an attempt that timed out
+// after the receiver took it), and a record stuck until the sweeper.
+func TestLostRetryMessageIsCarriedByTheHandledOne(t *testing.T) {
+	e := newEnv(t)
+	e.stop()
+	q := &losingQueue{topic: queue.TopicDelivery}
+	e.wrapQueue = func(inner queue.Queue) queue.Queue { q.Queue = inner; return q }
+	e.start()
+	e.failing.Store(true)
+	q.arm(func() { e.failing.Store(false) }) // the next attempt succeeds
+
+	en := e.envelope("/work", nil)
+	if resp := e.intake(en); resp.StatusCode != 201 {
+		t.Fatalf("intake: %d", resp.StatusCode)
+	}
+	code, rec := e.get("/v1/requests/" + en.ID + "?wait=10s")
+	if code != 200 || rec["status"] != "delivered" {
+		t.Fatalf("record %d %v, want it delivered on its second attempt", code, rec)
+	}
+	if n := len(rec["attempts"].([]any)); n != 2 {
+		t.Fatalf("%d attempts, want 2 (a failed one, then the one that delivered)", n)
+	}
+	e.mu.Lock()
+	n := e.callbacks[en.ID]
+	e.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d callbacks, want 1", n)
+	}
+}
