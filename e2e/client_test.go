@@ -46,7 +46,9 @@ func TestClientSDK(t *testing.T) {
 	// service's response, and its handler never runs (its callback, which
 	// still comes, is acknowledged and dropped).
 	req, _ = http.NewRequest("POST", "/slow?ms=50", strings.NewReader(`{"sdk":"prefer-wait"}`))
-	call, err = c.Do(context.Background(), req, func(context.Context, asyncclient.Result) { t.Error("the handler ran for a result relayed within Prefer: wait") },
+	call, err = c.Do(context.Background(), req, func(context.Context, asyncclient.Result) {
+		t.Error("the handler ran for a result relayed within Prefer: wait")
+	},
 		asyncclient.PreferWait(10*time.Second))
 	if err != nil || call.Sync == nil || call.ID == "" || call.AccessToken == "" {
 		t.Fatalf("Do with PreferWait = %+v, %v", call, err)
