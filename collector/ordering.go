@@ -16,9 +16,10 @@ import (
 // Requests of one rule with one ordering key (envelope.OrderKey, read by
 // the filter) run and are called back in intake order, one at a time,
 // whichever collectors take them in and run them:
-//   - intake links each to the key's last request (store.Orderer.Chain, a
+//   - intake links each to the key's last requests (store.Orderer.Chain, a
 //     compare-and-set on one document per key) before writing its record,
-//     and keeps the link in its envelope (OrderAfter);
+//     and keeps the links in its envelope (OrderAfter, OrderEarlier); one
+//     it then answers without writing it leaves the key (unchainOrder);
 //   - a worker runs a linked request only once its predecessor is done:
 //     delivered or dead, now or ever (a replay of an old request does not
 //     block its key again). Until then the work message goes back to the
@@ -26,11 +27,13 @@ import (
 //
 // What blocks a key is its oldest request not yet done: while it is queued,
 // running, retrying its callback, or held (its endpoint disabled) the
-// requests after it wait. A predecessor without a record — intake failed,
-// or crashed, between the link's write and the record's; or retention
-// deleted it — blocks nothing once its intake deadline (kept in the link)
-// and the workers' grace have passed: after that its record can no longer
-// be written. An abandoned predecessor is dead, so done.
+// requests after it wait. A predecessor that never ran vouches for nothing
+// before it, so the worker looks further back (turn): past one intake
+// abandoned (dead, never run) by that record's own links; past one without
+// a record — intake failed, or crashed, between the link's write and the
+// record's; or retention deleted it — once its intake deadline (kept in the
+// link) and the workers' grace have passed (after that its record can no
+// longer be written), by the next link.
 //
 // Unordered requests pay nothing: no write at intake, no read in the
 // worker.
