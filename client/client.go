@@ -9,8 +9,10 @@
 // the client's embedded receiver, and records request id → handler. The
 // receiver verifies each callback's Standard Webhooks signature and runs the
 // handler once per request id, even when the callback is delivered twice
-// (at-least-once delivery) or arrives before Do has read the 202. Wait falls
-// back to the long-poll API for callers that cannot receive callbacks.
+// (at-least-once delivery) or arrives before Do has read the 202. With
+// PreferWait, a request that completes in time is answered synchronously
+// (Call.Sync) instead. Wait falls back to the long-poll API for callers that
+// cannot receive callbacks.
 //
 // The rule of the route must let the caller choose the callback
 // (callback.allowOverride) and, for a receiver on a private or loopback
@@ -30,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -88,8 +91,31 @@ type Call struct {
 	// StatusURL is the 202's Location, resolved against BaseURL.
 	StatusURL string
 	// Sync is the response when the request was not made async (no rule
-	// matched, or it completed within Prefer: wait); its handler never runs.
+	// matched, or it completed within PreferWait); its handler never runs.
+	// Completed within PreferWait, it comes with the request's ID, TraceID
+	// and AccessToken (the callback that still follows is acknowledged and
+	// dropped).
 	Sync *http.Response
+}
+
+// DoOption changes how Do sends one request.
+type DoOption func(*doOptions)
+
+type doOptions struct {
+	wait int // Prefer: wait, seconds (0: none; -1: refused)
+}
+
+// PreferWait asks for the service's own response when the request completes
+// within d (Prefer: wait, in whole seconds, rounded up; at least 1 s): Do
+// returns it in Call.Sync, and the handler never runs. A request that takes
+// longer is answered 202 and called back as any other.
+func PreferWait(d time.Duration) DoOption {
+	return func(o *doOptions) {
+		o.wait = -1 // refused by Do
+		if d > 0 {
+			o.wait = int((d + time.Second - 1) / time.Second)
+		}
+	}
 }
 
 // Client sends async requests and receives their callbacks.
@@ -240,21 +266,45 @@ func (c *Client) Close() error {
 
 // Do sends req (its URL relative to BaseURL when it has no host) as an async
 // request and runs h with its result when the callback comes.
-func (c *Client) Do(ctx context.Context, req *http.Request, h Handler) (Call, error) {
+func (c *Client) Do(ctx context.Context, req *http.Request, h Handler, opts ...DoOption) (Call, error) {
+	var o doOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	prefer := "respond-async"
+	if o.wait < 0 {
+		return Call{}, errors.New("client: PreferWait: wait at least a second")
+	} else if o.wait > 0 {
+		prefer += ", wait=" + strconv.Itoa(o.wait)
+	}
 	req = req.Clone(ctx)
 	if req.URL.Host == "" {
 		base, _ := url.Parse(c.cfg.BaseURL)
 		req.URL = base.ResolveReference(req.URL)
 		req.Host = ""
 	}
-	req.Header.Set("prefer", "respond-async")
+	req.Header.Set("prefer", prefer)
 	req.Header.Set("x-async-callback", c.cfg.CallbackURL)
 	resp, err := c.cfg.HTTP.Do(req)
 	if err != nil {
 		return Call{}, err
 	}
 	if resp.StatusCode != http.StatusAccepted {
-		return Call{Sync: resp}, nil
+		call := Call{Sync: resp}
+		if id := resp.Header.Get("x-async-request-id"); id != "" {
+			// A result relayed within Prefer: wait: the caller has it now,
+			// so the callback that still follows is acknowledged and
+			// dropped.
+			call.ID, call.TraceID = id, resp.Header.Get("x-async-trace-id")
+			call.AccessToken = resp.Header.Get("x-async-access-token")
+			c.mu.Lock()
+			c.takeEarly(id)
+			if _, seen := c.seen[id]; !seen {
+				c.markSeen(id)
+			}
+			c.mu.Unlock()
+		}
+		return call, nil
 	}
 	defer resp.Body.Close()
 	call := Call{ID: resp.Header.Get("x-async-request-id"), TraceID: resp.Header.Get("x-async-trace-id")}

@@ -159,6 +159,62 @@ func TestSyncAnswerIsReturned(t *testing.T) {
 	call.Sync.Body.Close()
 }
 
+// TestPreferWait: Do asks for Prefer: wait, returns a result relayed within
+// it in Sync with the request's id, trace id and access token, and
+// acknowledges the callback that still follows without running the handler.
+func TestPreferWait(t *testing.T) {
+	sec, _ := webhook.ParseSecret(secret)
+	const id, trace = "0190b3c2-7d6e-7a1b-8c3d-0000000000aa", "4bf92f3577b34da6a3ce929d0e0e4736"
+	prefer := make(chan string, 1)
+	acked := make(chan int, 1)
+	var wg sync.WaitGroup
+	sc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		prefer <- r.Header.Get("prefer")
+		cb := r.Header.Get("x-async-callback")
+		w.Header().Set("x-async-request-id", id)
+		w.Header().Set("x-async-trace-id", trace)
+		w.Header().Set("x-async-access-token", "tok")
+		w.Header().Set("x-async-status", "completed")
+		io.WriteString(w, "done now")
+		wg.Go(func() { // the callback follows, as the collector still sends it
+			time.Sleep(50 * time.Millisecond)
+			body, _ := json.Marshal(map[string]any{"id": id, "traceId": trace, "status": "completed", "response": map[string]any{"status": 200}})
+			req, _ := http.NewRequest("POST", cb, bytes.NewReader(body))
+			webhook.Sign(req.Header, []webhook.Secret{sec}, id, time.Now(), body)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+				acked <- resp.StatusCode
+			}
+		})
+	}))
+	t.Cleanup(func() { wg.Wait(); sc.Close() })
+	c, err := New(Config{BaseURL: sc.URL, Secrets: []string{secret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := http.NewRequest("POST", "/slow", strings.NewReader("{}"))
+	call, err := c.Do(context.Background(), req, func(context.Context, Result) { t.Error("the handler ran for a result relayed within Prefer: wait") },
+		PreferWait(1500*time.Millisecond))
+	if err != nil || call.Sync == nil || call.ID != id || call.TraceID != trace || call.AccessToken != "tok" {
+		t.Fatalf("Do = %+v, %v", call, err)
+	}
+	body, _ := io.ReadAll(call.Sync.Body)
+	call.Sync.Body.Close()
+	if got := <-prefer; got != "respond-async, wait=2" || string(body) != "done now" {
+		t.Fatalf("Prefer %q, body %q; want respond-async, wait=2 (rounded up) and the service's answer", got, body)
+	}
+	if code := <-acked; code != http.StatusNoContent {
+		t.Fatalf("the callback after the relayed result: %d, want 204", code)
+	}
+	time.Sleep(50 * time.Millisecond) // a handler would have started
+	for _, d := range []time.Duration{0, -time.Second} {
+		if _, err := c.Do(context.Background(), req, nil, PreferWait(d)); err == nil {
+			t.Fatalf("PreferWait(%s) was sent", d)
+		}
+	}
+}
+
 func TestNewRefusesBadConfig(t *testing.T) {
 	for _, cfg := range []Config{{BaseURL: "http://x"}, {BaseURL: "http://x", Secrets: []string{"nope"}}, {Secrets: []string{secret}}} {
 		if c, err := New(cfg); err == nil {

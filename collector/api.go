@@ -227,11 +227,22 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	owed, err := c.accept(ctx, rec, claim)
+	// Intake answers without writing the record (from an Idempotency-Key's
+	// holder, or refused): it leaves its ordering key (ordering.go).
+	neverWritten := false
+	defer func() {
+		if neverWritten {
+			c.unchainOrder(ctx, env)
+		}
+	}()
 	for takeOvers := 0; ; takeOvers++ {
 		var held *store.KeyHeldError
 		if !errors.As(err, &held) {
+			neverWritten = false
 			break
 		}
+		// (Unless it holds the key itself: the filter sent it again.)
+		neverWritten = held.Held.ID != env.ID
 		verdict, first, jerr := c.judgeHolder(ctx, held.Held, claim.k.Fingerprint)
 		switch {
 		case jerr != nil:
@@ -296,6 +307,7 @@ func (c *Collector) intake(w http.ResponseWriter, r *http.Request) {
 				log.Error("intake: persisting", "err", err)
 			} else {
 				log.Warn("intake: refused, the store is unavailable", "err", err)
+				neverWritten = true
 			}
 			c.obs.intake.WithLabelValues(env.Rule, "store_error").Inc()
 			span.RecordError(err)

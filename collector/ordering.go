@@ -16,9 +16,10 @@ import (
 // Requests of one rule with one ordering key (envelope.OrderKey, read by
 // the filter) run and are called back in intake order, one at a time,
 // whichever collectors take them in and run them:
-//   - intake links each to the key's last request (store.Orderer.Chain, a
+//   - intake links each to the key's last requests (store.Orderer.Chain, a
 //     compare-and-set on one document per key) before writing its record,
-//     and keeps the link in its envelope (OrderAfter);
+//     and keeps the links in its envelope (OrderAfter, OrderEarlier); one
+//     it then answers without writing it leaves the key (unchainOrder);
 //   - a worker runs a linked request only once its predecessor is done:
 //     delivered or dead, now or ever (a replay of an old request does not
 //     block its key again). Until then the work message goes back to the
@@ -26,11 +27,13 @@ import (
 //
 // What blocks a key is its oldest request not yet done: while it is queued,
 // running, retrying its callback, or held (its endpoint disabled) the
-// requests after it wait. A predecessor without a record — intake failed,
-// or crashed, between the link's write and the record's; or retention
-// deleted it — blocks nothing once its intake deadline (kept in the link)
-// and the workers' grace have passed: after that its record can no longer
-// be written. An abandoned predecessor is dead, so done.
+// requests after it wait. A predecessor that never ran vouches for nothing
+// before it, so the worker looks further back (turn): past one intake
+// abandoned (dead, never run) by that record's own links; past one without
+// a record — intake failed, or crashed, between the link's write and the
+// record's; or retention deleted it — once its intake deadline (kept in the
+// link) and the workers' grace have passed (after that its record can no
+// longer be written), by the next link.
 //
 // Unordered requests pay nothing: no write at intake, no read in the
 // worker.
@@ -62,7 +65,7 @@ var (
 // request before it in its ordering key (nothing when it has none, or the
 // store keeps no keys: then it is taken in unordered, and says so).
 func (c *Collector) chainOrder(ctx context.Context, env *envelope.Envelope, deadline, now time.Time) error {
-	env.OrderAfter = nil
+	env.OrderAfter, env.OrderEarlier = nil, nil
 	if env.OrderKey == "" {
 		return nil
 	}
@@ -78,14 +81,41 @@ func (c *Collector) chainOrder(ctx context.Context, env *envelope.Envelope, dead
 	if err != nil {
 		return err
 	}
-	if prev.ID != "" {
-		env.OrderAfter = &envelope.OrderLink{ID: prev.ID}
-		if !prev.Deadline.IsZero() {
-			env.OrderAfter.Deadline = prev.Deadline.UnixMilli()
+	links := make([]envelope.OrderLink, len(prev))
+	for i, l := range prev {
+		links[i].ID = l.ID
+		if !l.Deadline.IsZero() {
+			links[i].Deadline = l.Deadline.UnixMilli()
+		}
+	}
+	if len(links) > 0 {
+		env.OrderAfter, env.OrderEarlier = &links[0], links[1:]
+		if len(env.OrderEarlier) == 0 {
+			env.OrderEarlier = nil
 		}
 	}
 	return nil
 }
+
+// unchainOrder takes env, refused by intake after chainOrder linked it,
+// back out of its key (store.Orderer.Unchain): without it the requests
+// after it would wait for its intake deadline, and each such request
+// spends one of their links (store.MaxOrderLinks). Best effort: a failure
+// costs only that wait.
+func (c *Collector) unchainOrder(ctx context.Context, env *envelope.Envelope) {
+	o, ok := store.OrdererOf(c.store)
+	if env.OrderKey == "" || !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unchainTimeout)
+	defer cancel()
+	if err := o.Unchain(ctx, store.OrderScope(env.Rule, env.OrderKey), store.Link{ID: env.ID}); err != nil {
+		c.log.Warn("intake: taking a refused request back out of its ordering key; the next ones wait for its deadline", "id", env.ID, "err", err)
+	}
+}
+
+// unchainTimeout bounds unchainOrder, run after intake answered.
+const unchainTimeout = 2 * time.Second
 
 // awaitTurn returns nil when record r, queued, may run: it is not ordered,
 // or its predecessor is done. Otherwise it returns the delayed redelivery
@@ -97,8 +127,7 @@ func (c *Collector) awaitTurn(ctx context.Context, m *queue.Message, r *store.Re
 	if r.Envelope == nil || r.Envelope.OrderAfter == nil {
 		return nil
 	}
-	after := r.Envelope.OrderAfter
-	wait, why, err := c.turn(ctx, after, time.Now())
+	wait, after, why, err := c.turn(ctx, orderLinks(r.Envelope), time.Now())
 	if err != nil {
 		return err
 	}
@@ -124,9 +153,9 @@ func (c *Collector) awaitTurn(ctx context.Context, m *queue.Message, r *store.Re
 	case crosses(waited, wait, orderNoteAfter):
 		level = slog.LevelInfo
 	}
-	c.log.Log(ctx, level, msg, "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule, "after", after.ID, "why", why,
+	c.log.Log(ctx, level, msg, "id", r.ID, "trace_id", r.TraceID, "rule", r.Rule, "after", after, "why", why,
 		"waited", waited.Round(time.Second).String(), "deliveries", m.Deliveries)
-	return turnWait{queue.Wait(wait, "ordering: "+why)}
+	return turnWait{queue.Wait(wait, "ordering: waiting for request "+after+" ("+why+")")}
 }
 
 // crosses reports whether a wait of next after having waited waited
@@ -152,29 +181,63 @@ func waitingTurn(err error) bool {
 	return errors.As(err, &w)
 }
 
-// turn reports how long a request linked after after must wait (0: it may
-// run), and why.
-func (c *Collector) turn(ctx context.Context, after *envelope.OrderLink, now time.Time) (time.Duration, string, error) {
-	prev, err := store.Peek(ctx, c.store, after.ID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		// Not written yet, or never (a crash between its link and its
-		// record, a refused intake), or deleted by retention: its intake
-		// can write it only until its deadline and the workers' grace.
-		if after.Deadline == 0 {
-			return 0, "", nil
-		}
-		until := time.UnixMilli(after.Deadline).Add(workerGrace)
-		if left := until.Sub(now); left > 0 {
-			return left + 10*time.Millisecond, "request " + after.ID + " before it not written yet", nil
-		}
-		return 0, "", nil
-	case err != nil:
-		return 0, "", err
-	case orderDone(prev):
-		return 0, "", nil
+// orderLinks returns the requests before env in its key, newest first.
+func orderLinks(env *envelope.Envelope) []envelope.OrderLink {
+	if env == nil || env.OrderAfter == nil {
+		return nil
 	}
-	return orderRecheckMax, "request " + after.ID + " before it is " + string(prev.Status), nil
+	return append([]envelope.OrderLink{*env.OrderAfter}, env.OrderEarlier...)
+}
+
+// maxTurnReads bounds the records turn reads for one decision: the walk
+// back over requests that never ran (abandoned, or never written) reaches
+// as far as that.
+const maxTurnReads = 256
+
+// turn reports how long a request whose key's requests before it are links
+// (newest first) must wait (0: it may run), for which of them, and why (its
+// status, or "not written yet"). It waits for the newest of them that ran
+// or will run: a done one that ran vouches for all before it (it ran only
+// once they were done); one that never ran — abandoned, or never written —
+// vouches for nothing, and the walk goes on back from it (an abandoned
+// record's own links reach further than links).
+func (c *Collector) turn(ctx context.Context, links []envelope.OrderLink, now time.Time) (wait time.Duration, after, why string, err error) {
+	for reads := 0; len(links) > 0; reads++ {
+		if reads == maxTurnReads {
+			c.log.Warn("ordering: over a bound of requests before this one never ran; it runs without knowing whether the ones before them are done",
+				"bound", maxTurnReads, "next", links[0].ID)
+			return 0, "", "", nil
+		}
+		l := links[0]
+		links = links[1:]
+		prev, err := store.Peek(ctx, c.store, l.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			// Not written yet, or never (a crash between its link and its
+			// record, a refused intake), or deleted by retention: its
+			// intake can write it only until its deadline and the workers'
+			// grace. A link without a deadline is from before deadlines:
+			// long past.
+			if l.Deadline != 0 {
+				until := time.UnixMilli(l.Deadline).Add(workerGrace)
+				if left := until.Sub(now); left > 0 {
+					return left + 10*time.Millisecond, l.ID, "not written yet", nil
+				}
+			}
+			continue
+		case err != nil:
+			return 0, "", "", err
+		case !store.OrderRan(prev):
+			if more := orderLinks(prev.Envelope); len(more) > 0 {
+				links = more
+			}
+			continue
+		case orderDone(prev):
+			return 0, "", "", nil
+		}
+		return orderRecheckMax, l.ID, string(prev.Status), nil
+	}
+	return 0, "", "", nil
 }
 
 // orderDone reports whether p no longer blocks the requests after it

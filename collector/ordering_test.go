@@ -339,7 +339,7 @@ func TestOrderTurn(t *testing.T) {
 		{"never written, intake may still write it", now.Add(time.Second), true},
 		{"never written, its intake is over", now.Add(-workerGrace - time.Millisecond), false},
 	} {
-		wait, _, err := e.c.turn(ctx, &envelope.OrderLink{ID: missing.ID, Deadline: tt.deadline.UnixMilli()}, now)
+		wait, _, _, err := e.c.turn(ctx, []envelope.OrderLink{{ID: missing.ID, Deadline: tt.deadline.UnixMilli()}}, now)
 		if err != nil || (wait > 0) != tt.wait {
 			t.Errorf("%s: wait %s (%v), want waiting %v", tt.name, wait, err, tt.wait)
 		}
@@ -365,7 +365,7 @@ func TestOrderTurn(t *testing.T) {
 		{store.Delivered, false}, {store.Dead, false},
 	} {
 		r := walked(tt.status)
-		wait, why, err := e.c.turn(ctx, &envelope.OrderLink{ID: r.ID}, now)
+		wait, _, why, err := e.c.turn(ctx, []envelope.OrderLink{{ID: r.ID}}, now)
 		if err != nil || (wait > 0) != tt.wait {
 			t.Errorf("predecessor %s: wait %s (%s, %v), want waiting %v", tt.status, wait, why, err, tt.wait)
 		}
@@ -375,8 +375,115 @@ func TestOrderTurn(t *testing.T) {
 	if _, err := e.c.store.Transition(ctx, r.ID, store.Change{Event: store.Replay}); err != nil {
 		t.Fatal(err)
 	}
-	if wait, why, err := e.c.turn(ctx, &envelope.OrderLink{ID: r.ID}, now); err != nil || wait > 0 {
+	if wait, _, why, err := e.c.turn(ctx, []envelope.OrderLink{{ID: r.ID}}, now); err != nil || wait > 0 {
 		t.Errorf("a replayed predecessor: wait %s (%s, %v), want none", wait, why, err)
+	}
+}
+
+// TestOrderTurnPastRequestsThatNeverRan: a request before this one that
+// never ran vouches for nothing before it, so the turn is decided further
+// back: past a never-written one (its intake over) by the next link, past
+// an abandoned one by the abandoned record's own links (which reach
+// further than the request's). The chaos run saw the hole this closes: a
+// RabbitMQ restart held a key's request queued; the next ones were
+// abandoned (their intake too slow for the filter), and the first accepted
+// after them ran before the held one.
+func TestOrderTurnPastRequestsThatNeverRan(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	now := time.Now()
+	over := now.Add(-workerGrace - time.Millisecond).UnixMilli()
+	queued := walk(t, e.c.store, e.envelope("/x", nil), store.Queued, 0)
+	delivered := walk(t, e.c.store, e.envelope("/x", nil), store.Delivered, 0)
+	abandoned := func(links ...envelope.OrderLink) envelope.OrderLink {
+		en := e.envelope("/x", nil)
+		en.OrderKey = "k"
+		if len(links) > 0 {
+			en.OrderAfter, en.OrderEarlier = &links[0], links[1:]
+		}
+		r := store.NewRecord(en, e.c.store.Now())
+		if err := e.c.store.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.c.store.Transition(ctx, r.ID, store.Change{Event: store.Abandon, Error: AbandonedNote}); err != nil {
+			t.Fatal(err)
+		}
+		return envelope.OrderLink{ID: r.ID}
+	}
+	never := func() envelope.OrderLink { return envelope.OrderLink{ID: e.envelope("/x", nil).ID, Deadline: over} }
+	link := func(r *store.Record) envelope.OrderLink { return envelope.OrderLink{ID: r.ID} }
+	for _, tt := range []struct {
+		name  string
+		links []envelope.OrderLink
+		wait  bool
+	}{
+		{"never written, then queued", []envelope.OrderLink{never(), never(), link(queued)}, true},
+		{"never written, then delivered", []envelope.OrderLink{never(), link(delivered), link(queued)}, false},
+		{"abandoned after a queued one", []envelope.OrderLink{abandoned(link(queued))}, true},
+		{"abandoned after abandoned after a queued one", []envelope.OrderLink{abandoned(abandoned(never(), link(queued)))}, true},
+		{"abandoned after a delivered one", []envelope.OrderLink{abandoned(link(delivered), link(queued))}, false},
+		{"only never-written and abandoned ones", []envelope.OrderLink{never(), abandoned(never())}, false},
+	} {
+		wait, _, why, err := e.c.turn(ctx, tt.links, now)
+		if err != nil || (wait > 0) != tt.wait {
+			t.Errorf("%s: wait %s (%s, %v), want waiting %v", tt.name, wait, why, err, tt.wait)
+		}
+	}
+}
+
+// TestOrderLinksOnlyWrittenRequests: intake links a request to the ones
+// its key took in and wrote: an Idempotency-Key's retry (answered from the
+// first request) or reuse (refused) is taken back out of the key, and a
+// request whose intake is retried (the filter lost the answer: its record
+// exists) keeps its one place.
+func TestOrderLinksOnlyWrittenRequests(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	keyed := func(key, body string) *envelope.Envelope {
+		en := e.keyed("billing", key, []byte(body), time.Hour)
+		en.OrderKey = "account-1"
+		return en
+	}
+	intake := func(en *envelope.Envelope, want int) {
+		t.Helper()
+		if resp := e.intakeSigned(en); resp.StatusCode != want {
+			t.Fatalf("intake of %s: %d, want %d", en.ID, resp.StatusCode, want)
+		}
+	}
+	links := func(id string) []string {
+		t.Helper()
+		r, err := e.c.store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, l := range orderLinks(r.Envelope) {
+			ids = append(ids, l.ID)
+		}
+		return ids
+	}
+	first := keyed("k-1", "order 1")
+	intake(first, 201)
+	intake(keyed("k-1", "order 1"), 200) // a retry: answered from first
+	intake(keyed("k-1", "order 2"), 422) // the key reused: refused
+	second := keyed("k-2", "order 3")
+	intake(second, 201)
+	if got := links(second.ID); !slices.Equal(got, []string{first.ID}) {
+		t.Fatalf("the request after a retry and a refusal follows %v, want [%s]", got, first.ID)
+	}
+	third := keyed("k-3", "order 4")
+	intake(third, 201)
+	if got := links(third.ID); !slices.Equal(got, []string{second.ID, first.ID}) {
+		t.Fatalf("the request after the second follows %v, want [%s %s]", got, second.ID, first.ID)
+	}
+	plain := e.envelope("/orders", nil) // no Idempotency-Key: its second intake finds its record
+	plain.OrderKey = "account-1"
+	intake(plain, 201)
+	intake(plain, 201)
+	last := keyed("k-4", "order 5")
+	intake(last, 201)
+	if got := links(last.ID); !slices.Equal(got, []string{plain.ID, third.ID, second.ID, first.ID}) {
+		t.Fatalf("the request after one taken in twice follows %v, want [%s %s %s %s]", got, plain.ID, third.ID, second.ID, first.ID)
 	}
 }
 

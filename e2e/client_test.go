@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -41,4 +42,24 @@ func TestClientSDK(t *testing.T) {
 	if err != nil || r.Status != "completed" || r.TraceID != call.TraceID || !strings.Contains(string(r.Response.Body), "sdk") {
 		t.Fatalf("Wait = %+v, %v (trace id: want the 202's %s)", r, err, call.TraceID)
 	}
+	// Prefer: wait: a request that completes within it is answered with the
+	// service's response, and its handler never runs (its callback, which
+	// still comes, is acknowledged and dropped).
+	req, _ = http.NewRequest("POST", "/slow?ms=50", strings.NewReader(`{"sdk":"prefer-wait"}`))
+	call, err = c.Do(context.Background(), req, func(context.Context, asyncclient.Result) {
+		t.Error("the handler ran for a result relayed within Prefer: wait")
+	},
+		asyncclient.PreferWait(10*time.Second))
+	if err != nil || call.Sync == nil || call.ID == "" || call.AccessToken == "" {
+		t.Fatalf("Do with PreferWait = %+v, %v", call, err)
+	}
+	body, _ := io.ReadAll(call.Sync.Body)
+	call.Sync.Body.Close()
+	if call.Sync.StatusCode != 200 || !strings.Contains(string(body), "prefer-wait") {
+		t.Fatalf("Prefer: wait answered %d %q", call.Sync.StatusCode, body)
+	}
+	if r, err := c.Wait(ctx, call); err != nil || r.ID != call.ID || r.Status != "completed" {
+		t.Fatalf("Wait after Prefer: wait = %+v, %v", r, err)
+	}
+	time.Sleep(time.Second) // the callback comes; the handler must not run
 }

@@ -303,6 +303,19 @@ func driveDashboard(t *testing.T, s *stack.Stack, browser, shotPrefix string) {
 	}
 	shot("request-390")
 
+	// Filtered by status, a row whose request leaves the filter is updated
+	// in place and marked, not left showing its old status.
+	step("the log filtered by status", 30*time.Second,
+		chromedp.Navigate(dashboard+"#/requests?status=queued"),
+		chromedp.Poll[chromedp.Void](`document.getElementById('live-state').textContent === 'Live'`, chromedp.WithPollingInterval(100*time.Millisecond)),
+	)
+	resp, body = doAt(t, s, "POST", "/slow?ms=4000", `{"order":8}`, "content-type", "application/json")
+	queued, _ := accepted(t, resp, body)
+	left := fmt.Sprintf(`#log-rows tr[data-id=%q]`, queued)
+	step("a queued request appears in the filtered log", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(left+`[data-status="queued"]`)))
+	step("and is marked once it leaves the filter", 60*time.Second, chromedp.WaitVisible(chromedp.CSS(left+`.left[data-status="delivered"]`)))
+	checkLabels("filtered request log")
+
 	// The token never went into a URL.
 	if urls := eval(`performance.getEntriesByType('resource').map(e => e.name).concat([location.href]).join('\n')`); strings.Contains(urls, s.AdminToken) {
 		t.Fatalf("the operator token is in a URL:\n%s", urls)

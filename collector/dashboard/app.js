@@ -161,7 +161,10 @@ async function requestLog(signal, _parts, params) {
 
   const values = new URLSearchParams(params);
   const query = filterQuery(values, FILTERS.map((f) => f[0]));
-  const streamQuery = filterQuery(values, ['status', 'rule', 'package', 'caller', 'traceId']);
+  // The stream is not filtered by status: a row on the page whose request
+  // leaves the filter (queued → delivered) must still be updated.
+  const streamQuery = filterQuery(values, ['rule', 'package', 'caller', 'traceId']);
+  const wanted = values.get('status') || '';
   const cursors = []; // the cursors of the pages before this one
   let cursor = '';
   let next = '';
@@ -220,9 +223,18 @@ async function requestLog(signal, _parts, params) {
     state: (s) => { liveState.textContent = s === 'open' ? 'Live' : 'Live: reconnecting…'; },
     event: (name, rec) => {
       if (name !== 'record') return;
+      const matches = !wanted || rec.status === wanted;
       const row = tbody.querySelector(`tr[data-id="${CSS.escape(rec.id)}"]`);
-      if (row) { row.replaceWith(logRow(rec, true)); return; }
-      if (cursors.length > 0 || (since && new Date(rec.createdAt) < since)) return; // not on this page
+      if (row) {
+        const now = logRow(rec, true);
+        if (!matches) { // kept in place (the page does not shift), marked
+          now.classList.add('left');
+          now.title = `No longer ${wanted}: now ${rec.status}`;
+        }
+        row.replaceWith(now);
+        return;
+      }
+      if (!matches || cursors.length > 0 || (since && new Date(rec.createdAt) < since)) return; // not on this page
       const rows = [...tbody.querySelectorAll('tr[data-id]')];
       const after = rows.find((r) => r.dataset.id < rec.id);
       if (!after && rows.length >= PAGE) return; // older than the page

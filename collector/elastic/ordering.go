@@ -13,7 +13,8 @@ import (
 )
 
 // Ordering keys (store.Orderer) live in one index, PREFIX-order-keys, a
-// document per key (id = the key's scope hash) naming its last request,
+// document per key (id = the key's scope hash) naming its last request and
+// the ones before it (earlier, newest first; store.MaxOrderLinks),
 // replaced by compare-and-set (if_seq_no; op_type create for a new key)
 // through the same bulk batcher and real-time _mget reader as records, so
 // that concurrent Chain calls from any collector form one sequence. The
@@ -41,41 +42,101 @@ func (s *Store) orderTemplate(settings map[string]any) map[string]any {
 
 // orderDoc is an ordering key's document.
 type orderDoc struct {
-	ID       string    `json:"id"`
-	Deadline time.Time `json:"deadline,omitzero"`
-	At       time.Time `json:"at,omitzero"`
+	ID       string       `json:"id"`
+	Deadline time.Time    `json:"deadline,omitzero"`
+	Earlier  []store.Link `json:"earlier,omitempty"`
+	At       time.Time    `json:"at,omitzero"`
 }
 
 // Chain implements store.Orderer.
-func (s *Store) Chain(ctx context.Context, scope string, l store.Link) (store.Link, error) {
-	data, err := json.Marshal(orderDoc{ID: l.ID, Deadline: l.Deadline.UTC(), At: s.Now()})
+func (s *Store) Chain(ctx context.Context, scope string, l store.Link) ([]store.Link, error) {
+	l.Deadline = l.Deadline.UTC()
+	var prev []store.Link
+	err := s.updateOrder(ctx, scope, func(links []store.Link) ([]store.Link, bool) {
+		if before, again := store.Rechained(links, l.ID); again {
+			prev = before
+			return nil, false
+		}
+		prev = links
+		return store.NextLinks(l, links), true
+	})
 	if err != nil {
-		return store.Link{}, fmt.Errorf("chaining request %s: encoding its link: %w", l.ID, err)
+		return nil, fmt.Errorf("chaining request %s: %w", l.ID, err)
 	}
+	return prev, nil
+}
+
+// Unchain implements store.Orderer.
+func (s *Store) Unchain(ctx context.Context, scope string, l store.Link) error {
+	err := s.updateOrder(ctx, scope, func(links []store.Link) ([]store.Link, bool) {
+		if len(links) == 0 || links[0].ID != l.ID {
+			return nil, false // chained to since
+		}
+		return links[1:], true
+	})
+	if err != nil {
+		return fmt.Errorf("taking request %s out of its ordering key: %w", l.ID, err)
+	}
+	return nil
+}
+
+// updateOrder replaces the links of key scope (newest first) by what
+// change makes of them, when it says to write: none left deletes the key.
+// Each write is a compare-and-set on the version read; on a conflict (a
+// collector changed the key since) it reads and changes again.
+func (s *Store) updateOrder(ctx context.Context, scope string, change func([]store.Link) ([]store.Link, bool)) error {
 	for range store.MaxChainRetries {
 		read := s.read.get(ctx, s.orderIndex(), scope)
 		if read.err != nil {
-			return store.Link{}, fmt.Errorf("chaining request %s: reading its ordering key: %w", l.ID, read.err)
+			return fmt.Errorf("reading its ordering key: %w", read.err)
 		}
-		var prev store.Link
+		var links []store.Link
+		if read.found {
+			var d orderDoc
+			if err := json.Unmarshal(read.source, &d); err != nil {
+				return fmt.Errorf("decoding its ordering key: %w", err)
+			}
+			links = append([]store.Link{{ID: d.ID, Deadline: d.Deadline}}, d.Earlier...)
+		}
+		next, write := change(links)
+		switch {
+		case !write:
+			return nil
+		case len(next) == 0:
+			if !read.found {
+				return nil
+			}
+			var b bytes.Buffer
+			writeBulkDelete(&b, s.orderIndex(), scope, read.seqNo, read.primTerm)
+			deleted, err := s.bulkDelete(ctx, b.Bytes())
+			if err != nil {
+				return fmt.Errorf("deleting its ordering key: %w", err)
+			}
+			if deleted[scope] {
+				return nil
+			}
+			continue // changed or deleted since the read
+		}
+		data, err := json.Marshal(orderDoc{ID: next[0].ID, Deadline: next[0].Deadline, Earlier: next[1:], At: s.Now()})
+		if err != nil {
+			return fmt.Errorf("encoding its ordering key: %w", err)
+		}
 		o := &op{action: "index", index: s.orderIndex(), id: scope, ifSeqNo: read.seqNo, ifPrimTerm: read.primTerm, doc: data}
 		if !read.found {
 			o.action = "create"
-		} else if err := json.Unmarshal(read.source, &prev); err != nil {
-			return store.Link{}, fmt.Errorf("chaining request %s: decoding its ordering key: %w", l.ID, err)
 		}
 		res := s.batch.do(ctx, o)
 		switch {
 		case res.err != nil:
-			return store.Link{}, fmt.Errorf("chaining request %s: writing its ordering key: %w", l.ID, res.err)
+			return fmt.Errorf("writing its ordering key: %w", res.err)
 		case res.status == http.StatusConflict:
 			continue // another request took the key since the read
 		case res.status/100 != 2:
-			return store.Link{}, fmt.Errorf("chaining request %s: writing its ordering key: %d %s: %s", l.ID, res.status, res.errType, res.reason)
+			return fmt.Errorf("writing its ordering key: %d %s: %s", res.status, res.errType, res.reason)
 		}
-		return prev, nil
+		return nil
 	}
-	return store.Link{}, errors.New("chaining request " + l.ID + ": its ordering key still conflicting after re-reads")
+	return errors.New("its ordering key still conflicting after re-reads")
 }
 
 // ExpireOrder implements store.Orderer: it pages through the keys chained

@@ -242,7 +242,7 @@ var writeStatements = []string{qSavepoint, qRollbackTo, qRelease, qInsertRecord,
 	qExpireRecords, qExpireDeadLetters, // retention.go
 	qKeyHolder, qPutKey, qExpireKeys, // idempotency.go
 	qEndpoint, qInsertEndpoint, qUpdateEndpoint, // endpoints.go
-	qOrderLast, qPutOrder, qExpireOrder} // ordering.go
+	qOrderLast, qPutOrder, qDropOrder, qExpireOrder} // ordering.go
 
 // migrations bring databases made by earlier versions up to schema; each is
 // idempotent.
@@ -266,6 +266,9 @@ var migrations = []string{
 	// never held (nearly all) cost the index nothing.
 	`ALTER TABLE requests ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''`,
 	`CREATE INDEX IF NOT EXISTS requests_endpoint ON requests(endpoint, id) WHERE endpoint != ''`,
+	// An ordering key names its requests before its last
+	// (store.MaxOrderLinks): JSON, NULL on rows written before.
+	`ALTER TABLE order_keys ADD COLUMN earlier BLOB`,
 }
 
 // backfills run after migrations added their columns: each is idempotent

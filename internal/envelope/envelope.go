@@ -85,6 +85,11 @@ type Envelope struct {
 	// this one, set by intake (never by the filter: intake refuses an
 	// envelope that carries it).
 	OrderAfter *OrderLink `json:"orderAfter,omitempty"`
+	// OrderEarlier are the requests taken into the key before OrderAfter,
+	// newest first (store.MaxOrderLinks in all), also set by intake: when
+	// OrderAfter never ran (its intake failed after its link was written),
+	// the request's turn depends on these.
+	OrderEarlier []OrderLink `json:"orderEarlier,omitempty"`
 }
 
 // OrderLink names the request before another in an ordering key's
@@ -160,6 +165,8 @@ func (e *Envelope) Validate() error {
 		// Only intake links a request to its predecessor: one that came
 		// with the envelope could make a request wait for any other.
 		return errors.New("orderAfter: set by the collector, not in an envelope")
+	case e.OrderEarlier != nil:
+		return errors.New("orderEarlier: set by the collector, not in an envelope")
 	}
 	if _, ok := trace.ParseParent(e.TraceParent); !ok {
 		return fmt.Errorf("traceparent: %q is not a W3C traceparent", e.TraceParent)

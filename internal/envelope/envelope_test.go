@@ -31,6 +31,7 @@ func TestDecode(t *testing.T) {
 		// A filter (or anyone with its intake credentials) cannot make a
 		// request wait for another: only intake links requests.
 		{"order link from outside", `"rule":"r"`, `"rule":"r","orderKey":"k","orderAfter":{"id":"01890a5d-ac96-774b-bcce-b302099a8056"}`, "orderAfter:"},
+		{"earlier order links from outside", `"rule":"r"`, `"rule":"r","orderKey":"k","orderEarlier":[{"id":"01890a5d-ac96-774b-bcce-b302099a8056"}]`, "orderEarlier:"},
 	}
 	if e, err := Decode([]byte(strings.Replace(valid, `"rule":"r"`, `"rule":"r","orderKey":"account 1"`, 1))); err != nil || e.OrderKey != "account 1" {
 		t.Fatalf("envelope with an ordering key: %v", err)

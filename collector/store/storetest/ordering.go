@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,9 +12,10 @@ import (
 )
 
 // ordering checks store.Orderer: a key's first request follows nothing,
-// each next one the last before it, keys are apart, and concurrent Chain
-// calls (as from several collectors' intakes) form one sequence: every
-// request follows a different one, and exactly one follows nothing.
+// each next one the ones before it, newest first and at most
+// store.MaxOrderLinks, keys are apart, and concurrent Chain calls (as from
+// several collectors' intakes) form one sequence: every request follows a
+// different one, and exactly one follows nothing.
 func ordering(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	o, ok := store.OrdererOf(s)
@@ -23,23 +25,34 @@ func ordering(t *testing.T, open func(t *testing.T) store.Store) {
 	ctx := context.Background()
 	deadline := time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)
 	scope, other := store.OrderScope("r", "account-1"), store.OrderScope("r", "account-2")
-	for i, want := range []store.Link{{}, {ID: "a", Deadline: deadline}, {ID: "b"}} {
-		id := string(rune('a' + i))
-		l := store.Link{ID: id}
-		if i == 0 {
-			l.Deadline = deadline
+	var chained []store.Link // newest first
+	for i := range store.MaxOrderLinks + 3 {
+		l := store.Link{ID: fmt.Sprintf("r%02d", i)}
+		if i%2 == 0 {
+			l.Deadline = deadline.Add(time.Duration(i) * time.Millisecond)
 		}
 		prev, err := o.Chain(ctx, scope, l)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if prev.ID != want.ID || !prev.Deadline.Equal(want.Deadline) {
-			t.Fatalf("request %s follows %+v, want %+v", id, prev, want)
+		want := chained[:min(len(chained), store.MaxOrderLinks)]
+		if !sameLinks(prev, want) {
+			t.Fatalf("request %s follows %+v, want %+v", l.ID, prev, want)
 		}
+		chained = append([]store.Link{l}, chained...)
 	}
-	if prev, err := o.Chain(ctx, other, store.Link{ID: "x"}); err != nil || prev != (store.Link{}) {
+	// A retried intake: the last request chained again keeps its place.
+	again, err := o.Chain(ctx, scope, chained[0])
+	if err != nil || !sameLinks(again, chained[1:min(len(chained), store.MaxOrderLinks)]) {
+		t.Fatalf("request %s chained again follows %+v (%v), want %+v", chained[0].ID, again, err, chained[1:store.MaxOrderLinks])
+	}
+	if prev, err := o.Chain(ctx, scope, store.Link{ID: "after-retry"}); err != nil || len(prev) == 0 || prev[0].ID != chained[0].ID {
+		t.Fatalf("the request after a retried one follows %+v (%v), want %s first", prev, err, chained[0].ID)
+	}
+	if prev, err := o.Chain(ctx, other, store.Link{ID: "x"}); err != nil || len(prev) != 0 {
 		t.Fatalf("the first request of another key follows %+v (%v), want nothing", prev, err)
 	}
+	unchaining(t, o)
 	// Concurrent intakes on one new key: one sequence.
 	seq := store.OrderScope("r", "concurrent")
 	const writers, each = 8, 5
@@ -55,11 +68,15 @@ func ordering(t *testing.T, open func(t *testing.T) store.Store) {
 					t.Error(err)
 					return
 				}
-				mu.Lock()
-				if by, dup := follows[prev.ID]; dup {
-					t.Errorf("%s and %s both follow %q", by, id, prev.ID)
+				after := ""
+				if len(prev) > 0 {
+					after = prev[0].ID
 				}
-				follows[prev.ID] = id
+				mu.Lock()
+				if by, dup := follows[after]; dup {
+					t.Errorf("%s and %s both follow %q", by, id, after)
+				}
+				follows[after] = id
 				mu.Unlock()
 			}
 		})
@@ -157,10 +174,58 @@ func orderingExpiry(t *testing.T, open func(t *testing.T) store.Store) {
 		switch {
 		case err != nil:
 			t.Errorf("%s: Chain after the pass: %v", k.name, err)
-		case k.gone && prev.ID != "":
-			t.Errorf("%s: the key's next request follows %s, want nothing (the key expired)", k.name, prev.ID)
-		case !k.gone && prev.ID != last[i]:
-			t.Errorf("%s: the key's next request follows %q, want %s (the key kept)", k.name, prev.ID, last[i])
+		case k.gone && len(prev) != 0:
+			t.Errorf("%s: the key's next request follows %+v, want nothing (the key expired)", k.name, prev)
+		case !k.gone && (len(prev) != 1 || prev[0].ID != last[i]):
+			t.Errorf("%s: the key's next request follows %+v, want %s (the key kept)", k.name, prev, last[i])
 		}
 	}
+}
+
+// unchaining checks Orderer.Unchain: the key's last request is taken out
+// (the next follows the one before it; a key left empty is gone), any
+// other is left in place.
+func unchaining(t *testing.T, o store.Orderer) {
+	ctx := context.Background()
+	scope := store.OrderScope("r", fmt.Sprintf("unchain-%d", time.Now().UnixNano()))
+	chain := func(id string) []store.Link {
+		t.Helper()
+		prev, err := o.Chain(ctx, scope, store.Link{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return prev
+	}
+	unchain := func(id string) {
+		t.Helper()
+		if err := o.Unchain(ctx, scope, store.Link{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(links []store.Link) (out []string) {
+		for _, l := range links {
+			out = append(out, l.ID)
+		}
+		return out
+	}
+	chain("u0")
+	unchain("u0")
+	if prev := chain("u1"); len(prev) != 0 {
+		t.Fatalf("after its only request was taken out, the key's next follows %v, want nothing", ids(prev))
+	}
+	chain("u2")
+	unchain("u2")
+	if prev := chain("u3"); !slices.Equal(ids(prev), []string{"u1"}) {
+		t.Fatalf("after its last request was taken out, the key's next follows %v, want [u1]", ids(prev))
+	}
+	unchain("u1") // no longer the last: stays
+	if prev := chain("u4"); !slices.Equal(ids(prev), []string{"u3", "u1"}) {
+		t.Fatalf("a request taken out when another followed it: the key's next follows %v, want [u3 u1]", ids(prev))
+	}
+}
+
+// sameLinks reports whether a and b name the same requests with the same
+// deadlines, in the same order.
+func sameLinks(a, b []store.Link) bool {
+	return slices.EqualFunc(a, b, func(x, y store.Link) bool { return x.ID == y.ID && x.Deadline.Equal(y.Deadline) })
 }
