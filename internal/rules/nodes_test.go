@@ -86,6 +86,11 @@ func TestNodesInvalid(t *testing.T) {
 		}},
 		{"nodes on an internal target", "rules[0].target.type", func(c *Config) { c.Rules[0].Target.Type = TargetInternal }},
 		{"bad passHeaders", "rules[0].target.passHeaders[0]", func(c *Config) { c.Rules[0].Target.PassHeaders[0] = "X-Api-Key" }},
+		// A sync rule runs nothing, but a route annotation may make it
+		// async: its target is checked all the same (found by the fuzzer).
+		{"external target of a sync rule without endpoint or nodes", "rules[0].target.endpoint", func(c *Config) {
+			c.Rules[0].Mode, c.Rules[0].Target = ModeSync, &Target{Type: TargetExternal}
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := nodesConfig()

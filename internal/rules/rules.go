@@ -311,6 +311,13 @@ func (r *Rule) validate() error {
 		r.pathRegex = re
 	}
 	if r.Mode == ModeSync {
+		// It runs nothing here, but a route annotation may make it async
+		// (RuleForRoute): a target it carries must hold up then.
+		if r.Target != nil {
+			if err := r.Target.validate(); err != nil {
+				return prefixed("target.", err)
+			}
+		}
 		return nil
 	}
 	if r.BodyLimit == 0 {
