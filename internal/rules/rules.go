@@ -312,7 +312,8 @@ func (r *Rule) validate() error {
 	}
 	if r.Mode == ModeSync {
 		// It runs nothing here, but a route annotation may make it async
-		// (RuleForRoute): a target it carries must hold up then.
+		// (Annotated, which checks the rest then): a target it carries
+		// must hold up.
 		if r.Target != nil {
 			if err := r.Target.validate(); err != nil {
 				return prefixed("target.", err)
@@ -320,6 +321,12 @@ func (r *Rule) validate() error {
 		}
 		return nil
 	}
+	return r.validateRun()
+}
+
+// validateRun checks (and defaults) what an async or opt-in rule runs
+// with: everything but its name, mode and match.
+func (r *Rule) validateRun() error {
 	if r.BodyLimit == 0 {
 		r.BodyLimit = DefaultBodyLimit
 	}
@@ -437,6 +444,13 @@ func (c *Config) Annotated(kv [][2]string) (*Rule, error) {
 	}
 	if r.Mode != ModeSync && r.Callback.URL == "" && r.Callback.Select == nil && !r.Callback.AllowOverride {
 		return nil, fmt.Errorf("route annotation: rule %q has no callback URL", name)
+	}
+	if base.Mode == ModeSync && r.Mode != ModeSync {
+		// Made async here: what validation skipped for a sync rule (its
+		// callback, retry, limits and their defaults) is checked now.
+		if err := r.validateRun(); err != nil {
+			return nil, fmt.Errorf("route annotation: rule %q as %s: %w", name, r.Mode, err)
+		}
 	}
 	return &r, nil
 }

@@ -98,7 +98,9 @@ func FuzzParse(f *testing.F) {
 func TestAnnotated(t *testing.T) {
 	cfg, err := Parse([]byte(`{"collectorCluster":"c","rules":[
 		{"name":"slow","mode":"async","match":{"pathPrefix":"/slow"},"callback":{"url":"http://x/cb"}},
-		{"name":"bare","mode":"opt-in","callback":{"allowOverride":true}}
+		{"name":"bare","mode":"opt-in","callback":{"allowOverride":true}},
+		{"name":"quiet","mode":"sync","callback":{"url":"http://x/cb"}},
+		{"name":"broken","mode":"sync","callback":{"url":"http://x/cb"},"retry":{"maxAttempts":1000}}
 	]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +120,9 @@ func TestAnnotated(t *testing.T) {
 		{[][2]string{{"rule", "slow"}, {"mode", "later"}}, "", "", "mode"},
 		{[][2]string{{"rule", "slow"}, {"callback", "ftp://y"}}, "", "", "callback"},
 		{[][2]string{{"rule", "slow"}, {"color", "red"}}, "", "", "unknown key"},
+		// A sync rule made async is checked as an async one, with its defaults.
+		{[][2]string{{"rule", "quiet"}, {"mode", "async"}}, ModeAsync, "http://x/cb", ""},
+		{[][2]string{{"rule", "broken"}, {"mode", "async"}}, "", "", "retry.maxAttempts"},
 	}
 	for _, tt := range tests {
 		r, err := cfg.Annotated(tt.kv)
@@ -129,6 +134,9 @@ func TestAnnotated(t *testing.T) {
 		}
 		if err != nil || r.Mode != tt.mode || r.Callback.URL != tt.callback {
 			t.Errorf("Annotated(%v) = %+v, %v", tt.kv, r, err)
+		}
+		if err == nil && r.Mode == ModeAsync && (r.BodyLimit == 0 || r.Timeout == 0 || r.Retry.MaxAttempts == 0) {
+			t.Errorf("Annotated(%v): an async rule without its defaults: %+v", tt.kv, r)
 		}
 	}
 	if cfg.Rules[0].Mode != ModeAsync {
