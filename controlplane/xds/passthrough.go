@@ -76,11 +76,12 @@ const metadataNamespace = "asyncmesh"
 // and not traceparentInvalid, which is exactly trace.ParseParent's
 // language (TestTraceparentMatchersAgreeWithParseParent,
 // FuzzTraceparentMatchers): lower-case hex, version ff refused, version 00
-// exactly 55 characters, later versions possibly followed by "-…", and
-// neither id all zeros.
+// exactly 55 characters, later versions possibly followed by "-…" (any
+// bytes: (?s), as ParseParent reads nothing past the flags), and neither
+// id all zeros.
 const (
-	traceparentValid   = `[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?`
-	traceparentInvalid = `ff-.*|[0-9a-f]{2}-0{32}-.*|[0-9a-f]{2}-[0-9a-f]{32}-0{16}-.*|00-.{52}-.*`
+	traceparentValid   = `(?s)[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?`
+	traceparentInvalid = `(?s)ff-.*|[0-9a-f]{2}-0{32}-.*|[0-9a-f]{2}-[0-9a-f]{32}-0{16}-.*|00-.{52}-.*`
 )
 
 // anyOf packs m deterministically (the composite's chains are a map):
