@@ -142,7 +142,7 @@ func execute(chain string) *xmatcher.Matcher_OnMatch {
 // wasmPredicate is a superset of the requests some rule may make async, and
 // the replays; nil when a rule may match any request.
 func wasmPredicate(cfg *rules.Config) *xmatcher.Matcher_MatcherList_Predicate {
-	preds := []*xmatcher.Matcher_MatcherList_Predicate{header("x-async-replay", regex(`.*`))}
+	preds := []*xmatcher.Matcher_MatcherList_Predicate{header("x-async-replay", regex(`(?s).*`))}
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		if r.Mode == rules.ModeSync || r.Match.Route != "" {
@@ -160,8 +160,9 @@ func wasmPredicate(cfg *rules.Config) *xmatcher.Matcher_MatcherList_Predicate {
 			and = append(and, anyPredicate(ms))
 		}
 		if r.Mode == rules.ModeOptIn {
-			// Only with Prefer: respond-async (parsePrefer reads it case-insensitively).
-			and = append(and, header("prefer", regex(`(?i).*respond-async.*`)))
+			// Only with Prefer: respond-async (parsePrefer reads it case-insensitively,
+			// and the value may hold any byte around it: (?s)).
+			and = append(and, header("prefer", regex(`(?is).*respond-async.*`)))
 		}
 		if len(and) == 0 {
 			return nil // a rule that may match any request: everything enters the filter
