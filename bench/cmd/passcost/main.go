@@ -36,6 +36,7 @@ import (
 
 	"github.com/asyncmesh/asyncmesh/bench/load"
 	"github.com/asyncmesh/asyncmesh/controlplane/rulesfile"
+	"github.com/asyncmesh/asyncmesh/internal/procs"
 	"github.com/asyncmesh/asyncmesh/internal/rules"
 )
 
@@ -156,7 +157,7 @@ func run(ctx context.Context, envoyBin, keep string, vs []variant, ts []target, 
 		w.Header().Set("content-type", "application/json")
 		io.WriteString(w, `{"fast":true}`)
 	}))
-	ports, err := freePorts(len(vs) + 1)
+	ports, err := procs.FreePorts(len(vs) + 1)
 	if err != nil {
 		return err
 	}
@@ -302,25 +303,6 @@ func statSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func waitReady(ctx context.Context, url string) error {
