@@ -41,6 +41,11 @@ var ErrIntakeSignature = errors.New("intake signature missing or not made with a
 
 // VerifyIntake checks value against body under each accepted secret.
 func VerifyIntake(secrets [][]byte, value string, body []byte) error {
+	// Exactly the encoding's length first: the decoder skips \r and \n,
+	// and a signature is one spelling, not several.
+	if len(value) != base64.RawURLEncoding.EncodedLen(sha256.Size) {
+		return ErrIntakeSignature
+	}
 	sig, err := base64.RawURLEncoding.Strict().DecodeString(value)
 	if err != nil || len(sig) != sha256.Size {
 		return ErrIntakeSignature
