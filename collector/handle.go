@@ -76,9 +76,14 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		c.log.Info("worker: dropping the work message of a request intake did not accept", "id", id, "trace_id", m.TraceID)
 		return nil
 	}
-	waiting := false // its turn in an ordering key: the decision is kept for the next delivery (ordering.go)
+	// The message comes back (a wait for its turn in an ordering key, a
+	// retry of a failed execution): intake's decision is kept for its next
+	// delivery (ordering.go), and for an Idempotency-Key's retries, which
+	// would otherwise find the record still queued and undecided (409)
+	// until its deadline passed. Pruned a minute after the deadline.
+	again := false
 	defer func() {
-		if !waiting {
+		if !again {
 			c.decided.forget(id)
 		}
 	}()
@@ -98,7 +103,7 @@ func (c *Collector) handleWork(ctx context.Context, m queue.Message) error {
 		return claimFailed(err, m)
 	}
 	err = c.drive(ctx, m, r)
-	waiting = waitingTurn(err)
+	again = err != nil
 	return err
 }
 
