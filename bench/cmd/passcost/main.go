@@ -187,7 +187,7 @@ func run(ctx context.Context, envoyBin, keep string, vs []variant, ts []target, 
 		return err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	if err := waitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/ready", admin)); err != nil {
+	if err := procs.WaitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/ready", admin), 60*time.Second); err != nil {
 		return fmt.Errorf("envoy did not start (see %s, -keep DIR): %w", logFile.Name(), err)
 	}
 	pid := cmd.Process.Pid
@@ -303,22 +303,4 @@ func statSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100
-}
-
-func waitReady(ctx context.Context, url string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return errors.New("not ready after 60s")
 }
